@@ -1,0 +1,197 @@
+"""Architectural bit layouts: page-table entries, control registers, EFER, RFLAGS, #PF error code.
+
+Every constant is named after the Intel SDM (Vol. 3A) or Linux `pgtable_types.h`, with the section
+that defines it. Encoders check every field's width and raise instead of silently masking
+(the habit of Qiling's `x86_utils.py`).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+MASK64: Final = (1 << 64) - 1
+
+
+class PTE(enum.IntFlag):
+    """Bits of a 64-bit paging-structure entry (SDM Vol. 3A §4.5, Tables 4-14..4-20; Linux
+    `arch/x86/include/asm/pgtable_types.h` for the software bits)."""
+
+    P = 1 << 0  # present
+    RW = 1 << 1  # writable
+    US = 1 << 2  # user accessible
+    PWT = 1 << 3  # page write-through
+    PCD = 1 << 4  # page cache disable
+    A = 1 << 5  # accessed (set by the walker, SDM §4.8)
+    D = 1 << 6  # dirty (leaf only, SDM §4.8)
+    PS = 1 << 7  # page size in PDPTE/PDE; the PAT bit in a 4 KiB PTE
+    G = 1 << 8  # global (leaf only, needs CR4.PGE; SDM §4.10.2.4)
+    SW1 = 1 << 9  # Linux _PAGE_BIT_SOFTW1: SPECIAL / CPA_TEST / NOPTISHADOW (top level)
+    SW2 = 1 << 10  # Linux _PAGE_BIT_SOFTW2: UFFD_WP
+    SW3 = 1 << 11  # Linux _PAGE_BIT_SOFTW3: SOFT_DIRTY / KERNEL_4K
+    PAT_LARGE = 1 << 12  # PAT bit of a 2 MiB / 1 GiB leaf
+    SW4 = 1 << 57  # Linux _PAGE_BIT_SOFTW4 (DEVMAP in 4.x..6.x)
+    SW5 = 1 << 58  # Linux _PAGE_BIT_SOFTW5 (SAVED_DIRTY)
+    PKEY0 = 1 << 59  # protection key bits 62:59 (SDM §4.6.2)
+    PKEY1 = 1 << 60
+    PKEY2 = 1 << 61
+    PKEY3 = 1 << 62
+    NX = 1 << 63  # execute-disable (XD), reserved unless EFER.NXE (SDM §4.5)
+
+
+PTE_PAT_4K: Final = PTE.PS  # bit 7 of a 4 KiB PTE is PAT (SDM Table 4-20)
+PKEY_SHIFT: Final = 59
+PKEY_MASK: Final = 0xF << PKEY_SHIFT
+ADDR_MASK_52: Final = ((1 << 52) - 1) & ~0xFFF  # bits 51:12, the widest address field
+
+# Linux composite protections (pgtable_types.h).
+KERNPG_TABLE: Final = PTE.P | PTE.RW | PTE.A | PTE.D  # _KERNPG_TABLE: every kernel non-leaf entry
+PAGE_TABLE: Final = KERNPG_TABLE | PTE.US  # _PAGE_TABLE: user non-leaf entry
+PAGE_KERNEL: Final = PTE.P | PTE.RW | PTE.A | PTE.D | PTE.G | PTE.NX  # __PAGE_KERNEL
+PAGE_KERNEL_RO: Final = PAGE_KERNEL & ~PTE.RW
+PAGE_KERNEL_RX: Final = PAGE_KERNEL & ~(PTE.RW | PTE.NX)
+PAGE_KERNEL_EXEC: Final = PAGE_KERNEL & ~PTE.NX
+
+
+class CR0(enum.IntFlag):
+    """CR0 bits the paging model reads (SDM Vol. 3A §2.5)."""
+
+    PE = 1 << 0
+    WP = 1 << 16  # supervisor writes honour R/W (SDM §4.6.1)
+    PG = 1 << 31
+
+
+class CR4(enum.IntFlag):
+    """CR4 bits the paging model reads (SDM Vol. 3A §2.5)."""
+
+    PSE = 1 << 4
+    PAE = 1 << 5
+    PGE = 1 << 7  # global pages (SDM §4.10.2.4)
+    LA57 = 1 << 12  # 5-level paging (SDM §4.5)
+    PCIDE = 1 << 17  # process-context identifiers (SDM §4.10.1)
+    SMEP = 1 << 20
+    SMAP = 1 << 21
+    PKE = 1 << 22  # protection keys for user pages
+    PKS = 1 << 24  # protection keys for supervisor pages
+
+
+class EFER(enum.IntFlag):
+    """IA32_EFER bits (SDM Vol. 3A §2.2.1)."""
+
+    SCE = 1 << 0
+    LME = 1 << 8
+    LMA = 1 << 10
+    NXE = 1 << 11
+
+
+class RFLAGS(enum.IntFlag):
+    """RFLAGS bits the paging model reads (SDM Vol. 1 §3.4.3)."""
+
+    IF = 1 << 9
+    AC = 1 << 18  # alignment check / SMAP override (SDM Vol. 3A §4.6.1)
+
+
+class PFEC(enum.IntFlag):
+    """Page-fault error code pushed with #PF (SDM Vol. 3A §4.7, Figure 4-12)."""
+
+    P = 1 << 0  # 0: non-present entry; 1: protection / reserved bit / PK
+    WR = 1 << 1  # the access was a write
+    US = 1 << 2  # the access was a user-mode access
+    RSVD = 1 << 3  # a reserved bit was set in a paging-structure entry
+    ID = 1 << 4  # instruction fetch (only reported with NXE or SMEP)
+    PK = 1 << 5  # protection-key violation
+    SS = 1 << 6  # shadow-stack access
+    HLAT = 1 << 7
+    SGX = 1 << 15
+
+
+PF_VECTOR: Final = 14  # #PF (SDM Vol. 3A §6.15)
+
+# CR3 (SDM Vol. 3A §4.5, Table 4-12 and 4-13).
+CR3_PWT: Final = 1 << 3  # only without CR4.PCIDE
+CR3_PCD: Final = 1 << 4  # only without CR4.PCIDE
+CR3_PCID_MASK: Final = 0xFFF  # bits 11:0 with CR4.PCIDE
+CR3_NOFLUSH: Final = 1 << 63  # MOV to CR3 with PCIDE: do not invalidate the new PCID
+
+
+class BitsError(ValueError):
+    """A field does not fit its architectural width."""
+
+
+def _check_width(name: str, value: int, bits: int) -> None:
+    if value < 0 or value >= 1 << bits:
+        raise BitsError(f"{name}={value:#x} does not fit in {bits} bits")
+
+
+def pkey_of(entry: int) -> int:
+    """Protection key of a leaf entry (bits 62:59)."""
+    return (entry >> PKEY_SHIFT) & 0xF
+
+
+def make_entry(phys: int, flags: int, *, maxphyaddr: int = 52, pkey: int = 0, align: int = 4096) -> int:
+    """Encode a paging-structure entry. `phys` must be `align`-aligned and below 2**maxphyaddr."""
+    _check_width("maxphyaddr", maxphyaddr, 6)
+    if phys % align:
+        raise BitsError(f"physical address {phys:#x} is not aligned to {align:#x}")
+    _check_width("physical address", phys, maxphyaddr)
+    _check_width("pkey", pkey, 4)
+    if int(flags) & (ADDR_MASK_52 | PKEY_MASK) & ~int(PTE.PAT_LARGE):
+        raise BitsError(f"flags {int(flags):#x} overlap the address or key field")
+    return phys | int(flags) | (pkey << PKEY_SHIFT)
+
+
+def entry_phys(entry: int, page_size: int = 4096) -> int:
+    """Physical address held by an entry mapping (or pointing to) `page_size` bytes."""
+    return entry & ADDR_MASK_52 & ~(page_size - 1)
+
+
+def make_cr3(pgd_phys: int, *, pcid: int = 0, noflush: bool = False, pcide: bool = False,
+             pwt: bool = False, pcd: bool = False) -> int:
+    """Encode CR3. With `pcide` bits 11:0 are the PCID (and bit 63 NOFLUSH, used by MOV to CR3);
+    without it bits 3 and 4 are PWT/PCD and a PCID or NOFLUSH is an error (SDM Tables 4-12/4-13)."""
+    if pgd_phys % 4096:
+        raise BitsError(f"CR3 table address {pgd_phys:#x} is not 4 KiB aligned")
+    _check_width("CR3 table address", pgd_phys, 52)
+    if pcide:
+        _check_width("PCID", pcid, 12)
+        if pwt or pcd:
+            raise BitsError("CR3.PWT/PCD do not exist with CR4.PCIDE=1 (bits 11:0 are the PCID)")
+        return pgd_phys | pcid | (CR3_NOFLUSH if noflush else 0)
+    if pcid or noflush:
+        raise BitsError("a PCID or NOFLUSH in CR3 needs CR4.PCIDE=1")
+    return pgd_phys | (CR3_PWT if pwt else 0) | (CR3_PCD if pcd else 0)
+
+
+def cr3_table(cr3: int) -> int:
+    """Physical address of the top-level table named by CR3."""
+    return cr3 & ADDR_MASK_52
+
+
+def cr3_pcid(cr3: int, pcide: bool) -> int:
+    """PCID of a CR3 value (0 when CR4.PCIDE is clear, SDM §4.10.1)."""
+    return cr3 & CR3_PCID_MASK if pcide else 0
+
+
+def describe(flag_type: type[enum.IntFlag], value: int) -> str:
+    """Names of the set bits, `|`-joined in bit order; unknown bits as hex. E.g. `P|RW|NX`."""
+    names = []
+    rest = value
+    for member in flag_type:
+        if member.value & value:
+            names.append(member.name or hex(member.value))
+            rest &= ~member.value
+    if flag_type is PTE and rest:
+        if rest & ADDR_MASK_52:
+            names.append(f"addr={rest & ADDR_MASK_52:#x}")
+        rest &= ~ADDR_MASK_52
+    if rest:
+        names.append(f"{rest:#x}")
+    return "|".join(names) if names else "0"
+
+
+def describe_entry(entry: int) -> str:
+    """Human form of an entry: flags, physical address and protection key."""
+    flags = entry & ~ADDR_MASK_52 & ~PKEY_MASK
+    text = describe(PTE, flags)
+    key = pkey_of(entry)
+    return f"{text} phys={entry & ADDR_MASK_52:#x}" + (f" pkey={key}" if key else "")

@@ -1,0 +1,102 @@
+"""The CPU as data: what it supports (features) and what it is set to (register state).
+
+Every layer reads these frozen values; nothing keeps paging state in globals (the habit of angr's
+`archinfo`: a CPU is a declarative description).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from kaiser.x86.bits import CR0, CR4, EFER, RFLAGS, BitsError, cr3_pcid, cr3_table
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """What the modelled core implements (CPUID). `maxphyaddr` is CPUID.80000008H:EAX[7:0]."""
+
+    maxphyaddr: int = 46
+    nx: bool = True
+    smep: bool = True
+    smap: bool = True
+    pku: bool = True
+    pcid: bool = True
+    invpcid: bool = True
+    la57: bool = True
+    gbpages: bool = True  # 1 GiB pages (CPUID.80000001H:EDX[26])
+
+    def __post_init__(self) -> None:
+        if not 36 <= self.maxphyaddr <= 52:
+            raise BitsError(f"maxphyaddr={self.maxphyaddr} is outside 36..52 (SDM §4.1.4)")
+
+
+@dataclass(frozen=True)
+class CpuState:
+    """Register state the walker depends on. `cpl` is the current privilege level (0..3)."""
+
+    cr3: int
+    cr0: int = CR0.PE | CR0.PG | CR0.WP
+    cr4: int = CR4.PAE | CR4.PGE
+    efer: int = EFER.LME | EFER.LMA | EFER.NXE
+    rflags: int = 0x2
+    pkru: int = 0
+    cpl: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cpl not in (0, 1, 2, 3):
+            raise BitsError(f"cpl={self.cpl} is not 0..3")
+        if not self.cr0 & CR0.PG or not self.cr4 & CR4.PAE or not self.efer & EFER.LME:
+            raise BitsError("the model covers IA-32e paging only: CR0.PG, CR4.PAE and EFER.LME must be set")
+        if self.pkru >> 32:
+            raise BitsError(f"PKRU={self.pkru:#x} is wider than 32 bits")
+
+    # Named views, so rules read like the SDM.
+    @property
+    def wp(self) -> bool:
+        return bool(self.cr0 & CR0.WP)
+
+    @property
+    def smep(self) -> bool:
+        return bool(self.cr4 & CR4.SMEP)
+
+    @property
+    def smap(self) -> bool:
+        return bool(self.cr4 & CR4.SMAP)
+
+    @property
+    def pke(self) -> bool:
+        return bool(self.cr4 & CR4.PKE)
+
+    @property
+    def pge(self) -> bool:
+        return bool(self.cr4 & CR4.PGE)
+
+    @property
+    def pcide(self) -> bool:
+        return bool(self.cr4 & CR4.PCIDE)
+
+    @property
+    def la57(self) -> bool:
+        return bool(self.cr4 & CR4.LA57)
+
+    @property
+    def nxe(self) -> bool:
+        return bool(self.efer & EFER.NXE)
+
+    @property
+    def ac(self) -> bool:
+        return bool(self.rflags & RFLAGS.AC)
+
+    @property
+    def root(self) -> int:
+        """Physical address of the top-level table."""
+        return cr3_table(self.cr3)
+
+    @property
+    def pcid(self) -> int:
+        return cr3_pcid(self.cr3, self.pcide)
+
+    def replace(self, **changes: int) -> CpuState:
+        """A copy with some registers changed."""
+        return dataclasses.replace(self, **changes)

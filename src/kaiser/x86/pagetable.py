@@ -1,0 +1,283 @@
+"""Editing page tables that live in physical memory: map, unmap and protect ranges.
+
+Pages are 4 KiB, 2 MiB or 1 GiB; by default the largest page that fits is used (as Linux builds
+its direct map). A sub-range change splits a large page; tables emptied by an unmap are freed.
+Every request is checked before a single entry is written, so a bad request never leaves a
+half-edited table behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from kaiser.x86.bits import KERNPG_TABLE, PAGE_TABLE, PTE, entry_phys, make_cr3, make_entry
+from kaiser.x86.geometry import FOUR_LEVEL, AddressError, Level, PagingMode, user_half_end
+from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory
+
+# Bits a caller may set on a leaf through map/protect; PS and the address are ours to manage.
+LEAF_FLAG_MASK = int(PTE.P | PTE.RW | PTE.US | PTE.PWT | PTE.PCD | PTE.A | PTE.D | PTE.G | PTE.SW1 | PTE.SW2
+                     | PTE.SW3 | PTE.SW4 | PTE.SW5 | PTE.NX)
+KEEP_ON_PROTECT = int(PTE.A | PTE.D)  # like Linux's pte_modify(), a protection change keeps A/D
+
+
+class PagingError(ValueError):
+    """A map/unmap/protect request that cannot be carried out; the tables are unchanged."""
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One leaf entry found by a table scan."""
+
+    va: int
+    size: int
+    entry: int
+    depth: int
+
+    @property
+    def pa(self) -> int:
+        return entry_phys(self.entry, self.size)
+
+
+def _fmt_range(va: int, size: int) -> str:
+    return f"[{va:#018x}, {va + size:#018x})"
+
+
+class PageTable:
+    """One tree of page tables rooted at a top-level table (PML4 or PML5).
+
+    `tag` labels the frames it allocates in the memory's accounting.
+    """
+
+    def __init__(self, mem: PhysicalMemory, mode: PagingMode = FOUR_LEVEL, *, tag: str = "",
+                 root: int | None = None, gbpages: bool = True) -> None:
+        self.mem = mem
+        self.mode = mode
+        self.tag = tag
+        self.gbpages = gbpages
+        self.root = root if root is not None else mem.alloc(FrameKind.PAGE_TABLE, tag)
+
+    # ---- helpers ---------------------------------------------------------------------------
+    @property
+    def levels(self) -> tuple[Level, ...]:
+        return self.mode.levels
+
+    def cr3(self, **kw: int | bool) -> int:
+        """A CR3 value naming this tree (keywords as `kaiser.x86.bits.make_cr3`)."""
+        return make_cr3(self.root, **kw)  # type: ignore[arg-type]
+
+    def _table_flags(self, va: int) -> int:
+        # Linux: _PAGE_TABLE for user-space tables, _KERNPG_TABLE for kernel ones (pgalloc.h).
+        return int(PAGE_TABLE if va < user_half_end(self.mode) else KERNPG_TABLE)
+
+    def _is_leaf(self, depth: int, entry: int) -> bool:
+        return depth == len(self.levels) - 1 or (self.levels[depth].leaf_ok and bool(entry & PTE.PS))
+
+    def _check_range(self, va: int, size: int, align: int = PAGE_SIZE) -> None:
+        if size <= 0:
+            raise AddressError(f"range at {va:#018x} has size {size:#x}; it must be positive")
+        self.mode.check_canonical(va, "start address")
+        last = va + size - 1
+        if last >= 1 << 64 or not self.mode.is_canonical(last) or (va < user_half_end(self.mode)) != (
+            last < user_half_end(self.mode)
+        ):
+            raise AddressError(f"range {_fmt_range(va, size)} leaves the canonical half it starts in")
+        if va % align or size % align:
+            raise AddressError(f"range {_fmt_range(va, size)} is not aligned to {align:#x}")
+
+    def _leaf_entry(self, pa: int, flags: int, size: int, pkey: int) -> int:
+        large = size != PAGE_SIZE
+        return make_entry(pa, flags | PTE.P | (PTE.PS if large else 0), maxphyaddr=self.mem.maxphyaddr,
+                          pkey=pkey, align=size)
+
+    def _new_table(self) -> int:
+        return self.mem.alloc(FrameKind.PAGE_TABLE, self.tag)
+
+    # ---- scanning --------------------------------------------------------------------------
+    def leaves(self, start: int = 0, end: int = 1 << 64) -> Iterator[Leaf]:
+        """Every present leaf overlapping [start, end), in address order (canonical addresses)."""
+        yield from self._leaves(self.root, 0, 0, start, end)
+
+    def _leaves(self, table: int, depth: int, base: int, start: int, end: int) -> Iterator[Leaf]:
+        level = self.levels[depth]
+        words = self.mem.table(table)
+        for index in range(512):
+            raw = base | (index << level.shift)
+            va = self.mode.canonicalize(raw) if depth == 0 else raw
+            if va + level.span <= start or va >= end:
+                continue
+            entry = int(words[index])
+            if not entry & PTE.P:
+                continue
+            if self._is_leaf(depth, entry):
+                yield Leaf(va, level.span, entry, depth)
+            else:
+                yield from self._leaves(entry_phys(entry), depth + 1, va, start, end)
+
+    def tables(self) -> Iterator[tuple[int, int]]:
+        """(physical address, depth) of every table in the tree, the root first."""
+        stack = [(self.root, 0)]
+        while stack:
+            table, depth = stack.pop()
+            yield table, depth
+            if depth == len(self.levels) - 1:
+                continue
+            for entry in self.mem.table(table):
+                entry = int(entry)
+                if entry & PTE.P and not self._is_leaf(depth, entry):
+                    stack.append((entry_phys(entry), depth + 1))
+
+    def lookup(self, va: int) -> Leaf | None:
+        """The leaf mapping `va`, without rights checks or A/D updates, or None."""
+        self.mode.check_canonical(va)
+        found = next(self.leaves(va, va + 1), None)
+        return found
+
+    def entry_slot(self, va: int, depth: int, *, create: bool = False) -> int | None:
+        """Physical address of the entry at `depth` on the path of `va`; intermediate tables are
+        created (with Linux's default table flags) when `create`. None if the path is absent."""
+        self.mode.check_canonical(va)
+        table = self.root
+        for d in range(depth):
+            slot = table + 8 * self.levels[d].index(va)
+            entry = self.mem.read_u64(slot)
+            if not entry & PTE.P:
+                if not create:
+                    return None
+                new = self._new_table()
+                self.mem.write_u64(slot, new | self._table_flags(va))
+                entry = self.mem.read_u64(slot)
+            elif self._is_leaf(d, entry):
+                raise PagingError(f"{va:#018x}: a {self.levels[d].span:#x}-byte page sits above depth {depth}")
+            table = entry_phys(entry)
+        return table + 8 * self.levels[depth].index(va)
+
+    # ---- map ----------------------------------------------------------------------------
+    def map(self, va: int, pa: int, size: int, flags: int, *, page_size: int | None = None, pkey: int = 0) -> None:
+        """Map [va, va+size) to [pa, pa+size) with leaf `flags` (P is implied).
+
+        `page_size` forces one page size; otherwise the largest that fits at each step is used.
+        Raises PagingError/AddressError (tables unchanged) if anything in the range is mapped.
+        """
+        if flags & ~LEAF_FLAG_MASK:
+            raise PagingError(f"map at {va:#018x}: flags {flags:#x} include bits map() manages (PS/PAT/address/key)")
+        align = page_size or PAGE_SIZE
+        if page_size is not None:
+            self.mode.level_for_size(page_size)
+            if page_size == 1 << 30 and not self.gbpages:
+                raise PagingError(f"map at {va:#018x}: 1 GiB pages are not supported by this CPU")
+        self._check_range(va, size, align)
+        if pa % align or pa < 0 or pa + size > self.mem.size:
+            raise AddressError(f"physical range [{pa:#x}, {pa + size:#x}) for {va:#018x} is misaligned or outside RAM")
+        clash = next(self.leaves(va, va + size), None)
+        if clash is not None:
+            raise PagingError(f"map {_fmt_range(va, size)} overlaps the mapping at {clash.va:#018x}")
+        self._map(self.root, 0, va, va + size, pa, int(flags), page_size, pkey)
+
+    def _fits(self, level: Level, va: int, end: int, pa: int, page_size: int | None) -> bool:
+        span = level.span
+        if page_size is not None:
+            return span == page_size
+        if span == 1 << 30 and not self.gbpages:
+            return False
+        return va % span == 0 and pa % span == 0 and end - va >= span
+
+    def _map(self, table: int, depth: int, va: int, end: int, pa: int, flags: int,
+             page_size: int | None, pkey: int) -> None:
+        level = self.levels[depth]
+        while va < end:
+            slot_end = min(end, (va & ~(level.span - 1)) + level.span)
+            slot = table + 8 * level.index(va)
+            entry = self.mem.read_u64(slot)
+            last = depth == len(self.levels) - 1
+            if not entry & PTE.P and level.leaf_ok and self._fits(level, va, end, pa, page_size):
+                self.mem.write_u64(slot, self._leaf_entry(pa, flags, level.span, pkey))
+            elif last:
+                raise AssertionError(f"{va:#x} already mapped (overlap check missed it)")
+            else:
+                if not entry & PTE.P:
+                    new = self._new_table()
+                    entry = new | self._table_flags(va)
+                    self.mem.write_u64(slot, entry)
+                self._map(entry_phys(entry), depth + 1, va, slot_end, pa, flags, page_size, pkey)
+            pa += slot_end - va
+            va = slot_end
+
+    # ---- unmap / protect ----------------------------------------------------------------
+    def unmap(self, va: int, size: int) -> None:
+        """Remove every mapping in [va, va+size), splitting large pages cut by the range and
+        freeing tables left empty. Holes in the range are allowed (like munmap)."""
+        self._check_range(va, size)
+        self._edit(self.root, 0, va, va + size, None, None)
+
+    def protect(self, va: int, size: int, flags: int, *, pkey: int | None = None) -> None:
+        """Replace the leaf flags of every page in [va, va+size) (A/D kept), splitting large pages
+        cut by the range. Every page of the range must be mapped."""
+        if flags & ~LEAF_FLAG_MASK:
+            raise PagingError(f"protect at {va:#018x}: flags {flags:#x} include bits it manages (PS/PAT/address/key)")
+        self._check_range(va, size)
+        covered = va
+        for leaf in self.leaves(va, va + size):
+            if leaf.va > covered:
+                break
+            covered = leaf.va + leaf.size
+        if covered < va + size:
+            raise PagingError(f"protect {_fmt_range(va, size)}: {covered:#018x} is not mapped")
+        self._edit(self.root, 0, va, va + size, int(flags) | PTE.P, pkey)
+
+    def _split(self, slot: int, depth: int, entry: int, va: int) -> int:
+        """Replace the large leaf at `slot` with a table of 512 next-level leaves; return the
+        new non-leaf entry. A 2 MiB leaf's PAT bit (12) becomes bit 7 in 4 KiB PTEs (SDM Table 4-20)."""
+        child = self.levels[depth + 1]
+        base_pa = entry_phys(entry, self.levels[depth].span)
+        flags = entry & ~(int(PTE.PS) | (((1 << 52) - 1) & ~0xFFF))
+        pat = entry & PTE.PAT_LARGE
+        if child.leaf_ok and depth + 1 < len(self.levels) - 1:
+            child_flags = flags | int(PTE.PS) | pat  # 1 GiB -> 2 MiB leaves keep PS and PAT at bit 12
+        else:
+            child_flags = flags | (int(PTE.PS) if pat else 0)  # PAT moves to bit 7 of a PTE
+        new = self._new_table()
+        words = self.mem.table(new)
+        for i in range(512):
+            words[i] = base_pa + i * child.span | child_flags
+        table_entry = new | self._table_flags(va)
+        self.mem.write_u64(slot, table_entry)
+        return table_entry
+
+    def _edit(self, table: int, depth: int, va: int, end: int, flags: int | None, pkey: int | None) -> bool:
+        """Unmap (flags None) or re-protect [va, end) below `table`; return True if it is empty."""
+        level = self.levels[depth]
+        while va < end:
+            slot_start = va & ~(level.span - 1)
+            slot_end = min(end, slot_start + level.span)
+            slot = table + 8 * level.index(va)
+            entry = self.mem.read_u64(slot)
+            if entry & PTE.P:
+                whole = va == slot_start and slot_end - slot_start == level.span
+                if self._is_leaf(depth, entry) and not whole:
+                    entry = self._split(slot, depth, entry, va)
+                if self._is_leaf(depth, entry):
+                    if flags is None:
+                        self.mem.write_u64(slot, 0)
+                    else:
+                        key = (entry >> 59) & 0xF if pkey is None else pkey
+                        large = level.span != PAGE_SIZE
+                        new = make_entry(entry_phys(entry, level.span), (flags | (entry & KEEP_ON_PROTECT))
+                                         | (PTE.PS if large else 0) | (entry & (PTE.PAT_LARGE if large else 0)),
+                                         maxphyaddr=52, pkey=key, align=level.span)
+                        if not large:
+                            new |= entry & PTE.PS  # a 4 KiB PTE's PAT bit stays
+                        self.mem.write_u64(slot, new)
+                else:
+                    child = entry_phys(entry)
+                    if self._edit(child, depth + 1, va, slot_end, flags, pkey) and flags is None:
+                        self.mem.write_u64(slot, 0)
+                        self.mem.free(child)
+            va = slot_end
+        return not self.mem.table(table).any()
+
+    # ---- teardown ----------------------------------------------------------------------------
+    def destroy(self) -> None:
+        """Free every table of the tree, the root included (data frames are not touched)."""
+        for table, _ in list(self.tables()):
+            self.mem.free(table)

@@ -1,0 +1,133 @@
+"""The reference page walker: linear address + access + CPU state -> translation or fault.
+
+The readable path. It sequences the rules of `kaiser.x86.rights` over the levels of the paging
+mode and writes accessed/dirty bits back into the tables as hardware does (SDM Vol. 3A §4.8):
+A is set in each non-leaf entry as the walk passes it (present, no reserved bit), so an access
+that faults lower down may still leave A set above (permitted by §4.8, done by QEMU, tolerated by
+kvm-unit-tests); the leaf's A, and D for a write, are set only when the access succeeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, entry_phys, pkey_of
+from kaiser.x86.cpu import CpuFeatures, CpuState
+from kaiser.x86.geometry import Level, mode_for
+from kaiser.x86.physmem import PhysicalMemory
+from kaiser.x86.rights import Op, Rights, access_error_bits, check_access, reserved_mask
+
+GP_VECTOR = 13
+
+
+@dataclass(frozen=True)
+class EntryRef:
+    """One paging-structure entry the walk read: where it lives and its value when read."""
+
+    level: Level
+    table: int  # physical address of the table
+    index: int
+    value: int
+
+    @property
+    def address(self) -> int:
+        return self.table + 8 * self.index
+
+
+@dataclass(frozen=True)
+class Translation:
+    """A successful translation."""
+
+    va: int
+    pa: int
+    page_size: int
+    entries: tuple[EntryRef, ...]
+    rights: Rights
+    leaf: int  # leaf entry value after A/D update
+    ok: bool = field(default=True, init=False)
+
+    @property
+    def global_(self) -> bool:
+        return bool(self.leaf & PTE.G)
+
+    @property
+    def pkey(self) -> int:
+        return pkey_of(self.leaf)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An exception instead of a translation: #PF (vector 14, CR2, error code) or #GP (13) for a
+    non-canonical address. `entry` is the entry at which the walk stopped, if any."""
+
+    vector: int
+    cr2: int | None
+    error_code: int
+    reason: str
+    entry: EntryRef | None = None
+    entries: tuple[EntryRef, ...] = ()
+    ok: bool = field(default=False, init=False)
+
+    @property
+    def level(self) -> Level | None:
+        return self.entry.level if self.entry else None
+
+    def describe(self) -> str:
+        if self.vector == GP_VECTOR:
+            return f"#GP(0): {self.reason}"
+        where = f" at {self.entry.level.entry}[{self.entry.index}]" if self.entry else ""
+        return f"#PF cr2={self.cr2:#018x} error={PFEC(self.error_code)!r}{where}: {self.reason}"
+
+
+def translate(
+    mem: PhysicalMemory,
+    state: CpuState,
+    va: int,
+    op: Op = Op.READ,
+    *,
+    implicit: bool = False,
+    features: CpuFeatures | None = None,
+    set_ad: bool = True,
+) -> Translation | Fault:
+    """Translate `va` for one access under `state` (SDM Vol. 3A §4.5-4.8).
+
+    `implicit` marks a system-structure access (GDT/IDT/TSS...), which is a supervisor access at
+    any CPL (§4.6). With `set_ad=False` the tables are left untouched (a "probe" walk).
+    """
+    features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr)
+    mode = mode_for(state.la57)
+    if not mode.is_canonical(va):
+        return Fault(GP_VECTOR, None, 0, f"non-canonical address {va:#018x}")  # SDM Vol. 3A §6.15 #GP
+    access_bits = access_error_bits(op, state, implicit)
+    nxe = state.nxe
+    table = state.root
+    rights = Rights()
+    walked: list[EntryRef] = []
+    for depth, level in enumerate(mode.levels):
+        index = level.index(va)
+        value = mem.read_u64(table + 8 * index)
+        ref = EntryRef(level, table, index, value)
+        walked.append(ref)
+        if not value & PTE.P:  # SDM §4.7: P=0 in the error code; reserved bits not checked
+            return Fault(PF_VECTOR, va, int(access_bits), f"{level.entry} not present", ref, tuple(walked))
+        is_leaf = depth == len(mode.levels) - 1 or (level.leaf_ok and bool(value & PTE.PS))
+        large = is_leaf and depth != len(mode.levels) - 1
+        bad = value & reserved_mask(level, depth == 0, large, features, nxe)
+        if bad:
+            return Fault(PF_VECTOR, va, int(access_bits | PFEC.P | PFEC.RSVD),
+                         f"reserved bits {bad:#x} set in {level.entry}", ref, tuple(walked))
+        rights = rights.through(value, nxe)
+        if not is_leaf:
+            if set_ad and not value & PTE.A:
+                mem.write_u64(ref.address, value | PTE.A)  # SDM §4.8: A set in every entry used
+            table = entry_phys(value)
+            continue
+        check = check_access(rights, value, op, state, implicit)
+        if not check.allowed:
+            return Fault(PF_VECTOR, va, int(access_bits | check.error_bits), check.reason, ref, tuple(walked))
+        leaf = int(value | PTE.A | (PTE.D if op is Op.WRITE else 0))
+        if set_ad and leaf != value:
+            mem.write_u64(ref.address, leaf)  # SDM §4.8: A on use, D on a write through the leaf
+        size = level.span
+        return Translation(va, entry_phys(value, size) | (va & (size - 1)), size, tuple(walked), rights, leaf)
+    raise AssertionError("unreachable: the last level is always a leaf")
