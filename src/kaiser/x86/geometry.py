@@ -96,3 +96,11 @@ def mode_for(la57: bool) -> PagingMode:
 def user_half_end(mode: PagingMode) -> int:
     """First address above the canonical lower half (0x0000_8000_0000_0000 for 4-level)."""
     return 1 << (mode.va_bits - 1)
+
+
+def format_size(size: int) -> str:
+    """A byte count in the largest binary unit that divides it: `4 KiB`, `2 MiB`, `1 GiB`."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, entry_phys, pkey_of
+from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, describe, entry_phys, pkey_of
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.geometry import Level, mode_for
 from kaiser.x86.physmem import PhysicalMemory
@@ -76,7 +76,7 @@ class Fault:
         if self.vector == GP_VECTOR:
             return f"#GP(0): {self.reason}"
         where = f" at {self.entry.level.entry}[{self.entry.index}]" if self.entry else ""
-        return f"#PF cr2={self.cr2:#018x} error={PFEC(self.error_code)!r}{where}: {self.reason}"
+        return f"#PF cr2={self.cr2:#018x} error={describe(PFEC, self.error_code)} ({self.error_code:#x}){where}: {self.reason}"
 
 
 def translate(

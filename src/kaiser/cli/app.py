@@ -1,0 +1,43 @@
+"""The `kaiser` command: a thin layer over the Python API (`kaiser.x86`, `kaiser.linux`, ...)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from kaiser.cli.demo import demo_command
+from kaiser.cli.output import fail
+from kaiser.cli.walk import walk_command
+from kaiser.x86.bits import BitsError
+from kaiser.x86.geometry import AddressError
+from kaiser.x86.pagetable import PagingError
+from kaiser.x86.physmem import PhysMemError
+
+app = typer.Typer(
+    name="kaiser",
+    help="Kernel page-table isolation (KAISER/KPTI) on a bit-exact x86-64 paging model: see it, prove it, price it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("demo")(demo_command)
+app.command("walk")(walk_command)
+
+# Errors that mean "the input was wrong", reported in one line with exit status 2.
+USER_ERRORS: tuple[type[Exception], ...] = (BitsError, AddressError, PagingError, PhysMemError)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except USER_ERRORS as exc:
+        try:
+            fail(str(exc))
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Shared CLI plumbing: consoles, JSON output and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def emit_json(data: Any) -> None:
+    """Print `data` as JSON on stdout (the `--json` form of every reporting command)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, int):
+        return int(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """A user mistake: one line on stderr, a non-zero exit, never a traceback."""
+    err_console.print(f"[bold red]kaiser: error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def parse_int(text: str, what: str) -> int:
+    """An integer given on the command line, in decimal or 0x-hex (underscores allowed)."""
+    try:
+        return int(text.replace("_", ""), 0)
+    except ValueError:
+        fail(f"{what} {text!r} is not a number (use decimal or 0x-hex)")
