@@ -8,6 +8,7 @@ import typer
 
 from kaiser.cli.demo import demo_command
 from kaiser.cli.output import fail
+from kaiser.cli.verify import verify_command
 from kaiser.cli.walk import walk_command
 from kaiser.x86.bits import BitsError
 from kaiser.x86.geometry import AddressError
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 app.command("demo")(demo_command)
 app.command("walk")(walk_command)
+app.command("verify")(verify_command)
 
 # Errors that mean "the input was wrong", reported in one line with exit status 2.
 USER_ERRORS: tuple[type[Exception], ...] = (BitsError, AddressError, PagingError, PhysMemError)

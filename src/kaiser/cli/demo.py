@@ -46,8 +46,10 @@ def demo_command(
         table.add_row(r.name, f"{r.va:#018x}", f"{r.size >> 10:,} KiB", describe(PTE, r.flags | PTE.P))
     console.print(table)
     stats = mem.stats()
-    console.print(f"{pt.mode.name} paging; page-table frames: {stats.page_table}, data frames: {stats.data}; "
-                  f"host memory for {mem.size >> 30} GiB of RAM: {mem.frames.nbytes >> 10:,} KiB")
+    console.print(
+        f"{pt.mode.name} paging; page-table frames: {stats.page_table}, data frames: {stats.data}; "
+        f"host memory for {mem.size >> 30} GiB of RAM: {mem.frames.nbytes >> 10:,} KiB"
+    )
 
     console.print(Rule("2. walks (SDM Vol. 3A §4.5-4.7)"))
     walks = Table("access", "address", "outcome")

@@ -19,17 +19,36 @@ from kaiser.x86.walker import Fault, Translation, translate
 def walk_result_json(result: Translation | Fault) -> dict[str, object]:
     """The JSON form of a walk."""
     entries = [
-        {"level": e.level.entry, "table": hex(e.table), "index": e.index, "value": hex(e.value),
-         "flags": describe_entry(e.value)}
+        {
+            "level": e.level.entry,
+            "table": hex(e.table),
+            "index": e.index,
+            "value": hex(e.value),
+            "flags": describe_entry(e.value),
+        }
         for e in result.entries
     ]
     if isinstance(result, Translation):
-        return {"ok": True, "va": hex(result.va), "pa": hex(result.pa), "page_size": result.page_size,
-                "global": result.global_, "user": result.rights.user, "writable": result.rights.writable,
-                "nx": result.rights.nx, "entries": entries}
-    return {"ok": False, "vector": result.vector, "cr2": None if result.cr2 is None else hex(result.cr2),
-            "error_code": result.error_code, "error_bits": str(PFEC(result.error_code).name or ""),
-            "reason": result.reason, "entries": entries}
+        return {
+            "ok": True,
+            "va": hex(result.va),
+            "pa": hex(result.pa),
+            "page_size": result.page_size,
+            "global": result.global_,
+            "user": result.rights.user,
+            "writable": result.rights.writable,
+            "nx": result.rights.nx,
+            "entries": entries,
+        }
+    return {
+        "ok": False,
+        "vector": result.vector,
+        "cr2": None if result.cr2 is None else hex(result.cr2),
+        "error_code": result.error_code,
+        "error_bits": str(PFEC(result.error_code).name or ""),
+        "reason": result.reason,
+        "entries": entries,
+    }
 
 
 def render_walk(result: Translation | Fault, title: str) -> Table:
@@ -72,7 +91,9 @@ def walk_command(
     who = "user (CPL 3)" if user else "kernel (CPL 0)"
     console.print(render_walk(result, f"{access.value} of {va:#018x} by {who}"))
     if isinstance(result, Translation):
-        console.print(f"[green]ok[/]: physical {result.pa:#x}, {format_size(result.page_size)} page"
-                      f"{', global' if result.global_ else ''}")
+        console.print(
+            f"[green]ok[/]: physical {result.pa:#x}, {format_size(result.page_size)} page"
+            f"{', global' if result.global_ else ''}"
+        )
     else:
         console.print(f"[red]fault[/]: {result.describe()}")

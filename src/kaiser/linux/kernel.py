@@ -1,0 +1,522 @@
+"""A booted Linux kernel on the paging model: init_mm's tables, PTI's user tables, processes.
+
+`Kernel(config)` lays out the kernel for a variant (`kaiser.linux.variants`), maps every region
+into init_mm's kernel PGD with Linux's protections, builds the user PGD's kernel half the way the
+variant does (`kaiser.linux.pti`), and then creates processes (`kaiser.linux.mm.Mm`) whose PGD
+pairs copy both kernel halves from init_mm (`clone_pgd_range`, linux-kpti.md §3.1) and mirror
+every user-half top-level write into the user PGD (`pti_set_user_pgtbl`, §3.2).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from kaiser.linux import pti
+from kaiser.linux.layout import VSYSCALL_ADDR, Layout, make_layout
+from kaiser.linux.mm import Mm, ProgramImage
+from kaiser.linux.variants import Entry, GlobalPolicy, Level, Part, Variant, get_variant
+from kaiser.x86.bits import CR4, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE, make_cr3
+from kaiser.x86.geometry import PagingMode, mode_for
+from kaiser.x86.pagetable import PageTable
+from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory
+
+GiB = 1 << 30
+MiB = 1 << 20
+THREAD_SIZE = 16 << 10  # x86-64 kernel stack, 4 pages (asm/page_64_types.h with KASAN off)
+PAGE_KERNEL_VVAR = int(PAGE_KERNEL_RO | PTE.US)  # __PAGE_KERNEL_VVAR: the emulated vsyscall page (§3.3)
+# struct cpu_entry_area, in pages (§3.4 and ptdump-samples/01): gdt, entry stack, tss (3), the
+# trampoline (4.15-4.19; ours), IST stacks (6), debug store placeholders (32, not present).
+CEA_GDT, CEA_ENTRY_STACK, CEA_TSS, CEA_TSS_PAGES = 0, 1, 2, 3
+CEA_TRAMPOLINE = 5
+CEA_ESTACKS_PAGES = 6
+CEA_DEBUG_STORE_PAGES = 32
+PERCPU_PAGES = 16  # our per-CPU area in the direct map: gdt, tss (3), entry stack, estacks (6), spare
+LDT_SLOT_SIZE = 64 << 10  # LDT_ENTRIES * LDT_ENTRY_SIZE (ldt.c, §7.5)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Machine switches: the variant plus the orthogonal PCID, LA57 and KASLR switches."""
+
+    variant: str = "linux"
+    pcid: bool = True
+    la57: bool = False
+    kaslr: bool = True
+    seed: int = 0
+    ncpus: int = 2
+    ram: int = 4 * GiB
+    pge: bool = True
+
+    def __post_init__(self) -> None:
+        get_variant(self.variant)
+        if not 1 <= self.ncpus <= 64:
+            raise ValueError(f"ncpus={self.ncpus} must be 1..64")
+        if self.ram < 256 * MiB or self.ram % (2 * MiB):
+            raise ValueError(f"ram={self.ram:#x} must be a multiple of 2 MiB and at least 256 MiB")
+
+
+@dataclass
+class Cpu:
+    """Per-CPU kernel objects: where its entry area and per-CPU data live."""
+
+    index: int
+    cea: int  # virtual base of its struct cpu_entry_area
+    percpu_pa: int  # physical base of its per-CPU area (direct-mapped)
+    percpu_va: int
+
+    @property
+    def tss_va(self) -> int:
+        """`cpu_tss_rw` at its per-CPU (direct-map) address: what 4.20+ SYSCALL entry writes."""
+        return self.percpu_va + 1 * PAGE_SIZE
+
+    @property
+    def entry_stack(self) -> int:
+        return self.cea + (CEA_ENTRY_STACK + 1) * PAGE_SIZE - 8
+
+
+@dataclass
+class PgdPair:
+    """An mm's top-level tables: the kernel PGD and, under isolation, the user PGD at +4 KiB."""
+
+    kernel_pt: PageTable
+    user_pt: PageTable | None
+
+    @property
+    def kernel_pgd(self) -> int:
+        return self.kernel_pt.root
+
+    @property
+    def user_pgd(self) -> int | None:
+        return self.user_pt.root if self.user_pt else None
+
+
+@dataclass
+class Task:
+    """A process: its mm and its kernel stack in vmalloc space."""
+
+    pid: int
+    mm: Mm
+    stack: int  # lowest address of the THREAD_SIZE stack
+
+
+@dataclass
+class Kernel:
+    """A booted kernel. Build with `Kernel.boot(KernelConfig(...))`."""
+
+    config: KernelConfig
+    variant: Variant
+    layout: Layout
+    mem: PhysicalMemory
+    init: PgdPair
+    cpus: list[Cpu]
+    tasks: dict[int, Task] = field(default_factory=dict)
+    _frame_refs: dict[int, int] = field(default_factory=dict)
+    _vmalloc_next: int = 0
+    _free_stacks: list[int] = field(default_factory=list)
+    _next_pid: int = 1
+    baseline_frames: int = 0
+
+    # ---- boot ------------------------------------------------------------------------------
+    @classmethod
+    def boot(cls, config: KernelConfig | None = None) -> Kernel:
+        config = config or KernelConfig()
+        variant = get_variant(config.variant)
+        layout = make_layout(config.la57, config.kaslr, config.seed, config.ram, era=variant.era)  # type: ignore[arg-type]
+        mem = PhysicalMemory(config.ram)
+        mode = mode_for(config.la57)
+        image_span = layout.kernel_end - layout.kernel_base
+        mem.reserve(layout.kernel_phys, -(-image_span // (2 * MiB)) * 2 * MiB, FrameKind.DATA, "kernel image")
+        init = cls._alloc_pgd_pair(mem, mode, variant, "init_mm")
+        kernel = cls(config, variant, layout, mem, init, [])
+        kernel._vmalloc_next = layout.vmalloc_base + 2 * MiB
+        kernel._map_kernel()
+        if variant.isolating:
+            kernel._pti_init()
+        kernel._preallocate_stack_tables()
+        kernel.baseline_frames = mem.stats().page_table
+        return kernel
+
+    @staticmethod
+    def _alloc_pgd_pair(mem: PhysicalMemory, mode: PagingMode, variant: Variant, tag: str) -> PgdPair:
+        if variant.isolating:
+            # PGD_ALLOCATION_ORDER 1: an 8 KiB, 8 KiB-aligned pair (asm/pgalloc.h, §3.1).
+            kpgd = mem.alloc(FrameKind.PAGE_TABLE, tag, count=2, align=2)
+            return PgdPair(
+                PageTable(mem, mode, tag=tag, root=kpgd),
+                PageTable(mem, mode, tag=tag, root=pti.kernel_to_user_pgd(kpgd)),
+            )
+        return PgdPair(PageTable(mem, mode, tag=tag), None)
+
+    # ---- global-bit policy -----------------------------------------------------------------
+    def _global(self, shared: bool) -> int:
+        """G for a kernel mapping: everywhere without isolation, nowhere under the RFC and 4.15,
+        only on what the user tables also map under the review's policy (§2 notes, §3.3, §7.3)."""
+        if not self.config.pge:
+            return 0
+        policy = self.variant.global_policy
+        if policy is GlobalPolicy.ALL_KERNEL:
+            return int(PTE.G)
+        if policy is GlobalPolicy.NONE:
+            return 0
+        return int(PTE.G) if shared else 0
+
+    def kernel_text_shared(self) -> bool:
+        """Is the kernel text mapped in the user tables? Modern PTI clones it only when
+        `pti_kernel_image_global_ok()`: no PCID and pti=auto (§3.3); two-pgd's shared top-level
+        entry holds the whole image."""
+        if self.variant.maps(Part.FIXMAP_PGD):
+            return True
+        return (
+            self.variant.global_policy is GlobalPolicy.SHARED_AND_TEXT_WITHOUT_PCID
+            and self.variant.maps(Part.KERNEL_TEXT)
+            and not self.config.pcid
+        )
+
+    # ---- kernel mappings (init_mm) ---------------------------------------------------------
+    def _map_kernel(self) -> None:
+        lay, kpt, mem = self.layout, self.init.kernel_pt, self.mem
+        two_pgd = self.variant.maps(Part.FIXMAP_PGD)
+        # Direct map of all RAM, largest pages first (arch/x86/mm/init_64.c), PAGE_KERNEL.
+        kpt.map(lay.page_offset_base, 0, self.config.ram, int(PAGE_KERNEL & ~PTE.G) | self._global(False))
+        # Kernel image sections with their final permissions (mark_rodata_ro()).
+        text_shared = self.kernel_text_shared()
+        for sec in lay.sections:
+            shared = two_pgd or (sec.name in ("text", "rodata") and text_shared)
+            flags = (sec.prot & ~int(PTE.G)) | self._global(shared)
+            size = -(-sec.size // PAGE_SIZE) * PAGE_SIZE
+            kpt.map(sec.start, lay.kernel_phys + (sec.start - lay.kernel_base), size, flags)
+        if self.variant.maps(Part.ENTRY_TEXT) and self._global(True):
+            self._set_global_range(lay.entry_text[0], lay.entry_text[1])
+        # vmemmap: struct page array for RAM (64 bytes a page), 2 MiB pages.
+        vmemmap_size = -(-(self.config.ram // PAGE_SIZE * 64) // (2 * MiB)) * 2 * MiB
+        backing = mem.alloc(FrameKind.DATA, "vmemmap", count=vmemmap_size // PAGE_SIZE, align=512)
+        kpt.map(lay.vmemmap_base, backing, vmemmap_size, int(PAGE_KERNEL & ~PTE.G) | self._global(False))
+        # vmalloc: the top-level entries are populated now so every mm shares them
+        # (preallocate_vmalloc_pages(), arch/x86/mm/init_64.c).
+        kpt.entry_slot(lay.vmalloc_base, 1, create=True)
+        # Per-CPU areas (direct-mapped) and the cpu_entry_area that aliases parts of them.
+        self._map_cpu_entry_area()
+        # ESPfix: a page of the espfix area, at a boot-random place even with nokaslr (real-kernel.md).
+        rng = random.Random(self.config.seed ^ 0xE5F1)
+        self.espfix_va = lay.espfix_base + rng.randrange(1 << 20) * PAGE_SIZE
+        espfix_pa = mem.alloc(FrameKind.DATA, "espfix")
+        kpt.map(self.espfix_va, espfix_pa, PAGE_SIZE, int(PAGE_KERNEL_RO & ~PTE.G) | self._global(True))
+        # Fixmap: two I/O pages, and the vsyscall page (fixmap slot 511) as USR ro NX (emulate mode).
+        fix_pa = mem.alloc(FrameKind.DATA, "fixmap", count=2)
+        kpt.map(
+            lay.fixaddr_start + 0x85000,
+            fix_pa,
+            2 * PAGE_SIZE,
+            int(PTE.RW | PTE.PWT | PTE.PCD | PTE.NX | PTE.A | PTE.D) | self._global(two_pgd),
+        )
+        vsys_pa = lay.kernel_phys + (lay.section("rodata").start - lay.kernel_base)  # __vsyscall_page
+        kpt.map(VSYSCALL_ADDR, vsys_pa, PAGE_SIZE, PAGE_KERNEL_VVAR & ~int(PTE.G) | self._global(two_pgd))
+        self._set_vsyscall_pgtable_user_bits(kpt)
+        # Modules: one loaded module, text RX and data RW NX.
+        mod_pa = mem.alloc(FrameKind.DATA, "modules", count=8)
+        kpt.map(lay.modules_vaddr, mod_pa, 4 * PAGE_SIZE, int(PAGE_KERNEL_RX & ~PTE.G) | self._global(two_pgd))
+        kpt.map(
+            lay.modules_vaddr + 4 * PAGE_SIZE,
+            mod_pa + 4 * PAGE_SIZE,
+            4 * PAGE_SIZE,
+            int(PAGE_KERNEL & ~PTE.G) | self._global(two_pgd),
+        )
+
+    def _set_global_range(self, start: int, end: int) -> None:
+        """Set G on the kernel leaves covering [start, end) (the clone does this for entry text)."""
+        kpt = self.init.kernel_pt
+        for leaf in list(kpt.leaves(start, end)):
+            slot = kpt.entry_slot(leaf.va, leaf.depth)
+            assert slot is not None
+            self.mem.write_u64(slot, self.mem.read_u64(slot) | int(PTE.G))
+
+    def _set_vsyscall_pgtable_user_bits(self, pt: PageTable) -> None:
+        """OR USER into every upper-level entry above the vsyscall PTE (vsyscall_64.c, §3.3)."""
+        for depth in range(len(pt.levels) - 1):
+            slot = pt.entry_slot(VSYSCALL_ADDR, depth)
+            if slot is not None:
+                self.mem.write_u64(slot, self.mem.read_u64(slot) | int(PTE.US))
+
+    def _cea_slot_order(self) -> list[int]:
+        """Per-CPU entry-area slots: CPU n at slot n before 6.2 and without KASLR; a random unique
+        slot per CPU with KASLR since 6.2 (97e3d26b5e5f, §1.5). Ours and the 4.15 era keep fixed slots."""
+        n = self.config.ncpus
+        if not (self.config.kaslr and self.variant.era == "modern" and self.variant.entry is not Entry.FIXED_CEA):
+            return list(range(n))
+        cea_size = self._cea_pages() * PAGE_SIZE
+        max_cea = ((1 << 39) - PAGE_SIZE) // cea_size
+        return random.Random(self.config.seed ^ 0xCEA).sample(range(max_cea), n)
+
+    def _cea_pages(self) -> int:
+        trampoline = 1 if self.variant.entry is not Entry.ENTRY_TEXT else 0
+        return 1 + 1 + CEA_TSS_PAGES + trampoline + CEA_ESTACKS_PAGES + CEA_DEBUG_STORE_PAGES
+
+    def _map_cpu_entry_area(self) -> None:
+        lay, kpt, mem = self.layout, self.init.kernel_pt, self.mem
+        g = self._global(True)
+        ro, rw = int(PAGE_KERNEL_RO & ~PTE.G) | g, int(PAGE_KERNEL & ~PTE.G) | g
+        base = lay.cpu_entry_area_base
+        idt_pa = lay.kernel_phys + (lay.section("data").start - lay.kernel_base)  # idt_table in .data
+        kpt.map(base, idt_pa, PAGE_SIZE, ro)  # CPU_ENTRY_AREA_RO_IDT
+        trampoline_pa = lay.kernel_phys + (lay.entry_text[0] - lay.kernel_base)
+        for index, slot in enumerate(self._cea_slot_order()):
+            percpu_pa = mem.alloc(FrameKind.DATA, f"percpu{index}", count=PERCPU_PAGES)
+            cpu = Cpu(
+                index,
+                base + PAGE_SIZE + slot * self._cea_pages() * PAGE_SIZE,
+                percpu_pa,
+                lay.page_offset_base + percpu_pa,
+            )
+            self.cpus.append(cpu)
+            page = cpu.cea
+            kpt.map(page, percpu_pa, PAGE_SIZE, ro)  # gdt
+            kpt.map(page + PAGE_SIZE, percpu_pa + 5 * PAGE_SIZE, PAGE_SIZE, rw)  # entry stack
+            kpt.map(page + 2 * PAGE_SIZE, percpu_pa + PAGE_SIZE, CEA_TSS_PAGES * PAGE_SIZE, ro)  # tss
+            page += (2 + CEA_TSS_PAGES) * PAGE_SIZE
+            if self.variant.entry is not Entry.ENTRY_TEXT:
+                rx = int(PAGE_KERNEL_RX & ~PTE.G) | g
+                kpt.map(page, trampoline_pa, PAGE_SIZE, rx)  # the SYSCALL entry trampoline
+                page += PAGE_SIZE
+            kpt.map(page, percpu_pa + 6 * PAGE_SIZE, CEA_ESTACKS_PAGES * PAGE_SIZE, rw)  # IST stacks
+
+    # ---- PTI: the user tables' kernel half ---------------------------------------------------
+    def _pti_init(self) -> None:
+        """`pti_init()` + `pti_finalize()` for the variant (§3.3; §7.1 for the private RFC copies)."""
+        kpt, upt = self.init.kernel_pt, self.init.user_pt
+        assert upt is not None
+        lay = self.layout
+        g = bool(self._global(True))
+        for clone in self.variant.clones:
+            part = clone.part
+            if part is Part.CPU_ENTRY_AREA:
+                if clone.private:
+                    self._kaiser_map_cea(kpt, upt, g)
+                elif clone.level is Level.PGD:
+                    pti.pti_clone_pgd(kpt, upt, lay.cpu_entry_area_base)
+                else:
+                    pti.pti_clone_p4d(kpt, upt, lay.cpu_entry_area_base)
+            elif part is Part.ESPFIX:
+                pti.pti_clone_p4d(kpt, upt, lay.espfix_base)
+            elif part is Part.ENTRY_TEXT:
+                start, end = lay.entry_text
+                if clone.private:
+                    pti.kaiser_add_mapping(kpt, upt, start, end - start, set_global=g)
+                else:
+                    pti.pti_clone_pgtable(kpt, upt, start, end, "pmd", clear=clone.clear, set_global=g)
+            elif part is Part.TSS_PERCPU:
+                for cpu in self.cpus:  # pti_clone_user_shared(): a private PTE, PAGE_KERNEL minus G
+                    upt.map(
+                        cpu.tss_va, cpu.percpu_pa + PAGE_SIZE, PAGE_SIZE, int(PAGE_KERNEL & ~PTE.G), page_size=PAGE_SIZE
+                    )
+            elif part is Part.VSYSCALL:
+                pti.pti_clone_pgtable(kpt, upt, VSYSCALL_ADDR, VSYSCALL_ADDR + PAGE_SIZE, "pte")
+                self._set_vsyscall_pgtable_user_bits(upt)
+            elif part is Part.KERNEL_TEXT:
+                if self.kernel_text_shared():  # pti_clone_kernel_text()
+                    pti.pti_clone_pgtable(kpt, upt, lay.kernel_base, lay.section("data").start, "pmd", set_global=g)
+            elif part is Part.FIXMAP_PGD:
+                pti.pti_clone_pgd(kpt, upt, lay.fixaddr_start)
+            elif part is Part.PERCPU_USER_MAPPED:
+                for cpu in self.cpus:  # KAISER's user-mapped per-CPU section at its percpu address
+                    pti.kaiser_add_mapping(kpt, upt, cpu.percpu_va, 5 * PAGE_SIZE, set_global=g)
+            # TASK_STACKS are mapped per process in `fork`; LDT per mm in `map_ldt`.
+
+    def _kaiser_map_cea(self, kpt: PageTable, upt: PageTable, g: bool) -> None:
+        lay = self.layout
+        pti.kaiser_add_mapping(kpt, upt, lay.cpu_entry_area_base, PAGE_SIZE, set_global=g)
+        for cpu in self.cpus:
+            for leaf in list(kpt.leaves(cpu.cea, cpu.cea + self._cea_pages() * PAGE_SIZE)):
+                pti.kaiser_add_mapping(kpt, upt, leaf.va, leaf.size, set_global=g)
+
+    def _preallocate_stack_tables(self) -> None:
+        """Tables for the first 2 MiB of task stacks exist from boot (in both trees when stacks are
+        mapped to user), so process churn does not change the kernel's table count."""
+        leaf = len(self.init.kernel_pt.levels) - 1
+        self.init.kernel_pt.entry_slot(self._vmalloc_next, leaf, create=True)
+        if self.variant.maps(Part.TASK_STACKS):
+            assert self.init.user_pt is not None
+            self.init.user_pt.entry_slot(self._vmalloc_next, leaf, create=True)
+
+    def user_allowed_ranges(self) -> list[tuple[int, int, str]]:
+        """Kernel-half ranges the variant may map in user tables: (start, end, part name)."""
+        lay, v = self.layout, self.variant
+        out: list[tuple[int, int, str]] = []
+        top_shift = self.init.kernel_pt.levels[0].shift
+
+        def slot_of(va: int) -> tuple[int, int]:
+            return va & ~((1 << top_shift) - 1), (va & ~((1 << top_shift) - 1)) + (1 << top_shift)
+
+        for clone in v.clones:
+            part = clone.part
+            if part is Part.CPU_ENTRY_AREA:
+                lo, hi = (
+                    slot_of(lay.cpu_entry_area_base)
+                    if clone.level is Level.PGD
+                    else (lay.cpu_entry_area_base, lay.cpu_entry_area_base + (1 << 39))
+                )
+                out.append((lo, hi, part.value))
+            elif part is Part.ESPFIX:
+                out.append((lay.espfix_base, lay.espfix_base + (1 << 39), part.value))
+            elif part is Part.ENTRY_TEXT:
+                lo, hi = lay.entry_text
+                if clone.level is Level.PMD:
+                    lo, hi = lo & ~(2 * MiB - 1), -(-hi // (2 * MiB)) * 2 * MiB
+                out.append((lo, hi, part.value))
+            elif part is Part.TSS_PERCPU:
+                out += [(c.tss_va, c.tss_va + PAGE_SIZE, part.value) for c in self.cpus]
+            elif part is Part.VSYSCALL:
+                out.append((VSYSCALL_ADDR, VSYSCALL_ADDR + PAGE_SIZE, part.value))
+            elif part is Part.LDT:
+                out.append((lay.ldt_base, lay.ldt_end, part.value))
+            elif part is Part.KERNEL_TEXT and self.kernel_text_shared():
+                out.append((lay.kernel_base, lay.section("data").start, part.value))
+            elif part is Part.FIXMAP_PGD:
+                out.append((*slot_of(lay.fixaddr_start), part.value))
+            elif part is Part.TASK_STACKS:
+                out += [(t.stack, t.stack + THREAD_SIZE, part.value) for t in self.tasks.values()]
+            elif part is Part.PERCPU_USER_MAPPED:
+                out += [(c.percpu_va, c.percpu_va + 5 * PAGE_SIZE, part.value) for c in self.cpus]
+        return out
+
+    # ---- processes -------------------------------------------------------------------------
+    @property
+    def user_top(self) -> int:
+        return self.layout.user_end - PAGE_SIZE  # TASK_SIZE_MAX leaves a guard page (§1.2)
+
+    def new_pgd(self, mm: Mm) -> PgdPair:
+        """`pgd_alloc()`: a PGD (pair) whose kernel halves are copied from init_mm (clone_pgd_range)."""
+        pair = self._alloc_pgd_pair(self.mem, self.init.kernel_pt.mode, self.variant, f"pid{mm.pid}")
+        for index in range(256, 512):
+            self.mem.write_u64(pair.kernel_pgd + 8 * index, self.mem.read_u64(self.init.kernel_pgd + 8 * index))
+            if pair.user_pt is not None:
+                assert self.init.user_pgd is not None
+                self.mem.write_u64(pair.user_pt.root + 8 * index, self.mem.read_u64(self.init.user_pgd + 8 * index))
+        if pair.user_pt is not None:
+            kpt, upt = pair.kernel_pt, pair.user_pt
+            nx = self.variant.kernel_copy_marks_user_nx
+            kpt.root_hook = lambda index, value: pti.pti_set_user_pgtbl(kpt, upt, index, value, nx=nx)
+        return pair
+
+    def free_pgd(self, mm: Mm) -> None:
+        """`pgd_free()` after the user half was emptied: free the PGD (pair) and an LDT alias."""
+        if mm.ldt_slots:
+            self._unmap_ldt(mm)
+        for index in range(256):
+            if self.mem.read_u64(mm.pgd.kernel_pgd + 8 * index):
+                raise AssertionError(f"pid {mm.pid}: user PGD slot {index} still populated at exit")
+        self.mem.free(mm.pgd.kernel_pgd)
+        if mm.pgd.user_pt is not None:
+            self.mem.free(mm.pgd.user_pt.root)
+
+    def alloc_user_frame(self, pid: int) -> int:
+        pa = self.mem.alloc(FrameKind.DATA, f"user pid{pid}")
+        self._frame_refs[pa] = 1
+        return pa
+
+    def get_user_frame(self, pa: int) -> None:
+        self._frame_refs[pa] += 1
+
+    def put_user_frame(self, pa: int) -> None:
+        self._frame_refs[pa] -= 1
+        if not self._frame_refs[pa]:
+            del self._frame_refs[pa]
+            self.mem.free(pa)
+
+    def frame_shared(self, pa: int) -> bool:
+        return self._frame_refs.get(pa, 0) > 1
+
+    def _alloc_stack(self, pid: int) -> int:
+        """A vmalloc'd THREAD_SIZE stack with a guard page below (CONFIG_VMAP_STACK)."""
+        if self._free_stacks:
+            va = self._free_stacks.pop()
+        else:
+            va = self._vmalloc_next + PAGE_SIZE
+            self._vmalloc_next = va + THREAD_SIZE
+        pa = self.mem.alloc(FrameKind.DATA, f"stack pid{pid}", count=THREAD_SIZE // PAGE_SIZE)
+        self.init.kernel_pt.map(
+            va, pa, THREAD_SIZE, int(PAGE_KERNEL & ~PTE.G) | self._global(False), page_size=PAGE_SIZE
+        )
+        if self.variant.maps(Part.TASK_STACKS):
+            assert self.init.user_pt is not None
+            pti.kaiser_add_mapping(self.init.kernel_pt, self.init.user_pt, va, THREAD_SIZE)
+        return va
+
+    def _free_stack(self, va: int) -> None:
+        kpt = self.init.kernel_pt
+        for leaf in list(kpt.leaves(va, va + THREAD_SIZE)):
+            self.mem.free(leaf.pa)
+        leaf_depth = len(kpt.levels) - 1
+        for page in range(va, va + THREAD_SIZE, PAGE_SIZE):  # vunmap keeps the tables
+            slot = kpt.entry_slot(page, leaf_depth)
+            assert slot is not None
+            self.mem.write_u64(slot, 0)
+        if self.variant.maps(Part.TASK_STACKS):
+            assert self.init.user_pt is not None
+            pti.kaiser_remove_mapping(self.init.user_pt, va, THREAD_SIZE)
+        self._free_stacks.append(va)
+
+    def spawn(self, image: ProgramImage | None = None) -> Task:
+        """A new process running `image` (like fork + exec from init)."""
+        pid = self._next_pid
+        self._next_pid += 1
+        mm = Mm(self, pid)
+        mm.exec(image or ProgramImage())
+        task = Task(pid, mm, self._alloc_stack(pid))
+        self.tasks[pid] = task
+        return task
+
+    def fork(self, parent: Task) -> Task:
+        pid = self._next_pid
+        self._next_pid += 1
+        task = Task(pid, parent.mm.fork(pid), self._alloc_stack(pid))
+        self.tasks[pid] = task
+        return task
+
+    def exit(self, task: Task) -> None:
+        task.mm.exit()
+        self._free_stack(task.stack)
+        del self.tasks[task.pid]
+
+    # ---- LDT -----------------------------------------------------------------------------------
+    def map_ldt(self, mm: Mm) -> None:
+        """`map_ldt_struct()`: alias the LDT at the LDT slot, ro and not global, in this mm's own
+        tables, and share the whole top-level entry with its user PGD (ldt.c, §3.3, §7.5)."""
+        if mm.ldt_slots:
+            return
+        pa = self.mem.alloc(FrameKind.DATA, f"ldt pid{mm.pid}", count=LDT_SLOT_SIZE // PAGE_SIZE)
+        kpt = mm.pgd.kernel_pt
+        kpt.map(self.layout.ldt_base, pa, LDT_SLOT_SIZE, int(PAGE_KERNEL_RO & ~PTE.G), page_size=PAGE_SIZE)
+        if mm.pgd.user_pt is not None and self.variant.maps(Part.LDT):
+            pti.pti_clone_pgd(kpt, mm.pgd.user_pt, self.layout.ldt_base)
+
+    def _unmap_ldt(self, mm: Mm) -> None:
+        kpt = mm.pgd.kernel_pt
+        for leaf in list(kpt.leaves(self.layout.ldt_base, self.layout.ldt_base + LDT_SLOT_SIZE)):
+            self.mem.free(leaf.pa)
+        kpt.unmap(self.layout.ldt_base, LDT_SLOT_SIZE)  # free_ldt_pgtables()
+        if mm.pgd.user_pt is not None:
+            index = kpt.levels[0].index(self.layout.ldt_base)
+            self.mem.write_u64(mm.pgd.user_pt.root + 8 * index, 0)
+        mm.ldt_slots = 0
+
+    # ---- CR3 -----------------------------------------------------------------------------------
+    def cr3_pair(self, task: Task, asid: int = 0) -> tuple[int, int | None]:
+        """(kernel CR3, user CR3) of a task: with PCID kPCID = ASID+1 and the user PCID has bit 11;
+        the user CR3 is the kernel one with bit 12 set (calling.h, §4.1, §5.1)."""
+        pcide = self.config.pcid
+        kpcid = asid + 1 if pcide else 0
+        kcr3 = make_cr3(task.mm.pgd.kernel_pgd, pcid=kpcid, pcide=pcide)
+        if task.mm.pgd.user_pt is None:
+            return kcr3, None
+        return kcr3, kcr3 | 1 << 12 | ((1 << 11) if pcide else 0)
+
+    def cr4(self) -> int:
+        return int(
+            CR4.PAE
+            | (CR4.PGE if self.config.pge else 0)
+            | (CR4.PCIDE if self.config.pcid else 0)
+            | CR4.SMEP
+            | CR4.SMAP
+            | (CR4.LA57 if self.config.la57 else 0)
+        )
