@@ -8,6 +8,7 @@ that defines it. Encoders check every field's width and raise instead of silentl
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Final
 
 MASK64: Final = (1 << 64) - 1
@@ -128,16 +129,30 @@ def pkey_of(entry: int) -> int:
     return (entry >> PKEY_SHIFT) & 0xF
 
 
+def _check_maxphyaddr(maxphyaddr: int) -> None:
+    if not 1 <= maxphyaddr <= 52:
+        raise BitsError(f"maxphyaddr={maxphyaddr} is outside 1..52 (SDM §4.1.4)")
+
+
 def make_entry(phys: int, flags: int, *, maxphyaddr: int = 52, pkey: int = 0, align: int = 4096) -> int:
-    """Encode a paging-structure entry. `phys` must be `align`-aligned and below 2**maxphyaddr."""
-    _check_width("maxphyaddr", maxphyaddr, 6)
+    """Encode a paging-structure entry. `phys` must be `align`-aligned and below 2**maxphyaddr.
+
+    `align` is the page size of a leaf (4 KiB for tables and PTEs); bit 12 (PAT_LARGE) may be set
+    in `flags` only when `align` is larger, where it is the PAT bit rather than an address bit.
+    """
+    _check_maxphyaddr(maxphyaddr)
+    if align < 4096 or align & (align - 1):
+        raise BitsError(f"alignment {align:#x} is not a power of two of at least 4 KiB")
     if phys % align:
         raise BitsError(f"physical address {phys:#x} is not aligned to {align:#x}")
     _check_width("physical address", phys, maxphyaddr)
     _check_width("pkey", pkey, 4)
-    if int(flags) & (ADDR_MASK_52 | PKEY_MASK) & ~int(PTE.PAT_LARGE):
-        raise BitsError(f"flags {int(flags):#x} overlap the address or key field")
-    return phys | int(flags) | (pkey << PKEY_SHIFT)
+    flags = int(flags)
+    _check_width("flags", flags, 64)
+    allowed_addr_bits = int(PTE.PAT_LARGE) if align > 4096 else 0
+    if flags & (ADDR_MASK_52 | PKEY_MASK) & ~allowed_addr_bits:
+        raise BitsError(f"flags {flags:#x} overlap the address or key field")
+    return phys | flags | (pkey << PKEY_SHIFT)
 
 
 def entry_phys(entry: int, page_size: int = 4096) -> int:
@@ -145,20 +160,37 @@ def entry_phys(entry: int, page_size: int = 4096) -> int:
     return entry & ADDR_MASK_52 & ~(page_size - 1)
 
 
+@dataclass(frozen=True)
+class EntryFields:
+    """A decoded paging-structure entry: the inverse of `make_entry` for one page size."""
+
+    phys: int
+    flags: int  # every bit outside the address and key fields (PAT_LARGE included for large pages)
+    pkey: int
+
+
+def decode_entry(entry: int, page_size: int = 4096) -> EntryFields:
+    """Split an entry mapping (or pointing to) `page_size` bytes into address, flags and key."""
+    _check_width("entry", entry, 64)
+    phys = entry_phys(entry, page_size)
+    return EntryFields(phys, entry & ~phys & ~PKEY_MASK, pkey_of(entry))
+
+
 def make_cr3(pgd_phys: int, *, pcid: int = 0, noflush: bool = False, pcide: bool = False,
-             pwt: bool = False, pcd: bool = False) -> int:
+             pwt: bool = False, pcd: bool = False, maxphyaddr: int = 52) -> int:
     """Encode CR3. With `pcide` bits 11:0 are the PCID (and bit 63 NOFLUSH, used by MOV to CR3);
     without it bits 3 and 4 are PWT/PCD and a PCID or NOFLUSH is an error (SDM Tables 4-12/4-13)."""
+    _check_maxphyaddr(maxphyaddr)
     if pgd_phys % 4096:
         raise BitsError(f"CR3 table address {pgd_phys:#x} is not 4 KiB aligned")
-    _check_width("CR3 table address", pgd_phys, 52)
+    _check_width("CR3 table address", pgd_phys, maxphyaddr)
     if pcide:
         _check_width("PCID", pcid, 12)
         if pwt or pcd:
             raise BitsError("CR3.PWT/PCD do not exist with CR4.PCIDE=1 (bits 11:0 are the PCID)")
         return pgd_phys | pcid | (CR3_NOFLUSH if noflush else 0)
     if pcid or noflush:
-        raise BitsError("a PCID or NOFLUSH in CR3 needs CR4.PCIDE=1")
+        raise BitsError(f"a PCID ({pcid:#x}) or NOFLUSH in CR3 needs CR4.PCIDE=1")
     return pgd_phys | (CR3_PWT if pwt else 0) | (CR3_PCD if pcd else 0)
 
 
@@ -172,10 +204,52 @@ def cr3_pcid(cr3: int, pcide: bool) -> int:
     return cr3 & CR3_PCID_MASK if pcide else 0
 
 
+@dataclass(frozen=True)
+class Cr3Fields:
+    """A decoded CR3 (SDM Tables 4-12/4-13): `pcid`/`noflush` only with CR4.PCIDE, `pwt`/`pcd`
+    only without it (the other pair is always 0/False)."""
+
+    table: int
+    pcide: bool
+    pcid: int = 0
+    noflush: bool = False
+    pwt: bool = False
+    pcd: bool = False
+
+    def encode(self) -> int:
+        """The CR3 value again (`make_cr3` with these fields)."""
+        return make_cr3(self.table, pcid=self.pcid, noflush=self.noflush, pcide=self.pcide,
+                        pwt=self.pwt, pcd=self.pcd)
+
+    def describe(self) -> str:
+        if self.pcide:
+            return f"table={self.table:#x} pcid={self.pcid:#x}" + (" NOFLUSH" if self.noflush else "")
+        return f"table={self.table:#x}" + (" PWT" if self.pwt else "") + (" PCD" if self.pcd else "")
+
+
+def decode_cr3(cr3: int, pcide: bool) -> Cr3Fields:
+    """Decode a CR3 value as read (or as written by MOV to CR3, for NOFLUSH) under CR4.PCIDE.
+
+    Bits 62:52 are reserved (SDM §4.5), and bit 63 means NOFLUSH only with PCIDE: a value that
+    sets them is rejected as a model input error.
+    """
+    _check_width("CR3", cr3, 64)
+    if cr3 & ((1 << 63) - 1) & ~((1 << 52) - 1):
+        raise BitsError(f"CR3 {cr3:#x} sets reserved bits 62:52")
+    table = cr3_table(cr3)
+    if pcide:
+        return Cr3Fields(table, True, pcid=cr3 & CR3_PCID_MASK, noflush=bool(cr3 & CR3_NOFLUSH))
+    if cr3 & CR3_NOFLUSH:
+        raise BitsError(f"CR3 {cr3:#x} sets bit 63 (NOFLUSH), which needs CR4.PCIDE=1")
+    return Cr3Fields(table, False, pwt=bool(cr3 & CR3_PWT), pcd=bool(cr3 & CR3_PCD))
+
+
 def describe(flag_type: type[enum.IntFlag], value: int) -> str:
-    """Names of the set bits, `|`-joined in bit order; unknown bits as hex. E.g. `P|RW|NX`."""
+    """Names of the set bits, `|`-joined in bit order; unknown bits as hex. E.g. `P|RW|NX`, or
+    `describe(PFEC, 0b10111) == "P|WR|US|ID"`. Works for PTE, CR0, CR4, EFER, RFLAGS and PFEC."""
+    _check_width(flag_type.__name__, int(value), 64)
     names = []
-    rest = value
+    rest = int(value)
     for member in flag_type:
         if member.value & value:
             names.append(member.name or hex(member.value))
@@ -189,9 +263,20 @@ def describe(flag_type: type[enum.IntFlag], value: int) -> str:
     return "|".join(names) if names else "0"
 
 
-def describe_entry(entry: int) -> str:
-    """Human form of an entry: flags, physical address and protection key."""
-    flags = entry & ~ADDR_MASK_52 & ~PKEY_MASK
-    text = describe(PTE, flags)
+def describe_entry(entry: int, page_size: int | None = None) -> str:
+    """Human form of an entry: flags, physical address and protection key.
+
+    With the `page_size` of a leaf the PAT bit is named where it lives: bit 7 of a 4 KiB PTE
+    (shown as `PAT`, not `PS`), bit 12 of a 2 MiB / 1 GiB leaf (SDM Tables 4-16, 4-18, 4-20).
+    """
+    _check_width("entry", entry, 64)
+    phys = entry_phys(entry, page_size or 4096)
+    flags = entry & ~phys & ~PKEY_MASK
+    names = describe(PTE, flags & ~int(PTE.PAT_LARGE)).split("|")
+    if page_size == 4096 and flags & PTE_PAT_4K:
+        names[names.index("PS")] = "PAT"
+    if flags & PTE.PAT_LARGE:
+        names.append("PAT")
+    text = "|".join(n for n in names if n != "0") or "0"
     key = pkey_of(entry)
-    return f"{text} phys={entry & ADDR_MASK_52:#x}" + (f" pkey={key}" if key else "")
+    return f"{text} phys={phys:#x}" + (f" pkey={key}" if key else "")

@@ -8,7 +8,7 @@ half-edited table behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from kaiser.x86.bits import KERNPG_TABLE, PAGE_TABLE, PTE, entry_phys, make_cr3, make_entry
@@ -56,6 +56,15 @@ class PageTable:
         self.tag = tag
         self.gbpages = gbpages
         self.root = root if root is not None else mem.alloc(FrameKind.PAGE_TABLE, tag)
+        # Called for every write to a top-level entry with (index, value); returns the value to
+        # store. PTI uses it to mirror user-half writes into the user PGD (pti_set_user_pgtbl).
+        self.root_hook: Callable[[int, int], int] | None = None
+
+    def _write(self, slot: int, value: int, depth: int) -> None:
+        """Every entry write goes through here, so top-level writes can be mirrored."""
+        if depth == 0 and self.root_hook is not None:
+            value = self.root_hook((slot - self.root) // 8, value)
+        self.mem.write_u64(slot, value)
 
     # ---- helpers ---------------------------------------------------------------------------
     @property
@@ -145,7 +154,7 @@ class PageTable:
                 if not create:
                     return None
                 new = self._new_table()
-                self.mem.write_u64(slot, new | self._table_flags(va))
+                self._write(slot, new | self._table_flags(va), d)
                 entry = self.mem.read_u64(slot)
             elif self._is_leaf(d, entry):
                 raise PagingError(f"{va:#018x}: a {self.levels[d].span:#x}-byte page sits above depth {depth}")
@@ -191,14 +200,14 @@ class PageTable:
             entry = self.mem.read_u64(slot)
             last = depth == len(self.levels) - 1
             if not entry & PTE.P and level.leaf_ok and self._fits(level, va, end, pa, page_size):
-                self.mem.write_u64(slot, self._leaf_entry(pa, flags, level.span, pkey))
+                self._write(slot, self._leaf_entry(pa, flags, level.span, pkey), depth)
             elif last:
                 raise AssertionError(f"{va:#x} already mapped (overlap check missed it)")
             else:
                 if not entry & PTE.P:
                     new = self._new_table()
                     entry = new | self._table_flags(va)
-                    self.mem.write_u64(slot, entry)
+                    self._write(slot, entry, depth)
                 self._map(entry_phys(entry), depth + 1, va, slot_end, pa, flags, page_size, pkey)
             pa += slot_end - va
             va = slot_end
@@ -241,7 +250,7 @@ class PageTable:
         for i in range(512):
             words[i] = base_pa + i * child.span | child_flags
         table_entry = new | self._table_flags(va)
-        self.mem.write_u64(slot, table_entry)
+        self._write(slot, table_entry, depth)
         return table_entry
 
     def _edit(self, table: int, depth: int, va: int, end: int, flags: int | None, pkey: int | None) -> bool:
@@ -258,7 +267,7 @@ class PageTable:
                     entry = self._split(slot, depth, entry, va)
                 if self._is_leaf(depth, entry):
                     if flags is None:
-                        self.mem.write_u64(slot, 0)
+                        self._write(slot, 0, depth)
                     else:
                         key = (entry >> 59) & 0xF if pkey is None else pkey
                         large = level.span != PAGE_SIZE
@@ -267,11 +276,11 @@ class PageTable:
                                          maxphyaddr=52, pkey=key, align=level.span)
                         if not large:
                             new |= entry & PTE.PS  # a 4 KiB PTE's PAT bit stays
-                        self.mem.write_u64(slot, new)
+                        self._write(slot, new, depth)
                 else:
                     child = entry_phys(entry)
                     if self._edit(child, depth + 1, va, slot_end, flags, pkey) and flags is None:
-                        self.mem.write_u64(slot, 0)
+                        self._write(slot, 0, depth)
                         self.mem.free(child)
             va = slot_end
         return not self.mem.table(table).any()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 PAGE_SIZE = 4096
 ENTRIES = 512
+MIN_MAXPHYADDR = 36  # the range CpuFeatures accepts (SDM §4.1.4: at most 52)
+MAX_MAXPHYADDR = 52
 
 
 class FrameKind(enum.Enum):
@@ -30,11 +32,13 @@ class PhysMemError(ValueError):
 
 @dataclass(frozen=True)
 class FrameStats:
-    """Frames in use, by kind and by owner tag."""
+    """Frames in use, by kind and by owner tag (`by_tag` counts both kinds; `page_table_by_tag`
+    only page-table frames, the cost KPTI adds)."""
 
     page_table: int
     data: int
     by_tag: dict[str, int]
+    page_table_by_tag: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -45,16 +49,21 @@ class PhysicalMemory:
     """`size` bytes of RAM with `maxphyaddr` address bits; storage grows with the frames touched."""
 
     def __init__(self, size: int = 64 << 30, *, maxphyaddr: int = 46, first_free: int = 1 << 20) -> None:
+        if not MIN_MAXPHYADDR <= maxphyaddr <= MAX_MAXPHYADDR:
+            raise PhysMemError(f"maxphyaddr={maxphyaddr} is outside {MIN_MAXPHYADDR}..{MAX_MAXPHYADDR} (SDM §4.1.4)")
         if size <= 0 or size % PAGE_SIZE:
             raise PhysMemError(f"RAM size {size:#x} must be a positive multiple of 4 KiB")
         if size > 1 << maxphyaddr:
             raise PhysMemError(f"RAM size {size:#x} exceeds the {maxphyaddr}-bit physical address space")
+        if first_free < 0 or first_free % PAGE_SIZE or first_free > size:
+            raise PhysMemError(f"first free address {first_free:#x} is not a 4 KiB-aligned address inside RAM")
         self.size = size
         self.maxphyaddr = maxphyaddr
         self.frames = np.zeros((16, ENTRIES), dtype=np.uint64)  # storage rows
         self._row_of: dict[int, int] = {}  # pfn -> row in self.frames
         self._next_pfn = first_free // PAGE_SIZE
         self._free_pfns: list[int] = []
+        self._reserved: list[tuple[int, int]] = []  # frame ranges taken by reserve()
         self._kind: dict[int, FrameKind] = {}
         self._tag: dict[int, str] = {}
         self._free_rows: list[int] = []
@@ -112,8 +121,17 @@ class PhysicalMemory:
         assert row is not None
         return self.frames[row]
 
+    def _check_span(self, phys: int, length: int) -> None:
+        if length < 0:
+            raise PhysMemError(f"negative length {length} at physical address {phys:#x}")
+        if phys < 0 or phys + length > self.size:
+            raise PhysMemError(
+                f"physical range [{phys:#x}, {phys + length:#x}) is outside RAM (size {self.size:#x})"
+            )
+
     def read_bytes(self, phys: int, length: int) -> bytes:
         """Bytes at `phys` (may cross frames)."""
+        self._check_span(phys, length)
         out = bytearray()
         while length > 0:
             pfn = self._check(phys)
@@ -126,7 +144,8 @@ class PhysicalMemory:
         return bytes(out)
 
     def write_bytes(self, phys: int, data: bytes) -> None:
-        """Write bytes at `phys` (may cross frames)."""
+        """Write bytes at `phys` (may cross frames); nothing is written if the range leaves RAM."""
+        self._check_span(phys, len(data))
         pos = 0
         while pos < len(data):
             pfn = self._check(phys)
@@ -144,16 +163,27 @@ class PhysicalMemory:
 
     # ---- allocation ----------------------------------------------------------------------
     def alloc(self, kind: FrameKind, tag: str = "", *, count: int = 1, align: int = 1) -> int:
-        """Allocate `count` contiguous zeroed frames aligned to `align` frames; return the address."""
+        """Allocate `count` contiguous zeroed frames aligned to `align` frames; return the address.
+
+        Raises PhysMemError (allocator unchanged) when RAM is exhausted.
+        """
+        if count <= 0 or align <= 0:
+            raise PhysMemError(f"alloc of {count} frame(s) aligned to {align} frame(s): both must be positive")
         if count == 1 and align == 1 and self._free_pfns:
             pfn = self._free_pfns.pop()
         else:
             pfn = -(-self._next_pfn // align) * align
-            for skipped in range(self._next_pfn, pfn):
-                self._free_pfns.append(skipped)
+            for lo, hi in self._reserved:  # skip ranges `reserve()` took (sorted, disjoint)
+                if pfn < hi and lo < pfn + count:
+                    pfn = -(-hi // align) * align
+            if (pfn + count) * PAGE_SIZE > self.size:
+                raise PhysMemError(
+                    f"out of physical memory allocating {count} frame(s) of {kind.value} at {pfn * PAGE_SIZE:#x}"
+                    f" (RAM size {self.size:#x})"
+                )
+            gap = range(self._next_pfn, pfn)  # alignment gap: reusable single frames
+            self._free_pfns.extend(p for p in gap if not any(lo <= p < hi for lo, hi in self._reserved))
             self._next_pfn = pfn + count
-        if (pfn + count) * PAGE_SIZE > self.size:
-            raise PhysMemError(f"out of physical memory allocating {count} frame(s) of {kind.value}")
         for p in range(pfn, pfn + count):
             self._kind[p] = kind
             self._tag[p] = tag
@@ -163,6 +193,22 @@ class PhysicalMemory:
             elif kind is FrameKind.PAGE_TABLE:
                 self._row(p, create=True)
         return pfn * PAGE_SIZE
+
+    def reserve(self, phys: int, size: int, kind: FrameKind, tag: str = "") -> None:
+        """Take the frames of [phys, phys+size) for a fixed use (a kernel image loaded at a given
+        address); `alloc` never hands them out. They count as allocated frames of `kind`."""
+        if phys % PAGE_SIZE or size <= 0 or size % PAGE_SIZE:
+            raise PhysMemError(f"reserve of [{phys:#x}, +{size:#x}): must be 4 KiB aligned and positive")
+        lo, hi = phys // PAGE_SIZE, (phys + size) // PAGE_SIZE
+        self._check(phys)
+        self._check(phys + size - 1)
+        if any(p in self._kind for p in range(lo, min(hi, self._next_pfn))):
+            raise PhysMemError(f"reserve of [{phys:#x}, +{size:#x}): some frames are already allocated")
+        self._reserved = sorted([*self._reserved, (lo, hi)])
+        self._free_pfns = [p for p in self._free_pfns if not lo <= p < hi]
+        for p in range(lo, hi):
+            self._kind[p] = kind
+            self._tag[p] = tag
 
     def free(self, phys: int) -> None:
         """Return one frame to the allocator; its storage is released."""
@@ -179,8 +225,16 @@ class PhysicalMemory:
     def kind_of(self, phys: int) -> FrameKind | None:
         return self._kind.get(phys // PAGE_SIZE)
 
+    def tag_of(self, phys: int) -> str | None:
+        return self._tag.get(phys // PAGE_SIZE)
+
+    def free_frames(self) -> int:
+        """Frames still available to `alloc` (single frames; contiguous runs may be fewer)."""
+        return self.size // PAGE_SIZE - self._next_pfn + len(self._free_pfns)
+
     def stats(self) -> FrameStats:
         """How many frames are allocated, by kind and by tag."""
         kinds = Counter(self._kind.values())
         tags = Counter(self._tag.values())
-        return FrameStats(kinds[FrameKind.PAGE_TABLE], kinds[FrameKind.DATA], dict(tags))
+        pt_tags = Counter(tag for pfn, tag in self._tag.items() if self._kind[pfn] is FrameKind.PAGE_TABLE)
+        return FrameStats(kinds[FrameKind.PAGE_TABLE], kinds[FrameKind.DATA], dict(tags), dict(pt_tags))
