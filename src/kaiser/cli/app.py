@@ -6,10 +6,13 @@ import sys
 
 import typer
 
+from kaiser.cli.bench import bench_app
 from kaiser.cli.demo import demo_command
 from kaiser.cli.output import fail
 from kaiser.cli.verify import verify_command
 from kaiser.cli.walk import walk_command
+from kaiser.linux.mm import MmError
+from kaiser.linux.variants import UnknownVariant
 from kaiser.x86.bits import BitsError
 from kaiser.x86.geometry import AddressError
 from kaiser.x86.pagetable import PagingError
@@ -25,9 +28,10 @@ app = typer.Typer(
 app.command("demo")(demo_command)
 app.command("walk")(walk_command)
 app.command("verify")(verify_command)
+app.add_typer(bench_app, name="bench")
 
 # Errors that mean "the input was wrong", reported in one line with exit status 2.
-USER_ERRORS: tuple[type[Exception], ...] = (BitsError, AddressError, PagingError, PhysMemError)
+USER_ERRORS: tuple[type[Exception], ...] = (BitsError, AddressError, PagingError, PhysMemError, UnknownVariant, MmError)
 
 
 def main() -> None:

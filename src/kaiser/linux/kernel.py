@@ -144,7 +144,7 @@ class Kernel:
             kpgd = mem.alloc(FrameKind.PAGE_TABLE, tag, count=2, align=2)
             return PgdPair(
                 PageTable(mem, mode, tag=tag, root=kpgd),
-                PageTable(mem, mode, tag=tag, root=pti.kernel_to_user_pgd(kpgd)),
+                PageTable(mem, mode, tag=f"{tag} pti", root=pti.kernel_to_user_pgd(kpgd)),
             )
         return PgdPair(PageTable(mem, mode, tag=tag), None)
 
@@ -409,9 +409,11 @@ class Kernel:
         if mm.pgd.user_pt is not None:
             self.mem.free(mm.pgd.user_pt.root)
 
-    def alloc_user_frame(self, pid: int) -> int:
-        pa = self.mem.alloc(FrameKind.DATA, f"user pid{pid}")
-        self._frame_refs[pa] = 1
+    def alloc_user_frames(self, pid: int, count: int) -> int:
+        """`count` contiguous fresh user frames, each with one reference; returns the first."""
+        pa = self.mem.alloc(FrameKind.DATA, f"user pid{pid}", count=count)
+        for i in range(count):
+            self._frame_refs[pa + i * PAGE_SIZE] = 1
         return pa
 
     def get_user_frame(self, pa: int) -> None:

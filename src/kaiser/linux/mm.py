@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kaiser.x86.bits import PTE
-from kaiser.x86.pagetable import PageTable, PagingError
-from kaiser.x86.physmem import PAGE_SIZE, FrameKind
+from kaiser.x86.pagetable import PageTable
+from kaiser.x86.physmem import PAGE_SIZE
 
 if TYPE_CHECKING:
     from kaiser.linux.kernel import Kernel
@@ -70,7 +70,6 @@ class ProgramImage:
     base: int = 0x400000  # non-PIE ELF load address
 
 
-STACK_TOP = 0x7FFFFFFFF000 - 0x21000 + 0x21000  # just below the 4-level user top, like a real stack
 MMAP_BASE = 0x7F0000000000  # top-down mmap area start (arch/x86/mm/mmap.c, without randomization)
 
 
@@ -125,9 +124,12 @@ class Mm:
     def _populate(self, start: int, end: int, prot: Prot, frames: list[int] | None = None, cow: bool = False) -> None:
         if prot == Prot.NONE:
             return  # PROT_NONE: no present PTEs
+        if frames is None:  # fresh memory: one contiguous run of frames, mapped in one call
+            pa = self.kernel.alloc_user_frames(self.pid, (end - start) // PAGE_SIZE)
+            self.pt.map(start, pa, end - start, prot_to_pte(prot, cow), page_size=PAGE_SIZE)
+            return
         for i, va in enumerate(range(start, end, PAGE_SIZE)):
-            pa = frames[i] if frames is not None else self.kernel.alloc_user_frame(self.pid)
-            self.pt.map(va, pa, PAGE_SIZE, prot_to_pte(prot, cow), page_size=PAGE_SIZE)
+            self.pt.map(va, frames[i], PAGE_SIZE, prot_to_pte(prot, cow), page_size=PAGE_SIZE)
 
     def _depopulate(self, start: int, end: int) -> None:
         for leaf in list(self.pt.leaves(start, end)):
@@ -278,9 +280,24 @@ class Mm:
         return sum(v.size for v in self.vmas if v.prot != Prot.NONE)
 
 
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise PagingError(message)
+# A small dynamically linked server process, sized after a typical /proc/PID/maps: the program,
+# libc and the loader (text, rodata, data), heap, a malloc arena, a locale archive and thread stacks.
+TYPICAL_MAPPINGS: tuple[tuple[str, int, Prot], ...] = (
+    ("libc.so.6 text", 1600 << 10, Prot.READ | Prot.EXEC),
+    ("libc.so.6 rodata", 400 << 10, Prot.READ),
+    ("libc.so.6 data", 32 << 10, Prot.READ | Prot.WRITE),
+    ("ld-linux text", 160 << 10, Prot.READ | Prot.EXEC),
+    ("ld-linux data", 16 << 10, Prot.READ | Prot.WRITE),
+    ("libm.so.6 text", 500 << 10, Prot.READ | Prot.EXEC),
+    ("locale-archive", 3 << 20, Prot.READ),
+    ("malloc arena", 8 << 20, Prot.READ | Prot.WRITE),
+    ("thread stack", 2 << 20, Prot.READ | Prot.WRITE),
+    ("thread stack", 2 << 20, Prot.READ | Prot.WRITE),
+)
 
 
-FRAME_KIND = FrameKind.DATA
+def populate_typical(mm: Mm) -> None:
+    """Give a freshly exec'd process the footprint of a typical small server (~19 MiB resident)."""
+    mm.brk(mm.brk_end + (4 << 20))
+    for name, size, prot in TYPICAL_MAPPINGS:
+        mm.mmap(size, prot, name=name)
