@@ -76,7 +76,8 @@ class Fault:
         if self.vector == GP_VECTOR:
             return f"#GP(0): {self.reason}"
         where = f" at {self.entry.level.entry}[{self.entry.index}]" if self.entry else ""
-        return f"#PF cr2={self.cr2:#018x} error={describe(PFEC, self.error_code)} ({self.error_code:#x}){where}: {self.reason}"
+        error = f"{describe(PFEC, self.error_code)} ({self.error_code:#x})"
+        return f"#PF cr2={self.cr2:#018x} error={error}{where}: {self.reason}"
 
 
 def translate(
@@ -114,8 +115,14 @@ def translate(
         large = is_leaf and depth != len(mode.levels) - 1
         bad = value & reserved_mask(level, depth == 0, large, features, nxe)
         if bad:
-            return Fault(PF_VECTOR, va, int(access_bits | PFEC.P | PFEC.RSVD),
-                         f"reserved bits {bad:#x} set in {level.entry}", ref, tuple(walked))
+            return Fault(
+                PF_VECTOR,
+                va,
+                int(access_bits | PFEC.P | PFEC.RSVD),
+                f"reserved bits {bad:#x} set in {level.entry}",
+                ref,
+                tuple(walked),
+            )
         rights = rights.through(value, nxe)
         if not is_leaf:
             if set_ad and not value & PTE.A:
