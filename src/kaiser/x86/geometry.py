@@ -104,3 +104,12 @@ def format_size(size: int) -> str:
         if size >= 1 << shift and size % (1 << shift) == 0:
             return f"{size >> shift} {unit}"
     return f"{size} B"
+
+
+def human_size(size: int) -> str:
+    """A byte count for people: `4 KiB`, `2 MiB`, `4.1 GiB` (exact when a unit divides it)."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            value = size / (1 << shift)
+            return f"{value:.0f} {unit}" if size % (1 << shift) == 0 else f"{value:.1f} {unit}"
+    return f"{size} B"
