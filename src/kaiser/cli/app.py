@@ -6,8 +6,10 @@ import sys
 
 import typer
 
+from kaiser.cli.audit import audit_command
 from kaiser.cli.bench import bench_app
 from kaiser.cli.demo import demo_command
+from kaiser.cli.dump import dump_command
 from kaiser.cli.output import fail
 from kaiser.cli.verify import verify_command
 from kaiser.cli.walk import walk_command
@@ -28,6 +30,8 @@ app = typer.Typer(
 app.command("demo")(demo_command)
 app.command("walk")(walk_command)
 app.command("verify")(verify_command)
+app.command("dump")(dump_command)
+app.command("audit")(audit_command)
 app.add_typer(bench_app, name="bench")
 
 # Errors that mean "the input was wrong", reported in one line with exit status 2.

@@ -119,9 +119,11 @@ class Kernel:
 
     # ---- boot ------------------------------------------------------------------------------
     @classmethod
-    def boot(cls, config: KernelConfig | None = None) -> Kernel:
+    def boot(cls, config: KernelConfig | None = None, *, variant: Variant | None = None) -> Kernel:
+        """`variant` boots a design that is not in the registry (e.g. a deliberately broken one);
+        by default the registry entry `config.variant` is used."""
         config = config or KernelConfig()
-        variant = get_variant(config.variant)
+        variant = variant or get_variant(config.variant)
         layout = make_layout(config.la57, config.kaslr, config.seed, config.ram, era=variant.era)  # type: ignore[arg-type]
         mem = PhysicalMemory(config.ram)
         mode = mode_for(config.la57)
@@ -186,8 +188,8 @@ class Kernel:
             flags = (sec.prot & ~int(PTE.G)) | self._global(shared)
             size = -(-sec.size // PAGE_SIZE) * PAGE_SIZE
             kpt.map(sec.start, lay.kernel_phys + (sec.start - lay.kernel_base), size, flags)
-        if self.variant.maps(Part.ENTRY_TEXT) and self._global(True):
-            self._set_global_range(lay.entry_text[0], lay.entry_text[1])
+        # G on entry text is set by the clone itself (pti_clone_pgtable sets it on the kernel PMD; the
+        # RFC's private copies carry it in the user copy only), never on text the user tables lack.
         # vmemmap: struct page array for RAM (64 bytes a page), 2 MiB pages.
         vmemmap_size = -(-(self.config.ram // PAGE_SIZE * 64) // (2 * MiB)) * 2 * MiB
         backing = mem.alloc(FrameKind.DATA, "vmemmap", count=vmemmap_size // PAGE_SIZE, align=512)
@@ -201,7 +203,8 @@ class Kernel:
         rng = random.Random(self.config.seed ^ 0xE5F1)
         self.espfix_va = lay.espfix_base + rng.randrange(1 << 20) * PAGE_SIZE
         espfix_pa = mem.alloc(FrameKind.DATA, "espfix")
-        kpt.map(self.espfix_va, espfix_pa, PAGE_SIZE, int(PAGE_KERNEL_RO & ~PTE.G) | self._global(True))
+        espfix_shared = self.variant.maps(Part.ESPFIX) or (two_pgd and self.config.la57)  # 5-level slot 511
+        kpt.map(self.espfix_va, espfix_pa, PAGE_SIZE, int(PAGE_KERNEL_RO & ~PTE.G) | self._global(espfix_shared))
         # Fixmap: two I/O pages, and the vsyscall page (fixmap slot 511) as USR ro NX (emulate mode).
         fix_pa = mem.alloc(FrameKind.DATA, "fixmap", count=2)
         kpt.map(
@@ -222,14 +225,6 @@ class Kernel:
             4 * PAGE_SIZE,
             int(PAGE_KERNEL & ~PTE.G) | self._global(two_pgd),
         )
-
-    def _set_global_range(self, start: int, end: int) -> None:
-        """Set G on the kernel leaves covering [start, end) (the clone does this for entry text)."""
-        kpt = self.init.kernel_pt
-        for leaf in list(kpt.leaves(start, end)):
-            slot = kpt.entry_slot(leaf.va, leaf.depth)
-            assert slot is not None
-            self.mem.write_u64(slot, self.mem.read_u64(slot) | int(PTE.G))
 
     def _set_vsyscall_pgtable_user_bits(self, pt: PageTable) -> None:
         """OR USER into every upper-level entry above the vsyscall PTE (vsyscall_64.c, §3.3)."""

@@ -176,8 +176,16 @@ def decode_entry(entry: int, page_size: int = 4096) -> EntryFields:
     return EntryFields(phys, entry & ~phys & ~PKEY_MASK, pkey_of(entry))
 
 
-def make_cr3(pgd_phys: int, *, pcid: int = 0, noflush: bool = False, pcide: bool = False,
-             pwt: bool = False, pcd: bool = False, maxphyaddr: int = 52) -> int:
+def make_cr3(
+    pgd_phys: int,
+    *,
+    pcid: int = 0,
+    noflush: bool = False,
+    pcide: bool = False,
+    pwt: bool = False,
+    pcd: bool = False,
+    maxphyaddr: int = 52,
+) -> int:
     """Encode CR3. With `pcide` bits 11:0 are the PCID (and bit 63 NOFLUSH, used by MOV to CR3);
     without it bits 3 and 4 are PWT/PCD and a PCID or NOFLUSH is an error (SDM Tables 4-12/4-13)."""
     _check_maxphyaddr(maxphyaddr)
@@ -218,8 +226,7 @@ class Cr3Fields:
 
     def encode(self) -> int:
         """The CR3 value again (`make_cr3` with these fields)."""
-        return make_cr3(self.table, pcid=self.pcid, noflush=self.noflush, pcide=self.pcide,
-                        pwt=self.pwt, pcd=self.pcd)
+        return make_cr3(self.table, pcid=self.pcid, noflush=self.noflush, pcide=self.pcide, pwt=self.pwt, pcd=self.pcd)
 
     def describe(self) -> str:
         if self.pcide:

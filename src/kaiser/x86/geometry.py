@@ -98,6 +98,11 @@ def user_half_end(mode: PagingMode) -> int:
     return 1 << (mode.va_bits - 1)
 
 
+def kernel_half_start(mode: PagingMode) -> int:
+    """First address of the canonical upper half (0xffff_8000_0000_0000 for 4-level)."""
+    return (1 << 64) - user_half_end(mode)
+
+
 def format_size(size: int) -> str:
     """A byte count in the largest binary unit that divides it: `4 KiB`, `2 MiB`, `1 GiB`."""
     for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):

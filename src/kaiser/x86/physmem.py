@@ -125,9 +125,7 @@ class PhysicalMemory:
         if length < 0:
             raise PhysMemError(f"negative length {length} at physical address {phys:#x}")
         if phys < 0 or phys + length > self.size:
-            raise PhysMemError(
-                f"physical range [{phys:#x}, {phys + length:#x}) is outside RAM (size {self.size:#x})"
-            )
+            raise PhysMemError(f"physical range [{phys:#x}, {phys + length:#x}) is outside RAM (size {self.size:#x})")
 
     def read_bytes(self, phys: int, length: int) -> bytes:
         """Bytes at `phys` (may cross frames)."""
@@ -202,7 +200,7 @@ class PhysicalMemory:
         lo, hi = phys // PAGE_SIZE, (phys + size) // PAGE_SIZE
         self._check(phys)
         self._check(phys + size - 1)
-        if any(p in self._kind for p in range(lo, min(hi, self._next_pfn))):
+        if any(p in self._kind for p in range(lo, hi)):  # allocated, or reserved before
             raise PhysMemError(f"reserve of [{phys:#x}, +{size:#x}): some frames are already allocated")
         self._reserved = sorted([*self._reserved, (lo, hi)])
         self._free_pfns = [p for p in self._free_pfns if not lo <= p < hi]

@@ -1,0 +1,183 @@
+"""`kaiser audit`: what user mode can reach, from a ptdump file (ours or a real machine's) or the model.
+
+Exit status: 0 when nothing breaks the policy, 1 when a finding does, 2 for bad input -- so it can
+run in a kernel developer's CI against `/sys/kernel/debug/page_tables/current_user`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kaiser.cli.dump import boot_with_process
+from kaiser.cli.output import console, emit_json, fail
+from kaiser.linux.audit import AuditReport, audit_dump, audit_model, policy_for
+from kaiser.linux.ptdump import PtdumpParseError, parse_ptdump_file, size_parts
+from kaiser.linux.variants import UnknownVariant
+
+
+def _console() -> Console:
+    """The shared console on a terminal; a wide one otherwise (CI logs, pipes), so rows stay whole."""
+    return console if console.is_terminal else Console(width=180)
+
+
+def _size(start: int, end: int) -> str:
+    if end == start:
+        return "0"
+    num, unit = size_parts(end - start)
+    return f"{num}{unit}"
+
+
+def report_json(report: AuditReport) -> dict[str, Any]:
+    """The JSON form of an audit."""
+    out: dict[str, Any] = {
+        "source": report.source,
+        "view": report.view,
+        "policy": {
+            "variant": report.policy.variant,
+            "allowed": sorted(report.policy.allowed),
+            "global_ok": sorted(report.policy.global_ok),
+        },
+        "paging": "5-level" if report.la57 else "4-level",
+        "notes": list(report.notes),
+        "regions": [{"name": n, "start": hex(s), "end": hex(e)} for n, s, e in report.regions],
+        "mappings": [
+            {
+                "start": hex(m.start),
+                "end": hex(m.end),
+                "size": m.end - m.start,
+                "flags": sorted(m.flags),
+                "level": m.level,
+                "class": m.klass,
+                "allowed": m.allowed,
+                **({"line": m.lineno} if m.lineno else {}),
+            }
+            for m in report.mappings
+        ],
+        "findings": [
+            {
+                "kind": f.kind,
+                "start": hex(f.start),
+                "end": hex(f.end),
+                "class": f.klass,
+                "breaks_policy": f.breaks_policy,
+                "message": f.message,
+            }
+            for f in report.findings
+        ],
+        "exit_status": report.exit_status,
+    }
+    if report.diff is not None:
+        d = report.diff
+        out["diff"] = {
+            "left_out": [{"region": r, "ranges": n, "bytes": b} for r, n, b in d.left_out],
+            "entries": [
+                {
+                    "kind": e.kind,
+                    "start": hex(e.start),
+                    "end": hex(e.end),
+                    "region": e.region,
+                    "kernel": e.kernel,
+                    "user": e.user,
+                }
+                for e in d.entries
+            ],  # fmt: skip
+            "user_half_nx_only": {"ranges": d.nx_only[0], "bytes": d.nx_only[1]},
+        }
+    return out
+
+
+def render_report(report: AuditReport) -> None:
+    """Rich tables: the kernel-half mappings, the findings, the user/kernel diff, a verdict."""
+    console = _console()
+    title = f"kernel-half mappings in {report.view} ({report.source}), policy {report.policy.variant}"
+    table = Table(title=title, title_justify="left")
+    for col in ("range", "size", "flags", "level", "class", "status"):
+        table.add_column(col, no_wrap=True)
+    for m in report.mappings:
+        status = "[green]allowed[/]" if m.allowed else "[bold red]NOT ALLOWED[/]"
+        table.add_row(f"0x{m.start:016x}-0x{m.end:016x}", _size(m.start, m.end), m.flag_text, m.level, m.klass, status)
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[dim]note: {note}[/]", highlight=False)
+    if report.findings:
+        ft = Table(title="findings", title_justify="left")
+        for col in ("kind", "class", "breaks policy", "detail"):
+            ft.add_column(col, no_wrap=col != "detail")
+        for f in report.findings:
+            ft.add_row(f.kind, f.klass, "[bold red]yes[/]" if f.breaks_policy else "no", f.message)
+        console.print(ft)
+    if report.diff is not None:
+        d = report.diff
+        lt = Table(title="kernel-half regions the user tables leave out", title_justify="left")
+        for col in ("region", "ranges", "size"):
+            lt.add_column(col)
+        for region, n, b in d.left_out:
+            lt.add_row(region, str(n), _size(0, b))
+        console.print(lt)
+        if d.entries:
+            dt = Table(title="mapped in both (or user only) with different flags", title_justify="left")
+            for col in ("kind", "range", "region", "kernel tables", "user tables"):
+                dt.add_column(col, no_wrap=True)
+            for e in d.entries:
+                dt.add_row(e.kind, f"0x{e.start:016x}-0x{e.end:016x}", e.region, e.kernel or "-", e.user or "-")
+            console.print(dt)
+        console.print(
+            f"user half: {d.nx_only[0]} range(s), {_size(0, d.nx_only[1])}, differ only by the kernel copy's NX "
+            "(pti_set_user_pgtbl, §3.2)",
+            highlight=False,
+        )
+    n = len(report.violations)
+    if n:
+        console.print(f"[bold red]FAIL[/]: {n} finding(s) break the {report.policy.variant} policy", highlight=False)
+    else:
+        console.print(
+            f"[bold green]PASS[/]: {len(report.mappings)} kernel-half range(s), all allowed by {report.policy.variant}",
+            highlight=False,
+        )
+
+
+def audit_command(
+    dumpfile: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A current_user ptdump (ours or /sys/kernel/debug/page_tables/current_user). "
+            "Without it, audit the model's tables of --variant."
+        ),
+    ] = None,  # fmt: skip
+    variant: Annotated[
+        str | None,
+        typer.Option("--variant", "-v", help="Policy (and, without DUMPFILE, the model to boot). Default: linux."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    pcid: Annotated[
+        bool, typer.Option("--pcid/--no-pcid", help="CPU with PCID (for a file: may kernel text be cloned?).")
+    ] = True,
+    la57: Annotated[bool, typer.Option("--la57/--4level", help="Model: 5-level or 4-level paging.")] = False,
+    kaslr: Annotated[bool, typer.Option("--kaslr/--no-kaslr", help="Model: randomize the layout.")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Model: seed for KASLR and boot-time choices.")] = 0,
+) -> None:
+    """List every kernel mapping user mode can reach, classify it, and fail (exit 1) on policy breaks."""
+    name = variant or "linux"
+    try:
+        policy = policy_for(name, pcid=pcid)
+    except UnknownVariant as exc:
+        fail(str(exc))
+    if dumpfile is not None:
+        try:
+            records = parse_ptdump_file(dumpfile)
+        except PtdumpParseError as exc:
+            fail(str(exc))
+        report = audit_dump(records, policy, str(dumpfile))
+    else:
+        kernel, task = boot_with_process(name, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed)
+        report = audit_model(kernel, task)
+    if json_out:
+        emit_json(report_json(report))
+    else:
+        render_report(report)
+    raise typer.Exit(report.exit_status)
