@@ -1,0 +1,1 @@
+"""Pricing isolation: cycle costs, workloads and the replay engine (issue 4)."""
