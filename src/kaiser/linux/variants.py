@@ -93,6 +93,17 @@ _MODERN_BASE = (
     Clone(Part.LDT, Level.PGD),
 )
 
+# KAISER as posted (§7.1): the shadow kernel half is private 4 KiB copies, plus every task stack.
+_KAISER_CLONES = (
+    Clone(Part.ENTRY_TEXT, Level.PTE, private=True),
+    Clone(Part.PERCPU_USER_MAPPED, Level.PTE, private=True),
+    Clone(Part.CPU_ENTRY_AREA, Level.PTE, private=True),
+    Clone(Part.ESPFIX, Level.P4D),
+    Clone(Part.TASK_STACKS, Level.PTE, private=True),
+    Clone(Part.VSYSCALL, Level.PTE),
+    Clone(Part.LDT, Level.PGD),
+)
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -111,15 +122,7 @@ VARIANTS: dict[str, Variant] = {
             "stack mapped, _PAGE_GLOBAL off everywhere",
             "linux-kpti.md §7.1-7.2",
             isolating=True,
-            clones=(
-                Clone(Part.ENTRY_TEXT, Level.PTE, private=True),
-                Clone(Part.PERCPU_USER_MAPPED, Level.PTE, private=True),
-                Clone(Part.CPU_ENTRY_AREA, Level.PTE, private=True),
-                Clone(Part.ESPFIX, Level.P4D),
-                Clone(Part.TASK_STACKS, Level.PTE, private=True),
-                Clone(Part.VSYSCALL, Level.PTE),
-                Clone(Part.LDT, Level.PGD),
-            ),
+            clones=_KAISER_CLONES,
             global_policy=GlobalPolicy.NONE,
             entry=Entry.ENTRY_TEXT,
             era="4.15",
@@ -129,15 +132,7 @@ VARIANTS: dict[str, Variant] = {
             "the review's fix on top of the RFC: global kept on the always-mapped kernel pages",
             "linux-kpti.md §7.3 (Linus (b))",
             isolating=True,
-            clones=(
-                Clone(Part.ENTRY_TEXT, Level.PTE, private=True),
-                Clone(Part.PERCPU_USER_MAPPED, Level.PTE, private=True),
-                Clone(Part.CPU_ENTRY_AREA, Level.PTE, private=True),
-                Clone(Part.ESPFIX, Level.P4D),
-                Clone(Part.TASK_STACKS, Level.PTE, private=True),
-                Clone(Part.VSYSCALL, Level.PTE),
-                Clone(Part.LDT, Level.PGD),
-            ),
+            clones=_KAISER_CLONES,
             global_policy=GlobalPolicy.SHARED_ONLY,
             entry=Entry.ENTRY_TEXT,
             era="4.15",
