@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from kaiser.cli.attack import attack_app
 from kaiser.cli.audit import audit_command
 from kaiser.cli.bench import bench_app
 from kaiser.cli.demo import demo_command
@@ -33,6 +34,7 @@ app.command("verify")(verify_command)
 app.command("dump")(dump_command)
 app.command("audit")(audit_command)
 app.add_typer(bench_app, name="bench")
+app.add_typer(attack_app, name="attack")
 
 # Errors that mean "the input was wrong", reported in one line with exit status 2.
 USER_ERRORS: tuple[type[Exception], ...] = (BitsError, AddressError, PagingError, PhysMemError, UnknownVariant, MmError)

@@ -1,0 +1,52 @@
+"""Attacks that prove isolation: Meltdown by Flush+Reload against every variant.
+
+`cache` is the data cache and timer, `meltdown` the attacker program (which sees only a user
+process's interface), `core` the machine side: the (vulnerable) core, the process interface, the
+planted secret and the experiment `run_meltdown()`.
+"""
+
+from __future__ import annotations
+
+from kaiser.attacks.cache import DataCache, Hit, Timer, TimerNoise
+from kaiser.attacks.core import (
+    REGIONS,
+    AttackError,
+    Core,
+    MeltdownResult,
+    MemResult,
+    Process,
+    Reach,
+    Secret,
+    explain,
+    plant_at,
+    plant_secret,
+    run_meltdown,
+    transient_source,
+)
+from kaiser.attacks.meltdown import AttackParams, ByteReading, Calibration, MeltdownAttacker, Sigsegv, UserPort
+
+__all__ = [
+    "REGIONS",
+    "AttackError",
+    "AttackParams",
+    "ByteReading",
+    "Calibration",
+    "Core",
+    "DataCache",
+    "Hit",
+    "MeltdownAttacker",
+    "MeltdownResult",
+    "MemResult",
+    "Process",
+    "Reach",
+    "Secret",
+    "Sigsegv",
+    "Timer",
+    "TimerNoise",
+    "UserPort",
+    "explain",
+    "plant_at",
+    "plant_secret",
+    "run_meltdown",
+    "transient_source",
+]

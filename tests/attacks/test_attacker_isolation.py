@@ -1,0 +1,81 @@
+"""The attacker sees only its process interface: never physical memory, the walker or the value."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from typing import Any
+
+import kaiser.attacks.meltdown as attacker_module
+from kaiser.attacks.core import Core, Process
+from kaiser.attacks.meltdown import AttackParams, MeltdownAttacker, Sigsegv
+from kaiser.linux.kernel import Kernel, KernelConfig
+from kaiser.x86.cpu import CpuState
+
+ALLOWED_IMPORTS = {"__future__", "statistics", "collections", "collections.abc", "dataclasses", "typing"}
+FORBIDDEN_NAMES = {"read_bytes", "read_u64", "read_frame", "translate", "mem", "frames", "walker", "_core", "_task"}
+PORT_API = {"mmap", "clflush", "timed_load", "meltdown_gadget"}
+
+
+def _tree() -> ast.Module:
+    return ast.parse(inspect.getsource(attacker_module))
+
+
+def test_attacker_module_imports_nothing_of_the_model() -> None:
+    imported = set()
+    for node in ast.walk(_tree()):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+    assert imported <= ALLOWED_IMPORTS, imported - ALLOWED_IMPORTS
+    assert not any(name.startswith("kaiser") for name in imported)
+
+
+def test_attacker_module_never_names_memory_or_walker_accessors() -> None:
+    names = {n.attr for n in ast.walk(_tree()) if isinstance(n, ast.Attribute)}
+    names |= {n.id for n in ast.walk(_tree()) if isinstance(n, ast.Name)}
+    assert not names & FORBIDDEN_NAMES, names & FORBIDDEN_NAMES
+
+
+class RecordingPort:
+    """Wraps a real Process and records every attribute the attacker asks for."""
+
+    def __init__(self, inner: Process) -> None:
+        self._inner = inner
+        self.used: set[str] = set()
+        self.gadget_results: list[Sigsegv | None] = []
+
+    def __getattr__(self, name: str) -> Any:
+        self.used.add(name)
+        value = getattr(self._inner, name)
+        if name == "meltdown_gadget":
+
+            def gadget(*args: int) -> Sigsegv | None:
+                result = value(*args)
+                self.gadget_results.append(result)
+                return result
+
+            return gadget
+        return value
+
+
+def test_attacker_uses_only_the_port_and_the_gadget_returns_no_value() -> None:
+    kernel = Kernel.boot(KernelConfig(variant="nopti", seed=3))
+    task = kernel.spawn()
+    kcr3, _ = kernel.cr3_pair(task)
+    core = Core(kernel.mem, CpuState(cr3=kcr3, cr4=kernel.cr4(), cpl=3), seed=3)
+    port = RecordingPort(Process(core, task, kernel.user_top))
+    attacker = MeltdownAttacker(port, AttackParams(max_rounds=3))  # type: ignore[arg-type]
+    secret_va = kernel.layout.page_offset_base + 0x200000
+    attacker.read(secret_va, 2)
+    assert port.used <= PORT_API
+    assert port.gadget_results and all(isinstance(r, Sigsegv) for r in port.gadget_results)
+    segv = port.gadget_results[0]
+    assert segv is not None and segv.addr == secret_va
+    assert set(vars(segv)) == {"addr", "error_code"}  # the signal frame, not the loaded byte
+
+
+def test_process_hides_its_core_behind_slots() -> None:
+    assert not hasattr(Process, "__dict__") or "__slots__" in Process.__dict__
+    assert set(Process.__slots__) == {"_core", "_task", "_user_top"}  # type: ignore[attr-defined]
