@@ -41,6 +41,7 @@ def demo_command(
     _paging_tour()
     kernels = _isolation_tour(seed)
     _audit_tour(kernels)
+    _attack_tour(seed)
     _memory_tour()
     _referee_tour(verify_cases)
 
@@ -107,6 +108,25 @@ def _isolation_tour(seed: int) -> dict[str, Kernel]:
 
 def _audit_tour(kernels: dict[str, Kernel]) -> None:
     """Filled in by the audit: classification of every kernel mapping in the user tables."""
+
+
+def _attack_tour(seed: int) -> None:
+    from kaiser.attacks.core import REGIONS, run_meltdown
+
+    console.print(Rule("3. prove: Meltdown against every variant (Flush+Reload, 8 secret bytes per cell)"))
+    table = Table("variant", *REGIONS)
+    for name in VARIANTS:
+        cells = []
+        for region in REGIONS:
+            result = run_meltdown(name, region=region, length=8, seed=seed + 1)
+            colour = "red" if result.correct else "green"
+            cells.append(f"[{colour}]{result.correct}/{len(result.readings)}[/]")
+        table.add_row(name, *cells)
+    console.print(table)
+    console.print(
+        "Bytes recovered by a user-mode attacker that sees only its own load timings. "
+        "Details: [bold]kaiser attack meltdown --variant all --secret-in all[/], docs/attacks.md"
+    )
 
 
 def _memory_tour() -> None:
