@@ -12,6 +12,7 @@ from kaiser.cli.bench import bench_app
 from kaiser.cli.demo import demo_command
 from kaiser.cli.dump import dump_command
 from kaiser.cli.output import fail
+from kaiser.cli.run import run_command
 from kaiser.cli.verify import verify_command
 from kaiser.cli.walk import walk_command
 from kaiser.linux.mm import MmError
@@ -33,6 +34,7 @@ app.command("walk")(walk_command)
 app.command("verify")(verify_command)
 app.command("dump")(dump_command)
 app.command("audit")(audit_command)
+app.command("run")(run_command)
 app.add_typer(bench_app, name="bench")
 app.add_typer(attack_app, name="attack")
 
