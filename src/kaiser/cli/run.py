@@ -12,8 +12,6 @@ from kaiser.linux.variants import UnknownVariant
 from kaiser.realcode import BuildError, RunReport, run_names, run_variant
 from kaiser.realcode.machine import Cr3Write, Fault
 
-TRACE_SHOWN = 5  # CR3 writes shown per variant in the table view (all of them in --json)
-
 
 def _fault(fault: Fault | None, live: str | None) -> str:
     if fault is None:
@@ -21,12 +19,17 @@ def _fault(fault: Fault | None, live: str | None) -> str:
     return f"#{fault.vector} CR2={fault.cr2:#x} ({live or '?'} CR3) at {fault.where}"
 
 
-def _trace(writes: list[Cr3Write], limit: int | None) -> str:
-    shown = writes if limit is None else writes[:limit]
-    parts = [f"{w.value:#x} {'user' if w.user_pgd else 'kern'}{' NOFLUSH' if w.value >> 63 else ''}" for w in shown]
-    if limit is not None and len(writes) > limit:
-        parts.append(f"... {len(writes)} writes")
+def _trace(writes: list[Cr3Write]) -> str:
+    parts = [f"{w.value:#x} {'user' if w.user_pgd else 'kern'}{' NOFLUSH' if w.value >> 63 else ''}" for w in writes]
     return " -> ".join(parts) if parts else "(none: no CR3 switch)"
+
+
+def _trace_summary(writes: list[Cr3Write]) -> str:
+    """CR3 writes as counts, for the many-variant table (one variant shows the whole trace)."""
+    if not writes:
+        return "none"
+    noflush = sum(1 for w in writes if w.value >> 63)
+    return f"{len(writes)} ({noflush} NOFLUSH)"
 
 
 def _table(reports: list[RunReport], full_trace: bool) -> Table:
@@ -52,7 +55,7 @@ def _table(reports: list[RunReport], full_trace: bool) -> Table:
             calls,
             load,
             present,
-            _trace(out.cr3_writes, None if full_trace else TRACE_SHOWN),
+            _trace(out.cr3_writes) if full_trace else _trace_summary(out.cr3_writes),
             verdict,
         )
     return table
