@@ -1,0 +1,231 @@
+"""One bench run: boot a variant, compile a workload, replay it, price it; and comparisons with nopti.
+
+`run(...)` boots `Kernel(KernelConfig(variant, pcid, ...))`, lets the workload set up processes
+and buffers, compiles `warmup` iterations and then `iterations` measured ones into two event
+arrays, replays both on one fresh MMU (the warm-up fills TLBs and paging-structure caches; only
+the measured part is counted) and prices the counts with `kaiser.cost.model`.
+
+Two replay paths, one semantics: `path="engine"` uses the compiled `kaiser.cost.engine.Engine`,
+`path="reference"` the readable `Mmu` (`replay_reference`); `path=None` picks the engine when it
+can be imported, else the reference path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from kaiser.cost.model import Cycles, overhead_percent, price, rate_per_second
+from kaiser.cost.params import SKYLAKE, CostParams
+from kaiser.cost.workloads import Workload, get_workload
+from kaiser.linux.entry import EntryModel, OpCounts
+from kaiser.linux.kernel import Kernel, KernelConfig
+from kaiser.linux.variants import Variant
+from kaiser.x86.cpu import CpuFeatures, CpuState
+from kaiser.x86.events import replay_reference
+from kaiser.x86.physmem import PhysicalMemory
+from kaiser.x86.tlb import Mmu, TlbCounters
+from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
+
+Path = Literal["engine", "reference"]
+BASELINE = "nopti"
+
+
+def engine_available() -> bool:
+    return importlib.util.find_spec("kaiser.cost.engine") is not None
+
+
+def default_path() -> Path:
+    return "engine" if engine_available() else "reference"
+
+
+def make_replayer(
+    mem: PhysicalMemory, state: CpuState, features: CpuFeatures, geometry: TlbGeometry, path: Path
+) -> Callable[[np.ndarray], TlbCounters]:
+    """A function replaying event arrays on one CPU whose TLB state persists between calls."""
+    if path == "engine":
+        from kaiser.cost.engine import Engine
+
+        engine = Engine(mem, state, features, geometry)
+        replay: Callable[[np.ndarray], TlbCounters] = engine.replay
+        return replay
+    if path != "reference":
+        raise ValueError(f"unknown replay path {path!r}; use 'engine' or 'reference'")
+    mmu = Mmu(mem, state, features=features, geometry=geometry)
+    return lambda events: replay_reference(mmu, events)
+
+
+@dataclass
+class RunResult:
+    """Counts, operations and cycles of the measured iterations of one run."""
+
+    variant: str
+    pcid: bool
+    workload: str
+    knobs: dict[str, Any]
+    iterations: int
+    path: str
+    events: int
+    counters: TlbCounters
+    ops: OpCounts
+    cycles: Cycles
+    params: CostParams = field(repr=False, default=SKYLAKE)
+
+    @property
+    def per_op(self) -> float:
+        return self.cycles.total / self.iterations
+
+    @property
+    def syscalls(self) -> int:
+        return self.ops.syscalls
+
+    def per_syscall(self, value: float) -> float:
+        return value / self.ops.syscalls if self.ops.syscalls else float("nan")
+
+    @property
+    def syscall_rate(self) -> float:
+        """System calls per second of this run's modelled time."""
+        return rate_per_second(self.ops.syscalls, self.cycles.total, self.params)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "pcid": self.pcid,
+            "workload": self.workload,
+            "knobs": self.knobs,
+            "iterations": self.iterations,
+            "path": self.path,
+            "events": self.events,
+            "counters": self.counters.as_dict(),
+            "ops": self.ops.as_dict(),
+            "cycles": self.cycles.as_dict(),
+            "cycles_per_op": self.per_op,
+        }
+
+
+def run(
+    variant: str | Variant,
+    workload: str | Workload,
+    *,
+    pcid: bool = True,
+    settings: dict[str, str] | None = None,
+    iterations: int = 200,
+    warmup: int = 50,
+    path: Path | None = None,
+    params: CostParams = SKYLAKE,
+    la57: bool = False,
+    kaslr: bool = True,
+    seed: int = 0,
+    geometry: TlbGeometry = DEFAULT_GEOMETRY,
+) -> RunResult:
+    """Boot, compile, replay, price. `variant` may be a registry name or a `Variant` object."""
+    wl = get_workload(workload) if isinstance(workload, str) else workload
+    knobs = wl.resolve(settings)
+    name = variant if isinstance(variant, str) else variant.name
+    config = KernelConfig(
+        name if isinstance(variant, str) else "linux", pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, ncpus=1
+    )
+    kernel = Kernel.boot(config, variant=None if isinstance(variant, str) else variant)
+    em = EntryModel(kernel)
+    state = wl.setup(em, knobs)
+    if warmup:
+        wl.iterate(em, state, knobs, warmup)
+    warm_events = em.out.array()
+    em.out = type(em.out)()
+    em.ops = OpCounts()
+    wl.iterate(em, state, knobs, iterations)
+    events = em.out.array()
+    features = CpuFeatures(maxphyaddr=kernel.mem.maxphyaddr)
+    path = path or default_path()
+    replay = make_replayer(kernel.mem, em.initial_state(), features, geometry, path)
+    if len(warm_events):
+        replay(warm_events)
+    counters = replay(events)
+    return RunResult(
+        name,
+        pcid,
+        wl.name,
+        knobs,
+        iterations,
+        path,
+        len(events),
+        counters,
+        em.ops,
+        price(counters, em.ops, params),
+        params,
+    )
+
+
+@dataclass
+class Comparison:
+    """A run and the nopti run at the same work and PCID setting."""
+
+    result: RunResult
+    baseline: RunResult
+
+    @property
+    def overhead(self) -> float:
+        return overhead_percent(self.result.cycles.total, self.baseline.cycles.total)
+
+    def extra_walks(self) -> int:
+        return self.result.counters.walks - self.baseline.counters.walks
+
+    def overhead_at_work(self, work_cycles_per_op: float) -> float:
+        """The overhead if every iteration did `work_cycles_per_op` more user computation: the
+        event stream does not depend on `work`, so this is exact for the model."""
+        extra = work_cycles_per_op * self.result.iterations
+        return overhead_percent(self.result.cycles.total + extra, self.baseline.cycles.total + extra)
+
+    def rate_at_work(self, work_cycles_per_op: float) -> float:
+        """System calls per second of nopti time at that extra work."""
+        b = self.baseline
+        return rate_per_second(b.ops.syscalls, b.cycles.total + work_cycles_per_op * b.iterations, b.params)
+
+    def per_syscall(self) -> dict[str, float]:
+        r = self.result
+        return {
+            "itlb_walks": r.per_syscall(r.counters.walks_i),
+            "dtlb_walks": r.per_syscall(r.counters.walks_d),
+            "extra_walks_vs_nopti": r.per_syscall(self.extra_walks()),
+            "cr3_writes": r.per_syscall(r.counters.cr3_writes),
+            "cr3_flushing_writes": r.per_syscall(r.counters.cr3_writes - r.counters.cr3_noflush),
+            "cycles": r.per_syscall(r.cycles.total),
+            "overhead_percent": self.overhead,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.result.as_dict(),
+            "overhead_percent": self.overhead,
+            "baseline_cycles_per_op": self.baseline.per_op,
+            "syscalls_per_second": self.result.syscall_rate,
+            "per_syscall": self.per_syscall(),
+        }
+
+
+def compare(
+    variants: list[str],
+    workload: str,
+    *,
+    pcids: tuple[bool, ...] = (True, False),
+    settings: dict[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    **kw: Any,
+) -> list[Comparison]:
+    """Each variant at each PCID setting against nopti at the same setting and work."""
+    out: list[Comparison] = []
+    for pcid in pcids:
+        if progress:
+            progress(f"{BASELINE} pcid={'on' if pcid else 'off'}")
+        base = run(BASELINE, workload, pcid=pcid, settings=settings, **kw)
+        for v in variants:
+            if progress:
+                progress(f"{v} pcid={'on' if pcid else 'off'}")
+            out.append(
+                Comparison(base if v == BASELINE else run(v, workload, pcid=pcid, settings=settings, **kw), base)
+            )
+    return out
