@@ -42,6 +42,7 @@ def demo_command(
     kernels = _isolation_tour(seed)
     _audit_tour(kernels)
     _attack_tour(seed)
+    _price_tour()
     _memory_tour()
     _referee_tour(verify_cases)
 
@@ -151,8 +152,45 @@ def _attack_tour(seed: int) -> None:
     )
 
 
+def _price_tour() -> None:
+    from kaiser.cost.run import compare
+
+    console.print(Rule("5. price: cycles per system call (getppid + 64 user loads), replayed through the TLB model"))
+    rate = 50_000  # syscalls per second per CPU: Gregg's "may be 2%" point (facts/performance.md §3)
+    rows = {
+        c.result.variant + ("" if c.result.pcid else " no-pcid"): c
+        for c in compare([n for n in VARIANTS if n != "nopti"], "syscall-loop", iterations=40, warmup=40)
+    }
+    table = Table(
+        "variant",
+        "cycles, PCID",
+        "cycles, no PCID",
+        f"overhead at {rate // 1000}k/s, PCID",
+        f"at {rate // 1000}k/s, no PCID",
+    )
+    for name in VARIANTS:
+        if name == "nopti":
+            continue
+        on, off = rows[name], rows[name + " no-pcid"]
+        work_on = on.baseline.params.clock_ghz * 1e9 / rate - on.baseline.per_op
+        work_off = off.baseline.params.clock_ghz * 1e9 / rate - off.baseline.per_op
+        table.add_row(
+            name,
+            f"{on.result.per_op:,.0f}",
+            f"{off.result.per_op:,.0f}",
+            f"{on.overhead_at_work(work_on):.1f} %",
+            f"{off.overhead_at_work(work_off):.1f} %",
+        )
+    base = next(iter(rows.values())).baseline
+    console.print(table)
+    console.print(
+        f"nopti: {base.per_op:,.0f} cycles per iteration. Plot against syscall rate: "
+        "[bold]kaiser bench --plot overhead.png[/] (docs/cost.md)"
+    )
+
+
 def _memory_tour() -> None:
-    console.print(Rule("5. price: page-table memory"))
+    console.print(Rule("6. price: page-table memory"))
     table = Table("variant", "per process", "PTI part", "full shadow instead", "PTI tables (shared)")
     for name in VARIANTS:
         r = measure(name)
@@ -171,7 +209,7 @@ def _referee_tour(cases: int) -> None:
         return
     from kaiser.referee import run_verify
 
-    console.print(Rule(f"6. the referee: our walker against QEMU's MMU (Unicorn), {cases} random cases"))
+    console.print(Rule(f"7. the referee: our walker against QEMU's MMU (Unicorn), {cases} random cases"))
     report = run_verify(cases, seed=1)
     colour = "green" if report.disagreements == 0 else "red"
     console.print(
