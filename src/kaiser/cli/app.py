@@ -9,6 +9,7 @@ import typer
 from kaiser.cli.attack import attack_app
 from kaiser.cli.audit import audit_command
 from kaiser.cli.bench import bench_app
+from kaiser.cli.compare import compare_command
 from kaiser.cli.demo import demo_command
 from kaiser.cli.dump import dump_command
 from kaiser.cli.output import fail
@@ -35,6 +36,7 @@ app.command("verify")(verify_command)
 app.command("dump")(dump_command)
 app.command("audit")(audit_command)
 app.command("run")(run_command)
+app.command("compare")(compare_command)
 app.add_typer(bench_app, name="bench")
 app.add_typer(attack_app, name="attack")
 

@@ -21,7 +21,9 @@ Two ways to classify:
       (`pti_clone_kernel_text()`, text and rodata) or `kernel_data` when writable;
     - a lone 4 KiB RW NX non-user `pte` in the direct map is a per-CPU TSS page (`cpu_tss_rw`,
       §3.3); a short RW NX run (at most `PERCPU_MAX`) is KAISER's per-CPU user-mapped section;
-      anything larger is a leaked `direct_map` range;
+      anything larger is a leaked `direct_map` range. "Lone" means unmapped space on both sides:
+      a page with present neighbours is part of a wholesale direct map (a kernel PGD, e.g. nopti's
+      user view -- real 6.1 dumps have RW NX 4 KiB runs there, between ro and RW pages);
     - a THREAD_SIZE RW NX run in vmalloc space is a task stack (KAISER RFC, §7.1).
   Markers lag when one run crosses several of them (only one marker advances per break, §6.3);
   using fixed constants for everything that has one keeps the lag from mislabelling a range.
@@ -63,7 +65,7 @@ from kaiser.linux.layout import (
     Layout,
     TiB,
 )
-from kaiser.linux.ptdump import MarkerLine, RangeLine, Record, parse_ptdump, ptdump, range_lines
+from kaiser.linux.ptdump import MarkerLine, RangeLine, Record, SkipLine, parse_ptdump, ptdump, range_lines
 from kaiser.linux.variants import VARIANTS, get_variant
 from kaiser.x86.bits import PTE
 from kaiser.x86.pagetable import PageTable
@@ -380,6 +382,13 @@ def _is_percpu_like(p: _Piece) -> bool:
     return p.line.level == "pte" and "RW" in f and "NX" in f and "USR" not in f
 
 
+def _lone(pieces: list[_Piece], i: int) -> bool:
+    """No present range touches piece `i` on either side (pieces are in address order)."""
+    before = i > 0 and pieces[i - 1].end == pieces[i].start
+    after = i + 1 < len(pieces) and pieces[i + 1].start == pieces[i].end
+    return not (before or after)
+
+
 def _classify_dump(pieces: list[_Piece]) -> list[str]:
     image = [p for p in pieces if p.region == "kernel_image"]
     entry_only = False
@@ -391,10 +400,10 @@ def _classify_dump(pieces: list[_Piece]) -> list[str]:
             and max(pmds) - min(pmds) < ENTRY_TEXT_MAX_PMDS
         )
     out = []
-    for p in pieces:
+    for i, p in enumerate(pieces):
         size, flags = p.end - p.start, p.line.flags
         klass = p.region
-        if p.region == "direct_map" and _is_percpu_like(p):
+        if p.region == "direct_map" and _is_percpu_like(p) and _lone(pieces, i):
             if size == PAGE_SIZE:
                 klass = "tss_percpu"
             elif size <= PERCPU_MAX:
@@ -433,8 +442,31 @@ def audit_dump(records: Sequence[Record], policy: Policy, source: str = "<input>
         for p, k in zip(pieces, _classify_dump(pieces), strict=True)
     )
     findings = tuple(f for m in mappings for f in _check(m, policy))
-    notes = layout.notes + ((policy.note,) if policy.note else ())
+    notes = layout.notes + _skip_notes(records, layout) + ((policy.note,) if policy.note else ())
     return AuditReport(source, policy, source, layout.la57, layout.regions, mappings, findings, None, notes)
+
+
+def skipped_by_region(records: Sequence[Record], layout: DumpLayout) -> dict[str, int]:
+    """Lines Linux left out under a capped marker (``... N entries skipped ...``, ESPfix: §6.3),
+    by the region of the last range printed before them. They carry no addresses, so the audit
+    cannot classify them one by one; the region they fall in is all a dump says about them."""
+    out: dict[str, int] = {}
+    last: RangeLine | None = None
+    for rec in records:
+        if isinstance(rec, RangeLine):
+            last = rec
+        elif isinstance(rec, SkipLine) and last is not None:
+            region = layout.region_of(last.start)
+            out[region] = out.get(region, 0) + rec.count
+    return out
+
+
+def _skip_notes(records: Sequence[Record], layout: DumpLayout) -> tuple[str, ...]:
+    return tuple(
+        f"{count} more {region} line(s) not printed by Linux (marker line cap, §6.3): not listed, "
+        f"but inside the {region} region"
+        for region, count in skipped_by_region(records, layout).items()
+    )
 
 
 def audit_text(text: str | bytes, policy: Policy, source: str = "<input>") -> AuditReport:
@@ -666,5 +698,6 @@ __all__ = [
     "diff_tables",
     "infer_layout",
     "policy_for",
+    "skipped_by_region",
     "table_runs",
 ]

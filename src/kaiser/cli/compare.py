@@ -1,0 +1,157 @@
+"""`kaiser compare`: a real kernel's page-table dump against our model, region by region.
+
+Exit status: 0 when every difference is one docs/real-kernel.md explains, 1 when one is not,
+2 for bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from kaiser.cli.output import console, emit_json, fail
+from kaiser.linux.compare import ClassSummary, CompareReport, compare_dump
+from kaiser.linux.ptdump import PtdumpParseError, parse_ptdump_file, size_parts
+from kaiser.linux.variants import UnknownVariant
+
+
+def _console() -> Console:
+    return console if console.is_terminal else Console(width=200)
+
+
+def _size(n: int) -> str:
+    if not n:
+        return "0"
+    num, unit = size_parts(n)
+    return f"{num}{unit}"
+
+
+def _summary_json(s: ClassSummary | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {
+        "ranges": s.count,
+        "skipped_lines": s.skipped,
+        "bytes": s.size,
+        "flags": list(s.flag_sets),
+        "levels": list(s.levels),
+        "first": hex(s.ranges[0][0]) if s.ranges else None,
+    }
+
+
+def compare_json(report: CompareReport) -> dict[str, Any]:
+    sw = report.switches
+    return {
+        "real": report.source,
+        "table": report.table,
+        "ldt": report.ldt,
+        "model": {
+            "variant": sw.variant,
+            "pti_on": sw.pti_on,
+            "pcid": sw.pcid,
+            "la57": sw.la57,
+            "kaslr": sw.kaslr,
+            "ncpus": sw.ncpus,
+            "ram": sw.ram,
+            "seed": sw.seed,
+            "why": list(sw.sources),
+        },
+        "classes": {
+            k: {"real": _summary_json(report.real.get(k)), "model": _summary_json(report.model.get(k))}
+            for k in sorted(set(report.real) | set(report.model))
+        },
+        "differences": [
+            {
+                "class": d.klass,
+                "kind": d.kind,
+                "real": d.real,
+                "model": d.model,
+                "explained": d.explained,
+                "reason": d.explanation.reason if d.explanation else None,
+                "model_change": (d.explanation.fix or None) if d.explanation else None,
+            }
+            for d in report.differences
+        ],
+        "unexplained": len(report.unexplained),
+        "exit_status": report.exit_status,
+    }
+
+
+def render_compare(report: CompareReport) -> None:
+    out = _console()
+    sw = report.switches
+    out.print(
+        f"[bold]{report.source}[/] ({report.table}{', process with an LDT' if report.ldt else ''}) against the "
+        f"model: variant {sw.variant}{' (pti=on)' if sw.pti_on else ''}, PCID {'on' if sw.pcid else 'off'}, "
+        f"KASLR {'on' if sw.kaslr else 'off'}, {sw.ncpus} CPU(s), {sw.ram >> 20} MiB, "
+        f"{'5' if sw.la57 else '4'}-level",
+        highlight=False,
+    )
+    for why in sw.sources:
+        out.print(f"[dim]  {why}[/]", highlight=False)
+    st = Table(title="kernel-half mappings by class", title_justify="left")
+    for col in ("class", "real", "model"):
+        st.add_column(col, no_wrap=True)
+    for k in sorted(set(report.real) | set(report.model)):
+        r, m = report.real.get(k), report.model.get(k)
+        st.add_row(k, r.describe() if r else "-", m.describe() if m else "-")
+    out.print(st)
+    if report.differences:
+        dt = Table(title="differences", title_justify="left")
+        for col in ("class", "kind", "real", "model", "explained"):
+            dt.add_column(col, no_wrap=col in ("class", "kind", "explained"), overflow="fold")
+        keys: list[tuple[str, str]] = []
+        for d in report.differences:
+            ref = ""
+            if d.explanation:
+                if d.key not in keys:
+                    keys.append(d.key)
+                ref = f"[green]yes[/] [{keys.index(d.key) + 1}]"
+            dt.add_row(escape(d.klass), d.kind, escape(d.real), escape(d.model), ref or "[bold red]NO[/]")
+        out.print(dt)
+        for i, key in enumerate(keys, 1):
+            ex = next(d.explanation for d in report.differences if d.key == key and d.explanation)
+            out.print(f"\\[{i}] [bold]{escape('/'.join(key))}[/]: {escape(ex.reason)}", highlight=False)
+            if ex.fix:
+                out.print(f"    [cyan]model change:[/] {escape(ex.fix)}", highlight=False)
+    n = len(report.unexplained)
+    if n:
+        out.print(f"[bold red]FAIL[/]: {n} difference(s) not explained (docs/real-kernel.md)", highlight=False)
+    else:
+        out.print(
+            f"[bold green]OK[/]: {len(report.differences)} difference(s), all explained (docs/real-kernel.md)",
+            highlight=False,
+        )
+
+
+def compare_command(
+    real_dump: Annotated[
+        Path, typer.Argument(help="A real /sys/kernel/debug/page_tables/{kernel,current_kernel,current_user} dump.")
+    ],
+    variant: Annotated[str, typer.Option("--variant", "-v", help="The model variant to compare with.")] = "linux",
+    pcid: Annotated[
+        bool | None,
+        typer.Option("--pcid/--no-pcid", help="Model CPU with PCID. Default: meta.json's guest CPU flags, else on."),
+    ] = None,
+    la57: Annotated[
+        bool | None, typer.Option("--la57/--4level", help="Model paging mode. Default: from the dump.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Model seed (KASLR and other boot-time choices).")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where our model and a real kernel differ, region by region (switches from meta.json beside the dump)."""
+    try:
+        records = parse_ptdump_file(real_dump)
+        report = compare_dump(records, real_dump, variant, pcid=pcid, la57=la57, seed=seed)
+    except (PtdumpParseError, UnknownVariant) as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json(compare_json(report))
+    else:
+        render_compare(report)
+    raise typer.Exit(report.exit_status)

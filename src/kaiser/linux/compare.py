@@ -1,0 +1,540 @@
+"""Our model against a real kernel: the same debugfs table, region by region.
+
+`compare_dump()` takes a real `/sys/kernel/debug/page_tables/*` dump, boots the model with the
+switches the real machine had (`ModelSwitches`, read from a ``meta.json`` beside the dump when
+there is one -- tools/realdumps writes it -- or inferred from the dump), dumps the same table of
+the model (`kernel`: init_mm; `current_kernel` / `current_user`: a process's kernel / user PGD; a
+``-ldt`` file: a process that called modify_ldt()), and classifies the kernel half of both with
+the audit's classes (`kaiser.linux.audit`: cpu_entry_area, entry_text, espfix, vsyscall,
+tss_percpu, ldt, direct_map, ...). Per class it reports where they differ:
+
+* ``only-real`` / ``only-model`` -- the class is mapped in one dump and not the other;
+* ``size`` -- different number of bytes mapped; ``count`` -- different number of ranges;
+* ``flags`` -- different sets of printed flags; ``levels`` -- different page-table levels;
+* ``placement`` -- same sizes and counts, different addresses.
+
+User-space ranges are not compared (the processes differ). Every difference is looked up in
+`EXPLANATIONS` (what the real kernel does, why, and the model change that would match it, if
+any); docs/real-kernel.md lists the same set. An unexplained difference makes the report fail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Final
+
+from kaiser.linux.audit import audit_dump, flag_text, infer_layout, policy_for, skipped_by_region
+from kaiser.linux.kernel import Kernel, KernelConfig, Task
+from kaiser.linux.layout import CPU_ENTRY_AREA_PGD, P4D_SHIFT, PAGE_OFFSET_BASE, PAGE_SIZE, TOP
+from kaiser.linux.mm import Prot
+from kaiser.linux.ptdump import MarkerLine, Record, parse_ptdump, ptdump, size_parts
+from kaiser.linux.variants import Part, Variant, get_variant
+
+MiB: Final = 1 << 20
+GiB: Final = 1 << 30
+TABLES: Final = ("kernel", "current_kernel", "current_user")
+KINDS: Final = ("only-real", "only-model", "size", "count", "flags", "levels", "placement")
+CPU_ENTRY_AREA_BASE: Final = (CPU_ENTRY_AREA_PGD << P4D_SHIFT) % TOP
+
+
+# ---- switches --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSwitches:
+    """How to boot the model so it matches the real machine, and where each choice came from."""
+
+    variant: str
+    pti_on: bool  # pti=on (forced) rather than auto: no kernel-image clone (pti_kernel_image_global_ok)
+    pcid: bool
+    la57: bool
+    kaslr: bool
+    ncpus: int
+    ram: int
+    seed: int
+    sources: tuple[str, ...] = ()
+
+
+def _meta(dump: Path) -> dict[str, object] | None:
+    path = dump.parent / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _qemu_ram(cmd: str) -> int | None:
+    m = re.search(r"(?:^|\s)-m\s+(\d+)([MG]?)\b", cmd)
+    if not m:
+        return None
+    return int(m.group(1)) * (GiB if m.group(2) == "G" else MiB)
+
+
+def table_of(path: Path) -> tuple[str, bool]:
+    """(debugfs table, process has an LDT) from a file name like ``current_user-ldt.txt``."""
+    stem = path.name.split(".")[0]
+    ldt = stem.endswith("-ldt")
+    table = stem.removesuffix("-ldt")
+    return (table if table in TABLES else "current_user"), ldt
+
+
+def switches_for(
+    dump: Path,
+    records: Sequence[Record],
+    variant: str,
+    *,
+    pcid: bool | None = None,
+    la57: bool | None = None,
+    seed: int = 0,
+) -> ModelSwitches:
+    """Switches matching the real machine: the command line, CPU flags, CPU count and RAM from
+    meta.json when it exists; otherwise from the dump (KASLR from where "Low Kernel Mapping" is
+    printed, 5-level from the addresses, CPUs from the per-CPU TSS clones) and defaults."""
+    get_variant(variant)
+    sources: list[str] = []
+    meta = _meta(dump)
+    layout = infer_layout(records)
+    cmdline = str(meta.get("kernel_cmdline", "")) if meta else ""
+    switches = cmdline.split()
+    cpu = meta.get("guest_cpu") if meta else None
+    cpu = cpu if isinstance(cpu, dict) else {}
+    flags = cpu.get("flags_of_interest")
+    flags = flags if isinstance(flags, dict) else {}
+
+    name = variant
+    if meta and "nopti" in switches and get_variant(variant).isolating:
+        name = "nopti"
+        sources.append("variant nopti: the real kernel was booted with nopti")
+    if meta:
+        kaslr = "nokaslr" not in switches
+        sources.append(f"KASLR {'on' if kaslr else 'off'}: kernel command line {cmdline!r}")
+    else:
+        pos = next((r for r in _marker_starts(records) if r[0] == "Low Kernel Mapping"), None)
+        kaslr = pos is None or pos[1] != PAGE_OFFSET_BASE[("modern", layout.la57)]
+        sources.append(f"KASLR {'on' if kaslr else 'off'}: where the Low Kernel Mapping marker is printed")
+    pti_on = "pti=on" in switches
+    if pti_on:
+        sources.append("pti=on: kernel text is not cloned (pti_kernel_image_global_ok() needs pti=auto)")
+    if pcid is None:
+        pcid = bool(flags.get("pcid", True)) if flags else True
+        sources.append(f"PCID {'on' if pcid else 'off'}: {'guest CPU flags' if flags else 'default'}")
+    if la57 is None:
+        la57 = bool(flags.get("la57", False)) if flags else layout.la57
+    ncpus = cpu.get("nproc") if cpu else None
+    if not isinstance(ncpus, int) or ncpus < 1:
+        audit = audit_dump(records, policy_for("linux"))
+        ncpus = max(1, sum(1 for m in audit.mappings if m.klass == "tss_percpu"))
+        sources.append(f"{ncpus} CPU(s): per-CPU TSS clones in the dump")
+    else:
+        sources.append(f"{ncpus} CPU(s): guest /proc/cpuinfo")
+    ram = _qemu_ram(str(meta.get("qemu_command", ""))) if meta else None
+    if ram is None or ram < 256 * MiB:
+        ram = KernelConfig().ram
+    else:
+        sources.append(f"RAM {ram // MiB} MiB: qemu -m")
+    return ModelSwitches(name, pti_on, pcid, la57, kaslr, min(ncpus, 64), ram, seed, tuple(sources))
+
+
+def _marker_starts(records: Sequence[Record]) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    pending: list[str] = []
+    for rec in records:
+        if isinstance(rec, MarkerLine):
+            pending.append(rec.name)
+        elif pending and hasattr(rec, "start"):
+            out += [(n, rec.start) for n in pending]
+            pending = []
+    return out
+
+
+def boot_model(sw: ModelSwitches, *, ldt: bool) -> tuple[Kernel, Task]:
+    """The model booted with `sw`, one process running (with an LDT when `ldt`)."""
+    variant: Variant = get_variant(sw.variant)
+    if sw.pti_on and variant.maps(Part.KERNEL_TEXT):
+        # pti=on: the same design without pti_clone_kernel_text() (§3.3: needs pti=auto)
+        variant = replace(variant, clones=tuple(c for c in variant.clones if c.part is not Part.KERNEL_TEXT))
+    config = KernelConfig(
+        variant=sw.variant, pcid=sw.pcid, la57=sw.la57, kaslr=sw.kaslr, seed=sw.seed, ncpus=sw.ncpus, ram=sw.ram
+    )
+    kernel = Kernel.boot(config, variant=variant)
+    task = kernel.spawn()
+    task.mm.mmap(1 << 20, Prot.READ | Prot.WRITE, name="anon")
+    if ldt:
+        task.mm.modify_ldt()
+    return kernel, task
+
+
+def model_text(kernel: Kernel, task: Task, table: str) -> str:
+    """The model's text of debugfs `table`; `current_user` without PTI is the kernel PGD, as
+    Linux's walker falls back to it when PTI is off at run time."""
+    if table == "kernel":
+        pt = kernel.init.kernel_pt
+    elif table == "current_kernel" or task.mm.pgd.user_pt is None:
+        pt = task.mm.pgd.kernel_pt
+    else:
+        pt = task.mm.pgd.user_pt
+    return ptdump(pt, kernel.layout.markers)
+
+
+# ---- per-class summaries ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassSummary:
+    """The present kernel-half ranges of one class in one dump."""
+
+    klass: str
+    ranges: tuple[tuple[int, int, str, str], ...]  # (start, end, flag text, level)
+    skipped: int = 0  # lines Linux did not print (ESPfix cap) in this class's region
+
+    @property
+    def size(self) -> int:
+        return sum(e - s for s, e, _, _ in self.ranges)
+
+    @property
+    def count(self) -> int:
+        return len(self.ranges)
+
+    @property
+    def flag_sets(self) -> tuple[str, ...]:
+        return tuple(sorted({f for _, _, f, _ in self.ranges}))
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return tuple(sorted({lv for _, _, _, lv in self.ranges}))
+
+    def describe(self) -> str:
+        more = f" (+{self.skipped} lines not printed)" if self.skipped else ""
+        return f"{self.count} range(s){more}, {_size(self.size)}, {'/'.join(self.levels)}"
+
+
+def summarize(records: Sequence[Record]) -> dict[str, ClassSummary]:
+    """Kernel-half present ranges by audit class."""
+    report = audit_dump(records, policy_for("linux"))
+    layout = infer_layout(records)
+    skipped = skipped_by_region(records, layout)
+    by: dict[str, list[tuple[int, int, str, str]]] = {}
+    for m in report.mappings:
+        by.setdefault(m.klass, []).append((m.start, m.end, flag_text(m.flags), m.level))
+    return {k: ClassSummary(k, tuple(v), skipped.get(k, 0)) for k, v in sorted(by.items())}
+
+
+def _size(n: int) -> str:
+    if n == 0:
+        return "0"
+    num, unit = size_parts(n)
+    return f"{num}{unit}"
+
+
+# ---- explanations --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Explanation:
+    """Why a difference is expected. `fix` is the model change that would remove it ("" = none:
+    the difference is inherent, e.g. boot-time randomness or a different process)."""
+
+    reason: str
+    fix: str = ""
+
+
+# Keys are (class, kind); `*` as the kind matches every kind of that class. Each entry is backed by
+# the real 6.1 dumps in tests/linux/data/real (see docs/real-kernel.md for the same list).
+EXPLANATIONS: Final[dict[tuple[str, str], Explanation]] = {
+    # ---- what PTI maps into the user tables (current_user) -----------------------------------
+    ("cpu_entry_area", "size"): Explanation(
+        "6.1's struct cpu_entry_area is 59 pages per CPU (CPU n at 0xfffffe0000001000 + n*0x3b000): "
+        "GDT 4K ro, entry stack 4K RW, TSS 20K ro (5 pages), then the exception stacks -- DF, NMI, DB, "
+        "MCE, VC, VC2, 8K each, each above a 4K guard page, plus a top guard (76K; VC/VC2 unmapped "
+        "without SEV-ES) -- then the Intel debug-store page 4K RW at +0x1a000 and 32 not-present "
+        "debug-buffer PTEs (128K). Present: 16 pages a CPU, all GLB NX pte, plus the shared RO IDT "
+        "page at 0xfffffe0000000000. The model maps gdt, entry stack, 3 TSS pages and 6 IST pages "
+        "(11 pages, 43-page stride).",
+        "kernel.py: CEA_TSS_PAGES = 5; IST layout [guard, 2-page stack] x 6 + top guard with only "
+        "DF/NMI/DB/MCE mapped (RW NX GLB); the debug-store page RW NX GLB at +0x1a000 on Intel; 32 "
+        "not-present (PAGE_NONE) debug-buffer PTEs; _cea_pages() = 59.",
+    ),
+    ("cpu_entry_area", "count"): Explanation(
+        "the guard pages between the 8K IST stacks split each CPU's area into 7 present ranges "
+        "(CPU 0's GDT merges with the RO IDT page); the model's area is 3 ranges.",
+        "the cpu_entry_area/size change.",
+    ),
+    ("cpu_entry_area", "placement"): Explanation(
+        "with KASLR the model puts CPU 0's area at a random slot (6.2+, 97e3d26b5e5f); Debian's 6.1 "
+        "does not randomize it: CPU 0 is at 0xfffffe0000001000 with KASLR on as well.",
+        "kernel.py _cea_slot_order(): fixed slots for a 6.1 kernel (a kernel-version switch, or "
+        "KernelConfig(cea_random=False)).",
+    ),
+    ("espfix", "size"): Explanation(
+        "espfix64 maps its page 65536 times: 32 clones at a 64K stride in one PTE page, that PTE page "
+        "under all 512 entries of one PMD page, that PMD page under 4 consecutive PUD entries "
+        "(ESPFIX_PTE_CLONES x ESPFIX_PMD_CLONES x ESPFIX_PUD_CLONES), all ro GLB NX pte; ptdump "
+        "prints 16 lines and '... 13105x entries skipped'. The model maps one page.",
+        "kernel.py _map_kernel(): build the clones -- one PTE page with the espfix page at every 16th "
+        "slot, 512 PMD entries pointing at it, 4 PUD entries pointing at that PMD page.",
+    ),
+    ("espfix", "count"): Explanation("see espfix/size (65536 mappings, 131072 lines).", "see espfix/size"),
+    ("espfix", "placement"): Explanation(
+        "the PUD index and the page inside each 64K are random per boot (espfix_index_random), even "
+        "with nokaslr: 0xffffff0000000000, 0xffffff1400009000, 0xffffff3a0000a000, "
+        "0xffffff100000e000 in our four boots. The model's seed draws its own."
+    ),
+    ("vsyscall", "only-model"): Explanation(
+        "Debian builds CONFIG_LEGACY_VSYSCALL_NONE=y: no PTE at 0xffffffffff600000 in any table, so "
+        "pti_setup_vsyscall() clones nothing. The model maps it in emulate mode (USR ro NX).",
+        "KernelConfig(vsyscall='none'|'emulate'|'xonly'): map the fixmap slot-511 PTE only in "
+        "emulate mode; clone it (and set the USER bits above it) only when it exists.",
+    ),
+    ("ldt", "size"): Explanation(
+        "the LDT alias is as big as the LDT: one descriptor (ptcat -l) maps one page, "
+        "0xffff880000000000 4K ro NX pte (not GLB); the model maps a 64K slot.",
+        "kernel.py map_ldt(): map ceil(nr_entries * 8 / 4096) pages -- 1 for a first modify_ldt().",
+    ),
+    ("ldt", "count"): Explanation(
+        "the model's 64K alias prints as 2 lines (the LDT remap marker breaks the run after its first "
+        "page, §6.3); the real 1-page alias is one.",
+        "the ldt/size change.",
+    ),
+    ("ldt", "only-model"): Explanation(
+        "with nopti the kernel does not alias the LDT at LDT_BASE_ADDR at all (map_ldt_struct() "
+        "returns early without X86_FEATURE_PTI; the CPU reads the LDT from its kernel address). "
+        "The model maps the alias under every variant.",
+        "kernel.py map_ldt(): map nothing at ldt_base when the variant is not isolating.",
+    ),
+    ("tss_percpu", "placement"): Explanation(
+        "cpu_tss_rw sits in each CPU's per-CPU chunk at a direct-map address set by the boot "
+        "allocator (0xffff88801f406000, CPU 1 +1M with nokaslr); the model's per-CPU frames come from "
+        "its own allocator."
+    ),
+    ("entry_text", "placement"): Explanation(
+        "KASLR: the entry-text PMD moves with the random kernel base (0xffffffff8ac00000 in our "
+        "pti=on boot); the model's seed draws another base. Without KASLR both are 0xffffffff81c00000."
+    ),
+    # ---- the kernel's own tables (kernel, current_kernel; nopti's current_user) ------------------
+    ("kernel_text", "*"): Explanation(
+        "the real image: text 0xffffffff81000000-0xffffffff81e02000 (14344K: 12M ro x pmd, the "
+        "entry-text PMD GLB, an 8K ro x pte tail), rodata 9132K ro NX from 0xffffffff82000000, and "
+        "a 4K ro NX page inside .data; the model's ImageSizes are 14352K text and "
+        "6M rodata in 2M-aligned sections. With KASLR the image also sits at another random base.",
+        "Kernel.boot: make_layout(image=ImageSizes(text=0xe02000, rodata=0x8eb000, data=..., bss=...)) "
+        "from the 'Memory: ... kernel code, rwdata, rodata, bss' boot line.",
+    ),
+    ("kernel_data", "*"): Explanation(
+        "real .data/.bss are 2338K + 17344K with 4K splits; the model's are 3M + 5M.",
+        "the kernel_text/* change (ImageSizes data/bss).",
+    ),
+    ("direct_map", "*"): Explanation(
+        "the real direct map covers the e820 RAM of the 512 MiB guest (to 0x1ffe0000: the firmware "
+        "keeps the top 128K), makes the kernel image's alias ro NX, the real-mode trampoline at "
+        "0x98000 ro/x, and has many 4K splits (set_memory_*); page 0 is a 4K RW NX pte. The model "
+        "maps all RAM RW NX with the largest pages. With KASLR page_offset_base is random per boot."
+    ),
+    ("vmalloc", "*"): Explanation(
+        "vmalloc space holds the running kernel's allocations besides stacks: ioremaps (RW PCD), a "
+        "4M buffer, 64K-128K buffers, 12K at the top (0xffffe8ffffc00000); the model maps only task "
+        "stacks there."
+    ),
+    ("task_stack", "*"): Explanation(
+        "16K RW NX runs between guard pages in vmalloc space: the real kernel has one per thread "
+        "(about 50 at boot, kernel threads included), the model one per process."
+    ),
+    ("vmemmap", "*"): Explanation(
+        "struct pages of the real memory sections (8M pmd for 512 MiB); only differs when the "
+        "model's RAM differs, or, with KASLR, by the random vmemmap_base."
+    ),
+    ("modules", "*"): Explanation(
+        "module space holds a 2M ro x region of 4K PTEs at MODULES_VADDR (most likely the BPF program "
+        "pack) and ptdump_mod itself (4K ro x, 4K ro NX, 8K RW NX); the model maps one 8-page module."
+    ),
+    ("fixmap", "*"): Explanation(
+        "the real fixmap maps two RW PWT PCD pages at 0xffffffffff5fc000 (slots 514-515, most likely "
+        "FIX_APIC_BASE and FIX_IO_APIC_BASE_0); the model puts its two I/O pages at slots 515-516 "
+        "(0xffffffffff5fb000).",
+        "kernel.py _map_kernel(): map the two I/O pages at FIXADDR_TOP - 515 pages.",
+    ),
+    # ---- region bounds (where ptdump prints the markers) ------------------------------------------
+    ("marker:Modules", "placement"): Explanation(
+        "Debian's kernel is built with CONFIG_RANDOMIZE_BASE, so KERNEL_IMAGE_SIZE is 1 GiB and "
+        "MODULES_VADDR is 0xffffffffc0000000 even when booted with nokaslr; the model's kaslr=False "
+        "layout is a kernel built without it (512 MiB, 0xffffffffa0000000).",
+        "Kernel.boot: make_layout(..., kaslr_image_size=True) (a KernelConfig switch "
+        "'randomize_base_built', default True for a distribution kernel).",
+    ),
+    ("marker:Fixmap Area", "placement"): Explanation(
+        "6.1's FIXADDR_START is 0xffffffffff579000: 646 fixmap slots (Debian's config); the model "
+        "uses the 649 of Fedora 4.18 (0xffffffffff576000).",
+        "Kernel.boot: make_layout(..., fixmap_pages=646) for Debian 6.1.",
+    ),
+    ("marker:Low Kernel Mapping", "placement"): Explanation(
+        "KASLR: page_offset_base is random per boot. Without KASLR both bases are 0xffff888000000000, "
+        "but the marker is printed at the first break at or above it (§6.3): after the real 4K page 0 "
+        "(0xffff888000001000), after the model's first 2M page (0xffff888000200000)."
+    ),
+    ("marker:vmalloc() Area", "placement"): Explanation("KASLR: vmalloc_base is random per boot."),
+    ("marker:Vmemmap", "placement"): Explanation("KASLR: vmemmap_base is random per boot."),
+    ("marker:LDT remap", "placement"): Explanation(
+        "nopti: follows from ldt/only-model (the model's alias moves where the marker is printed).",
+        "the ldt/only-model change.",
+    ),
+}
+
+
+def explain(klass: str, kind: str) -> Explanation | None:
+    return EXPLANATIONS.get((klass, kind)) or EXPLANATIONS.get((klass, "*"))
+
+
+# ---- the comparison --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Difference:
+    klass: str
+    kind: str
+    real: str
+    model: str
+    explanation: Explanation | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.klass, self.kind
+
+    @property
+    def explained(self) -> bool:
+        return self.explanation is not None
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    source: str
+    table: str
+    ldt: bool
+    switches: ModelSwitches
+    real: dict[str, ClassSummary]
+    model: dict[str, ClassSummary]
+    differences: tuple[Difference, ...]
+    model_dump: str
+
+    @property
+    def unexplained(self) -> tuple[Difference, ...]:
+        return tuple(d for d in self.differences if not d.explained)
+
+    @property
+    def keys(self) -> set[tuple[str, str]]:
+        return {d.key for d in self.differences}
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.unexplained else 0
+
+
+def _ranges_text(s: ClassSummary, limit: int = 4) -> str:
+    parts = [f"0x{a:016x}+{_size(b - a)}" for a, b, _, _ in s.ranges[:limit]]
+    if s.count > limit:
+        parts.append(f"... ({s.count - limit} more)")
+    return ", ".join(parts)
+
+
+def diff_summaries(real: dict[str, ClassSummary], model: dict[str, ClassSummary]) -> list[Difference]:
+    out: list[Difference] = []
+
+    def add(klass: str, kind: str, r: str, m: str) -> None:
+        out.append(Difference(klass, kind, r, m, explain(klass, kind)))
+
+    for klass in sorted(set(real) | set(model)):
+        r, m = real.get(klass), model.get(klass)
+        if r is None or m is None:
+            s = r or m
+            assert s is not None
+            text = f"{s.describe()}: {_ranges_text(s)} [{', '.join(s.flag_sets)}]"
+            add(klass, "only-real" if m is None else "only-model", text if r else "-", text if m else "-")
+            continue
+        # lines Linux did not print (ESPfix's cap) hide bytes: unequal skips mean unequal mappings
+        real_count, model_count = r.count + r.skipped, m.count + m.skipped
+        if r.size != m.size or r.skipped != m.skipped:
+            add(klass, "size", f"{_size(r.size)}{' + skipped lines' if r.skipped else ''}",
+                f"{_size(m.size)}{' + skipped lines' if m.skipped else ''}")  # fmt: skip
+        if real_count != model_count or r.skipped != m.skipped:
+            add(klass, "count", r.describe(), m.describe())
+        if r.flag_sets != m.flag_sets:
+            add(klass, "flags", ", ".join(r.flag_sets), ", ".join(m.flag_sets))
+        if r.levels != m.levels:
+            add(klass, "levels", "/".join(r.levels), "/".join(m.levels))
+        same_shape = r.size == m.size and real_count == model_count
+        if _first(r) != _first(m) or (same_shape and [x[:2] for x in r.ranges] != [x[:2] for x in m.ranges]):
+            add(klass, "placement", _ranges_text(r), _ranges_text(m))
+    return out
+
+
+def _first(s: ClassSummary) -> int:
+    """Where a class starts. For the entry area: the first per-CPU page (the RO IDT page at the
+    base is always there and would hide where CPU 0's area is placed)."""
+    if s.klass == "cpu_entry_area":
+        base = CPU_ENTRY_AREA_BASE + PAGE_SIZE
+        return min((max(a, base) for a, b, _, _ in s.ranges if b > base), default=0)
+    return s.ranges[0][0] if s.ranges else 0
+
+
+def marker_positions(records: Sequence[Record]) -> dict[str, int]:
+    """Where each marker is printed: the start of the first range line after it (§6.3: a marker
+    is printed at the first break at or above its address)."""
+    return dict(_marker_starts(records))
+
+
+def diff_markers(real: Sequence[Record], model: Sequence[Record]) -> list[Difference]:
+    """Markers printed in both dumps at different addresses: the region bounds differ."""
+    rp, mp = marker_positions(real), marker_positions(model)
+    out = []
+    for name in rp:
+        if name in mp and rp[name] != mp[name]:
+            klass = f"marker:{name}"
+            out.append(
+                Difference(klass, "placement", f"0x{rp[name]:016x}", f"0x{mp[name]:016x}", explain(klass, "placement"))
+            )
+    return out
+
+
+def compare_dump(
+    records: Sequence[Record],
+    path: Path,
+    variant: str = "linux",
+    *,
+    pcid: bool | None = None,
+    la57: bool | None = None,
+    seed: int = 0,
+) -> CompareReport:
+    """Compare a real dump (already parsed; `path` names the table and locates meta.json)."""
+    table, ldt = table_of(path)
+    sw = switches_for(path, records, variant, pcid=pcid, la57=la57, seed=seed)
+    kernel, task = boot_model(sw, ldt=ldt)
+    text = model_text(kernel, task, table)
+    model_records = parse_ptdump(text, f"model:{sw.variant}/{table}")
+    real, model = summarize(records), summarize(model_records)
+    diffs = diff_summaries(real, model) + diff_markers(records, model_records)
+    return CompareReport(str(path), table, ldt, sw, real, model, tuple(diffs), text)
+
+
+def compare_file(path: str | Path, variant: str = "linux", **kw: object) -> CompareReport:
+    """`compare_dump` of a file (`PtdumpParseError` on malformed text)."""
+    from kaiser.linux.ptdump import parse_ptdump_file
+
+    path = Path(path)
+    return compare_dump(parse_ptdump_file(path), path, variant, **kw)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "EXPLANATIONS",
+    "KINDS",
+    "ClassSummary",
+    "CompareReport",
+    "Difference",
+    "Explanation",
+    "ModelSwitches",
+    "boot_model",
+    "compare_dump",
+    "compare_file",
+    "diff_summaries",
+    "explain",
+    "model_text",
+    "summarize",
+    "switches_for",
+    "table_of",
+]
