@@ -13,7 +13,10 @@ from kaiser.cli.compare import compare_command
 from kaiser.cli.demo import demo_command
 from kaiser.cli.dump import dump_command
 from kaiser.cli.output import fail
+from kaiser.cli.replay import replay_command
+from kaiser.cli.report import report_command
 from kaiser.cli.run import run_command
+from kaiser.cli.sweep import sweep_command
 from kaiser.cli.verify import verify_command
 from kaiser.cli.walk import walk_command
 from kaiser.linux.mm import MmError
@@ -37,6 +40,9 @@ app.command("dump")(dump_command)
 app.command("audit")(audit_command)
 app.command("run")(run_command)
 app.command("compare")(compare_command)
+app.command("replay")(replay_command)
+app.command("sweep")(sweep_command)
+app.command("report")(report_command)
 app.add_typer(bench_app, name="bench")
 app.add_typer(attack_app, name="attack")
 

@@ -16,7 +16,7 @@ from kaiser.attacks.meltdown import AttackParams
 from kaiser.cli.output import console, emit_json, fail, parse_int
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 
-attack_app = typer.Typer(help="Prove isolation by attack: Meltdown (and, later, KASLR probing).", no_args_is_help=True)
+attack_app = typer.Typer(help="Prove isolation by attack: Meltdown and KASLR probing.", no_args_is_help=True)
 
 
 def _variants(name: str) -> list[str]:
@@ -191,3 +191,8 @@ def meltdown_command(
 
 
 attack_app.command("meltdown")(meltdown_command)
+
+
+from kaiser.cli.attack_kaslr import kaslr_command  # noqa: E402
+
+attack_app.command("kaslr")(kaslr_command)

@@ -1,0 +1,111 @@
+"""`kaiser attack kaslr`: break KASLR from user mode by probe timing, per variant and region."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from kaiser.attacks.timing import PROBES, REGIONS, KaslrSummary, run_seeds
+from kaiser.cli.output import console, emit_json, fail
+from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
+
+GiB = 1 << 30
+
+
+def _variants(name: str) -> list[str]:
+    if name == "all":
+        return list(VARIANTS)
+    try:
+        return [get_variant(name).name]
+    except UnknownVariant as exc:
+        fail(f"--variant: {exc} (or 'all')")
+
+
+def _cell(summary: KaslrSummary, region: str) -> str:
+    n = len(summary.runs)
+    matched, guessed, narrowed = summary.matched(region), summary.guessed(region), summary.narrowed(region)
+    style = "red" if matched else "green"
+    text = f"[{style}]{matched}/{n}[/]"
+    if guessed > matched:
+        text += f" [yellow]({guessed - matched} wrong)[/]"
+    if narrowed:
+        text += f"\n[dim]{narrowed} narrowed[/]"
+    return text
+
+
+def _table(summaries: list[KaslrSummary], seeds: list[int]) -> Table:
+    first = summaries[0]
+    table = Table(
+        title=f"KASLR by {first.probe} timing, PCID {'on' if first.pcid else 'off'}, seeds "
+        f"{seeds[0]}..{seeds[-1]}: layouts whose base the attacker guessed right / layouts",
+        title_justify="left",
+    )
+    table.add_column("variant", no_wrap=True)
+    for region in REGIONS:
+        table.add_column(region)
+    for s in summaries:
+        table.add_row(s.variant, *(_cell(s, r) for r in REGIONS))
+    table.caption = "narrowed: mapped pages found, but several aligned bases fit them (no guess)"
+    return table
+
+
+def kaslr_command(
+    variant: Annotated[str, typer.Option("--variant", "-v", help="Variant name, or 'all'.")] = "linux",
+    seeds: Annotated[int, typer.Option("--seeds", "-n", help="Number of seeded KASLR layouts.")] = 20,
+    first_seed: Annotated[int, typer.Option("--first-seed", help="Seed of the first layout.")] = 0,
+    probe: Annotated[str, typer.Option("--probe", help=f"Probe: {' or '.join(PROBES)}.")] = "prefetch",
+    pcid: Annotated[bool, typer.Option("--pcid/--no-pcid", help="CPU with PCID.")] = True,
+    la57: Annotated[bool, typer.Option("--la57/--4level", help="5-level or 4-level paging.")] = False,
+    ram_gib: Annotated[int, typer.Option("--ram-gib", help="RAM size in GiB (the attacker knows it).")] = 4,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Find the randomized kernel bases (text, direct map, vmalloc, vmemmap) from user mode by
+    timing prefetches (or faulting loads) after system calls; score the guesses per layout."""
+    variants = _variants(variant)
+    if probe not in PROBES:
+        fail(f"--probe {probe!r} is not one of {', '.join(PROBES)}")
+    if not 1 <= seeds <= 1000:
+        fail(f"--seeds {seeds} must be 1..1000")
+    if not 1 <= ram_gib <= 64:
+        fail(f"--ram-gib {ram_gib} must be 1..64")
+    seed_list = list(range(first_seed, first_seed + seeds))
+    summaries: list[KaslrSummary] = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=json_out,
+    ) as bar:
+        task = bar.add_task("kaslr", total=len(variants) * seeds * len(REGIONS))
+        for v in variants:
+            bar.update(task, description=f"kaslr {v}")
+            summaries.append(
+                run_seeds(
+                    v,
+                    seed_list,
+                    probe=probe,
+                    pcid=pcid,
+                    la57=la57,
+                    ram=ram_gib * GiB,
+                    progress=lambda _region: bar.advance(task, 1),
+                )
+            )
+    if json_out:
+        data = [s.as_dict() for s in summaries]
+        emit_json(data[0] if len(data) == 1 else data)
+        return
+    console.print(_table(summaries, seed_list))
+    if len(summaries) == 1 and seeds <= 5:
+        for run in summaries[0].runs:
+            for o in run.outcomes:
+                guess = "no guess" if o.guess.guess is None else f"{o.guess.guess:#x}"
+                console.print(
+                    f"seed {run.seed} {o.region:10} true {o.true_base:#x}  guess {guess:18}  "
+                    f"{'[red]match[/]' if o.matched else '[green]-[/]'}  [dim]{o.guess.how}[/]"
+                )

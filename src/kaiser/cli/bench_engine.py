@@ -1,0 +1,52 @@
+"""`kaiser bench engine`: the compiled engine's and the reference path's references per second,
+measured in one run on the same stream (and checked to agree on it)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from kaiser.cli.output import console, emit_json
+
+
+def engine_command(
+    n_refs: Annotated[int, typer.Option("--n-refs", help="References the engine replays (timed).")] = 10_000_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the kernel layout and of the stream.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Measure the replay engine against the reference path (one run, same stream)."""
+    from kaiser.cost.enginebench import bench_engine
+
+    if json_out:
+        emit_json(bench_engine(n_refs=n_refs, seed=seed))
+        return
+    with console.status("compiling (first run only), then replaying both paths..."):
+        r = bench_engine(n_refs=n_refs, seed=seed)
+    eng, ref = r["engine"], r["reference"]
+    table = Table(title=f"replay engine vs reference path ({r['variant']}, seed {seed})")
+    for col in ("path", "references", "seconds", "refs/s (wall)", "refs/s (CPU)"):
+        table.add_column(col, justify="right" if col != "path" else "left")
+    table.add_row(
+        "engine (numba)",
+        f"{eng['references']:,}",
+        f"{eng['seconds_best']:.3f}",
+        f"{eng['refs_per_second'] / 1e6:.1f} M",
+        f"{eng['refs_per_cpu_second'] / 1e6:.1f} M",
+    )
+    table.add_row(
+        "reference (Python)",
+        f"{ref['references']:,}",
+        f"{ref['seconds']:.3f}",
+        f"{ref['refs_per_second'] / 1e3:.1f} k",
+        f"{ref['refs_per_cpu_second'] / 1e3:.1f} k",
+    )
+    console.print(table)
+    s = r["stream"]
+    console.print(
+        f"ratio {r['ratio']:.0f}x (CPU {r['ratio_cpu']:.0f}x); counters agree on the shared slice: "
+        f"{'yes' if r['agree_on_shared_slice'] else 'NO'}; stream L1 hit rate {s['l1_hit_rate']:.1%}, "
+        f"{s['walks']:,} walks, {s['cr3_writes']:,} CR3 writes; targets (50 M/s, 20x) "
+        f"{'met' if r['targets']['met'] else 'NOT met'}"
+    )

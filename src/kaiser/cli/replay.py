@@ -1,0 +1,172 @@
+"""`kaiser replay TRACE [--syscalls STRACE]`: a real program's trace, priced on every variant.
+
+TRACE is valgrind lackey's log (`valgrind --tool=lackey --trace-mem=yes --trace-syscalls=yes
+--log-file=TRACE PROG`); STRACE an strace log of a native run (`strace -f -n -ttt -T -o STRACE
+PROG`), used for native timestamps and to cross-check the system calls (docs/traces.md).
+The file is read once, in chunks; each chunk is replayed on every chosen variant and PCID
+setting (`kaiser.traces.interleave.replay_trace`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kaiser.cli.output import console, emit_json, err_console, fail
+from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
+from kaiser.traces.interleave import BASELINE, TraceReplay, engine_available, replay_trace
+from kaiser.traces.lackey import TraceError
+from kaiser.traces.strace import StraceError, read_strace
+
+
+def _variants(names: list[str] | None) -> list[str]:
+    if not names:
+        return list(VARIANTS)
+    try:
+        out = [get_variant(n).name for n in names]
+    except UnknownVariant as exc:
+        fail(str(exc))
+    return out if BASELINE in out else [BASELINE, *out]  # overhead needs the baseline
+
+
+def replay_command(
+    trace: Annotated[Path, typer.Argument(help="valgrind lackey log (--trace-mem=yes --trace-syscalls=yes).")],
+    syscalls: Annotated[
+        Path | None, typer.Option("--syscalls", help="strace log of the same program (strace -f -n -ttt -T -o FILE).")
+    ] = None,
+    variant: Annotated[
+        list[str] | None, typer.Option("--variant", "-v", help="Variant (repeatable); all by default (nopti always).")
+    ] = None,
+    pcid: Annotated[
+        bool | None, typer.Option("--pcid/--no-pcid", help="Only with (or without) PCID; both by default.")
+    ] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable lines.")] = False,
+    path: Annotated[
+        str | None, typer.Option("--path", help="engine or reference (default: engine when available).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Replay only the first N user events.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a bar chart of cycles per variant.")] = None,
+) -> None:
+    """Replay a real program's memory trace, with its system calls, on each variant and price it."""
+    if not trace.is_file():
+        fail(f"{trace}: no such trace file")
+    if syscalls is not None and not syscalls.is_file():
+        fail(f"{syscalls}: no such strace log")
+    if path not in (None, "engine", "reference"):
+        fail(f"--path {path!r}: use engine or reference")
+    if path == "engine" and not engine_available():
+        fail("--path engine: kaiser.cost.engine is not available")
+    names = _variants(variant)
+    pcids = (True, False) if pcid is None else (pcid,)
+    configs = [(v, p) for p in pcids for v in names]
+    chosen = path or ("engine" if engine_available() else "reference")
+    if chosen == "reference":
+        err_console.print("kaiser: warning: replaying on the slow reference path (about 10^5 references/s)")
+    try:
+        strace = read_strace(syscalls, skip_bad=skip_bad) if syscalls else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if json_out:
+                result = replay_trace(trace, configs, path=chosen, skip_bad=skip_bad, strace=strace, max_events=limit)
+            else:
+                with Progress(
+                    TextColumn(f"replaying on {len(configs)} configurations"),
+                    BarColumn(),
+                    DownloadColumn(),
+                    TimeElapsedColumn(),
+                    console=err_console,
+                    transient=True,
+                ) as bar:
+                    task = bar.add_task("replay", total=trace.stat().st_size)
+
+                    def tick(done: int, total: int) -> None:
+                        bar.update(task, completed=done, total=total)
+
+                    result = replay_trace(
+                        trace, configs, path=chosen, skip_bad=skip_bad, strace=strace, max_events=limit, progress=tick
+                    )
+    except (TraceError, StraceError) as exc:
+        fail(str(exc))
+    if plot is not None:
+        plot_costs(result, plot)
+    if json_out:
+        emit_json(result.as_dict())
+        return
+    print_result(result)
+    if plot is not None:
+        console.print(f"plot written to {plot}")
+
+
+def print_result(r: TraceReplay) -> None:
+    s = r.stats
+    table = Table(title=f"{r.trace.name}: {s['refs']:,} references, {sum(r.syscall_names.values())} system calls")
+    for col in ("variant", "PCID", "walks", "STLB hits", "CR3 writes", "flushing", "cycles", "overhead"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for res in r.results:
+        c = res.counters
+        over = r.overhead(res)
+        table.add_row(
+            res.variant,
+            "on" if res.pcid else "off",
+            f"{c.walks:,}",
+            f"{c.stlb_hits:,}",
+            f"{c.cr3_writes:,}",
+            f"{c.cr3_writes - c.cr3_noflush:,}",
+            f"{res.total_cycles:,.0f}" if res.total_cycles is not None else "-",
+            f"{over:+.2f}%" if over is not None else "-",
+        )
+    console.print(table)
+    bad = f", {s['bad_lines']} bad lines skipped" if s["bad_lines"] else ""
+    rate = s["refs"] * len(r.results) / r.seconds if r.seconds else 0.0
+    console.print(
+        f"{s['lines']:,} lines, {s['events']:,} events "
+        f"({s['modifies']:,} modify, {s['page_crossings']:,} page-crossing)"
+        f"{bad}; {r.seconds:.2f} s, {rate / 1e6:.1f} M references/s replayed (path: {r.results[0].path})"
+    )
+    unmodelled = r.results[0].unmodelled if r.results else {}
+    if unmodelled:
+        console.print(f"generic kernel body for: {', '.join(f'{k}x{v}' for k, v in sorted(unmodelled.items()))}")
+    if r.alignment is not None:
+        a = r.alignment
+        console.print(
+            f"strace cross-check: {len(a.matched)} calls matched; only in valgrind: {a.valgrind_only or 'none'}; "
+            f"only in strace: {a.strace_only or 'none'}"
+        )
+
+
+def plot_costs(r: TraceReplay, out: Path) -> None:
+    """Bars of cycles per variant (PCID on and off side by side), overhead vs nopti on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(res.variant for res in r.results))
+    pcids = sorted({res.pcid for res in r.results}, reverse=True)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(variants)), 4.0))
+    width = 0.8 / len(pcids)
+    for k, p in enumerate(pcids):
+        xs, ys, labels = [], [], []
+        for i, v in enumerate(variants):
+            res = next((x for x in r.results if x.variant == v and x.pcid == p), None)
+            if res is None or res.total_cycles is None:
+                continue
+            xs.append(i + (k - (len(pcids) - 1) / 2) * width)
+            ys.append(res.total_cycles / 1e6)
+            over = r.overhead(res)
+            labels.append(f"{over:+.1f}%" if over is not None else "")
+        bars = ax.bar(xs, ys, width, label="PCID" if p else "no PCID")
+        ax.bar_label(bars, labels=labels, fontsize=7)
+    ax.set_xticks(range(len(variants)), variants, rotation=20)
+    ax.set_ylabel("modelled cycles (millions)")
+    ax.set_title(f"{r.trace.name}: {r.stats['refs']:,} references, {sum(r.syscall_names.values())} system calls")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)

@@ -1,0 +1,398 @@
+"""The compiled replay engine: the reference MMU's semantics at tens of millions of references/s.
+
+Two speeds, one semantics (docs: DESIGN.md). `kaiser.x86.events.replay_reference` feeds an event
+array to the readable `kaiser.x86.tlb.Mmu`; `Engine.replay` feeds the same array to a numba loop
+(`kaiser.cost.engine_core`, rules in `kaiser.cost.engine_rules`) over the same page tables and
+TLB state, and returns the same `TlbCounters`, counter for counter, with the same final TLB
+contents (LRU stamps included) and the same accessed/dirty bits in memory
+(`tests/cost/test_engine.py` checks all three on random streams).
+
+Memory: the engine reads page tables from its own copy of the frames (`PhysicalMemory.frames`)
+plus a dense pfn -> row array (-1: untouched, reads as zero), and writes A/D bits and `WRITE_PHYS`
+edits into that copy. With `replay(..., sync=True)` (the default) the copy is taken from `mem`
+before the replay and written back after it, so `mem` stays the one truth. With `sync=False` the
+engine keeps working on its copy across calls (no per-call copying); call `sync_back()` to write
+it to `mem` and `reload_memory()` after editing `mem` from Python.
+
+TLB state: the engine holds its own arrays in a layout built for the hot loop. `load_tlb(tlb)`
+copies a reference `Tlb` in (so both paths can start from the same warm state) and
+`store_tlb(tlb)` copies the engine's state out, field for field and way for way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+import numpy as np
+
+from kaiser.cost import engine_core as core
+from kaiser.cost.engine_rules import reserved_mask
+from kaiser.x86.bits import CR4, EFER, BitsError
+from kaiser.x86.cpu import CpuFeatures, CpuState
+from kaiser.x86.events import EVENT_DTYPE, Ev
+from kaiser.x86.geometry import mode_for
+from kaiser.x86.physmem import ENTRIES, PAGE_SIZE, PhysicalMemory, PhysMemError
+from kaiser.x86.tlb import (
+    GeneralProtection,
+    InvalidOpcode,
+    Mmu,
+    Tlb,
+    TlbArray,
+    TlbCounters,
+)
+from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, INDEX_XOR, CacheGeometry, TlbGeometry
+
+if tuple(f.name for f in dataclasses.fields(TlbCounters)) != core.COUNTER_NAMES:  # pragma: no cover
+    raise ImportError("kaiser.cost.engine_core.COUNTER_NAMES no longer matches TlbCounters")
+
+_MAX_SHIFTS: Final = core.S_FIELDS - core.S_SHIFT0
+_WHY: Final = {
+    core.WHY_CR3_RESERVED: "MOV to CR3 {a:#x} sets reserved bits (62:MAXPHYADDR)",
+    core.WHY_CR3_NOFLUSH: "MOV to CR3 {a:#x}: bit 63 is reserved with CR4.PCIDE=0",
+    core.WHY_CR4_HIGH: "MOV to CR4 {a:#x} sets reserved bits 63:32",
+    core.WHY_CR4_FEATURE: "MOV to CR4 {a:#x} sets a bit the CPU does not support (CPUID)",
+    core.WHY_CR4_PAE: "MOV to CR4 clearing PAE in IA-32e mode",
+    core.WHY_CR4_LA57: "MOV to CR4 changing LA57 in IA-32e mode",
+    core.WHY_CR4_PCIDE: "MOV to CR4 setting PCIDE with CR3[11:0] != 0 (needs 0)",
+    core.WHY_INVPCID_TYPE: "INVPCID type {aux} > 3",
+    core.WHY_INVPCID_PCID: "INVPCID descriptor bits 63:12 not zero (pcid={b:#x})",
+    core.WHY_INVPCID_PCIDE: "INVPCID type {aux} for PCID {b:#x} with CR4.PCIDE=0 (only 000H)",
+    core.WHY_INVPCID_CANONICAL: "INVPCID type 0 for non-canonical address {a:#x}",
+    core.WHY_PHYS_ALIGN: "physical address {a:#x} is not 8-byte aligned",
+    core.WHY_PHYS_RANGE: "physical address outside RAM (size {size:#x})",
+}
+
+
+class EngineError(ValueError):
+    """An engine that cannot be built for these inputs (a geometry it cannot hold)."""
+
+
+def _features_bits(features: CpuFeatures) -> int:
+    bits = 0
+    for flag, on in (
+        (core.F_PCID, features.pcid),
+        (core.F_SMEP, features.smep),
+        (core.F_SMAP, features.smap),
+        (core.F_PKU, features.pku),
+        (core.F_LA57, features.la57),
+        (core.F_INVPCID, features.invpcid),
+    ):
+        if on:
+            bits |= flag
+    return bits
+
+
+def _index_bits(g: CacheGeometry) -> int:
+    return g.sets.bit_length() - 1 if g.index == INDEX_XOR else 0
+
+
+class Engine:
+    """A compiled MMU: the same registers, TLBs and page tables as an `Mmu`, replayed fast."""
+
+    def __init__(
+        self,
+        mem: PhysicalMemory,
+        state: CpuState,
+        features: CpuFeatures | None = None,
+        geometry: TlbGeometry = DEFAULT_GEOMETRY,
+        *,
+        tlb: Tlb | None = None,
+    ) -> None:
+        self.mem = mem
+        self.features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr)
+        self.geometry = tlb.geometry if tlb is not None else geometry
+        self.counters = TlbCounters()
+        self._cr0, self._efer, self._rflags, self._pkru = state.cr0, state.efer, state.rflags, state.pkru
+        self._build_layout()
+        self.ST = np.array([state.cr3, state.cr4, state.cpl, 0], np.int64)
+        self._build_levels()
+        self._frames: np.ndarray | None = None  # the engine's copy of mem.frames, as int64
+        self._row: np.ndarray = np.zeros(0, np.int64)  # pfn -> row of _frames, -1: untouched
+        self._loaded: np.ndarray = np.zeros(0, np.int64)  # rows copied from mem
+        self._new_pfns: dict[int, int] = {}  # pfn -> row of frames mem had no storage for
+        self._written: set[int] = set()  # of those, the ones WRITE_PHYS events wrote
+        if tlb is not None:
+            self.load_tlb(tlb)
+
+    @classmethod
+    def from_mmu(cls, mmu: Mmu) -> Engine:
+        """An engine starting from `mmu`'s registers, TLB contents and memory."""
+        return cls(mmu.mem, mmu.state, mmu.features, mmu.tlb.geometry, tlb=mmu.tlb)
+
+    # ---- layout -------------------------------------------------------------------------------
+    def _build_layout(self) -> None:
+        geo = self.geometry
+        groups = (geo.itlb, geo.dtlb, geo.stlb)
+        structs = [g for group in groups for g in group]
+        self.S = np.zeros((len(structs), core.S_FIELDS), np.int64)
+        self.GRP = np.zeros((3, 2), np.int64)
+        self.BEST = np.full((3, 2, 64), -1, np.int64)
+        base = k = 0
+        for gi, group in enumerate(groups):
+            self.GRP[gi, 0] = k
+            for g in group:
+                if len(g.shifts) > _MAX_SHIFTS:
+                    raise EngineError(f"{g.name}: the engine holds at most {_MAX_SHIFTS} page sizes per structure")
+                self.S[k, : core.S_SHIFT0] = (base, g.sets, g.ways, g.index, _index_bits(g), len(g.shifts))
+                self.S[k, core.S_SHIFT0 : core.S_SHIFT0 + len(g.shifts)] = g.shifts
+                base += g.entries
+                k += 1
+            self.GRP[gi, 1] = k
+            # Tlb._install: the largest held shift <= the entry's, first structure on a tie.
+            for entry_shift in range(64):
+                best: tuple[int, int] | None = None
+                for kk in range(int(self.GRP[gi, 0]), k):
+                    for shift in structs[kk].shifts:
+                        if shift <= entry_shift and (best is None or shift > best[1]):
+                            best = (kk, shift)
+                if best is not None:
+                    self.BEST[gi, 0, entry_shift], self.BEST[gi, 1, entry_shift] = best
+        self._structs = structs
+        self.T = np.zeros((base, core.T_FIELDS), np.int64)
+        self.T[:, core.T_KEY] = -1
+        self.PD = np.zeros((len(geo.psc), core.PD_FIELDS), np.int64)
+        self.PSC_OF = np.full(64, -1, np.int64)
+        pbase = 0
+        for p, g in enumerate(geo.psc):
+            self.PD[p] = (pbase, g.sets, g.ways, g.index, _index_bits(g), g.shifts[0])
+            self.PSC_OF[g.shifts[0]] = p
+            pbase += g.entries
+        self.Pc = np.zeros((core.P_FIELDS, pbase), np.int64)
+
+    def _build_levels(self) -> None:
+        f = self.features
+        la57 = bool(self.ST[core.ST_CR4] & CR4.LA57)
+        nxe = bool(self._efer & EFER.NXE)
+        mode = mode_for(la57)
+        self.LV = np.zeros((len(mode.levels), core.LV_FIELDS), np.int64)
+        for d, lv in enumerate(mode.levels):
+            self.LV[d] = (
+                lv.shift,
+                lv.leaf_ok,
+                reserved_mask(lv.shift, lv.leaf_ok, False, f.maxphyaddr, f.gbpages, nxe),
+                reserved_mask(lv.shift, lv.leaf_ok, True, f.maxphyaddr, f.gbpages, nxe),
+            )
+        self.M = np.zeros(core.M_FIELDS, np.int64)
+        self.M[:] = (
+            self._cr0,
+            self._efer,
+            self._rflags,
+            self._pkru,
+            f.maxphyaddr,
+            self.mem.size // PAGE_SIZE,
+            _features_bits(f),
+            mode.va_bits,
+            nxe,
+        )
+
+    # ---- CPU state ----------------------------------------------------------------------------
+    @property
+    def state(self) -> CpuState:
+        """The registers now (CR3, CR4 and CPL move with the events; the rest is fixed)."""
+        return CpuState(
+            cr3=int(self.ST[core.ST_CR3]),
+            cr4=int(self.ST[core.ST_CR4]),
+            cpl=int(self.ST[core.ST_CPL]),
+            cr0=self._cr0,
+            efer=self._efer,
+            rflags=self._rflags,
+            pkru=self._pkru,
+        )
+
+    @property
+    def clock(self) -> int:
+        return int(self.ST[core.ST_CLOCK])
+
+    # ---- TLB state in and out -----------------------------------------------------------------
+    def _tlb_arrays(self, tlb: Tlb) -> list[TlbArray]:
+        if tlb.geometry != self.geometry:
+            raise EngineError(f"TLB geometry {tlb.geometry.name} is not the engine's ({self.geometry.name})")
+        return list(tlb.arrays)
+
+    def load_tlb(self, tlb: Tlb) -> None:
+        """Copy a reference `Tlb`'s entries, LRU stamps and clock into the engine."""
+        T = self.T
+        for k, arr in enumerate(self._tlb_arrays(tlb)):
+            lo = int(self.S[k, core.S_BASE])
+            sl = slice(lo, lo + arr.geometry.entries)
+            vpn = arr.vpn.ravel().astype(np.int64)
+            shift = arr.shift.ravel().astype(np.int64)
+            T[sl, core.T_KEY] = np.where(arr.valid.ravel(), (vpn << 6) | shift, -1)
+            T[sl, core.T_OWN] = arr.pcid.ravel().astype(np.int64) | (arr.glob.ravel().astype(np.int64) << 16)
+            T[sl, core.T_STAMP] = arr.stamp.ravel()
+            T[sl, core.T_PFN] = arr.pfn.ravel()
+            T[sl, core.T_PSHIFT] = arr.page_shift.ravel()
+            T[sl, core.T_RIGHTS] = (
+                arr.user.ravel().astype(np.int64) | arr.writable.ravel() << 1 | arr.nx.ravel().astype(np.int64) << 2
+            )
+            T[sl, core.T_DIRTY] = arr.dirty.ravel()
+            T[sl, core.T_PKEY] = arr.pkey.ravel()
+            T[sl, core.T_VPN] = vpn
+            T[sl, core.T_SHIFT] = shift
+        Pc = self.Pc
+        for p, psc in enumerate(tlb.psc):
+            lo = int(self.PD[p, core.PD_BASE])
+            sl = slice(lo, lo + psc.geometry.entries)
+            Pc[core.P_VALID, sl] = psc.valid.ravel()
+            Pc[core.P_TAG, sl] = psc.tag.ravel()
+            Pc[core.P_PCID, sl] = psc.pcid.ravel()
+            Pc[core.P_TABLE, sl] = psc.table.ravel()
+            Pc[core.P_RIGHTS, sl] = (
+                psc.user.ravel().astype(np.int64) | psc.writable.ravel() << 1 | psc.nx.ravel().astype(np.int64) << 2
+            )
+            Pc[core.P_STAMP, sl] = psc.stamp.ravel()
+        self.ST[core.ST_CLOCK] = tlb.clock
+
+    def store_tlb(self, tlb: Tlb) -> None:
+        """Copy the engine's entries, LRU stamps and clock into a reference `Tlb` of its geometry."""
+        T = self.T
+        for k, arr in enumerate(self._tlb_arrays(tlb)):
+            lo = int(self.S[k, core.S_BASE])
+            shape = arr.valid.shape
+            sl = slice(lo, lo + arr.geometry.entries)
+            own = T[sl, core.T_OWN]
+            rights = T[sl, core.T_RIGHTS]
+            arr.valid[:] = (T[sl, core.T_KEY] >= 0).reshape(shape)
+            arr.vpn[:] = T[sl, core.T_VPN].reshape(shape)
+            arr.shift[:] = T[sl, core.T_SHIFT].reshape(shape)
+            arr.page_shift[:] = T[sl, core.T_PSHIFT].reshape(shape)
+            arr.pcid[:] = (own & 0xFFFF).reshape(shape)
+            arr.glob[:] = (own >= core.OWN_GLOBAL).reshape(shape)
+            arr.pfn[:] = T[sl, core.T_PFN].reshape(shape)
+            arr.user[:] = (rights & 1).reshape(shape).astype(bool)
+            arr.writable[:] = (rights & 2).reshape(shape).astype(bool)
+            arr.nx[:] = (rights & 4).reshape(shape).astype(bool)
+            arr.dirty[:] = T[sl, core.T_DIRTY].reshape(shape).astype(bool)
+            arr.pkey[:] = T[sl, core.T_PKEY].reshape(shape)
+            arr.stamp[:] = T[sl, core.T_STAMP].reshape(shape)
+        Pc = self.Pc
+        for p, psc in enumerate(tlb.psc):
+            lo = int(self.PD[p, core.PD_BASE])
+            shape = psc.valid.shape
+            sl = slice(lo, lo + psc.geometry.entries)
+            rights = Pc[core.P_RIGHTS, sl]
+            psc.valid[:] = Pc[core.P_VALID, sl].reshape(shape).astype(bool)
+            psc.tag[:] = Pc[core.P_TAG, sl].reshape(shape)
+            psc.pcid[:] = Pc[core.P_PCID, sl].reshape(shape)
+            psc.table[:] = Pc[core.P_TABLE, sl].reshape(shape)
+            psc.user[:] = (rights & 1).reshape(shape).astype(bool)
+            psc.writable[:] = (rights & 2).reshape(shape).astype(bool)
+            psc.nx[:] = (rights & 4).reshape(shape).astype(bool)
+            psc.stamp[:] = Pc[core.P_STAMP, sl].reshape(shape)
+        tlb.clock = self.clock
+
+    def to_tlb(self) -> Tlb:
+        """A new reference `Tlb` holding the engine's TLB state."""
+        tlb = Tlb(self.geometry)
+        self.store_tlb(tlb)
+        return tlb
+
+    def store_into(self, mmu: Mmu) -> None:
+        """Make `mmu` continue where the engine stands: registers, TLB state (memory: `sync_back`)."""
+        self.store_tlb(mmu.tlb)
+        mmu.state = self.state
+
+    # ---- memory -------------------------------------------------------------------------------
+    def reload_memory(self) -> None:
+        """Take a fresh copy of `mem`'s frames (after `mem` was edited from Python)."""
+        mem = self.mem
+        rows = mem._row_of  # PhysicalMemory's storage map, pfn -> row
+        pfns = np.fromiter(rows.keys(), np.int64, len(rows))
+        self._loaded = np.fromiter(rows.values(), np.int64, len(rows))
+        self._frames = mem.frames.view(np.int64).copy()
+        self._row = np.full(int(pfns.max()) + 1 if len(pfns) else 0, -1, np.int64)
+        self._row[pfns] = self._loaded
+        self._new_pfns = {}
+        self._written = set()
+
+    def _ensure_rows(self, events: np.ndarray) -> None:
+        """Give the engine's copy storage for every frame a `WRITE_PHYS` event of `events` writes."""
+        if self._frames is None:
+            self.reload_memory()
+        assert self._frames is not None
+        writes = events["a"][events["kind"] == Ev.WRITE_PHYS]
+        writes = writes[writes < np.uint64(self.mem.size)]
+        if not len(writes):
+            return
+        pfns = np.unique(writes >> np.uint64(12)).astype(np.int64)
+        row = self._row
+        if int(pfns.max()) >= len(row):
+            row = np.concatenate([row, np.full(int(pfns.max()) + 1 - len(row), -1, np.int64)])
+        missing = pfns[row[pfns] < 0]
+        if len(missing):
+            first = len(self._frames)
+            self._frames = np.concatenate([self._frames, np.zeros((len(missing), ENTRIES), np.int64)])
+            for j, pfn in enumerate(missing.tolist()):
+                row[pfn] = first + j
+                self._new_pfns[pfn] = first + j
+        self._row = row
+
+    def sync_back(self) -> None:
+        """Write the engine's copy of memory (A/D bits, `WRITE_PHYS` edits) into `mem`: the frames
+        `mem` had when the copy was taken, and the frames `WRITE_PHYS` events wrote since."""
+        if self._frames is None:
+            return
+        mem = self.mem
+        if len(self._loaded):
+            mem.frames[self._loaded] = self._frames[self._loaded].view(np.uint64)
+        for pfn in sorted(self._written):
+            r = self._new_pfns.get(pfn)
+            if r is not None:
+                mem.table(pfn * PAGE_SIZE)[:] = self._frames[r].view(np.uint64)
+
+    # ---- replay -------------------------------------------------------------------------------
+    def replay(self, events: np.ndarray, *, sync: bool = True) -> TlbCounters:
+        """Replay `events` as `replay_reference` would on an `Mmu` in the same state; returns the
+        counters this replay added. Raises what the reference raises at the same event, with the
+        state (counters, TLBs, memory) as the reference leaves it there."""
+        if events.dtype != EVENT_DTYPE:
+            raise TypeError(f"events must be an EVENT_DTYPE array, not {events.dtype}")
+        if sync:
+            self.reload_memory()
+        self._ensure_rows(events)
+        assert self._frames is not None
+        C = np.zeros(len(core.COUNTER_NAMES), np.int64)
+        outcome, stop, why = core.replay(
+            events,
+            self.T,
+            self.S,
+            self.GRP,
+            self.BEST,
+            self.Pc,
+            self.PD,
+            self.PSC_OF,
+            self.LV,
+            self._frames,
+            self._row,
+            self.M,
+            self.ST,
+            C,
+            np.zeros(8, np.int64),
+            np.zeros(8, np.int64),
+        )
+        done = TlbCounters(*(int(x) for x in C))
+        self.counters = TlbCounters(**{k: v + getattr(done, k) for k, v in self.counters.as_dict().items()})
+        if self._new_pfns:
+            done_ev = events[: int(stop)]
+            written = done_ev["a"][done_ev["kind"] == Ev.WRITE_PHYS] >> np.uint64(12)
+            self._written.update(int(p) for p in np.unique(written) if int(p) in self._new_pfns)
+        if sync:
+            self.sync_back()
+        if outcome != core.OK:
+            raise self._error(events, int(outcome), int(stop), int(why))
+        return done
+
+    def _error(self, events: np.ndarray, outcome: int, at: int, why: int) -> Exception:
+        kind, cpl, aux, a, b = events[at].tolist()
+        text = _WHY.get(why, "").format(a=a, b=b, aux=aux, size=self.mem.size)
+        where = f"event {at} (kind {kind})"
+        if outcome == core.ERR_GP:
+            return GeneralProtection(f"{text} at {where}")
+        if outcome == core.ERR_UD:
+            return InvalidOpcode(f"INVPCID is not supported at {where}")
+        if outcome == core.ERR_PHYS:
+            return PhysMemError(f"{text} at {where}")
+        if outcome == core.ERR_CPL:
+            return BitsError(f"cpl={cpl} is not 0..3 at {where}")
+        return ValueError(f"event kind {kind} is not an Ev at {where}")
