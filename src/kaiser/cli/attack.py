@@ -7,13 +7,12 @@ from typing import Annotated
 
 import typer
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from kaiser.attacks.cache import QUIET
 from kaiser.attacks.core import REGIONS, AttackError, MeltdownResult, run_meltdown
 from kaiser.attacks.meltdown import AttackParams
-from kaiser.cli.output import console, emit_json, fail, parse_int
+from kaiser.cli.output import console, emit_json, fail, parse_int, progress_bar
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 
 attack_app = typer.Typer(help="Prove isolation by attack: Meltdown and KASLR probing.", no_args_is_help=True)
@@ -149,15 +148,7 @@ def meltdown_command(
     noise = QUIET if quiet_timer else None
     runs = [(v, r) for v in variants for r in regions]
     results: list[MeltdownResult] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=json_out or len(runs) * length < 64,
-    ) as bar:
+    with progress_bar(disable=json_out or len(runs) * length < 64) as bar:
         task = bar.add_task("meltdown", total=len(runs) * length)
         for v, region in runs:
             bar.update(task, description=f"meltdown {v} {region}")

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from kaiser.attacks.timing import PROBES, REGIONS, KaslrSummary, run_seeds
-from kaiser.cli.output import console, emit_json, fail
+from kaiser.cli.output import console, emit_json, fail, progress_bar
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 
 GiB = 1 << 30
@@ -73,15 +72,7 @@ def kaslr_command(
         fail(f"--ram-gib {ram_gib} must be 1..64")
     seed_list = list(range(first_seed, first_seed + seeds))
     summaries: list[KaslrSummary] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=json_out,
-    ) as bar:
+    with progress_bar(disable=json_out) as bar:
         task = bar.add_task("kaslr", total=len(variants) * seeds * len(REGIONS))
         for v in variants:
             bar.update(task, description=f"kaslr {v}")

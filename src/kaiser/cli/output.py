@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,3 +37,16 @@ def parse_int(text: str, what: str) -> int:
         return int(text.replace("_", ""), 0)
     except ValueError:
         fail(f"{what} {text!r} is not a number (use decimal or 0x-hex)")
+
+
+def progress_bar(*, disable: bool) -> Progress:
+    """The rich progress bar long commands show on the console (hidden for --json)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=disable,
+    )

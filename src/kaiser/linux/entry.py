@@ -152,6 +152,18 @@ class SyscallSpec:
 
 
 _STACK_FRAME = (_w(Obj.STACK, 0x200), _r(Obj.STACK, 0x200))  # C call frames under pt_regs
+
+# read() and write() of cached file pages touch the same kernel objects (fs/read_write.c, mm/filemap.c).
+_FILE_IO_REFS = (
+    _f("fs/read_write.c"),
+    *_STACK_FRAME,
+    _r(Obj.TASK, 0x740),
+    _r(Obj.FILES, 0x100),
+    _r(Obj.FILE, 0x0),
+    _f("mm/filemap.c"),
+    _w(Obj.FILE, 0x68),
+    _f("lib/usercopy"),
+)
 # The bodies. body_cycles are CHOSEN (docs/cost.md): getppid/getpid/close from Garloff's 140-cycle
 # null-call round trip (performance.md §3) minus the modelled entry/exit; lseek so that nopti runs
 # will-it-scale lseek1 at Hansen's 5.2 M/s at the model's 3.0 GHz (§3: FIT); read/write/pipe CHOSEN.
@@ -186,16 +198,7 @@ SYSCALLS: Final = {
         SyscallSpec(
             "read",
             0,
-            (
-                _f("fs/read_write.c"),
-                *_STACK_FRAME,
-                _r(Obj.TASK, 0x740),
-                _r(Obj.FILES, 0x100),
-                _r(Obj.FILE, 0x0),
-                _f("mm/filemap.c"),
-                _w(Obj.FILE, 0x68),
-                _f("lib/usercopy"),
-            ),
+            _FILE_IO_REFS,
             400.0,
             Copy.TO_USER,
             "read() of cached file pages: filemap_read, copy_to_user",
@@ -203,16 +206,7 @@ SYSCALLS: Final = {
         SyscallSpec(
             "write",
             1,
-            (
-                _f("fs/read_write.c"),
-                *_STACK_FRAME,
-                _r(Obj.TASK, 0x740),
-                _r(Obj.FILES, 0x100),
-                _r(Obj.FILE, 0x0),
-                _f("mm/filemap.c"),
-                _w(Obj.FILE, 0x68),
-                _f("lib/usercopy"),
-            ),
+            _FILE_IO_REFS,
             500.0,
             Copy.FROM_USER,
             "write() to cached file pages: generic_perform_write, copy_from_user",
@@ -270,6 +264,7 @@ PAGE_FAULT_HANDLER: Final = (
     _r(Obj.MM, 0x800),
     _f("mm/page_alloc.c"),
 )
+
 SCHEDULE: Final = (_f("kernel/sched"), _r(Obj.PERCPU, PERCPU_RUNQUEUE), _w(Obj.PERCPU, PERCPU_RUNQUEUE + 0x40))
 
 
