@@ -2,21 +2,22 @@
 
 `kaiser bench [options]` replays a workload on every chosen variant and prices it against nopti
 (TLB misses, walks, CR3 writes, cycles, overhead; `--plot` draws overhead versus system-call rate);
-`kaiser bench memory` prices page-table memory per variant; `kaiser bench engine` (when the
-engine's CLI module is present) measures the replay engine against the reference path.
+`kaiser bench memory` prices page-table memory per variant; `kaiser bench engine` measures the
+replay engine against the reference path; `kaiser bench replay` measures replay throughput on a
+real trace, end to end from the file.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kaiser.cli.output import console, emit_json, err_console, fail
+from kaiser.cli.bench_engine import engine_command
+from kaiser.cli.bench_replay import replay_bench_command
+from kaiser.cli.output import console, emit_json, fail, progress_bar
 from kaiser.cost.params import SKYLAKE, SOURCES
 from kaiser.cost.run import BASELINE, Comparison, compare, default_path
 from kaiser.cost.workloads import WORKLOADS, WorkloadError, get_workload
@@ -97,17 +98,6 @@ def parse_settings(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
-
-
 def run_bench(
     variants: list[str],
     workload: str,
@@ -121,9 +111,7 @@ def run_bench(
     """Every chosen variant at every PCID setting, with nopti baselines, behind a progress bar."""
     total = len(pcids) * (1 + len([v for v in variants if v != BASELINE]))
     kw: dict[str, Any] = {"iterations": iterations, "warmup": warmup, "path": path}
-    if not show_progress:
-        return compare(variants, workload, pcids=pcids, settings=settings, **kw)
-    with _progress() as bar:
+    with progress_bar(disable=not show_progress) as bar:
         task = bar.add_task("replaying", total=total)
         state = {"n": 0}
 
@@ -338,9 +326,5 @@ def bench_callback(
         console.print(f"plot written to {plot}")
 
 
-# `kaiser bench engine` belongs to the engine's helper (kaiser.cli.bench_engine). It is registered
-# when that module exists; TODO(maintainer): once it is committed, import it unconditionally.
-if importlib.util.find_spec("kaiser.cli.bench_engine") is not None:
-    from kaiser.cli.bench_engine import engine_command  # type: ignore[import-not-found,unused-ignore]
-
-    bench_app.command("engine")(engine_command)
+bench_app.command("engine")(engine_command)
+bench_app.command("replay")(replay_bench_command)

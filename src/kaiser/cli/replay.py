@@ -10,6 +10,8 @@ setting (`kaiser.traces.interleave.replay_trace`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +36,26 @@ def _variants(names: list[str] | None) -> list[str]:
     return out if BASELINE in out else [BASELINE, *out]  # overhead needs the baseline
 
 
+def check_trace_files(trace: Path, syscalls: Path | None) -> None:
+    """A missing trace or strace log is a one-line error."""
+    if not trace.is_file():
+        fail(f"{trace}: no such trace file")
+    if syscalls is not None and not syscalls.is_file():
+        fail(f"{syscalls}: no such strace log")
+
+
+@contextmanager
+def reader_errors() -> Iterator[None]:
+    """Reading and replaying traces: a bad line (`TraceError`, `StraceError`: `FILE:LINE: why`)
+    is a one-line error; the replay's warnings are silenced (the commands say which path runs)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except (TraceError, StraceError) as exc:
+        fail(str(exc))
+
+
 def replay_command(
     trace: Annotated[Path, typer.Argument(help="valgrind lackey log (--trace-mem=yes --trace-syscalls=yes).")],
     syscalls: Annotated[
@@ -54,10 +76,7 @@ def replay_command(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a bar chart of cycles per variant.")] = None,
 ) -> None:
     """Replay a real program's memory trace, with its system calls, on each variant and price it."""
-    if not trace.is_file():
-        fail(f"{trace}: no such trace file")
-    if syscalls is not None and not syscalls.is_file():
-        fail(f"{syscalls}: no such strace log")
+    check_trace_files(trace, syscalls)
     if path not in (None, "engine", "reference"):
         fail(f"--path {path!r}: use engine or reference")
     if path == "engine" and not engine_available():
@@ -68,31 +87,27 @@ def replay_command(
     chosen = path or ("engine" if engine_available() else "reference")
     if chosen == "reference":
         err_console.print("kaiser: warning: replaying on the slow reference path (about 10^5 references/s)")
-    try:
+    with reader_errors():
         strace = read_strace(syscalls, skip_bad=skip_bad) if syscalls else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if json_out:
-                result = replay_trace(trace, configs, path=chosen, skip_bad=skip_bad, strace=strace, max_events=limit)
-            else:
-                with Progress(
-                    TextColumn(f"replaying on {len(configs)} configurations"),
-                    BarColumn(),
-                    DownloadColumn(),
-                    TimeElapsedColumn(),
-                    console=err_console,
-                    transient=True,
-                ) as bar:
-                    task = bar.add_task("replay", total=trace.stat().st_size)
+        if json_out:
+            result = replay_trace(trace, configs, path=chosen, skip_bad=skip_bad, strace=strace, max_events=limit)
+        else:
+            with Progress(
+                TextColumn(f"replaying on {len(configs)} configurations"),
+                BarColumn(),
+                DownloadColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("replay", total=trace.stat().st_size)
 
-                    def tick(done: int, total: int) -> None:
-                        bar.update(task, completed=done, total=total)
+                def tick(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
 
-                    result = replay_trace(
-                        trace, configs, path=chosen, skip_bad=skip_bad, strace=strace, max_events=limit, progress=tick
-                    )
-    except (TraceError, StraceError) as exc:
-        fail(str(exc))
+                result = replay_trace(
+                    trace, configs, path=chosen, skip_bad=skip_bad, strace=strace, max_events=limit, progress=tick
+                )
     if plot is not None:
         plot_costs(result, plot)
     if json_out:
