@@ -5,6 +5,8 @@ markers, the guard hole and the final flush at address 0, §6.4 marker order."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kaiser.linux.layout import Marker, make_layout
 from kaiser.linux.ptdump import flag_field, ptdump, ptdump_wide, size_parts
@@ -260,3 +262,58 @@ def test_wide_view_kernel_rights_follow_smep_smap() -> None:
 def test_bad_dialect_is_rejected() -> None:
     with pytest.raises(ValueError, match="dialect"):
         ptdump(user_page_table(), dialect="4.15")
+
+
+# ---- aliased tables: the walk compresses repeated table entries, the text must not change -------
+@settings(max_examples=40, deadline=None)
+@given(
+    pages=st.lists(st.integers(0, 511), min_size=1, max_size=12, unique=True),
+    copies=st.integers(2, 40),
+    first=st.integers(0, 400),
+    marker_at=st.one_of(st.none(), st.integers(0, 60)),
+    cap=st.booleans(),
+)
+def test_repeated_table_entries_print_exactly_as_walked_one_by_one(
+    pages: list[int], copies: int, first: int, marker_at: int | None, cap: bool
+) -> None:
+    """One PTE page under `copies` consecutive PMD entries (espfix_64.c's trick) in the ESPfix
+    slot (capped at 16 lines) or the vmalloc one (no cap), a marker sometimes inside the copies:
+    the compressed walk prints the same text, skip count included, as the entry-by-entry walk."""
+    from kaiser.linux.ptdump import ptdump_root
+
+    t = new_table()
+    base = (ESPFIX if cap else 0xFFFFC90000000000) + first * 0x200000
+    for p in pages:
+        t.map(base + p * 0x1000, 0x10000, 0x1000, PTE.G | PTE.NX)
+    pmd_slot = t.entry_slot(base, 2)
+    assert pmd_slot is not None
+    pointer = t.mem.read_u64(pmd_slot)
+    for n in range(1, min(copies, 512 - first)):
+        t.mem.write_u64(pmd_slot + 8 * n, pointer)
+    markers = list(make_layout(kaslr=False).markers)
+    if marker_at is not None:
+        markers.append(Marker("Inside", base + marker_at * 0x200000 + 0x1000 * (marker_at % 3)))
+        markers.sort(key=lambda m: m.start)
+    fast = ptdump_root(t.mem, t.root, t.mode, markers)
+    slow = ptdump_root(t.mem, t.root, t.mode, markers, compress=False)
+    assert fast == slow
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_booted_espfix_has_65536_aliases_and_prints_like_linux(seed: int) -> None:
+    """A booted kernel's ESPfix page: 65,536 present 4K aliases, all of one frame (32 PTEs x 512
+    PMD entries x 4 PUD entries); its dump is 16 lines and the skip line, as in the real 6.1 dumps."""
+    from kaiser.linux.kernel import Kernel, KernelConfig
+    from kaiser.linux.ptdump import ptdump_root
+
+    k = Kernel.boot(KernelConfig(seed=seed))
+    upt = k.init.user_pt
+    assert upt is not None
+    leaves = list(upt.leaves(k.layout.espfix_base, k.layout.espfix_base + (1 << 39)))
+    assert len(leaves) == 65536 and len({leaf.pa for leaf in leaves}) == 1
+    assert {leaf.va & 0xFFFF for leaf in leaves} == {k.espfix_va & 0xF000}
+    text = ptdump(upt, k.layout.markers)
+    assert text == ptdump_root(upt.mem, upt.root, upt.mode, k.layout.markers, compress=False)
+    lines = text.splitlines()
+    section = lines[lines.index("---[ ESPfix Area ]---") + 1 :]
+    assert section[16].startswith("... ") and section[16].endswith(" entries skipped ... ")

@@ -15,7 +15,15 @@ from typer.testing import CliRunner
 from kaiser.cli.app import app
 from kaiser.cli.compare import compare_command
 from kaiser.linux.audit import CLASSES, audit_dump, audit_text, policy_for
-from kaiser.linux.compare import EXPLANATIONS, ClassSummary, compare_file, diff_summaries, summarize, table_of
+from kaiser.linux.compare import (
+    EXPLANATIONS,
+    ClassSummary,
+    boot_model,
+    compare_file,
+    diff_summaries,
+    summarize,
+    table_of,
+)
 from kaiser.linux.ptdump import SkipLine, parse_ptdump, range_lines, render_records
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,38 +117,34 @@ def test_nopti_user_view_fails_and_equals_the_kernel_view(view: str) -> None:
 
 
 # ---- compare: the differences are exactly the documented ones ------------------------------------
-_USER = "cpu_entry_area/count cpu_entry_area/size espfix/count espfix/placement espfix/size tss_percpu/placement "
-_USER += "vsyscall/only-model"
-_NOKASLR = "marker:Modules/placement"
-_KASLR = (
-    "cpu_entry_area/placement marker:Low_Kernel_Mapping/placement marker:Vmemmap/placement "
-    "marker:vmalloc()_Area/placement"
-)
-_LDT = "ldt/count ldt/size"
+# espfix: which of the 16 pages of a 64K window the random index picks changes the printed count
+_ESPFIX_PAGE0 = "espfix/count espfix/placement espfix/size"  # the real page is the first of its 64K
+_USER = "espfix/placement tss_percpu/placement"
+_KASLR = "marker:Low_Kernel_Mapping/placement marker:Vmemmap/placement marker:vmalloc()_Area/placement"
 _KVIEW = (
-    "cpu_entry_area/count cpu_entry_area/size direct_map/count direct_map/flags direct_map/levels direct_map/size "
-    "espfix/count espfix/placement espfix/size fixmap/placement kernel_data/count kernel_data/placement "
-    "kernel_data/size kernel_text/count kernel_text/flags kernel_text/size marker:Fixmap_Area/placement "
-    "modules/count modules/flags modules/placement modules/size task_stack/count task_stack/placement "
-    "task_stack/size vmalloc/only-real vsyscall/only-model"
+    "direct_map/count direct_map/flags direct_map/levels direct_map/size "
+    "espfix/placement kernel_data/count kernel_data/placement "
+    "kernel_data/size kernel_text/count kernel_text/flags kernel_text/size "
+    "modules/count modules/flags modules/size task_stack/count task_stack/placement "
+    "task_stack/size vmalloc/only-real"
 )
-_KVIEW_KASLR = f"{_KVIEW} {_KASLR} direct_map/placement kernel_text/placement vmemmap/placement"
+_KVIEW_KASLR = f"{_KVIEW} {_KASLR} direct_map/placement kernel_text/placement modules/placement vmemmap/placement"
 _LOW = "marker:Low_Kernel_Mapping/placement"
-_NOPTI_LDT = "ldt/only-model marker:LDT_remap/placement"
 EXPECTED: dict[str, str] = {
-    **{f"{c}/current_user.txt": f"{_USER} {_NOKASLR}" for c in ("pti-nokaslr", "pti-nokaslr-smp2")},
-    **{f"{c}/current_user-ldt.txt": f"{_USER} {_NOKASLR} {_LDT}" for c in ("pti-nokaslr", "pti-nokaslr-smp2")},
+    "pti-nokaslr/current_user.txt": f"{_USER} {_ESPFIX_PAGE0} {_LOW}",
+    "pti-nokaslr/current_user-ldt.txt": f"{_USER} {_ESPFIX_PAGE0}",
+    "pti-nokaslr-smp2/current_user.txt": f"{_USER} {_LOW}",
+    "pti-nokaslr-smp2/current_user-ldt.txt": _USER,
     "pti-kaslr/current_user.txt": f"{_USER} {_KASLR} entry_text/placement",
-    "pti-kaslr/current_user-ldt.txt": f"{_USER} {_KASLR} entry_text/placement {_LDT}",
-    **{f"{c}/{v}.txt": f"{_KVIEW} {_NOKASLR} {_LOW}"
+    "pti-kaslr/current_user-ldt.txt": f"{_USER} {_KASLR} entry_text/placement",
+    **{f"{c}/{v}.txt": f"{_KVIEW} {_ESPFIX_PAGE0 if c == 'pti-nokaslr' else ''} {_LOW}"
        for c in CONFIGS if "nokaslr" in c for v in ("kernel", "current_kernel")},
-    **{f"{c}/current_kernel-ldt.txt": f"{_KVIEW} {_NOKASLR} {_LDT}" for c in ("pti-nokaslr", "pti-nokaslr-smp2")},
-    **{f"pti-kaslr/{v}.txt": _KVIEW_KASLR for v in ("kernel", "current_kernel")},
-    "pti-kaslr/current_kernel-ldt.txt": f"{_KVIEW_KASLR} {_LDT}",
-    # nopti: current_user is the kernel PGD
-    "nopti-nokaslr/current_user.txt": f"{_KVIEW} {_NOKASLR} {_LOW}",
-    **{f"nopti-nokaslr/{v}-ldt.txt": f"{_KVIEW} {_NOKASLR} {_LOW} {_NOPTI_LDT}"
-       for v in ("current_kernel", "current_user")},
+    **{f"{c}/current_kernel-ldt.txt": f"{_KVIEW} {_ESPFIX_PAGE0 if c == 'pti-nokaslr' else ''}"
+       for c in ("pti-nokaslr", "pti-nokaslr-smp2")},
+    **{f"pti-kaslr/{v}.txt": _KVIEW_KASLR for v in ("kernel", "current_kernel", "current_kernel-ldt")},
+    # nopti: current_user is the kernel PGD; no LDT alias without PTI (map_ldt_struct())
+    **{f"nopti-nokaslr/{v}.txt": f"{_KVIEW} {_LOW}"
+       for v in ("current_user", "current_kernel", "current_kernel-ldt", "current_user-ldt")},
 }  # fmt: skip
 
 
@@ -197,13 +201,29 @@ def test_compare_cli_table_and_json() -> None:
     path = fixture("pti-nokaslr", "current_user-ldt")
     table = runner.invoke(cli, [str(path)])
     assert table.exit_code == 0, table.output
-    assert "cpu_entry_area" in table.output and "model change" in table.output and "OK:" in table.output
+    assert "cpu_entry_area" in table.output and "OK:" in table.output
+    kview = runner.invoke(cli, [str(fixture("pti-nokaslr", "kernel"))])
+    assert kview.exit_code == 0 and "model change" in kview.output
     out = runner.invoke(cli, [str(path), "--variant", "linux", "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert data["table"] == "current_user" and data["ldt"] is True and data["unexplained"] == 0
     assert data["model"]["kaslr"] is False and data["model"]["pti_on"] is True
-    assert data["classes"]["entry_text"]["real"] == data["classes"]["entry_text"]["model"]
+    for klass in ("entry_text", "cpu_entry_area", "ldt"):  # the same ranges, flags and levels
+        assert data["classes"][klass]["real"] == data["classes"][klass]["model"], klass
     assert {(d["class"], d["kind"]) for d in data["differences"]} == _keys(EXPECTED["pti-nokaslr/current_user-ldt.txt"])
     bad = runner.invoke(cli, [str(path), "--variant", "nonsense"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("config", ["pti-nokaslr", "pti-kaslr"])
+def test_build_choices_are_read_off_the_real_machine(config: str) -> None:
+    """Debian's 6.1: LEGACY_VSYSCALL_NONE (no PTE at 0xffffffffff600000), a RANDOMIZE_BASE build
+    (modules at 0xffffffffc0000000 even with nokaslr), 646 permanent fixmap slots, and per-CPU
+    entry areas at fixed slots (randomized only since 6.2)."""
+    report = compare_file(fixture(config, "kernel"))
+    sw = report.switches
+    assert (sw.vsyscall, sw.kaslr_image_size, sw.fixmap_pages, sw.cea_random) == ("none", True, 646, False)
+    kernel = boot_model(sw, ldt=False)[0]
+    assert kernel.cpus[0].cea == 0xFFFFFE0000001000 and kernel.cea_layout.pages == 59
+    assert kernel.layout.modules_vaddr == 0xFFFFFFFFC0000000

@@ -67,7 +67,7 @@ from kaiser.linux.layout import (
 )
 from kaiser.linux.ptdump import MarkerLine, RangeLine, Record, SkipLine, parse_ptdump, ptdump, range_lines
 from kaiser.linux.variants import VARIANTS, get_variant
-from kaiser.x86.bits import PTE
+from kaiser.x86.bits import PTE, entry_phys
 from kaiser.x86.pagetable import PageTable
 
 PAGE_SIZE: Final = 4096
@@ -550,6 +550,10 @@ def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None) -> Audi
     )  # fmt: skip
 
 
+_P: Final = int(PTE.P)
+_PS: Final = int(PTE.PS)
+
+
 # ---- user vs kernel tables ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Run:
@@ -572,9 +576,38 @@ def _leaf_flags(value: int, level: str) -> frozenset[str]:
     return frozenset(n for n, on in names.items() if on)
 
 
-def table_runs(pt: PageTable) -> list[_Run]:
+def kernel_half_tables(pt: PageTable) -> set[int]:
+    """Physical addresses of the tables below the kernel half's top-level entries, each once."""
+    last = len(pt.levels) - 1
+    top = pt.mem.read_frame(pt.root)
+    stack = [(entry_phys(int(e)), 1) for e in top[len(top) // 2 :].tolist() if e & _P]
+    seen: set[int] = set()
+    while stack:
+        table, depth = stack.pop()
+        if table in seen:
+            continue
+        seen.add(table)
+        if depth == last:
+            continue
+        leaf_ok = pt.levels[depth].leaf_ok
+        for e in set(pt.mem.read_frame(table).tolist()):
+            if e & _P and not (leaf_ok and e & _PS):
+                stack.append((entry_phys(e), depth + 1))
+    return seen
+
+
+def shared_kernel_tables(a: PageTable, b: PageTable) -> frozenset[int]:
+    """Kernel-half tables both trees reach: what is below them is the same in both (shared lower
+    levels, §3.3), so a comparison of the two trees need not walk them (ESPfix's 65,536 aliases)."""
+    if a.root == b.root:
+        return frozenset(kernel_half_tables(a))
+    return frozenset(kernel_half_tables(a) & kernel_half_tables(b))
+
+
+def table_runs(pt: PageTable, prune: frozenset[int] = frozenset()) -> list[_Run]:
     """Present leaves of a tree as runs of equal printed flags, level and effective NX (the NX a
-    walk ORs in from above, e.g. the kernel PGD's copy of a user entry, §3.2)."""
+    walk ORs in from above, e.g. the kernel PGD's copy of a user entry, §3.2). Tables in `prune`
+    are not descended into (see `shared_kernel_tables`)."""
     mem, levels = pt.mem, pt.levels
     last = len(levels) - 1
     runs: list[_Run] = []
@@ -595,8 +628,8 @@ def table_runs(pt: PageTable) -> list[_Run]:
                     runs[-1] = _Run(prev.start, run.end, prev.level, prev.flags, eff_nx)
                 else:
                     runs.append(run)
-            else:
-                visit(value & 0x000F_FFFF_FFFF_F000, depth + 1, va, eff_nx)
+            elif (child := value & 0x000F_FFFF_FFFF_F000) not in prune:
+                visit(child, depth + 1, va, eff_nx)
 
     visit(pt.root, 0, 0, False)
     return runs
@@ -618,12 +651,14 @@ def _overlay(a: list[_Run], b: list[_Run]) -> Iterator[tuple[int, int, _Run | No
 
 def diff_tables(kernel_pt: PageTable, user_pt: PageTable, layout: Layout) -> TableDiff:
     """Kernel-half regions the user tables leave out, kernel-half ranges whose flags differ,
-    user-half ranges that differ (other than the kernel copy's NX, which is summarized)."""
+    user-half ranges that differ (other than the kernel copy's NX, which is summarized). Shared
+    kernel-half tables are identical in both trees and left out."""
     left: dict[str, list[int]] = {}
     entries: list[DiffEntry] = []
     nx_ranges = nx_bytes = 0
     user_end = layout.user_end
-    for lo, hi, k, u in _overlay(table_runs(kernel_pt), table_runs(user_pt)):
+    shared = shared_kernel_tables(kernel_pt, user_pt)
+    for lo, hi, k, u in _overlay(table_runs(kernel_pt, shared), table_runs(user_pt, shared)):
         region = "user" if lo < user_end else _model_class(layout, lo)
         kt, ut = k.text() if k else "", u.text() if u else ""
         if lo >= user_end:
@@ -666,8 +701,8 @@ def _global_unshared(kernel_pt: PageTable, user_pt: PageTable, layout: Layout) -
     """Global kernel pages the user tables do not map: their TLB entries survive the switch to the
     user CR3, so isolation would not hide them (§2 notes, §7.3)."""
     out = []
-    user = table_runs(user_pt)
-    for lo, hi, k, u in _overlay(table_runs(kernel_pt), user):
+    shared = shared_kernel_tables(kernel_pt, user_pt)  # mapped alike in both: never "unshared"
+    for lo, hi, k, u in _overlay(table_runs(kernel_pt, shared), table_runs(user_pt, shared)):
         if lo >= layout.user_end and k and "GLB" in k.flags and not u:
             out.append(
                 Finding(

@@ -25,13 +25,31 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from kaiser.linux.audit import audit_dump, flag_text, infer_layout, policy_for, skipped_by_region
+from kaiser.linux.audit import (
+    DumpLayout,
+    audit_dump,
+    flag_text,
+    infer_layout,
+    policy_for,
+    skipped_by_region,
+)
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
-from kaiser.linux.layout import CPU_ENTRY_AREA_PGD, P4D_SHIFT, PAGE_OFFSET_BASE, PAGE_SIZE, TOP
+from kaiser.linux.layout import (
+    CPU_ENTRY_AREA_PGD,
+    DEFAULT_FIXMAP_PAGES,
+    FIXADDR_TOP,
+    KERNEL_IMAGE_SIZE_KASLR,
+    P4D_SHIFT,
+    PAGE_OFFSET_BASE,
+    PAGE_SIZE,
+    START_KERNEL_MAP,
+    TOP,
+    VSYSCALL_ADDR,
+)
 from kaiser.linux.mm import Prot
-from kaiser.linux.ptdump import MarkerLine, Record, parse_ptdump, ptdump, size_parts
+from kaiser.linux.ptdump import MarkerLine, Record, parse_ptdump, ptdump, range_lines, size_parts
 from kaiser.linux.variants import Part, Variant, get_variant
 
 MiB: Final = 1 << 20
@@ -55,6 +73,19 @@ class ModelSwitches:
     ram: int
     seed: int
     sources: tuple[str, ...] = ()
+    # build choices (KernelConfig's fields of the same names)
+    vsyscall: str = "emulate"
+    cea_random: bool = True
+    kaslr_image_size: bool | None = None
+    fixmap_pages: int = DEFAULT_FIXMAP_PAGES
+
+    def config(self) -> KernelConfig:
+        """The KernelConfig these switches boot."""
+        return KernelConfig(
+            variant=self.variant, pcid=self.pcid, la57=self.la57, kaslr=self.kaslr, seed=self.seed,
+            ncpus=self.ncpus, ram=self.ram, vsyscall=self.vsyscall, cea_random=self.cea_random,
+            kaslr_image_size=self.kaslr_image_size, fixmap_pages=self.fixmap_pages,
+        )  # fmt: skip
 
 
 def _meta(dump: Path) -> dict[str, object] | None:
@@ -137,7 +168,50 @@ def switches_for(
         ram = KernelConfig().ram
     else:
         sources.append(f"RAM {ram // MiB} MiB: qemu -m")
-    return ModelSwitches(name, pti_on, pcid, la57, kaslr, min(ncpus, 64), ram, seed, tuple(sources))
+    build = _build_choices(records, layout, switches, meta, sources)
+    return ModelSwitches(name, pti_on, pcid, la57, kaslr, min(ncpus, 64), ram, seed, tuple(sources), **build)
+
+
+def _release(meta: dict[str, object] | None) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", str(meta.get("kernel_version", ""))) if meta else None
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _build_choices(
+    records: Sequence[Record],
+    layout: DumpLayout,
+    cmdline: list[str],
+    meta: dict[str, object] | None,
+    sources: list[str],
+) -> dict[str, Any]:
+    """The kernel's build choices that show in its own dump: the vsyscall mode (is there a PTE at
+    0xffffffffff600000?), a RANDOMIZE_BASE build (where module space starts), the number of
+    permanent fixmap slots (where "Fixmap Area" is printed), and, from the release in meta.json,
+    whether per-CPU entry areas are randomized (6.2+, 97e3d26b5e5f)."""
+    out: dict[str, Any] = {}
+    mode = next((a.partition("=")[2] for a in cmdline if a.startswith("vsyscall=")), None)
+    if mode in ("emulate", "xonly", "none"):
+        sources.append(f"vsyscall={mode}: kernel command line")
+    else:
+        mapped = any(r.start <= VSYSCALL_ADDR < r.end and r.present for r in range_lines(records))
+        mode = "emulate" if mapped else "none"
+        sources.append(f"vsyscall={mode}: {'a' if mapped else 'no'} PTE at {VSYSCALL_ADDR:#x} in the dump")
+    out["vsyscall"] = mode
+    modules = next((lo for name, lo, _ in layout.regions if name == "modules"), None)
+    if modules is not None:
+        out["kaslr_image_size"] = modules == START_KERNEL_MAP + KERNEL_IMAGE_SIZE_KASLR
+        sources.append(f"module space at {modules:#x}: built {'with' if out['kaslr_image_size'] else 'without'} "
+                       "RANDOMIZE_BASE")  # fmt: skip
+    fixmap = marker_positions(records).get("Fixmap Area")
+    if fixmap is not None and fixmap % PAGE_SIZE == 0 and fixmap < FIXADDR_TOP:
+        out["fixmap_pages"] = (FIXADDR_TOP - fixmap) // PAGE_SIZE
+        sources.append(f"{out['fixmap_pages']} permanent fixmap slots: where 'Fixmap Area' is printed")
+    release = _release(meta)
+    if release is not None:
+        out["cea_random"] = release >= (6, 2)
+        sources.append(f"entry areas {'randomized' if out['cea_random'] else 'at fixed slots'}: "
+                       f"kernel {release[0]}.{release[1]} (randomized since 6.2)")  # fmt: skip
+    return out
 
 
 def _marker_starts(records: Sequence[Record]) -> list[tuple[str, int]]:
@@ -158,10 +232,7 @@ def boot_model(sw: ModelSwitches, *, ldt: bool) -> tuple[Kernel, Task]:
     if sw.pti_on and variant.maps(Part.KERNEL_TEXT):
         # pti=on: the same design without pti_clone_kernel_text() (§3.3: needs pti=auto)
         variant = replace(variant, clones=tuple(c for c in variant.clones if c.part is not Part.KERNEL_TEXT))
-    config = KernelConfig(
-        variant=sw.variant, pcid=sw.pcid, la57=sw.la57, kaslr=sw.kaslr, seed=sw.seed, ncpus=sw.ncpus, ram=sw.ram
-    )
-    kernel = Kernel.boot(config, variant=variant)
+    kernel = Kernel.boot(sw.config(), variant=variant)
     task = kernel.spawn()
     task.mm.mmap(1 << 20, Prot.READ | Prot.WRITE, name="anon")
     if ldt:
@@ -243,64 +314,16 @@ class Explanation:
 # the real 6.1 dumps in tests/linux/data/real (see docs/real-kernel.md for the same list).
 EXPLANATIONS: Final[dict[tuple[str, str], Explanation]] = {
     # ---- what PTI maps into the user tables (current_user) -----------------------------------
-    ("cpu_entry_area", "size"): Explanation(
-        "6.1's struct cpu_entry_area is 59 pages per CPU (CPU n at 0xfffffe0000001000 + n*0x3b000): "
-        "GDT 4K ro, entry stack 4K RW, TSS 20K ro (5 pages), then the exception stacks -- DF, NMI, DB, "
-        "MCE, VC, VC2, 8K each, each above a 4K guard page, plus a top guard (76K; VC/VC2 unmapped "
-        "without SEV-ES) -- then the Intel debug-store page 4K RW at +0x1a000 and 32 not-present "
-        "debug-buffer PTEs (128K). Present: 16 pages a CPU, all GLB NX pte, plus the shared RO IDT "
-        "page at 0xfffffe0000000000. The model maps gdt, entry stack, 3 TSS pages and 6 IST pages "
-        "(11 pages, 43-page stride).",
-        "kernel.py: CEA_TSS_PAGES = 5; IST layout [guard, 2-page stack] x 6 + top guard with only "
-        "DF/NMI/DB/MCE mapped (RW NX GLB); the debug-store page RW NX GLB at +0x1a000 on Intel; 32 "
-        "not-present (PAGE_NONE) debug-buffer PTEs; _cea_pages() = 59.",
-    ),
-    ("cpu_entry_area", "count"): Explanation(
-        "the guard pages between the 8K IST stacks split each CPU's area into 7 present ranges "
-        "(CPU 0's GDT merges with the RO IDT page); the model's area is 3 ranges.",
-        "the cpu_entry_area/size change.",
-    ),
-    ("cpu_entry_area", "placement"): Explanation(
-        "with KASLR the model puts CPU 0's area at a random slot (6.2+, 97e3d26b5e5f); Debian's 6.1 "
-        "does not randomize it: CPU 0 is at 0xfffffe0000001000 with KASLR on as well.",
-        "kernel.py _cea_slot_order(): fixed slots for a 6.1 kernel (a kernel-version switch, or "
-        "KernelConfig(cea_random=False)).",
-    ),
     ("espfix", "size"): Explanation(
-        "espfix64 maps its page 65536 times: 32 clones at a 64K stride in one PTE page, that PTE page "
-        "under all 512 entries of one PMD page, that PMD page under 4 consecutive PUD entries "
-        "(ESPFIX_PTE_CLONES x ESPFIX_PMD_CLONES x ESPFIX_PUD_CLONES), all ro GLB NX pte; ptdump "
-        "prints 16 lines and '... 13105x entries skipped'. The model maps one page.",
-        "kernel.py _map_kernel(): build the clones -- one PTE page with the espfix page at every 16th "
-        "slot, 512 PMD entries pointing at it, 4 PUD entries pointing at that PMD page.",
+        "follows from espfix/placement: both map the espfix page 65,536 times and ptdump prints the "
+        "first 16 lines (pages and the 60K gaps between them); when the random page is the first of "
+        "its 64K (0xffffff0000000000 in our nokaslr boot) those 16 lines hold 8 pages, else 7."
     ),
-    ("espfix", "count"): Explanation("see espfix/size (65536 mappings, 131072 lines).", "see espfix/size"),
+    ("espfix", "count"): Explanation("see espfix/size: 7 or 8 printed pages, 131,057 or 131,059 lines skipped."),
     ("espfix", "placement"): Explanation(
         "the PUD index and the page inside each 64K are random per boot (espfix_index_random), even "
-        "with nokaslr: 0xffffff0000000000, 0xffffff1400009000, 0xffffff3a0000a000, "
-        "0xffffff100000e000 in our four boots. The model's seed draws its own."
-    ),
-    ("vsyscall", "only-model"): Explanation(
-        "Debian builds CONFIG_LEGACY_VSYSCALL_NONE=y: no PTE at 0xffffffffff600000 in any table, so "
-        "pti_setup_vsyscall() clones nothing. The model maps it in emulate mode (USR ro NX).",
-        "KernelConfig(vsyscall='none'|'emulate'|'xonly'): map the fixmap slot-511 PTE only in "
-        "emulate mode; clone it (and set the USER bits above it) only when it exists.",
-    ),
-    ("ldt", "size"): Explanation(
-        "the LDT alias is as big as the LDT: one descriptor (ptcat -l) maps one page, "
-        "0xffff880000000000 4K ro NX pte (not GLB); the model maps a 64K slot.",
-        "kernel.py map_ldt(): map ceil(nr_entries * 8 / 4096) pages -- 1 for a first modify_ldt().",
-    ),
-    ("ldt", "count"): Explanation(
-        "the model's 64K alias prints as 2 lines (the LDT remap marker breaks the run after its first "
-        "page, §6.3); the real 1-page alias is one.",
-        "the ldt/size change.",
-    ),
-    ("ldt", "only-model"): Explanation(
-        "with nopti the kernel does not alias the LDT at LDT_BASE_ADDR at all (map_ldt_struct() "
-        "returns early without X86_FEATURE_PTI; the CPU reads the LDT from its kernel address). "
-        "The model maps the alias under every variant.",
-        "kernel.py map_ldt(): map nothing at ldt_base when the variant is not isolating.",
+        "with nokaslr (init_espfix_random()): 0xffffff0000000000, 0xffffff1400009000, "
+        "0xffffff3a0000a000, 0xffffff100000e000 in our four boots. The model's seed draws its own."
     ),
     ("tss_percpu", "placement"): Explanation(
         "cpu_tss_rw sits in each CPU's per-CPU chunk at a direct-map address set by the boot "
@@ -347,36 +370,17 @@ EXPLANATIONS: Final[dict[tuple[str, str], Explanation]] = {
         "module space holds a 2M ro x region of 4K PTEs at MODULES_VADDR (most likely the BPF program "
         "pack) and ptdump_mod itself (4K ro x, 4K ro NX, 8K RW NX); the model maps one 8-page module."
     ),
-    ("fixmap", "*"): Explanation(
-        "the real fixmap maps two RW PWT PCD pages at 0xffffffffff5fc000 (slots 514-515, most likely "
-        "FIX_APIC_BASE and FIX_IO_APIC_BASE_0); the model puts its two I/O pages at slots 515-516 "
-        "(0xffffffffff5fb000).",
-        "kernel.py _map_kernel(): map the two I/O pages at FIXADDR_TOP - 515 pages.",
-    ),
     # ---- region bounds (where ptdump prints the markers) ------------------------------------------
-    ("marker:Modules", "placement"): Explanation(
-        "Debian's kernel is built with CONFIG_RANDOMIZE_BASE, so KERNEL_IMAGE_SIZE is 1 GiB and "
-        "MODULES_VADDR is 0xffffffffc0000000 even when booted with nokaslr; the model's kaslr=False "
-        "layout is a kernel built without it (512 MiB, 0xffffffffa0000000).",
-        "Kernel.boot: make_layout(..., kaslr_image_size=True) (a KernelConfig switch "
-        "'randomize_base_built', default True for a distribution kernel).",
-    ),
-    ("marker:Fixmap Area", "placement"): Explanation(
-        "6.1's FIXADDR_START is 0xffffffffff579000: 646 fixmap slots (Debian's config); the model "
-        "uses the 649 of Fedora 4.18 (0xffffffffff576000).",
-        "Kernel.boot: make_layout(..., fixmap_pages=646) for Debian 6.1.",
-    ),
     ("marker:Low Kernel Mapping", "placement"): Explanation(
         "KASLR: page_offset_base is random per boot. Without KASLR both bases are 0xffff888000000000, "
-        "but the marker is printed at the first break at or above it (§6.3): after the real 4K page 0 "
-        "(0xffff888000001000), after the model's first 2M page (0xffff888000200000)."
+        "but the marker is printed at the first break at or above it (§6.3): in the kernel tables "
+        "after the real 4K page 0 (0xffff888000001000) and after the model's first 2M page "
+        "(0xffff888000200000); in the user tables at the first break in the direct map's mostly empty "
+        "PMD page: 0xffff888000200000 in the real ones, the PMD of the per-CPU TSS clone in the "
+        "model's (see tss_percpu/placement)."
     ),
     ("marker:vmalloc() Area", "placement"): Explanation("KASLR: vmalloc_base is random per boot."),
     ("marker:Vmemmap", "placement"): Explanation("KASLR: vmemmap_base is random per boot."),
-    ("marker:LDT remap", "placement"): Explanation(
-        "nopti: follows from ldt/only-model (the model's alias moves where the marker is printed).",
-        "the ldt/only-model change.",
-    ),
 }
 
 

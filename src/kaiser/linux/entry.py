@@ -45,7 +45,7 @@ from kaiser.linux.asid import (
     switch_mm_irqs_off,
     write_cr3,
 )
-from kaiser.linux.kernel import CEA_ENTRY_STACK, CEA_TRAMPOLINE, CEA_TSS, THREAD_SIZE, Kernel, Task
+from kaiser.linux.kernel import THREAD_SIZE, Kernel, Task
 from kaiser.linux.variants import Entry, Part
 from kaiser.x86.bits import CR3_NOFLUSH, RFLAGS
 from kaiser.x86.cpu import CpuState
@@ -78,15 +78,14 @@ TEXT_OFFSETS: Final = {
     "lib/usercopy": 0xB00000,  # copy_user_generic
 }
 RODATA_SYS_CALL_TABLE: Final = 0x1000  # sys_call_table, from the start of .rodata
-# Our per-CPU area (kernel.py PERCPU_PAGES = 16): 0 gdt, 1-3 tss, 4 KAISER user-mapped scratch,
-# 5 entry stack, 6-11 IST stacks, 12.. ordinary per-CPU data.
+# Our per-CPU area (kaiser.linux.cea: PERCPU_PAGES): 0 gdt, 1.. tss, 4 KAISER's user-mapped
+# scratch (4.15 era), 12.. ordinary per-CPU data; the entry area's pieces alias the rest.
 PERCPU_KAISER_SCRATCH: Final = 4 * PAGE_SIZE  # unsafe_stack_register_backup (IAIK patch, §4.3)
 PERCPU_HOT: Final = 12 * PAGE_SIZE  # pcpu_hot: current task, top_of_stack, rsp_scratch
 PERCPU_TLBSTATE: Final = 12 * PAGE_SIZE + 0x100  # cpu_tlbstate (user_pcid_flush_mask lives here)
 PERCPU_RUNQUEUE: Final = 13 * PAGE_SIZE  # struct rq
 PERCPU_IRQ_STAT: Final = 14 * PAGE_SIZE  # irq_stat, softirq state
 TSS_SP0, TSS_SP1, TSS_SP2 = 4, 12, 20  # offsets in struct x86_hw_tss
-CEA_ESTACKS_FIRST: Final = CEA_TRAMPOLINE  # first IST page; +1 when the CEA holds a trampoline page
 PT_REGS_SIZE: Final = 168  # sizeof(struct pt_regs)
 IRET_FRAME: Final = 40  # SS, RSP, RFLAGS, CS, RIP
 VECTOR_NMI, VECTOR_PF, VECTOR_DEVICE = 2, 14, 0x22
@@ -372,20 +371,22 @@ class EntryModel:
     @property
     def cea_stub(self) -> int:
         """The per-CPU SYSCALL trampoline (4.15) / our fixed entry stubs: a page of the CEA."""
-        return self.cpu.cea + CEA_TRAMPOLINE * PAGE_SIZE
+        offset = self.cpu.cea_layout.trampoline
+        if offset is None:
+            raise ValueError(f"{self.kernel.variant.name}: its entry area has no stub page")
+        return self.cpu.cea + offset
 
     @property
     def cea_tss(self) -> int:
-        return self.cpu.cea + CEA_TSS * PAGE_SIZE
+        return self.cpu.cea + self.cpu.cea_layout.offset("tss")
 
     @property
     def entry_stack_top(self) -> int:
-        return self.cpu.cea + (CEA_ENTRY_STACK + 1) * PAGE_SIZE
+        return self.cpu.cea + self.cpu.cea_layout.offset("entry stack") + PAGE_SIZE
 
     @property
     def ist_stack_top(self) -> int:
-        first = CEA_ESTACKS_FIRST + (0 if self.entry is Entry.ENTRY_TEXT else 1)
-        return self.cpu.cea + (first + 2) * PAGE_SIZE  # the NMI stack: second IST slot
+        return self.cpu.cea + self.cpu.cea_layout.stack_top("NMI")
 
     def percpu(self, offset: int) -> int:
         return self.cpu.percpu_va + offset

@@ -13,10 +13,11 @@ import random
 from dataclasses import dataclass, field
 
 from kaiser.linux import pti
-from kaiser.linux.layout import VSYSCALL_ADDR, Layout, make_layout
+from kaiser.linux.cea import PAGE_NONE, PERCPU_PAGES, PERCPU_TSS, CeaLayout, Kind, cea_layout
+from kaiser.linux.layout import DEFAULT_FIXMAP_PAGES, FIXADDR_TOP, VSYSCALL_ADDR, Layout, make_layout
 from kaiser.linux.mm import Mm, ProgramImage
 from kaiser.linux.variants import Entry, GlobalPolicy, Level, Part, Variant, get_variant
-from kaiser.x86.bits import CR4, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE, make_cr3
+from kaiser.x86.bits import CR4, KERNPG_TABLE, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE, make_cr3
 from kaiser.x86.geometry import PagingMode, mode_for
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory
@@ -25,14 +26,12 @@ GiB = 1 << 30
 MiB = 1 << 20
 THREAD_SIZE = 16 << 10  # x86-64 kernel stack, 4 pages (asm/page_64_types.h with KASAN off)
 PAGE_KERNEL_VVAR = int(PAGE_KERNEL_RO | PTE.US)  # __PAGE_KERNEL_VVAR: the emulated vsyscall page (§3.3)
-# struct cpu_entry_area, in pages (§3.4 and ptdump-samples/01): gdt, entry stack, tss (3), the
-# trampoline (4.15-4.19; ours), IST stacks (6), debug store placeholders (32, not present).
-CEA_GDT, CEA_ENTRY_STACK, CEA_TSS, CEA_TSS_PAGES = 0, 1, 2, 3
-CEA_TRAMPOLINE = 5
-CEA_ESTACKS_PAGES = 6
-CEA_DEBUG_STORE_PAGES = 32
-PERCPU_PAGES = 16  # our per-CPU area in the direct map: gdt, tss (3), entry stack, estacks (6), spare
-LDT_SLOT_SIZE = 64 << 10  # LDT_ENTRIES * LDT_ENTRY_SIZE (ldt.c, §7.5)
+LDT_ENTRIES, LDT_ENTRY_SIZE = 8192, 8  # asm/ldt.h: an LDT slot holds 64 KiB of descriptors (§7.5)
+FIX_IO_PAGES = 515  # fixmap index of the two RW PCD I/O pages (APIC, IO-APIC): FIXADDR_TOP - 515 pages
+# espfix_64.c: 64-byte ministacks, 64 a page; page_random spans 2^(P4D_SHIFT - PAGE_SHIFT - 16) pages.
+ESPFIX_STACK_SIZE, ESPFIX_STACKS_PER_PAGE, ESPFIX_PAGE_SPACE = 64, 64, 1 << (39 - 12 - 16)
+ESPFIX_PTE_CLONES, ESPFIX_PMD_CLONES, ESPFIX_PUD_CLONES = 32, 512, 4  # 32 * 512 * 4 = 65,536 aliases
+VSYSCALL_MODES = ("emulate", "xonly", "none")  # vsyscall= / CONFIG_LEGACY_VSYSCALL_* (vsyscall_64.c)
 
 
 @dataclass(frozen=True)
@@ -47,9 +46,16 @@ class KernelConfig:
     ncpus: int = 2
     ram: int = 4 * GiB
     pge: bool = True
+    # Build and boot choices that distributions make differently (docs/real-kernel.md):
+    vsyscall: str = "emulate"  # emulate: a USR ro NX page; xonly and none: no PTE at all
+    cea_random: bool = True  # per-CPU entry areas at random slots under KASLR (6.2+; 6.1: False)
+    kaslr_image_size: bool | None = None  # built with RANDOMIZE_BASE (1 GiB image window); None: = kaslr
+    fixmap_pages: int = DEFAULT_FIXMAP_PAGES  # __end_of_permanent_fixed_addresses (649 Fedora 4.18, 646 Debian 6.1)
 
     def __post_init__(self) -> None:
         get_variant(self.variant)
+        if self.vsyscall not in VSYSCALL_MODES:
+            raise ValueError(f"vsyscall={self.vsyscall!r} must be one of {', '.join(VSYSCALL_MODES)}")
         if not 1 <= self.ncpus <= 64:
             raise ValueError(f"ncpus={self.ncpus} must be 1..64")
         if self.ram < 256 * MiB or self.ram % (2 * MiB):
@@ -65,14 +71,17 @@ class Cpu:
     percpu_pa: int  # physical base of its per-CPU area (direct-mapped)
     percpu_va: int
 
+    cea_layout: CeaLayout
+
     @property
     def tss_va(self) -> int:
         """`cpu_tss_rw` at its per-CPU (direct-map) address: what 4.20+ SYSCALL entry writes."""
-        return self.percpu_va + 1 * PAGE_SIZE
+        return self.percpu_va + PERCPU_TSS * PAGE_SIZE
 
     @property
     def entry_stack(self) -> int:
-        return self.cea + (CEA_ENTRY_STACK + 1) * PAGE_SIZE - 8
+        """The top word of the entry stack in the entry area (4.15's RSP_SCRATCH)."""
+        return self.cea + self.cea_layout.offset("entry stack") + PAGE_SIZE - 8
 
 
 @dataclass
@@ -124,7 +133,15 @@ class Kernel:
         by default the registry entry `config.variant` is used."""
         config = config or KernelConfig()
         variant = variant or get_variant(config.variant)
-        layout = make_layout(config.la57, config.kaslr, config.seed, config.ram, era=variant.era)  # type: ignore[arg-type]
+        layout = make_layout(
+            config.la57,
+            config.kaslr,
+            config.seed,
+            config.ram,
+            era=variant.era,  # type: ignore[arg-type]
+            fixmap_pages=config.fixmap_pages,
+            kaslr_image_size=config.kaslr_image_size,
+        )
         mem = PhysicalMemory(config.ram)
         mode = mode_for(config.la57)
         image_span = layout.kernel_end - layout.kernel_base
@@ -199,23 +216,20 @@ class Kernel:
         kpt.entry_slot(lay.vmalloc_base, 1, create=True)
         # Per-CPU areas (direct-mapped) and the cpu_entry_area that aliases parts of them.
         self._map_cpu_entry_area()
-        # ESPfix: a page of the espfix area, at a boot-random place even with nokaslr (real-kernel.md).
-        rng = random.Random(self.config.seed ^ 0xE5F1)
-        self.espfix_va = lay.espfix_base + rng.randrange(1 << 20) * PAGE_SIZE
-        espfix_pa = mem.alloc(FrameKind.DATA, "espfix")
-        espfix_shared = self.variant.maps(Part.ESPFIX) or (two_pgd and self.config.la57)  # 5-level slot 511
-        kpt.map(self.espfix_va, espfix_pa, PAGE_SIZE, int(PAGE_KERNEL_RO & ~PTE.G) | self._global(espfix_shared))
-        # Fixmap: two I/O pages, and the vsyscall page (fixmap slot 511) as USR ro NX (emulate mode).
+        self._map_espfix(two_pgd)
+        # Fixmap: two I/O pages (indexes 515 and 514: 0xffffffffff5fc000 on Debian 6.1), and, in
+        # emulate mode only, the vsyscall page (fixmap slot 511) as USR ro NX (map_vsyscall()).
         fix_pa = mem.alloc(FrameKind.DATA, "fixmap", count=2)
         kpt.map(
-            lay.fixaddr_start + 0x85000,
+            FIXADDR_TOP - FIX_IO_PAGES * PAGE_SIZE,
             fix_pa,
             2 * PAGE_SIZE,
             int(PTE.RW | PTE.PWT | PTE.PCD | PTE.NX | PTE.A | PTE.D) | self._global(two_pgd),
         )
-        vsys_pa = lay.kernel_phys + (lay.section("rodata").start - lay.kernel_base)  # __vsyscall_page
-        kpt.map(VSYSCALL_ADDR, vsys_pa, PAGE_SIZE, PAGE_KERNEL_VVAR & ~int(PTE.G) | self._global(two_pgd))
-        self._set_vsyscall_pgtable_user_bits(kpt)
+        if self.config.vsyscall == "emulate":
+            vsys_pa = lay.kernel_phys + (lay.section("rodata").start - lay.kernel_base)  # __vsyscall_page
+            kpt.map(VSYSCALL_ADDR, vsys_pa, PAGE_SIZE, PAGE_KERNEL_VVAR & ~int(PTE.G) | self._global(two_pgd))
+            self._set_vsyscall_pgtable_user_bits(kpt)
         # Modules: one loaded module, text RX and data RW NX.
         mod_pa = mem.alloc(FrameKind.DATA, "modules", count=8)
         kpt.map(lay.modules_vaddr, mod_pa, 4 * PAGE_SIZE, int(PAGE_KERNEL_RX & ~PTE.G) | self._global(two_pgd))
@@ -225,6 +239,38 @@ class Kernel:
             4 * PAGE_SIZE,
             int(PAGE_KERNEL & ~PTE.G) | self._global(two_pgd),
         )
+
+    def _map_espfix(self, two_pgd: bool) -> None:
+        """`init_espfix_bsp()` + `init_espfix_ap(0)` (arch/x86/kernel/espfix_64.c): one read-only
+        4K page of ministacks (one per 64 CPUs; we boot at most 64), mapped 65,536 times so that
+        any 16-bit SP lands in it: the page at every 16th slot of one PTE page (ESPFIX_PTE_CLONES,
+        a 64K stride), that PTE page under all 512 entries of one PMD page (ESPFIX_PMD_CLONES), that
+        PMD page under 4 consecutive PUD entries (ESPFIX_PUD_CLONES). The upper entries carry
+        PGTABLE_PROT = (_KERNPG_TABLE & ~RW) | NX. page_random and slot_random are drawn at boot,
+        even with nokaslr (the real dumps show four different places in four boots)."""
+        lay, kpt, mem = self.layout, self.init.kernel_pt, self.mem
+        rng = random.Random(self.config.seed ^ 0xE5F1)
+        slot_random = rng.randrange(ESPFIX_STACKS_PER_PAGE)
+        page_random = rng.randrange(ESPFIX_PAGE_SPACE)
+        addr = (page_random << 12) + slot_random * ESPFIX_STACK_SIZE  # espfix_base_addr(cpu 0)
+        addr = (addr & 0xFFFF) | ((addr & ~0xFFFF) << 16)
+        self.espfix_va = lay.espfix_base + addr
+        shared = self.variant.maps(Part.ESPFIX) or (two_pgd and self.config.la57)  # 5-level slot 511
+        leaf = int(PAGE_KERNEL_RO & ~PTE.G) | self._global(shared)
+        upper = int((KERNPG_TABLE & ~PTE.RW) | PTE.NX)
+        depth = len(kpt.levels) - 3  # the PUD level
+        pud_slot = kpt.entry_slot(self.espfix_va, depth, create=True)  # espfix_pud_page
+        assert pud_slot is not None
+        pmd_page = mem.alloc(FrameKind.PAGE_TABLE, "espfix pmd")
+        pte_page = mem.alloc(FrameKind.PAGE_TABLE, "espfix pte")
+        stack_page = mem.alloc(FrameKind.DATA, "espfix")
+        for n in range(ESPFIX_PUD_CLONES):
+            mem.write_u64(pud_slot + 8 * n, pmd_page | upper)
+        for n in range(ESPFIX_PMD_CLONES):
+            mem.write_u64(pmd_page + 8 * n, pte_page | upper)
+        first = kpt.levels[-1].index(self.espfix_va)
+        for n in range(ESPFIX_PTE_CLONES):
+            mem.write_u64(pte_page + 8 * (first + n * 16), stack_page | leaf)
 
     def _set_vsyscall_pgtable_user_bits(self, pt: PageTable) -> None:
         """OR USER into every upper-level entry above the vsyscall PTE (vsyscall_64.c, §3.3)."""
@@ -237,43 +283,52 @@ class Kernel:
         """Per-CPU entry-area slots: CPU n at slot n before 6.2 and without KASLR; a random unique
         slot per CPU with KASLR since 6.2 (97e3d26b5e5f, §1.5). Ours and the 4.15 era keep fixed slots."""
         n = self.config.ncpus
-        if not (self.config.kaslr and self.variant.era == "modern" and self.variant.entry is not Entry.FIXED_CEA):
+        modern = self.variant.era == "modern" and self.config.cea_random
+        if not (self.config.kaslr and modern and self.variant.entry is not Entry.FIXED_CEA):
             return list(range(n))
-        cea_size = self._cea_pages() * PAGE_SIZE
+        cea_size = self.cea_layout.pages * PAGE_SIZE
         max_cea = ((1 << 39) - PAGE_SIZE) // cea_size
         return random.Random(self.config.seed ^ 0xCEA).sample(range(max_cea), n)
 
-    def _cea_pages(self) -> int:
-        trampoline = 1 if self.variant.entry is not Entry.ENTRY_TEXT else 0
-        return 1 + 1 + CEA_TSS_PAGES + trampoline + CEA_ESTACKS_PAGES + CEA_DEBUG_STORE_PAGES
+    @property
+    def cea_layout(self) -> CeaLayout:
+        """This kernel's `struct cpu_entry_area` (kaiser.linux.cea): by era, with a stub page
+        when the variant's entry runs from the area."""
+        return cea_layout(self.variant.era, stub=self.variant.entry is not Entry.ENTRY_TEXT)
 
     def _map_cpu_entry_area(self) -> None:
+        """`setup_cpu_entry_areas()`: the shared RO IDT page, then each CPU's area piece by piece
+        (aliases of its per-CPU pages; the stub page aliases the first page of entry text)."""
         lay, kpt, mem = self.layout, self.init.kernel_pt, self.mem
         g = self._global(True)
-        ro, rw = int(PAGE_KERNEL_RO & ~PTE.G) | g, int(PAGE_KERNEL & ~PTE.G) | g
+        flags = {
+            Kind.RO: int(PAGE_KERNEL_RO & ~PTE.G) | g,
+            Kind.RW: int(PAGE_KERNEL & ~PTE.G) | g,
+            Kind.STUB: int(PAGE_KERNEL_RX & ~PTE.G) | g,
+        }
+        cea = self.cea_layout
         base = lay.cpu_entry_area_base
         idt_pa = lay.kernel_phys + (lay.section("data").start - lay.kernel_base)  # idt_table in .data
-        kpt.map(base, idt_pa, PAGE_SIZE, ro)  # CPU_ENTRY_AREA_RO_IDT
+        kpt.map(base, idt_pa, PAGE_SIZE, flags[Kind.RO])  # CPU_ENTRY_AREA_RO_IDT
         trampoline_pa = lay.kernel_phys + (lay.entry_text[0] - lay.kernel_base)
+        leaf_depth = len(kpt.levels) - 1
         for index, slot in enumerate(self._cea_slot_order()):
             percpu_pa = mem.alloc(FrameKind.DATA, f"percpu{index}", count=PERCPU_PAGES)
-            cpu = Cpu(
-                index,
-                base + PAGE_SIZE + slot * self._cea_pages() * PAGE_SIZE,
-                percpu_pa,
-                lay.page_offset_base + percpu_pa,
-            )
+            cpu = Cpu(index, base + PAGE_SIZE + slot * cea.pages * PAGE_SIZE, percpu_pa,
+                      lay.page_offset_base + percpu_pa, cea)  # fmt: skip
             self.cpus.append(cpu)
-            page = cpu.cea
-            kpt.map(page, percpu_pa, PAGE_SIZE, ro)  # gdt
-            kpt.map(page + PAGE_SIZE, percpu_pa + 5 * PAGE_SIZE, PAGE_SIZE, rw)  # entry stack
-            kpt.map(page + 2 * PAGE_SIZE, percpu_pa + PAGE_SIZE, CEA_TSS_PAGES * PAGE_SIZE, ro)  # tss
-            page += (2 + CEA_TSS_PAGES) * PAGE_SIZE
-            if self.variant.entry is not Entry.ENTRY_TEXT:
-                rx = int(PAGE_KERNEL_RX & ~PTE.G) | g
-                kpt.map(page, trampoline_pa, PAGE_SIZE, rx)  # the SYSCALL entry trampoline
-                page += PAGE_SIZE
-            kpt.map(page, percpu_pa + 6 * PAGE_SIZE, CEA_ESTACKS_PAGES * PAGE_SIZE, rw)  # IST stacks
+            for piece in cea.pieces:
+                va = cpu.cea + piece.page * PAGE_SIZE
+                if piece.kind is Kind.STUB:
+                    kpt.map(va, trampoline_pa, PAGE_SIZE, flags[Kind.STUB])
+                elif piece.kind is Kind.NONE:  # PTEs that exist but are not present
+                    for page in range(piece.pages):
+                        slot_pa = kpt.entry_slot(va + page * PAGE_SIZE, leaf_depth, create=True)
+                        assert slot_pa is not None
+                        mem.write_u64(slot_pa, PAGE_NONE)
+                elif piece.kind is not Kind.GUARD:
+                    assert piece.backing is not None
+                    kpt.map(va, percpu_pa + piece.backing * PAGE_SIZE, piece.pages * PAGE_SIZE, flags[piece.kind])
 
     # ---- PTI: the user tables' kernel half ---------------------------------------------------
     def _pti_init(self) -> None:
@@ -304,7 +359,8 @@ class Kernel:
                     upt.map(
                         cpu.tss_va, cpu.percpu_pa + PAGE_SIZE, PAGE_SIZE, int(PAGE_KERNEL & ~PTE.G), page_size=PAGE_SIZE
                     )
-            elif part is Part.VSYSCALL:
+            elif part is Part.VSYSCALL and self.config.vsyscall == "emulate":
+                # pti_setup_vsyscall(): nothing to clone when there is no PTE (xonly, none)
                 pti.pti_clone_pgtable(kpt, upt, VSYSCALL_ADDR, VSYSCALL_ADDR + PAGE_SIZE, "pte")
                 self._set_vsyscall_pgtable_user_bits(upt)
             elif part is Part.KERNEL_TEXT:
@@ -321,7 +377,7 @@ class Kernel:
         lay = self.layout
         pti.kaiser_add_mapping(kpt, upt, lay.cpu_entry_area_base, PAGE_SIZE, set_global=g)
         for cpu in self.cpus:
-            for leaf in list(kpt.leaves(cpu.cea, cpu.cea + self._cea_pages() * PAGE_SIZE)):
+            for leaf in list(kpt.leaves(cpu.cea, cpu.cea + self.cea_layout.pages * PAGE_SIZE)):
                 pti.kaiser_add_mapping(kpt, upt, leaf.va, leaf.size, set_global=g)
 
     def _preallocate_stack_tables(self) -> None:
@@ -360,7 +416,7 @@ class Kernel:
                 out.append((lo, hi, part.value))
             elif part is Part.TSS_PERCPU:
                 out += [(c.tss_va, c.tss_va + PAGE_SIZE, part.value) for c in self.cpus]
-            elif part is Part.VSYSCALL:
+            elif part is Part.VSYSCALL and self.config.vsyscall == "emulate":
                 out.append((VSYSCALL_ADDR, VSYSCALL_ADDR + PAGE_SIZE, part.value))
             elif part is Part.LDT:
                 out.append((lay.ldt_base, lay.ldt_end, part.value))
@@ -395,7 +451,7 @@ class Kernel:
 
     def free_pgd(self, mm: Mm) -> None:
         """`pgd_free()` after the user half was emptied: free the PGD (pair) and an LDT alias."""
-        if mm.ldt_slots:
+        if mm.ldt_pages:
             self._unmap_ldt(mm)
         for index in range(256):
             if self.mem.read_u64(mm.pgd.kernel_pgd + 8 * index):
@@ -476,26 +532,42 @@ class Kernel:
         del self.tasks[task.pid]
 
     # ---- LDT -----------------------------------------------------------------------------------
-    def map_ldt(self, mm: Mm) -> None:
-        """`map_ldt_struct()`: alias the LDT at the LDT slot, ro and not global, in this mm's own
-        tables, and share the whole top-level entry with its user PGD (ldt.c, §3.3, §7.5)."""
-        if mm.ldt_slots:
+    @staticmethod
+    def ldt_pages(entries: int) -> int:
+        """Pages an LDT of `entries` descriptors occupies (alloc_ldt_struct(): 8 bytes each)."""
+        if not 1 <= entries <= LDT_ENTRIES:
+            raise ValueError(f"an LDT holds 1..{LDT_ENTRIES} entries, not {entries}")
+        return -(-entries * LDT_ENTRY_SIZE // PAGE_SIZE)
+
+    def map_ldt(self, mm: Mm, entries: int) -> None:
+        """`alloc_ldt_struct()` + `map_ldt_struct()`: the LDT's pages, aliased -- only under
+        isolation (map_ldt_struct() returns early without X86_FEATURE_PTI) -- at the LDT slot, ro
+        and not global, in this mm's own tables, and the whole top-level entry shared with its
+        user PGD (ldt.c, §3.3, §7.5). A bigger LDT replaces a smaller one."""
+        pages = self.ldt_pages(entries)
+        if mm.ldt_pages >= pages:
             return
-        pa = self.mem.alloc(FrameKind.DATA, f"ldt pid{mm.pid}", count=LDT_SLOT_SIZE // PAGE_SIZE)
+        if mm.ldt_pages:
+            self._unmap_ldt(mm)
+        pa = self.mem.alloc(FrameKind.DATA, f"ldt pid{mm.pid}", count=pages)
+        mm.ldt_pa, mm.ldt_pages = pa, pages
+        if not self.variant.isolating:
+            return
         kpt = mm.pgd.kernel_pt
-        kpt.map(self.layout.ldt_base, pa, LDT_SLOT_SIZE, int(PAGE_KERNEL_RO & ~PTE.G), page_size=PAGE_SIZE)
+        kpt.map(self.layout.ldt_base, pa, pages * PAGE_SIZE, int(PAGE_KERNEL_RO & ~PTE.G), page_size=PAGE_SIZE)
         if mm.pgd.user_pt is not None and self.variant.maps(Part.LDT):
             pti.pti_clone_pgd(kpt, mm.pgd.user_pt, self.layout.ldt_base)
 
     def _unmap_ldt(self, mm: Mm) -> None:
-        kpt = mm.pgd.kernel_pt
-        for leaf in list(kpt.leaves(self.layout.ldt_base, self.layout.ldt_base + LDT_SLOT_SIZE)):
-            self.mem.free(leaf.pa)
-        kpt.unmap(self.layout.ldt_base, LDT_SLOT_SIZE)  # free_ldt_pgtables()
-        if mm.pgd.user_pt is not None:
-            index = kpt.levels[0].index(self.layout.ldt_base)
-            self.mem.write_u64(mm.pgd.user_pt.root + 8 * index, 0)
-        mm.ldt_slots = 0
+        for i in range(mm.ldt_pages):
+            self.mem.free(mm.ldt_pa + i * PAGE_SIZE)
+        if self.variant.isolating:
+            kpt = mm.pgd.kernel_pt
+            kpt.unmap(self.layout.ldt_base, mm.ldt_pages * PAGE_SIZE)  # free_ldt_pgtables()
+            if mm.pgd.user_pt is not None:
+                index = kpt.levels[0].index(self.layout.ldt_base)
+                self.mem.write_u64(mm.pgd.user_pt.root + 8 * index, 0)
+        mm.ldt_pa = mm.ldt_pages = 0
 
     # ---- CR3 -----------------------------------------------------------------------------------
     def cr3_pair(self, task: Task, asid: int = 0) -> tuple[int, int | None]:

@@ -85,7 +85,9 @@ class Mm:
         self.alive = True
         self.pgd = kernel.new_pgd(self)  # PGD pair + the page table of the kernel PGD
         self.pt: PageTable = self.pgd.kernel_pt
-        self.ldt_slots = 0
+        self.ldt_entries = 0  # descriptors in the LDT (0: none)
+        self.ldt_pages = 0  # its pages, and where they are (Kernel.map_ldt)
+        self.ldt_pa = 0
 
     # ---- VMA bookkeeping -------------------------------------------------------------------
     def _check(self, addr: int, length: int) -> None:
@@ -257,14 +259,16 @@ class Mm:
                 child.pt.map(
                     leaf.va, leaf.pa, leaf.size, prot_to_pte(v.prot, cow=writable_private), page_size=leaf.size
                 )
-        if self.ldt_slots:
-            child.modify_ldt()
+        if self.ldt_entries:
+            child.modify_ldt(self.ldt_entries)
         return child
 
-    def modify_ldt(self) -> None:
-        """Give the process an LDT (arch/x86/kernel/ldt.c): under PTI it is aliased into the LDT slot."""
-        self.kernel.map_ldt(self)
-        self.ldt_slots = 1
+    def modify_ldt(self, entries: int = 1) -> None:
+        """Write LDT descriptor `entries - 1` (modify_ldt(1, ...), arch/x86/kernel/ldt.c): the LDT
+        grows to `entries` descriptors; under PTI it is aliased into the LDT slot."""
+        entries = max(entries, self.ldt_entries)
+        self.kernel.map_ldt(self, entries)
+        self.ldt_entries = entries
 
     def exit(self) -> None:
         """Tear the address space down and free its tables, PGDs and frames."""

@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal
+
+import numpy as np
 
 from kaiser.linux.layout import TOP, Marker, make_layout
 from kaiser.x86.bits import CR4, PTE, entry_phys
@@ -138,22 +140,129 @@ class _Note:
     rights: Rights | None = None  # combined rights (wide view, present leaves)
 
 
+_US_RW: Final = int(PTE.US | PTE.RW)
+_NX: Final = int(PTE.NX)
+_P: Final = int(PTE.P)
+_PS: Final = int(PTE.PS)
+
+
 def _effective(parent: int | None, raw: int) -> int:
     """USR and RW AND-ed, NX OR-ed down the levels; the top level is its own (§6.3)."""
     if parent is None:
         return raw
-    return (parent & raw & (PTE.US | PTE.RW)) | ((parent | raw) & PTE.NX)
+    return (parent & raw & _US_RW) | ((parent | raw) & _NX)
 
 
-def _walk(mem: PhysicalMemory, root: int, mode: PagingMode, dialect: Dialect, wide: bool) -> Iterator[_Note]:
+@dataclass(frozen=True)
+class _Repeat:
+    """The subtree just walked (`items`, at the addresses of its first copy) appears `count` more
+    times, `stride` apart: a run of identical table entries (ESPfix's 65,536 aliases, §6.3). The
+    walk emits it only where no marker starts inside the copies."""
+
+    items: tuple[_Note | _Repeat, ...]
+    stride: int
+    count: int
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """What feeding a sequence of notes does to a run: its first and last (raw, eff, level), the
+    breaks inside it, where its last break starts, its last note and its first address."""
+
+    first: tuple[int, int, str | None]
+    last: tuple[int, int, str | None]
+    breaks: int
+    last_break: int | None
+    last_note: _Note
+    first_addr: int
+
+
+def _key(note: _Note) -> tuple[int, int, str | None]:
+    return note.raw, note.eff, note.level
+
+
+def _summary(items: Sequence[_Note | _Repeat], cache: dict[int, _Summary]) -> _Summary:
+    """The `_Summary` of `items` (nested repeats expanded arithmetically, once each)."""
+    first = last = None
+    breaks, last_break = 0, None
+    last_note: _Note | None = None
+    first_addr = 0
+    for item in items:
+        if isinstance(item, _Note):
+            k = _key(item)
+            if last is None:
+                first, first_addr = k, item.addr
+            elif k != last:
+                breaks, last_break = breaks + 1, item.addr
+            last, last_note = k, item
+            continue
+        inner = cache.get(id(item))
+        if inner is None:
+            inner = cache[id(item)] = _summary(item.items, cache)
+        for r in range(1, item.count + 1):
+            shift = r * item.stride
+            if inner.first != last:
+                breaks, last_break = breaks + 1, inner.first_addr + shift
+            if inner.breaks:
+                breaks += inner.breaks
+                last_break = (inner.last_break or 0) + shift
+            last = inner.last
+        last_note = replace(inner.last_note, addr=inner.last_note.addr + item.count * item.stride)
+    assert first is not None and last is not None and last_note is not None
+    return _Summary(first, last, breaks, last_break, last_note, first_addr)
+
+
+def _noted(words: np.ndarray, base: int, span: int, bounds: Sequence[int]) -> list[int]:
+    """Indexes whose notes the writer needs: all but the empty entries that follow an empty
+    entry and start no marker (those cannot break a run; without leaving them out, aliased
+    tables such as ESPfix's 2,048 views of one PTE page would cost a million notes)."""
+    empty = words == 0
+    quiet = empty.copy()
+    quiet[0] = False
+    quiet[1:] &= empty[:-1]
+    for start in bounds:  # keep the first entry at or above every marker start in this table
+        i = -(-(start - base) // span)
+        if 0 < i < len(words):
+            quiet[i] = False
+    return np.flatnonzero(~quiet).tolist()
+
+
+def _walk(
+    mem: PhysicalMemory,
+    root: int,
+    mode: PagingMode,
+    dialect: Dialect,
+    wide: bool,
+    bounds: Sequence[int] = (),
+    compress: bool = True,
+) -> Iterator[_Note | _Repeat]:
     levels = mode.levels
     last = len(levels) - 1
 
-    def table(phys: int, depth: int, base: int, parent: int | None, rights: Rights) -> Iterator[_Note]:
+    def repeats(words: list[int], index: int, va: int, span: int) -> int:
+        """How many entries after `index` repeat its table pointer with no marker inside (the
+        wide view, which breaks on physical addresses, never compresses)."""
+        if wide or not compress:
+            return 0
+        n = index + 1
+        while n < len(words) and words[n] == words[index]:
+            n += 1
+        end = va + (n - index) * span
+        if any(va + span <= b < end for b in bounds):
+            return 0
+        return n - index - 1
+
+    def table(phys: int, depth: int, base: int, parent: int | None, rights: Rights) -> Iterator[_Note | _Repeat]:
         level = levels[depth]
         name = level.linux
-        words = mem.read_frame(phys).tolist()
-        for index, value in enumerate(words):
+        frame = mem.read_frame(phys)
+        indexes = _noted(frame, base, level.span, bounds) if depth else range(len(frame))
+        words = frame.tolist()
+        skip_to = -1
+        for index in indexes:
+            if index < skip_to:
+                continue
+            value = words[index]
             va = base | (index << level.shift)
             if depth == 0:
                 va = mode.canonicalize(va)
@@ -164,20 +273,27 @@ def _walk(mem: PhysicalMemory, root: int, mode: PagingMode, dialect: Dialect, wi
             if value == 0:
                 yield _Note(va, name, 0, 0)
                 continue
-            leaf = depth == last or (level.leaf_ok and bool(value & PTE.PS))
+            leaf = depth == last or (level.leaf_ok and bool(value & _PS))
             mask = PTE_FLAGS_MASK
             if dialect == "legacy" and leaf and depth != last:
                 mask |= level.span - 1  # pmd_flags()/pud_flags() of a large entry keep bits 12+
             raw = value & mask
             eff = _effective(parent, value & PTE_FLAGS_MASK)
             through = rights.through(value, True) if wide else rights
-            if leaf or not value & PTE.P:
-                present = bool(value & PTE.P)
+            if leaf or not value & _P:
+                present = bool(value & _P)
                 yield _Note(va, name, raw, eff,
                             entry_phys(value, level.span) if wide and present else None,
                             through if wide and present else None)  # fmt: skip
-            else:
+                continue
+            again = repeats(words, index, va, level.span) if depth else 0
+            if not again:
                 yield from table(entry_phys(value), depth + 1, va, eff, through)
+                continue
+            sub = tuple(table(entry_phys(value), depth + 1, va, eff, through))
+            yield from sub
+            yield _Repeat(sub, level.span, again)
+            skip_to = index + again + 1
 
     yield from table(root, 0, 0, None, Rights())
     yield _Note(0, None, 0, 0)  # final flush at the normalized end of the space (§6.3)
@@ -199,9 +315,14 @@ class _Writer:
         self.lines = 0
         self.start = 0
         self.cur: _Note | None = None
+        self._summaries: dict[int, _Summary] = {}
         cr4 = CR4.PAE | CR4.PGE | (CR4.SMEP if smep else 0) | (CR4.SMAP if smap else 0)
         self.user_state = CpuState(cr3=0, cr4=cr4, cpl=3)
         self.kernel_state = CpuState(cr3=0, cr4=cr4, cpl=0)
+
+    def bounds(self) -> list[int]:
+        """Where the markers after the first start: a run always breaks there."""
+        return [m.start for m in self.markers[1:]]
 
     def _next_start(self) -> int:
         nxt = self.index + 1
@@ -217,6 +338,37 @@ class _Writer:
         if self.wide and cur.pa is not None:  # wide view: one physical range per line
             return note.pa == cur.pa + (note.addr - self.start) and note.rights == cur.rights
         return True
+
+    def feed(self, item: _Note | _Repeat, shift: int = 0) -> None:
+        """A note, or a repeat: copy by copy until the marker's line cap is reached, then every
+        remaining copy at once, by counting its breaks (nothing more is printed until the next
+        marker, which the walk guarantees is not inside the copies)."""
+        if isinstance(item, _Note):
+            self.note(replace(item, addr=item.addr + shift) if shift else item)
+            return
+        for r in range(1, item.count + 1):
+            offset = shift + r * item.stride
+            cap = self.markers[self.index].max_lines if self.cap and self.index >= 0 else 0
+            if cap and self.lines >= cap and self.cur is not None:
+                self._skip(item, offset, item.count - r + 1)
+                return
+            for sub in item.items:
+                self.feed(sub, offset)
+
+    def _skip(self, item: _Repeat, offset: int, copies: int) -> None:
+        inner = self._summaries.get(id(item))
+        if inner is None:
+            inner = self._summaries[id(item)] = _summary(item.items, self._summaries)
+        assert self.cur is not None
+        head = int(inner.first != _key(self.cur))
+        turn = int(inner.first != inner.last)
+        self.lines += head + inner.breaks + (copies - 1) * (turn + inner.breaks)
+        final = offset + (copies - 1) * item.stride
+        if inner.breaks:
+            self.start = (inner.last_break or 0) + final
+        elif head if copies == 1 else turn:
+            self.start = inner.first_addr + final
+        self.cur = replace(inner.last_note, addr=inner.last_note.addr + final)
 
     def note(self, note: _Note) -> None:
         if self.cur is None:
@@ -276,14 +428,16 @@ def ptdump_root(
     markers: Sequence[Marker] | None = None,
     *,
     dialect: Dialect = "generic",
+    compress: bool = True,
 ) -> str:
-    """The dump of the tree at physical address `root`, as Linux prints it."""
+    """The dump of the tree at physical address `root`, as Linux prints it. `compress=False`
+    walks every alias of a repeated table entry by entry (same text, slower: for tests)."""
     _check_dialect(dialect)
     writer = _Writer(
         markers if markers is not None else default_markers(mode), cap=True, wide=False, smep=True, smap=True
     )
-    for note in _walk(mem, root, mode, dialect, wide=False):
-        writer.note(note)
+    for item in _walk(mem, root, mode, dialect, wide=False, bounds=writer.bounds(), compress=compress):
+        writer.feed(item)
     return writer.text()
 
 
@@ -305,14 +459,15 @@ def ptdump_wide_root(
 ) -> str:
     """The wide view: Linux's line with the physical range inserted after the virtual one and
     `user:rwx kernel:rwx` appended (effective rights across all levels, CR0.WP=1, EFER.NXE=1,
-    SMEP/SMAP as given). A run also breaks where the physical range stops being contiguous, and
-    no marker's line cap applies. `cr3s` (e.g. {"kernel": .., "user": ..}) and `live` add a
+    SMEP/SMAP as given). A run also breaks where the physical range stops being contiguous; the
+    markers' line caps apply as in Linux (ESPfix's 65,536 aliases would be 131,072 lines).
+    `cr3s` (e.g. {"kernel": .., "user": ..}) and `live` add a
     header line naming the process's CR3 values and which one is loaded."""
     writer = _Writer(
-        markers if markers is not None else default_markers(mode), cap=False, wide=True, smep=smep, smap=smap
+        markers if markers is not None else default_markers(mode), cap=True, wide=True, smep=smep, smap=smap
     )
-    for note in _walk(mem, root, mode, "generic", wide=True):
-        writer.note(note)
+    for item in _walk(mem, root, mode, "generic", wide=True, bounds=writer.bounds()):
+        writer.feed(item)
     header = ""
     if cr3s:
         parts = " ".join(f"{name}=0x{value:016x}{' (live)' if name == live else ''}" for name, value in cr3s.items())

@@ -112,7 +112,10 @@ def _phys_of(kernel: Kernel, task: Task, va: int) -> int:
 def load(kernel: Kernel, task: Task, variant: Variant, seed: int = 0) -> Loaded:
     lay, cpu, mem = kernel.layout, kernel.cpus[0], kernel.mem
     trampoline = uses_trampoline(variant)
-    entry_va = cpu.cea + 5 * PAGE if trampoline else lay.entry_text[0]
+    stub = cpu.cea_layout.trampoline
+    if trampoline and stub is None:
+        raise build.BuildError(f"{variant.name}: the entry area has no stub page for the trampoline")
+    entry_va = cpu.cea + stub if trampoline and stub is not None else lay.entry_text[0]
     data_start = lay.section("data").start
     addresses = {
         ".entry.page": entry_va,
@@ -126,7 +129,7 @@ def load(kernel: Kernel, task: Task, variant: Variant, seed: int = 0) -> Loaded:
     stack_top = stack.end - USER_STACK_SLACK
     symbols = {
         "RSP_SCRATCH": cpu.entry_stack,  # the entry stack's top word (4.15's RSP_SCRATCH)
-        "CEA_TSS_SP1": cpu.cea + 2 * PAGE + (build.TSS_SP1 - build.TSS_OFFSET),
+        "CEA_TSS_SP1": cpu.cea + cpu.cea_layout.offset("tss") + (build.TSS_SP1 - build.TSS_OFFSET),
         "CPU_GDT": cpu.cea,
         "PERCPU_BASE": cpu.percpu_va,
         "PAGE_OFFSET": lay.page_offset_base,

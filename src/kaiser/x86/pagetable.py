@@ -195,12 +195,14 @@ class PageTable:
             raise PagingError(f"{what} at {va:#018x}: protection key {pkey} is not 0..15 (SDM §4.6.2)")
 
     # ---- scanning --------------------------------------------------------------------------
-    def leaves(self, start: int = 0, end: int = 1 << 64) -> Iterator[Leaf]:
-        """Every present leaf overlapping [start, end), in address order (canonical addresses)."""
+    def leaves(self, start: int = 0, end: int = 1 << 64, *, once: bool = False) -> Iterator[Leaf]:
+        """Every present leaf overlapping [start, end), in address order (canonical addresses).
+        With `once`, a table reached through several entries (aliases such as ESPfix's 65,536
+        views of one page) is descended only the first time."""
         self._check_live()
-        yield from self._leaves(self.root, 0, 0, start, end)
+        yield from self._leaves(self.root, 0, 0, start, end, set() if once else None)
 
-    def _leaves(self, table: int, depth: int, base: int, start: int, end: int) -> Iterator[Leaf]:
+    def _leaves(self, table: int, depth: int, base: int, start: int, end: int, seen: set[int] | None) -> Iterator[Leaf]:
         level = self.levels[depth]
         words = self.mem.read_frame(table)
         for index in np.flatnonzero(words & _P).tolist():  # present entries only
@@ -212,8 +214,13 @@ class PageTable:
             entry = int(words[index])
             if self._is_leaf(depth, entry):
                 yield Leaf(va, level.span, entry, depth)
-            else:
-                yield from self._leaves(entry_phys(entry), depth + 1, va, start, end)
+                continue
+            child = entry_phys(entry)
+            if seen is not None:
+                if child in seen:
+                    continue
+                seen.add(child)
+            yield from self._leaves(child, depth + 1, va, start, end, seen)
 
     def tables(self, *, prune: Collection[int] = ()) -> Iterator[tuple[int, int]]:
         """(physical address, depth) of every table in the tree, the root first, each once.
