@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from kaiser.cli.bench_engine import engine_command
@@ -130,12 +131,25 @@ def _fmt(v: float, digits: int = 2) -> str:
     return f"{v:,.{digits}f}"
 
 
+def _print_table(title: str, cols: list[str], rows: list[list[str]]) -> None:
+    """A borderless table whose headers break at their spaces, so its columns are as wide as
+    their widest cell and it fits 80 columns without truncating a number."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, col in enumerate(cols):
+        widest = max((len(row[i]) for row in rows), default=0)
+        table.add_column(
+            col.replace(" ", "\n"), justify="left" if i == 0 else "right", no_wrap=i == 0, min_width=widest
+        )
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def print_tables(rows: list[Comparison], title: str) -> None:
-    counts = Table(title=f"{title}: per operation (one workload iteration)", title_justify="left")
-    cols = ["variant", "PCID", "cycles/op", "overhead", "iTLB miss", "dTLB miss", "STLB miss", "walks", "walk loads"]
-    cols += ["CR3 wr", "of which flush", "INVLPG/INVPCID", "syscalls/s"]
-    for col in cols:
-        counts.add_column(col, justify="left" if col == "variant" else "right", no_wrap=col == "variant")
+    """Three tables narrow enough for 80 columns: cost per operation, TLB counts per operation,
+    and per system call against nopti."""
+    cost: list[list[str]] = []
+    tlb: list[list[str]] = []
     seen: set[tuple[str, bool]] = set()
     for cmp in rows:
         for r, ovh in ((cmp.baseline, 0.0), (cmp.result, cmp.overhead)):
@@ -143,30 +157,35 @@ def print_tables(rows: list[Comparison], title: str) -> None:
                 continue
             seen.add((r.variant, r.pcid))
             n, k = r.iterations, r.counters
-            counts.add_row(
-                r.variant,
-                "on" if r.pcid else "off",
+            who = [r.variant, "on" if r.pcid else "off"]
+            cost.append([
+                *who,
                 _fmt(r.per_op, 0),
                 "-" if r.variant == BASELINE else f"{ovh:+.1f}%",
-                _fmt(k.itlb_misses / n),
-                _fmt(k.dtlb_misses / n),
-                _fmt(k.stlb_misses / n),
-                _fmt(k.walks / n),
-                _fmt(k.walk_loads / n),
-                _fmt(k.cr3_writes / n),
-                _fmt((k.cr3_writes - k.cr3_noflush) / n),
-                f"{k.invlpg / n:.2f}/{k.invpcid / n:.2f}",
                 f"{r.syscall_rate / 1e6:.2f} M" if r.syscalls else "-",
-            )
-    console.print(counts)
-    per = Table(title=f"{title}: per system call, against {BASELINE} at the same work", title_justify="left")
-    for c in ("variant", "PCID", "iTLB walks", "dTLB walks", "extra walks", "CR3 writes", "cycles", "overhead"):
-        per.add_column(c, justify="left" if c == "variant" else "right", no_wrap=c == "variant")
+                f"{_fmt(k.cr3_writes / n)} ({_fmt((k.cr3_writes - k.cr3_noflush) / n)})",
+            ])  # fmt: skip
+            tlb.append([
+                *who,
+                *(_fmt(v / n) for v in (k.itlb_misses, k.dtlb_misses, k.stlb_misses, k.walks, k.walk_loads)),
+                f"{k.invlpg / n:.2f}/{k.invpcid / n:.2f}",
+            ])  # fmt: skip
+    _print_table(
+        f"{title}: cost per operation (one workload iteration)",
+        ["variant", "PCID", "cycles per op", "overhead", "syscalls per s", "CR3 writes (flushing)"],
+        cost,
+    )
+    _print_table(
+        "TLB per operation",
+        ["variant", "PCID", "iTLB miss", "dTLB miss", "STLB miss", "walks", "walk loads", "INVLPG / INVPCID"],
+        tlb,
+    )
+    per: list[list[str]] = []
     for cmp in rows:
         if cmp.result.variant == BASELINE or not cmp.result.syscalls:
             continue
         p = cmp.per_syscall()
-        per.add_row(
+        per.append([
             cmp.result.variant,
             "on" if cmp.result.pcid else "off",
             _fmt(p["itlb_walks"]),
@@ -175,8 +194,12 @@ def print_tables(rows: list[Comparison], title: str) -> None:
             _fmt(p["cr3_writes"]),
             _fmt(p["cycles"], 0),
             f"{p['overhead_percent']:+.1f}%",
-        )
-    console.print(per)
+        ])  # fmt: skip
+    _print_table(
+        f"per system call, against {BASELINE} at the same work",
+        ["variant", "PCID", "iTLB walks", "dTLB walks", "extra walks", "CR3 writes", "cycles", "overhead"],
+        per,
+    )
 
 
 # The plot's sweep: extra user computation per iteration, in cycles (the event stream does not
