@@ -123,12 +123,15 @@ _USER = "espfix/placement tss_percpu/placement"
 _KASLR = "marker:Low_Kernel_Mapping/placement marker:Vmemmap/placement marker:vmalloc()_Area/placement"
 _KVIEW = (
     "direct_map/count direct_map/flags direct_map/levels direct_map/size "
-    "espfix/placement kernel_data/count kernel_data/placement "
-    "kernel_data/size kernel_text/count kernel_text/flags kernel_text/size "
+    "espfix/placement kernel_data/count "
+    "kernel_data/size kernel_text/count kernel_text/size "
     "modules/count modules/flags modules/size task_stack/count task_stack/placement "
     "task_stack/size vmalloc/only-real"
 )
-_KVIEW_KASLR = f"{_KVIEW} {_KASLR} direct_map/placement kernel_text/placement modules/placement vmemmap/placement"
+_KVIEW_KASLR = (
+    f"{_KVIEW} {_KASLR} direct_map/placement kernel_data/placement kernel_text/placement modules/placement "
+    "vmemmap/placement"
+)
 _LOW = "marker:Low_Kernel_Mapping/placement"
 EXPECTED: dict[str, str] = {
     "pti-nokaslr/current_user.txt": f"{_USER} {_ESPFIX_PAGE0} {_LOW}",
@@ -143,8 +146,8 @@ EXPECTED: dict[str, str] = {
        for c in ("pti-nokaslr", "pti-nokaslr-smp2")},
     **{f"pti-kaslr/{v}.txt": _KVIEW_KASLR for v in ("kernel", "current_kernel", "current_kernel-ldt")},
     # nopti: current_user is the kernel PGD; no LDT alias without PTI (map_ldt_struct())
-    **{f"nopti-nokaslr/{v}.txt": f"{_KVIEW} {_LOW}"
-       for v in ("current_user", "current_kernel", "current_kernel-ldt", "current_user-ldt")},
+    **{f"nopti-nokaslr/{v}.txt": f"{_KVIEW} {_LOW} kernel_data/placement"
+       for v in ("kernel", "current_user", "current_kernel", "current_kernel-ldt", "current_user-ldt")},
 }  # fmt: skip
 
 
@@ -203,7 +206,7 @@ def test_compare_cli_table_and_json() -> None:
     assert table.exit_code == 0, table.output
     assert "cpu_entry_area" in table.output and "OK:" in table.output
     kview = runner.invoke(cli, [str(fixture("pti-nokaslr", "kernel"))])
-    assert kview.exit_code == 0 and "model change" in kview.output
+    assert kview.exit_code == 0 and "kernel_text" in kview.output and "OK:" in kview.output
     out = runner.invoke(cli, [str(path), "--variant", "linux", "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
@@ -224,6 +227,7 @@ def test_build_choices_are_read_off_the_real_machine(config: str) -> None:
     report = compare_file(fixture(config, "kernel"))
     sw = report.switches
     assert (sw.vsyscall, sw.kaslr_image_size, sw.fixmap_pages, sw.cea_random) == ("none", True, 646, False)
+    assert sw.image is not None and (sw.image.text, sw.image.rodata) == (0xE02000, 0x8EB000)  # 14343K, 9132K
     kernel = boot_model(sw, ldt=False)[0]
     assert kernel.cpus[0].cea == 0xFFFFFE0000001000 and kernel.cea_layout.pages == 59
     assert kernel.layout.modules_vaddr == 0xFFFFFFFFC0000000

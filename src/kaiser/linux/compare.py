@@ -47,6 +47,7 @@ from kaiser.linux.layout import (
     START_KERNEL_MAP,
     TOP,
     VSYSCALL_ADDR,
+    ImageSizes,
 )
 from kaiser.linux.mm import Prot
 from kaiser.linux.ptdump import MarkerLine, Record, parse_ptdump, ptdump, range_lines, size_parts
@@ -78,13 +79,14 @@ class ModelSwitches:
     cea_random: bool = True
     kaslr_image_size: bool | None = None
     fixmap_pages: int = DEFAULT_FIXMAP_PAGES
+    image: ImageSizes | None = None
 
     def config(self) -> KernelConfig:
         """The KernelConfig these switches boot."""
         return KernelConfig(
             variant=self.variant, pcid=self.pcid, la57=self.la57, kaslr=self.kaslr, seed=self.seed,
             ncpus=self.ncpus, ram=self.ram, vsyscall=self.vsyscall, cea_random=self.cea_random,
-            kaslr_image_size=self.kaslr_image_size, fixmap_pages=self.fixmap_pages,
+            kaslr_image_size=self.kaslr_image_size, fixmap_pages=self.fixmap_pages, image=self.image,
         )  # fmt: skip
 
 
@@ -177,6 +179,24 @@ def _release(meta: dict[str, object] | None) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+_MEMORY_LINE: Final = re.compile(
+    r"Memory: .*\((\d+)K kernel code, (\d+)K rwdata, (\d+)K rodata, (\d+)K init, (\d+)K bss"
+)
+
+
+def _image_sizes(meta: dict[str, object] | None) -> ImageSizes | None:
+    """Section sizes from mem_init_print_info()'s boot line, rounded up to pages: text and
+    rodata are exact; .data and .bss are only their own sizes (the real image also keeps
+    per-CPU, init and brk pages among them)."""
+    lines = meta.get("dmesg_excerpt", []) if meta else []
+    for line in lines if isinstance(lines, list) else []:
+        m = _MEMORY_LINE.search(str(line))
+        if m:
+            code, rwdata, rodata, _init, bss = (-(-int(v) * 1024 // PAGE_SIZE) * PAGE_SIZE for v in m.groups())
+            return ImageSizes(text=code, rodata=rodata, data=rwdata, bss=bss)
+    return None
+
+
 def _build_choices(
     records: Sequence[Record],
     layout: DumpLayout,
@@ -206,6 +226,11 @@ def _build_choices(
     if fixmap is not None and fixmap % PAGE_SIZE == 0 and fixmap < FIXADDR_TOP:
         out["fixmap_pages"] = (FIXADDR_TOP - fixmap) // PAGE_SIZE
         sources.append(f"{out['fixmap_pages']} permanent fixmap slots: where 'Fixmap Area' is printed")
+    image = _image_sizes(meta)
+    if image is not None:
+        out["image"] = image
+        sources.append(f"image: {image.text >> 10}K text, {image.rodata >> 10}K rodata, {image.data >> 10}K data, "
+                       f"{image.bss >> 10}K bss: the boot's 'Memory:' line")  # fmt: skip
     release = _release(meta)
     if release is not None:
         out["cea_random"] = release >= (6, 2)
@@ -336,16 +361,17 @@ EXPLANATIONS: Final[dict[tuple[str, str], Explanation]] = {
     ),
     # ---- the kernel's own tables (kernel, current_kernel; nopti's current_user) ------------------
     ("kernel_text", "*"): Explanation(
-        "the real image: text 0xffffffff81000000-0xffffffff81e02000 (14344K: 12M ro x pmd, the "
-        "entry-text PMD GLB, an 8K ro x pte tail), rodata 9132K ro NX from 0xffffffff82000000, and "
-        "a 4K ro NX page inside .data; the model's ImageSizes are 14352K text and "
-        "6M rodata in 2M-aligned sections. With KASLR the image also sits at another random base.",
-        "Kernel.boot: make_layout(image=ImageSizes(text=0xe02000, rodata=0x8eb000, data=..., bss=...)) "
-        "from the 'Memory: ... kernel code, rwdata, rodata, bss' boot line.",
+        "the model's image now has the real text and rodata sizes (14344K: 12M ro x pmd, the "
+        "entry-text PMD GLB, an 8K ro x pte tail; rodata 9132K ro NX from 0xffffffff82000000, read "
+        "from the boot's 'Memory:' line), so text and rodata match; what is left is a 4K ro NX page "
+        "inside the real .data region (most likely idt_table, which set_memory_ro() makes read-only "
+        "after boot) and, with KASLR, another random base.",
     ),
     ("kernel_data", "*"): Explanation(
-        "real .data/.bss are 2338K + 17344K with 4K splits; the model's are 3M + 5M.",
-        "the kernel_text/* change (ImageSizes data/bss).",
+        "the real data region holds more than .data and .bss (2338K + 17344K on the boot line): "
+        "per-CPU and page-aligned data, the freed init sections (a 2824K hole), brk pages, and 4K "
+        "splits from set_memory_*(); the model maps .data and .bss back to back with the largest "
+        "pages."
     ),
     ("direct_map", "*"): Explanation(
         "the real direct map covers the e820 RAM of the 512 MiB guest (to 0x1ffe0000: the firmware "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from kaiser.linux import pti
 from kaiser.linux.cea import PAGE_NONE, PERCPU_PAGES, PERCPU_TSS, CeaLayout, Kind, cea_layout
-from kaiser.linux.layout import DEFAULT_FIXMAP_PAGES, FIXADDR_TOP, VSYSCALL_ADDR, Layout, make_layout
+from kaiser.linux.layout import DEFAULT_FIXMAP_PAGES, FIXADDR_TOP, VSYSCALL_ADDR, ImageSizes, Layout, make_layout
 from kaiser.linux.mm import Mm, ProgramImage
 from kaiser.linux.variants import Entry, GlobalPolicy, Level, Part, Variant, get_variant
 from kaiser.x86.bits import CR4, KERNPG_TABLE, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE, make_cr3
@@ -51,6 +51,7 @@ class KernelConfig:
     cea_random: bool = True  # per-CPU entry areas at random slots under KASLR (6.2+; 6.1: False)
     kaslr_image_size: bool | None = None  # built with RANDOMIZE_BASE (1 GiB image window); None: = kaslr
     fixmap_pages: int = DEFAULT_FIXMAP_PAGES  # __end_of_permanent_fixed_addresses (649 Fedora 4.18, 646 Debian 6.1)
+    image: ImageSizes | None = None  # the kernel image's section sizes; None: the model's defaults
 
     def __post_init__(self) -> None:
         get_variant(self.variant)
@@ -141,6 +142,7 @@ class Kernel:
             era=variant.era,  # type: ignore[arg-type]
             fixmap_pages=config.fixmap_pages,
             kaslr_image_size=config.kaslr_image_size,
+            image=config.image,
         )
         mem = PhysicalMemory(config.ram)
         mode = mode_for(config.la57)
