@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.rule import Rule
-from rich.table import Table
+from rich.table import Column, Table
 
 from kaiser.cli.output import console
 from kaiser.linux.kernel import Kernel, KernelConfig
@@ -70,7 +70,8 @@ def _paging_tour() -> None:
 
 def _isolation_tour(seed: int) -> dict[str, Kernel]:
     console.print(Rule("2. the seven variants: what user mode can reach of the kernel"))
-    table = Table("variant", "kernel leaves in user tables", "memory mapped", "global", "of which executable")
+    headers = ("kernel leaves in user tables", "memory mapped", "global", "of which executable")
+    table = Table(Column("variant", no_wrap=True), *headers)
     kernels: dict[str, Kernel] = {}
     for name in VARIANTS:
         kernel = Kernel.boot(KernelConfig(variant=name, seed=seed))
