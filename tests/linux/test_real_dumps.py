@@ -124,12 +124,13 @@ _KASLR = "marker:Low_Kernel_Mapping/placement marker:Vmemmap/placement marker:vm
 _KVIEW = (
     "direct_map/count direct_map/flags direct_map/levels direct_map/size "
     "espfix/placement kernel_data/count "
-    "kernel_data/size kernel_text/count kernel_text/size "
+    "kernel_data/size kernel_text/placement "
     "modules/count modules/flags modules/size task_stack/count task_stack/placement "
     "task_stack/size vmalloc/only-real"
 )
 _KVIEW_KASLR = (
-    f"{_KVIEW} {_KASLR} direct_map/placement kernel_data/placement kernel_text/placement modules/placement "
+    f"{_KVIEW} {_KASLR} direct_map/placement kernel_data/placement kernel_text/count kernel_text/size "
+    "modules/placement "
     "vmemmap/placement"
 )
 _LOW = "marker:Low_Kernel_Mapping/placement"

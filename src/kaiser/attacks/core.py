@@ -236,8 +236,7 @@ def plant_at(kernel: Kernel, va: int, data: bytes, region: str = "target") -> Se
 def plant_secret(kernel: Kernel, region: str, length: int, rng: random.Random, victim: Task) -> Secret:
     """Random secret bytes in a kernel region, returned with the address the attacker targets:
     `direct-map`: a fresh data frame at its direct-map address; `kernel-data`: inside the image's
-    .data at its kernel-image address (past the first page, which holds idt_table and is aliased
-    read-only into the cpu_entry_area); `vmalloc`: in the victim task's vmalloc'd kernel stack."""
+    .data at its kernel-image address; `vmalloc`: in the victim task's vmalloc'd kernel stack."""
     data = rng.randbytes(length)
     lay = kernel.layout
     if region == "direct-map":
@@ -246,7 +245,7 @@ def plant_secret(kernel: Kernel, region: str, length: int, rng: random.Random, v
         va = lay.page_offset_base + pa + offset
     elif region == "kernel-data":
         sec = lay.section("data")
-        va = sec.start + PAGE_SIZE + rng.randrange((sec.size - 2 * PAGE_SIZE - length) // 8) * 8
+        va = sec.start + rng.randrange((sec.size - PAGE_SIZE - length) // 8) * 8
     elif region == "vmalloc":
         top_page = victim.stack + THREAD_SIZE - PAGE_SIZE
         va = top_page + rng.randrange((PAGE_SIZE - length) // 8 + 1) * 8

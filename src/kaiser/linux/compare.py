@@ -361,11 +361,12 @@ EXPLANATIONS: Final[dict[tuple[str, str], Explanation]] = {
     ),
     # ---- the kernel's own tables (kernel, current_kernel; nopti's current_user) ------------------
     ("kernel_text", "*"): Explanation(
-        "the model's image now has the real text and rodata sizes (14344K: 12M ro x pmd, the "
-        "entry-text PMD GLB, an 8K ro x pte tail; rodata 9132K ro NX from 0xffffffff82000000, read "
-        "from the boot's 'Memory:' line), so text and rodata match; what is left is a 4K ro NX page "
-        "inside the real .data region (most likely idt_table, which set_memory_ro() makes read-only "
-        "after boot) and, with KASLR, another random base.",
+        "text and rodata match (the model takes their sizes from the boot's 'Memory:' line: 12M ro x "
+        "pmd, the entry-text PMD GLB, an 8K ro x pte tail; 8M + 940K ro NX rodata), and both make "
+        "idt_table's page read-only (set_memory_ro()); it sits at 0xffffffff83313000 in the real "
+        "image and at the start of the model's .bss, whose other contents differ (see kernel_data). "
+        "With KASLR the image sits at another random base, and the real one shows two more ro NX "
+        "ranges above .bss (32K and 800K) whose origin these dumps do not tell.",
     ),
     ("kernel_data", "*"): Explanation(
         "the real data region holds more than .data and .bss (2338K + 17344K on the boot line): "

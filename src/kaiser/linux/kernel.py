@@ -207,6 +207,9 @@ class Kernel:
             flags = (sec.prot & ~int(PTE.G)) | self._global(shared)
             size = -(-sec.size // PAGE_SIZE) * PAGE_SIZE
             kpt.map(sec.start, lay.kernel_phys + (sec.start - lay.kernel_base), size, flags)
+        # idt_table (__page_aligned_bss) is made read-only once the CEA alias exists
+        # (idt_setup_apic_and_irq_gates(): set_memory_ro(idt_table, 1), arch/x86/kernel/idt.c).
+        kpt.protect(self.idt_va, PAGE_SIZE, int(PAGE_KERNEL_RO & ~PTE.G) | self._global(two_pgd))
         # G on entry text is set by the clone itself (pti_clone_pgtable sets it on the kernel PMD; the
         # RFC's private copies carry it in the user copy only), never on text the user tables lack.
         # vmemmap: struct page array for RAM (64 bytes a page), 2 MiB pages.
@@ -293,6 +296,13 @@ class Kernel:
         return random.Random(self.config.seed ^ 0xCEA).sample(range(max_cea), n)
 
     @property
+    def idt_va(self) -> int:
+        """`idt_table`: the first page of .bss (`__page_aligned_bss`), or of .data in an image
+        without .bss."""
+        bss = self.layout.section("bss")
+        return bss.start if bss.size >= PAGE_SIZE else self.layout.section("data").start
+
+    @property
     def cea_layout(self) -> CeaLayout:
         """This kernel's `struct cpu_entry_area` (kaiser.linux.cea): by era, with a stub page
         when the variant's entry runs from the area."""
@@ -310,7 +320,7 @@ class Kernel:
         }
         cea = self.cea_layout
         base = lay.cpu_entry_area_base
-        idt_pa = lay.kernel_phys + (lay.section("data").start - lay.kernel_base)  # idt_table in .data
+        idt_pa = lay.kernel_phys + (self.idt_va - lay.kernel_base)
         kpt.map(base, idt_pa, PAGE_SIZE, flags[Kind.RO])  # CPU_ENTRY_AREA_RO_IDT
         trampoline_pa = lay.kernel_phys + (lay.entry_text[0] - lay.kernel_base)
         leaf_depth = len(kpt.levels) - 1

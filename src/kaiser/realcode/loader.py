@@ -121,7 +121,7 @@ def load(kernel: Kernel, task: Task, variant: Variant, seed: int = 0) -> Loaded:
         ".entry.page": entry_va,
         ".entry.text": lay.entry_text[0] + PAGE,
         ".ktext": lay.kernel_base,
-        ".kdata": data_start + PAGE,  # page 0 of .data is idt_table (the entry area's IDT alias)
+        ".kdata": data_start,
         ".user.text": _user_va(task, "realcode text"),
         ".user.data": _user_va(task, "realcode data+bss"),
     }
