@@ -39,14 +39,15 @@ def parse_int(text: str, what: str) -> int:
         fail(f"{what} {text!r} is not a number (use decimal or 0x-hex)")
 
 
-def progress_bar(*, disable: bool) -> Progress:
-    """The rich progress bar long commands show on the console (hidden for --json)."""
+def progress_bar(*, disable: bool = False, label: str = "{task.description}") -> Progress:
+    """The rich progress bar long commands show on stderr, so stdout keeps only the result
+    (hidden for --json): `label`, the bar, done/total and the time remaining."""
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=err_console,
         transient=True,
         disable=disable,
     )

@@ -6,11 +6,10 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kaiser.cli.output import console, emit_json, progress_bar
 from kaiser.referee import KNOWN_DEVIATIONS, VerifyReport, run_verify
 
 
@@ -74,17 +73,9 @@ def verify_command(
     """Differential test of the page walker against Unicorn (QEMU's x86 MMU) on random page tables."""
     if json_out:
         report = run_verify(cases, seed)
-        print(json.dumps(report.to_json(), indent=2))
+        emit_json(report.to_json())
     else:
-        console = Console()
-        with Progress(
-            TextColumn("referee"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        ) as bar:
+        with progress_bar(label="referee") as bar:
             task = bar.add_task("cases", total=cases)
             report = run_verify(cases, seed, lambda done, total: bar.update(task, completed=done))
         console.print(_summary(report))
