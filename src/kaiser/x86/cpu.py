@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Final
 
 from kaiser.x86.bits import CR0, CR4, EFER, RFLAGS, BitsError, cr3_pcid, cr3_table
 
@@ -29,6 +30,18 @@ class CpuFeatures:
     def __post_init__(self) -> None:
         if not 36 <= self.maxphyaddr <= 52:
             raise BitsError(f"maxphyaddr={self.maxphyaddr} is outside 36..52 (SDM §4.1.4)")
+
+
+# The named views below test plain ints: IntFlag arithmetic is slow on the walk's hot path.
+_WP: Final = int(CR0.WP)
+_SMEP: Final = int(CR4.SMEP)
+_SMAP: Final = int(CR4.SMAP)
+_PKE: Final = int(CR4.PKE)
+_PGE: Final = int(CR4.PGE)
+_PCIDE: Final = int(CR4.PCIDE)
+_LA57: Final = int(CR4.LA57)
+_NXE: Final = int(EFER.NXE)
+_AC: Final = int(RFLAGS.AC)
 
 
 @dataclass(frozen=True)
@@ -54,39 +67,39 @@ class CpuState:
     # Named views, so rules read like the SDM.
     @property
     def wp(self) -> bool:
-        return bool(self.cr0 & CR0.WP)
+        return bool(self.cr0 & _WP)
 
     @property
     def smep(self) -> bool:
-        return bool(self.cr4 & CR4.SMEP)
+        return bool(self.cr4 & _SMEP)
 
     @property
     def smap(self) -> bool:
-        return bool(self.cr4 & CR4.SMAP)
+        return bool(self.cr4 & _SMAP)
 
     @property
     def pke(self) -> bool:
-        return bool(self.cr4 & CR4.PKE)
+        return bool(self.cr4 & _PKE)
 
     @property
     def pge(self) -> bool:
-        return bool(self.cr4 & CR4.PGE)
+        return bool(self.cr4 & _PGE)
 
     @property
     def pcide(self) -> bool:
-        return bool(self.cr4 & CR4.PCIDE)
+        return bool(self.cr4 & _PCIDE)
 
     @property
     def la57(self) -> bool:
-        return bool(self.cr4 & CR4.LA57)
+        return bool(self.cr4 & _LA57)
 
     @property
     def nxe(self) -> bool:
-        return bool(self.efer & EFER.NXE)
+        return bool(self.efer & _NXE)
 
     @property
     def ac(self) -> bool:
-        return bool(self.rflags & RFLAGS.AC)
+        return bool(self.rflags & _AC)
 
     @property
     def root(self) -> int:

@@ -37,6 +37,9 @@ def reserved_mask(level: Level, is_top: bool, large: bool, features: CpuFeatures
     return mask
 
 
+_US, _RW, _NX = int(PTE.US), int(PTE.RW), int(PTE.NX)  # plain ints: IntFlag arithmetic is slow
+
+
 @dataclass(frozen=True)
 class Rights:
     """Rights combined over every entry of a walk (SDM §4.6.1): U/S and R/W are AND-ed, XD OR-ed."""
@@ -47,9 +50,9 @@ class Rights:
 
     def through(self, entry: int, nxe: bool) -> Rights:
         return Rights(
-            user=self.user and bool(entry & PTE.US),
-            writable=self.writable and bool(entry & PTE.RW),
-            nx=self.nx or (nxe and bool(entry & PTE.NX)),
+            user=self.user and bool(entry & _US),
+            writable=self.writable and bool(entry & _RW),
+            nx=self.nx or (nxe and bool(entry & _NX)),
         )
 
 

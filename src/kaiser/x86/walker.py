@@ -80,6 +80,9 @@ class Fault:
         return f"#PF cr2={self.cr2:#018x} error={error}{where}: {self.reason}"
 
 
+_P, _PS, _A = int(PTE.P), int(PTE.PS), int(PTE.A)  # plain ints: IntFlag arithmetic is slow
+
+
 def translate(
     mem: PhysicalMemory,
     state: CpuState,
@@ -109,9 +112,9 @@ def translate(
         value = mem.read_u64(table + 8 * index)
         ref = EntryRef(level, table, index, value)
         walked.append(ref)
-        if not value & PTE.P:  # SDM §4.7: P=0 in the error code; reserved bits not checked
+        if not value & _P:  # SDM §4.7: P=0 in the error code; reserved bits not checked
             return Fault(PF_VECTOR, va, int(access_bits), f"{level.entry} not present", ref, tuple(walked))
-        is_leaf = depth == len(mode.levels) - 1 or (level.leaf_ok and bool(value & PTE.PS))
+        is_leaf = depth == len(mode.levels) - 1 or (level.leaf_ok and bool(value & _PS))
         large = is_leaf and depth != len(mode.levels) - 1
         bad = value & reserved_mask(level, depth == 0, large, features, nxe)
         if bad:
@@ -125,8 +128,8 @@ def translate(
             )
         rights = rights.through(value, nxe)
         if not is_leaf:
-            if set_ad and not value & PTE.A:
-                mem.write_u64(ref.address, value | PTE.A)  # SDM §4.8: A set in every entry used
+            if set_ad and not value & _A:
+                mem.write_u64(ref.address, value | _A)  # SDM §4.8: A set in every entry used
             table = entry_phys(value)
             continue
         check = check_access(rights, value, op, state, implicit)
