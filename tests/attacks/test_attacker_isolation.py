@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
 from typing import Any
+
+from isolation_support import RecordingPort, imported_modules, names_used
 
 import kaiser.attacks.meltdown as attacker_module
 from kaiser.attacks.core import Core, Process
@@ -17,38 +17,26 @@ FORBIDDEN_NAMES = {"read_bytes", "read_u64", "read_frame", "translate", "mem", "
 PORT_API = {"mmap", "clflush", "timed_load", "meltdown_gadget"}
 
 
-def _tree() -> ast.Module:
-    return ast.parse(inspect.getsource(attacker_module))
-
-
 def test_attacker_module_imports_nothing_of_the_model() -> None:
-    imported = set()
-    for node in ast.walk(_tree()):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module or "")
+    imported = imported_modules(attacker_module)
     assert imported <= ALLOWED_IMPORTS, imported - ALLOWED_IMPORTS
     assert not any(name.startswith("kaiser") for name in imported)
 
 
 def test_attacker_module_never_names_memory_or_walker_accessors() -> None:
-    names = {n.attr for n in ast.walk(_tree()) if isinstance(n, ast.Attribute)}
-    names |= {n.id for n in ast.walk(_tree()) if isinstance(n, ast.Name)}
+    names = names_used(attacker_module)
     assert not names & FORBIDDEN_NAMES, names & FORBIDDEN_NAMES
 
 
-class RecordingPort:
-    """Wraps a real Process and records every attribute the attacker asks for."""
+class GadgetRecordingPort(RecordingPort):
+    """A `RecordingPort` that also keeps what each Meltdown gadget returned."""
 
     def __init__(self, inner: Process) -> None:
-        self._inner = inner
-        self.used: set[str] = set()
+        super().__init__(inner)
         self.gadget_results: list[Sigsegv | None] = []
 
     def __getattr__(self, name: str) -> Any:
-        self.used.add(name)
-        value = getattr(self._inner, name)
+        value = super().__getattr__(name)
         if name == "meltdown_gadget":
 
             def gadget(*args: int) -> Sigsegv | None:
@@ -65,7 +53,7 @@ def test_attacker_uses_only_the_port_and_the_gadget_returns_no_value() -> None:
     task = kernel.spawn()
     kcr3, _ = kernel.cr3_pair(task)
     core = Core(kernel.mem, CpuState(cr3=kcr3, cr4=kernel.cr4(), cpl=3), seed=3)
-    port = RecordingPort(Process(core, task, kernel.user_top))
+    port = GadgetRecordingPort(Process(core, task, kernel.user_top))
     attacker = MeltdownAttacker(port, AttackParams(max_rounds=3))  # type: ignore[arg-type]
     secret_va = kernel.layout.page_offset_base + 0x200000
     attacker.read(secret_va, 2)

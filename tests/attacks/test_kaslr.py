@@ -9,13 +9,11 @@ for some seed of the noise. With the current seeds all 20 match (docs/kaslr.md).
 
 from __future__ import annotations
 
-import ast
-import inspect
 import json
-from typing import Any
 
 import pytest
 import typer
+from isolation_support import RecordingPort, imported_modules, names_used
 from typer.testing import CliRunner
 
 import kaiser.attacks.kaslr as attacker_module
@@ -128,23 +126,13 @@ FORBIDDEN_NAMES = {
 PORT_API = {"syscall", "probe"}
 
 
-def _tree() -> ast.Module:
-    return ast.parse(inspect.getsource(attacker_module))
-
-
 def test_attacker_module_imports_nothing_of_the_model() -> None:
-    imported = set()
-    for node in ast.walk(_tree()):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module or "")
+    imported = imported_modules(attacker_module)
     assert imported <= ALLOWED_IMPORTS, imported - ALLOWED_IMPORTS
 
 
 def test_attacker_module_never_names_the_layout_or_the_machine() -> None:
-    names = {n.attr for n in ast.walk(_tree()) if isinstance(n, ast.Attribute)}
-    names |= {n.id for n in ast.walk(_tree()) if isinstance(n, ast.Name)}
+    names = names_used(attacker_module)
     assert not names & FORBIDDEN_NAMES, names & FORBIDDEN_NAMES
 
 
@@ -152,18 +140,6 @@ def test_knowledge_does_not_depend_on_the_seed() -> None:
     base = public_knowledge(KernelConfig(variant="linux", seed=0))
     for seed in (1, 7, 19):
         assert public_knowledge(KernelConfig(variant="linux", seed=seed)) == base
-
-
-class RecordingPort:
-    """Wraps a real Process and records every attribute the attacker asks for."""
-
-    def __init__(self, inner: Process) -> None:
-        self._inner = inner
-        self.used: set[str] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        self.used.add(name)
-        return getattr(self._inner, name)
 
 
 def test_attacker_uses_only_the_port_and_gets_only_cycles() -> None:
