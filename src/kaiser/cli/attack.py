@@ -12,19 +12,9 @@ from rich.table import Table
 from kaiser.attacks.cache import QUIET
 from kaiser.attacks.core import REGIONS, AttackError, MeltdownResult, run_meltdown
 from kaiser.attacks.meltdown import AttackParams
-from kaiser.cli.output import console, emit_json, fail, parse_int, progress_bar
-from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
+from kaiser.cli.output import console, emit_json, fail, parse_int, progress_bar, variant_or_all
 
 attack_app = typer.Typer(help="Prove isolation by attack: Meltdown and KASLR probing.", no_args_is_help=True)
-
-
-def _variants(name: str) -> list[str]:
-    if name == "all":
-        return list(VARIANTS)
-    try:
-        return [get_variant(name).name]
-    except UnknownVariant as exc:
-        fail(f"--variant: {exc} (or 'all')")
 
 
 def _regions(name: str | None) -> list[str]:
@@ -136,7 +126,7 @@ def meltdown_command(
     """Plant random bytes in the kernel and read them from user mode by Meltdown + Flush+Reload."""
     if target is not None and secret_in is not None:
         fail("give either --target or --secret-in, not both")
-    variants = _variants(variant)
+    variants = variant_or_all(variant)
     regions = ["target"] if target is not None else _regions(secret_in)
     address = None if target is None else parse_int(target, "--target")
     if not 1 <= length <= 4096:

@@ -8,19 +8,9 @@ import typer
 from rich.table import Table
 
 from kaiser.attacks.timing import PROBES, REGIONS, KaslrSummary, run_seeds
-from kaiser.cli.output import console, emit_json, fail, progress_bar
-from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
+from kaiser.cli.output import console, emit_json, fail, progress_bar, variant_or_all
 
 GiB = 1 << 30
-
-
-def _variants(name: str) -> list[str]:
-    if name == "all":
-        return list(VARIANTS)
-    try:
-        return [get_variant(name).name]
-    except UnknownVariant as exc:
-        fail(f"--variant: {exc} (or 'all')")
 
 
 def _cell(summary: KaslrSummary, region: str) -> str:
@@ -63,7 +53,7 @@ def kaslr_command(
 ) -> None:
     """Find the randomized kernel bases (text, direct map, vmalloc, vmemmap) from user mode by
     timing prefetches (or faulting loads) after system calls; score the guesses per layout."""
-    variants = _variants(variant)
+    variants = variant_or_all(variant)
     if probe not in PROBES:
         fail(f"--probe {probe!r} is not one of {', '.join(PROBES)}")
     if not 1 <= seeds <= 1000:

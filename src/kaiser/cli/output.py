@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -37,6 +39,16 @@ def parse_int(text: str, what: str) -> int:
         return int(text.replace("_", ""), 0)
     except ValueError:
         fail(f"{what} {text!r} is not a number (use decimal or 0x-hex)")
+
+
+def variant_or_all(name: str) -> list[str]:
+    """`--variant NAME`: that registered variant, or every one for `all`; else a one-line error."""
+    if name == "all":
+        return list(VARIANTS)
+    try:
+        return [get_variant(name).name]
+    except UnknownVariant as exc:
+        fail(f"--variant: {exc} (or 'all')")
 
 
 def progress_bar(*, disable: bool = False, label: str = "{task.description}") -> Progress:
