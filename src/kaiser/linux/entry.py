@@ -163,6 +163,8 @@ _FILE_IO_REFS = (
     _w(Obj.FILE, 0x68),
     _f("lib/usercopy"),
 )
+# pipe_read() and pipe_write() reach the pipe the same way: the fd, its file, fs/pipe.c.
+_PIPE_OPEN = (_f("fs/read_write.c"), *_STACK_FRAME, _r(Obj.FILES, 0x100), _r(Obj.FILE, 0x0), _f("fs/pipe.c"))
 # The bodies. body_cycles are CHOSEN (docs/cost.md): getppid/getpid/close from Garloff's 140-cycle
 # null-call round trip (performance.md §3) minus the modelled entry/exit; lseek so that nopti runs
 # will-it-scale lseek1 at Hansen's 5.2 M/s at the model's 3.0 GHz (§3: FIT); read/write/pipe CHOSEN.
@@ -214,11 +216,7 @@ SYSCALLS: Final = {
             "pipe_write",
             1,
             (
-                _f("fs/read_write.c"),
-                *_STACK_FRAME,
-                _r(Obj.FILES, 0x100),
-                _r(Obj.FILE, 0x0),
-                _f("fs/pipe.c"),
+                *_PIPE_OPEN,
                 _w(Obj.PIPE, 0x0),
                 _f("lib/usercopy"),
                 _f("kernel/sched"),  # wake_up the reader
@@ -232,11 +230,7 @@ SYSCALLS: Final = {
             "pipe_read",
             0,
             (
-                _f("fs/read_write.c"),
-                *_STACK_FRAME,
-                _r(Obj.FILES, 0x100),
-                _r(Obj.FILE, 0x0),
-                _f("fs/pipe.c"),
+                *_PIPE_OPEN,
                 _r(Obj.PIPE, 0x0),
                 _f("lib/usercopy"),
             ),
