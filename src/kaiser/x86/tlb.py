@@ -113,29 +113,44 @@ def entry_from_walk(t: Translation, state: CpuState) -> TlbEntry:
     )
 
 
-class TlbArray:
-    """One set-associative TLB structure as numpy arrays of shape (sets, ways)."""
+class _SetAssociative:
+    """What a TLB and a paging-structure cache share: (sets, ways) numpy arrays of validity, PCID,
+    combined rights and an LRU stamp, and the replacement choice."""
 
     def __init__(self, geometry: CacheGeometry) -> None:
         self.geometry = geometry
-        shape = (geometry.sets, geometry.ways)
-        self.valid = np.zeros(shape, np.bool_)
-        self.vpn = np.zeros(shape, np.int64)
-        self.shift = np.zeros(shape, np.int8)
-        self.page_shift = np.zeros(shape, np.int8)
-        self.pcid = np.zeros(shape, np.int16)
-        self.glob = np.zeros(shape, np.bool_)
-        self.pfn = np.zeros(shape, np.int64)
-        self.user = np.zeros(shape, np.bool_)
-        self.writable = np.zeros(shape, np.bool_)
-        self.nx = np.zeros(shape, np.bool_)
-        self.dirty = np.zeros(shape, np.bool_)
-        self.pkey = np.zeros(shape, np.int8)
-        self.stamp = np.zeros(shape, np.int64)
+        self.shape = (geometry.sets, geometry.ways)
+        self.valid = np.zeros(self.shape, np.bool_)
+        self.pcid = np.zeros(self.shape, np.int16)
+        self.user = np.zeros(self.shape, np.bool_)
+        self.writable = np.zeros(self.shape, np.bool_)
+        self.nx = np.zeros(self.shape, np.bool_)
+        self.stamp = np.zeros(self.shape, np.int64)
 
     @property
     def name(self) -> str:
         return self.geometry.name
+
+    def victim(self, s: int) -> int:
+        """Way to replace in set `s`: the first invalid way, else the least recently used."""
+        for w in range(self.geometry.ways):
+            if not self.valid[s, w]:
+                return w
+        return int(np.argmin(self.stamp[s]))
+
+
+class TlbArray(_SetAssociative):
+    """One set-associative TLB structure as numpy arrays of shape (sets, ways)."""
+
+    def __init__(self, geometry: CacheGeometry) -> None:
+        super().__init__(geometry)
+        self.vpn = np.zeros(self.shape, np.int64)
+        self.shift = np.zeros(self.shape, np.int8)
+        self.page_shift = np.zeros(self.shape, np.int8)
+        self.glob = np.zeros(self.shape, np.bool_)
+        self.pfn = np.zeros(self.shape, np.int64)
+        self.dirty = np.zeros(self.shape, np.bool_)
+        self.pkey = np.zeros(self.shape, np.int8)
 
     def find(self, va: int, shift: int, pcid: int, pge: bool) -> tuple[int, int] | None:
         """The way holding the `shift`-sized page of `va` usable by `pcid`: same PCID, or global
@@ -151,13 +166,6 @@ class TlbArray:
             ):
                 return s, w
         return None
-
-    def victim(self, s: int) -> int:
-        """Way to replace in set `s`: the first invalid way, else the least recently used."""
-        for w in range(self.geometry.ways):
-            if not self.valid[s, w]:
-                return w
-        return int(np.argmin(self.stamp[s]))
 
     def read(self, s: int, w: int) -> TlbEntry:
         return TlbEntry(
@@ -206,7 +214,7 @@ class TlbArray:
         return int(hit.sum())
 
 
-class PscArray:
+class PscArray(_SetAssociative):
     """One paging-structure cache (SDM §4.10.3.1) as numpy arrays of shape (sets, ways).
 
     An entry for the level of shift k is tagged by VA >> k and the PCID, and holds the physical
@@ -214,21 +222,10 @@ class PscArray:
     """
 
     def __init__(self, geometry: CacheGeometry) -> None:
-        self.geometry = geometry
+        super().__init__(geometry)
         self.level_shift = geometry.shifts[0]
-        shape = (geometry.sets, geometry.ways)
-        self.valid = np.zeros(shape, np.bool_)
-        self.tag = np.zeros(shape, np.int64)
-        self.pcid = np.zeros(shape, np.int16)
-        self.table = np.zeros(shape, np.int64)
-        self.user = np.zeros(shape, np.bool_)
-        self.writable = np.zeros(shape, np.bool_)
-        self.nx = np.zeros(shape, np.bool_)
-        self.stamp = np.zeros(shape, np.int64)
-
-    @property
-    def name(self) -> str:
-        return self.geometry.name
+        self.tag = np.zeros(self.shape, np.int64)
+        self.table = np.zeros(self.shape, np.int64)
 
     def find(self, va: int, pcid: int) -> tuple[int, int] | None:
         tag = va >> self.level_shift
@@ -237,12 +234,6 @@ class PscArray:
             if self.valid[s, w] and self.tag[s, w] == tag and self.pcid[s, w] == pcid:
                 return s, w
         return None
-
-    def victim(self, s: int) -> int:
-        for w in range(self.geometry.ways):
-            if not self.valid[s, w]:
-                return w
-        return int(np.argmin(self.stamp[s]))
 
     def rights(self, s: int, w: int) -> Rights:
         return Rights(bool(self.user[s, w]), bool(self.writable[s, w]), bool(self.nx[s, w]))
