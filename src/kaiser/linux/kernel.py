@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from kaiser.linux import pti
 from kaiser.linux.cea import PAGE_NONE, PERCPU_PAGES, PERCPU_TSS, CeaLayout, Kind, cea_layout
 from kaiser.linux.layout import DEFAULT_FIXMAP_PAGES, FIXADDR_TOP, VSYSCALL_ADDR, ImageSizes, Layout, make_layout
-from kaiser.linux.mm import Mm, ProgramImage
+from kaiser.linux.mm import LDT_ENTRIES, Mm, ProgramImage
 from kaiser.linux.variants import Entry, GlobalPolicy, Level, Part, Variant, get_variant
 from kaiser.x86.bits import CR4, KERNPG_TABLE, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE, make_cr3
 from kaiser.x86.geometry import PagingMode, mode_for
@@ -26,7 +26,6 @@ GiB = 1 << 30
 MiB = 1 << 20
 THREAD_SIZE = 16 << 10  # x86-64 kernel stack, 4 pages (asm/page_64_types.h with KASAN off)
 PAGE_KERNEL_VVAR = int(PAGE_KERNEL_RO | PTE.US)  # __PAGE_KERNEL_VVAR: the emulated vsyscall page (§3.3)
-LDT_ENTRIES, LDT_ENTRY_SIZE = 8192, 8  # asm/ldt.h: an LDT slot holds 64 KiB of descriptors (§7.5)
 FIX_IO_PAGES = 515  # fixmap index of the two RW PCD I/O pages (APIC, IO-APIC): FIXADDR_TOP - 515 pages
 # espfix_64.c: 64-byte ministacks, 64 a page; page_random spans 2^(P4D_SHIFT - PAGE_SHIFT - 16) pages.
 ESPFIX_STACK_SIZE, ESPFIX_STACKS_PER_PAGE, ESPFIX_PAGE_SPACE = 64, 64, 1 << (39 - 12 - 16)
@@ -544,25 +543,20 @@ class Kernel:
         del self.tasks[task.pid]
 
     # ---- LDT -----------------------------------------------------------------------------------
-    @staticmethod
-    def ldt_pages(entries: int) -> int:
-        """Pages an LDT of `entries` descriptors occupies (alloc_ldt_struct(): 8 bytes each)."""
+    def map_ldt(self, mm: Mm, entries: int) -> None:
+        """`alloc_ldt_struct()` + `map_ldt_struct()`: an LDT of `entries` descriptors, its pages
+        aliased -- only under isolation (map_ldt_struct() returns early without X86_FEATURE_PTI) --
+        at the LDT slot, ro and not global, in this mm's own tables, and the whole top-level entry
+        shared with its user PGD (ldt.c, §3.3, §7.5). A bigger LDT replaces a smaller one."""
         if not 1 <= entries <= LDT_ENTRIES:
             raise ValueError(f"an LDT holds 1..{LDT_ENTRIES} entries, not {entries}")
-        return -(-entries * LDT_ENTRY_SIZE // PAGE_SIZE)
-
-    def map_ldt(self, mm: Mm, entries: int) -> None:
-        """`alloc_ldt_struct()` + `map_ldt_struct()`: the LDT's pages, aliased -- only under
-        isolation (map_ldt_struct() returns early without X86_FEATURE_PTI) -- at the LDT slot, ro
-        and not global, in this mm's own tables, and the whole top-level entry shared with its
-        user PGD (ldt.c, §3.3, §7.5). A bigger LDT replaces a smaller one."""
-        pages = self.ldt_pages(entries)
-        if mm.ldt_pages >= pages:
+        if entries <= mm.ldt_entries:
             return
-        if mm.ldt_pages:
+        if mm.ldt_entries:
             self._unmap_ldt(mm)
-        pa = self.mem.alloc(FrameKind.DATA, f"ldt pid{mm.pid}", count=pages)
-        mm.ldt_pa, mm.ldt_pages = pa, pages
+        mm.ldt_entries = entries
+        pages = mm.ldt_pages
+        pa = mm.ldt_pa = self.mem.alloc(FrameKind.DATA, f"ldt pid{mm.pid}", count=pages)
         if not self.variant.isolating:
             return
         kpt = mm.pgd.kernel_pt
@@ -579,7 +573,7 @@ class Kernel:
             if mm.pgd.user_pt is not None:
                 index = kpt.levels[0].index(self.layout.ldt_base)
                 self.mem.write_u64(mm.pgd.user_pt.root + 8 * index, 0)
-        mm.ldt_pa = mm.ldt_pages = 0
+        mm.ldt_pa = mm.ldt_entries = 0
 
     # ---- CR3 -----------------------------------------------------------------------------------
     def cr3_pair(self, task: Task, asid: int = 0) -> tuple[int, int | None]:

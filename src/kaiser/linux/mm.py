@@ -16,6 +16,8 @@ from kaiser.x86.bits import PTE
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import PAGE_SIZE
 
+LDT_ENTRIES, LDT_ENTRY_SIZE = 8192, 8  # asm/ldt.h: an LDT slot holds 64 KiB of descriptors (§7.5)
+
 if TYPE_CHECKING:
     from kaiser.linux.kernel import Kernel
 
@@ -85,9 +87,8 @@ class Mm:
         self.alive = True
         self.pgd = kernel.new_pgd(self)  # PGD pair + the page table of the kernel PGD
         self.pt: PageTable = self.pgd.kernel_pt
-        self.ldt_entries = 0  # descriptors in the LDT (0: none)
-        self.ldt_pages = 0  # its pages, and where they are (Kernel.map_ldt)
-        self.ldt_pa = 0
+        self.ldt_entries = 0  # descriptors in the LDT (0: none); Kernel.map_ldt keeps these two
+        self.ldt_pa = 0  # its first frame
 
     # ---- VMA bookkeeping -------------------------------------------------------------------
     def _check(self, addr: int, length: int) -> None:
@@ -263,12 +264,15 @@ class Mm:
             child.modify_ldt(self.ldt_entries)
         return child
 
+    @property
+    def ldt_pages(self) -> int:
+        """Pages the LDT occupies (alloc_ldt_struct(): 8 bytes a descriptor); 0 without one."""
+        return -(-self.ldt_entries * LDT_ENTRY_SIZE // PAGE_SIZE)
+
     def modify_ldt(self, entries: int = 1) -> None:
         """Write LDT descriptor `entries - 1` (modify_ldt(1, ...), arch/x86/kernel/ldt.c): the LDT
         grows to `entries` descriptors; under PTI it is aliased into the LDT slot."""
-        entries = max(entries, self.ldt_entries)
-        self.kernel.map_ldt(self, entries)
-        self.ldt_entries = entries
+        self.kernel.map_ldt(self, max(entries, self.ldt_entries))
 
     def exit(self) -> None:
         """Tear the address space down and free its tables, PGDs and frames."""
