@@ -551,7 +551,6 @@ def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None) -> Audi
 
 
 _P: Final = int(PTE.P)
-_PS: Final = int(PTE.PS)
 
 
 # ---- user vs kernel tables ------------------------------------------------------------------------
@@ -578,22 +577,9 @@ def _leaf_flags(value: int, level: str) -> frozenset[str]:
 
 def kernel_half_tables(pt: PageTable) -> set[int]:
     """Physical addresses of the tables below the kernel half's top-level entries, each once."""
-    last = len(pt.levels) - 1
     top = pt.mem.read_frame(pt.root)
-    stack = [(entry_phys(int(e)), 1) for e in top[len(top) // 2 :].tolist() if e & _P]
-    seen: set[int] = set()
-    while stack:
-        table, depth = stack.pop()
-        if table in seen:
-            continue
-        seen.add(table)
-        if depth == last:
-            continue
-        leaf_ok = pt.levels[depth].leaf_ok
-        for e in set(pt.mem.read_frame(table).tolist()):
-            if e & _P and not (leaf_ok and e & _PS):
-                stack.append((entry_phys(e), depth + 1))
-    return seen
+    user_half = {entry_phys(int(e)) for e in top[: len(top) // 2].tolist() if e & _P}
+    return {table for table, depth in pt.tables(prune=user_half) if depth > 0}
 
 
 def shared_kernel_tables(a: PageTable, b: PageTable) -> frozenset[int]:
