@@ -19,6 +19,7 @@ right after the TSS, where 4.15 put its trampoline.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Final
 
@@ -93,8 +94,10 @@ class CeaLayout:
         return (p.page + p.pages) * PAGE_SIZE
 
 
+@functools.cache
 def cea_layout(era: str, stub: bool) -> CeaLayout:
-    """The entry area of `era` ("4.15" or "modern"), with a stub page when `stub`."""
+    """The entry area of `era` ("4.15" or "modern"), with a stub page when `stub` (built once;
+    every kernel and CPU of that kind shares it)."""
     pieces = [Piece("gdt", 0, 1, Kind.RO, 0)]
     if era == "4.15":
         pieces += [Piece("entry stack", 1, 1, Kind.RW, 5), Piece("tss", 2, 3, Kind.RO, PERCPU_TSS)]
