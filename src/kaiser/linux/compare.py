@@ -38,7 +38,6 @@ from kaiser.linux.audit import (
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.layout import (
     CPU_ENTRY_AREA_PGD,
-    DEFAULT_FIXMAP_PAGES,
     FIXADDR_TOP,
     KERNEL_IMAGE_SIZE_KASLR,
     P4D_SHIFT,
@@ -62,32 +61,12 @@ CPU_ENTRY_AREA_BASE: Final = (CPU_ENTRY_AREA_PGD << P4D_SHIFT) % TOP
 
 # ---- switches --------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ModelSwitches:
-    """How to boot the model so it matches the real machine, and where each choice came from."""
+class ModelSwitches(KernelConfig):
+    """The `KernelConfig` that makes the model match the real machine, plus where each choice
+    came from and whether PTI was forced on."""
 
-    variant: str
-    pti_on: bool  # pti=on (forced) rather than auto: no kernel-image clone (pti_kernel_image_global_ok)
-    pcid: bool
-    la57: bool
-    kaslr: bool
-    ncpus: int
-    ram: int
-    seed: int
+    pti_on: bool = False  # pti=on (forced) rather than auto: no kernel-image clone (pti_kernel_image_global_ok)
     sources: tuple[str, ...] = ()
-    # build choices (KernelConfig's fields of the same names)
-    vsyscall: str = "emulate"
-    cea_random: bool = True
-    kaslr_image_size: bool | None = None
-    fixmap_pages: int = DEFAULT_FIXMAP_PAGES
-    image: ImageSizes | None = None
-
-    def config(self) -> KernelConfig:
-        """The KernelConfig these switches boot."""
-        return KernelConfig(
-            variant=self.variant, pcid=self.pcid, la57=self.la57, kaslr=self.kaslr, seed=self.seed,
-            ncpus=self.ncpus, ram=self.ram, vsyscall=self.vsyscall, cea_random=self.cea_random,
-            kaslr_image_size=self.kaslr_image_size, fixmap_pages=self.fixmap_pages, image=self.image,
-        )  # fmt: skip
 
 
 def _meta(dump: Path) -> dict[str, object] | None:
@@ -171,7 +150,10 @@ def switches_for(
     else:
         sources.append(f"RAM {ram // MiB} MiB: qemu -m")
     build = _build_choices(records, layout, switches, meta, sources)
-    return ModelSwitches(name, pti_on, pcid, la57, kaslr, min(ncpus, 64), ram, seed, tuple(sources), **build)
+    return ModelSwitches(
+        variant=name, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, ncpus=min(ncpus, 64), ram=ram,
+        pti_on=pti_on, sources=tuple(sources), **build,
+    )  # fmt: skip
 
 
 def _release(meta: dict[str, object] | None) -> tuple[int, int] | None:
@@ -257,7 +239,7 @@ def boot_model(sw: ModelSwitches, *, ldt: bool) -> tuple[Kernel, Task]:
     if sw.pti_on and variant.maps(Part.KERNEL_TEXT):
         # pti=on: the same design without pti_clone_kernel_text() (§3.3: needs pti=auto)
         variant = replace(variant, clones=tuple(c for c in variant.clones if c.part is not Part.KERNEL_TEXT))
-    kernel = Kernel.boot(sw.config(), variant=variant)
+    kernel = Kernel.boot(sw, variant=variant)
     task = kernel.spawn()
     task.mm.mmap(1 << 20, Prot.READ | Prot.WRITE, name="anon")
     if ldt:
