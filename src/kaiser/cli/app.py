@@ -19,6 +19,7 @@ from kaiser.cli.run import run_command
 from kaiser.cli.sweep import sweep_command
 from kaiser.cli.verify import verify_command
 from kaiser.cli.walk import walk_command
+from kaiser.inputs import InputError
 from kaiser.linux.mm import MmError
 from kaiser.linux.variants import UnknownVariant
 from kaiser.x86.bits import BitsError
@@ -47,7 +48,15 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(attack_app, name="attack")
 
 # Errors that mean "the input was wrong", reported in one line with exit status 2.
-USER_ERRORS: tuple[type[Exception], ...] = (BitsError, AddressError, PagingError, PhysMemError, UnknownVariant, MmError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    InputError,
+    BitsError,
+    AddressError,
+    PagingError,
+    PhysMemError,
+    UnknownVariant,
+    MmError,
+)
 
 
 def main() -> None:
