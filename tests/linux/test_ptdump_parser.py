@@ -10,11 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kaiser.inputs import InputError
 from kaiser.linux.layout import make_layout
 from kaiser.linux.ptdump import (
+    MarkerLine,
     PtdumpParseError,
     RangeLine,
     SkipLine,
+    dump_gaps,
     parse_ptdump,
     parse_ptdump_file,
     ptdump,
@@ -181,8 +184,10 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     path.write_text(f"---[ User Space ]---\n{GOOD[:40]}\n")
     with pytest.raises(PtdumpParseError, match=r"current_user:2: truncated range line"):
         parse_ptdump_file(path)
-    with pytest.raises(PtdumpParseError, match=r"missing:0: cannot read"):
+    with pytest.raises(InputError, match=r"missing: ptdump: no such file"):
         parse_ptdump_file(tmp_path / "missing")
+    with pytest.raises(InputError, match=r": ptdump: is a directory"):
+        parse_ptdump_file(tmp_path)
     path.write_text(f"{GOOD}\n")
     assert len(parse_ptdump_file(path)) == 1
 
@@ -196,3 +201,53 @@ def test_fuzz_never_raises_anything_but_parse_errors(data: bytes | str) -> None:
         assert str(exc).startswith("fuzz:") and "\n" not in str(exc)
     else:
         assert records
+
+
+# ---- order and wholeness -------------------------------------------------------------------------
+REAL = sorted((Path(__file__).parent / "data" / "real").glob("*/*.txt"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(REAL), st.data())
+def test_duplicated_or_reordered_range_lines_are_errors_at_the_later_line(path: Path, data: st.DataObject) -> None:
+    lines = path.read_text().split("\n")
+    ranges = [i for i, line in enumerate(lines) if line.startswith("0x")]
+    i, j = sorted(data.draw(st.lists(st.sampled_from(ranges), min_size=2, max_size=2, unique=True)))
+    swapped = list(lines)
+    swapped[i], swapped[j] = lines[j], lines[i]
+    err = _error("\n".join(swapped), "swapped")
+    # 0-based line i now holds line j; the next range line starts below it
+    after_i = ranges[ranges.index(i) + 1]
+    assert err.line == after_i + 1 and "goes backwards" in err.reason
+    duplicated = lines[: i + 1] + [lines[i]] + lines[i + 1 :]
+    err = _error("\n".join(duplicated), "dup")
+    assert err.line == i + 2 and "repeats or overlaps" in err.reason
+
+
+def test_overlapping_range_is_an_error() -> None:
+    first = "0xfffffe0000000000-0xfffffe0000002000           8K     ro                 GLB NX pte"
+    inside = "0xfffffe0000001000-0xfffffe0000003000           8K     ro                 GLB NX pte"
+    assert "overlaps line 1" in _error(f"{first}\n{inside}\n").reason
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_real_dumps_are_whole_and_lose_it_with_any_line(path: Path) -> None:
+    records = [r for r in parse_ptdump(path.read_text()) if not isinstance(r, MarkerLine)]
+    assert dump_gaps(records) == []
+    for i, rec in enumerate(records):
+        # a line next to "... N entries skipped ..." can go unnoticed: the skipped lines carry no addresses
+        beside_skip = any(isinstance(r, SkipLine) for r in records[max(i - 1, 0) : i + 2])
+        if not isinstance(rec, RangeLine) or beside_skip:
+            continue
+        assert [g[:2] for g in dump_gaps(records[:i] + records[i + 1 :])] == [(rec.start, rec.end)], rec
+
+
+@pytest.mark.parametrize("variant", ["linux", "kaiser-rfc", "two-pgd"])
+@pytest.mark.parametrize("la57", [False, True])
+@pytest.mark.parametrize("dialect", ["generic", "legacy"])
+def test_model_dumps_are_whole(variant: str, la57: bool, dialect: str) -> None:
+    from kaiser.cli.dump import boot_with_process, dump_text
+
+    kernel, task = boot_with_process(variant, pcid=True, la57=la57, kaslr=True, seed=3)
+    for table in ("kernel", "current_kernel", "current_user"):
+        assert dump_gaps(parse_ptdump(dump_text(kernel, task, table, dialect=dialect))) == [], table

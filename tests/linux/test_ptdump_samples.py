@@ -36,7 +36,8 @@ def test_every_sample_block_parses_and_rerenders(path) -> None:  # type: ignore[
     blocks = sample_blocks(path)
     assert blocks
     for block in blocks:
-        records = parse_ptdump("\n".join(block.lines), path.name)
+        # sample 03 quotes a grep over several files, whose lines need not ascend
+        records = parse_ptdump("\n".join(block.lines), path.name, ordered=not path.name.startswith("03"))
         assert len(records) == len(block.lines)
         # Re-rendering gives the same text (minus the dmesg timestamps the parser drops).
         assert render_records(records).splitlines() == _strip_ts(block.lines)

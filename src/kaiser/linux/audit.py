@@ -469,9 +469,10 @@ def _skip_notes(records: Sequence[Record], layout: DumpLayout) -> tuple[str, ...
     )
 
 
-def audit_text(text: str | bytes, policy: Policy, source: str = "<input>") -> AuditReport:
-    """`audit_dump` of ptdump text (raises `PtdumpParseError` on malformed input)."""
-    return audit_dump(parse_ptdump(text, source), policy, source)
+def audit_text(text: str | bytes, policy: Policy, source: str = "<input>", *, ordered: bool = True) -> AuditReport:
+    """`audit_dump` of ptdump text (raises `PtdumpParseError` on malformed input; `ordered` as in
+    `parse_ptdump`)."""
+    return audit_dump(parse_ptdump(text, source, ordered=ordered), policy, source)
 
 
 # ---- the model -------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from typing import Final, Literal
 
 import numpy as np
 
+from kaiser.inputs import InputError, read_bytes
 from kaiser.linux.layout import TOP, Marker, make_layout
 from kaiser.x86.bits import CR4, PTE, entry_phys
 from kaiser.x86.cpu import CpuState
@@ -484,14 +485,13 @@ def ptdump_wide(table: PageTable, markers: Sequence[Marker] | None = None, **kw:
 # the reader
 
 
-class PtdumpParseError(ValueError):
-    """Malformed ptdump text. `str()` is one line: ``source:line: reason``."""
+class PtdumpParseError(InputError):
+    """Malformed ptdump text. `str()` is one line: ``source:line: reason`` (an `InputError`, so the
+    CLI prints it and exits 2)."""
 
     def __init__(self, source: str, line: int, reason: str) -> None:
+        super().__init__(source, reason, line=line)
         self.source = source
-        self.line = line
-        self.reason = reason
-        super().__init__(f"{source}:{line}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -646,12 +646,15 @@ def _decode(data: str | bytes, source: str) -> str:
         raise PtdumpParseError(source, lineno, f"binary data (byte {data[exc.start]:#04x} is not text)") from None
 
 
-def parse_ptdump(data: str | bytes, source: str = "<input>") -> list[Record]:
+def parse_ptdump(data: str | bytes, source: str = "<input>", *, ordered: bool = True) -> list[Record]:
     """Records of a ptdump text, in order. Accepts either dialect, dmesg timestamp prefixes
-    (``[    0.007740] ``) and blank lines; anything else malformed raises `PtdumpParseError`."""
+    (``[    0.007740] ``) and blank lines; anything else malformed raises `PtdumpParseError`, as
+    does a range line below the previous one's end (duplicated, overlapping or reordered) unless
+    `ordered` is False (lines gathered from several dumps, e.g. a grep over several files)."""
     text = _decode(data, source)
     records: list[Record] = []
     section: str | None = None
+    prev: RangeLine | None = None
     for lineno, raw_line in enumerate(text.split("\n"), start=1):
         err = _Err(source, lineno)
         line = raw_line.removesuffix("\r")
@@ -664,7 +667,17 @@ def parse_ptdump(data: str | bytes, source: str = "<input>") -> list[Record]:
         if not line.strip():
             continue
         if line.startswith("0x"):
-            records.append(_parse_range(line, section, err))
+            rec = _parse_range(line, section, err)
+            if ordered and prev is not None and rec.start < prev.end:
+                # Linux walks in address order and prints each address once (§6.3): a range below
+                # the previous line's end is a duplicated, overlapping or reordered line.
+                how = "repeats or overlaps" if rec.start >= prev.start else "goes backwards from"
+                raise err(
+                    f"range 0x{rec.start:016x}-0x{rec.end & MASK64:016x} {how} line {prev.lineno} "
+                    f"(ends 0x{prev.end & MASK64:016x}): a dump's ranges only ascend"
+                )
+            records.append(rec)
+            prev = rec
         elif line.startswith("---["):
             mm = _MARKER.fullmatch(line)
             if not mm:
@@ -684,13 +697,28 @@ def parse_ptdump(data: str | bytes, source: str = "<input>") -> list[Record]:
 
 
 def parse_ptdump_file(path: str | Path) -> list[Record]:
-    """`parse_ptdump` of a file, with the file name in error messages."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PtdumpParseError(str(path), 0, f"cannot read: {exc.strerror}") from None
-    return parse_ptdump(data, str(path))
+    """`parse_ptdump` of a file read through `kaiser.inputs` (regular files only, bounded), with the
+    file name in error messages."""
+    return parse_ptdump(read_bytes(path, "ptdump"), str(path))
+
+
+def dump_gaps(records: Sequence[Record]) -> list[tuple[int, int, int]]:
+    """Address ranges a whole dump would print but these records do not, as (start, end, line of
+    the record after the gap; 0 at the end). A whole dump covers the address space from 0 to the
+    wrap at 2**64 without a hole (empty entries are printed too, §6.3), except right after a
+    ``... N entries skipped ...`` line; an excerpt (grep, head, a mail quote) has gaps."""
+    out: list[tuple[int, int, int]] = []
+    cursor, skipped = 0, False
+    for rec in records:
+        if isinstance(rec, SkipLine):
+            skipped = True
+        elif isinstance(rec, RangeLine):
+            if rec.start > cursor and not skipped:
+                out.append((cursor, rec.start, rec.lineno))
+            cursor, skipped = max(cursor, rec.end), False
+    if cursor < TOP and not skipped:
+        out.append((cursor, TOP, 0))
+    return out
 
 
 def render_records(records: Sequence[Record]) -> str:
