@@ -6,7 +6,12 @@ STAMP  := $(VENV)/.installed-test
 
 .PHONY: demo test test-slow lint bench clean
 
+# System tools (Debian packages) each job needs: src/kaiser/systools.py installs what is absent
+# when run as root, else names the one command to run (exit 2). Standard library only.
+SYSTOOLS := $(PYTHON) src/kaiser/systools.py
+
 $(VENV)/bin/python:
+	$(SYSTOOLS) venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
@@ -19,6 +24,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	$(SYSTOOLS) demo
 	$(VENV)/bin/kaiser demo
 
 lint: $(STAMP)
@@ -27,9 +33,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint
+	$(SYSTOOLS) test
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
+	$(SYSTOOLS) test
 	$(PY) -m pytest -m slow
 
 clean:

@@ -45,7 +45,7 @@ def chromium() -> str:
             return found
     pytest.fail(
         f"headless Chromium not found (looked for {', '.join(BROWSERS)}): the report's browser test needs it; "
-        ".ci/run installs Debian's `chromium` (apt-get install -y chromium)",
+        "`make test` installs Debian's `chromium` (python3 src/kaiser/systools.py test)",
         pytrace=False,
     )
 
