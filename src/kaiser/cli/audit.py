@@ -10,19 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from kaiser.cli.dump import boot_with_process
-from kaiser.cli.output import console, emit_json, fail
+from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.linux.audit import AuditReport, audit_dump, audit_model, policy_for
 from kaiser.linux.ptdump import PtdumpParseError, parse_ptdump_file, size_parts
 from kaiser.linux.variants import UnknownVariant
-
-
-def _console() -> Console:
-    """The shared console on a terminal; a wide one otherwise (CI logs, pipes), so rows stay whole."""
-    return console if console.is_terminal else Console(width=180)
 
 
 def _size(start: int, end: int) -> str:
@@ -92,40 +85,56 @@ def report_json(report: AuditReport) -> dict[str, Any]:
 
 
 def render_report(report: AuditReport) -> None:
-    """Rich tables: the kernel-half mappings, the findings, the user/kernel diff, a verdict."""
-    console = _console()
+    """Tables that fit the terminal: the kernel-half mappings, the findings, the user/kernel
+    diff, a verdict."""
     title = f"kernel-half mappings in {report.view} ({report.source}), policy {report.policy.variant}"
-    table = Table(title=title, title_justify="left")
-    for col in ("range", "size", "flags", "level", "class", "status"):
-        table.add_column(col, no_wrap=True)
-    for m in report.mappings:
-        status = "[green]allowed[/]" if m.allowed else "[bold red]NOT ALLOWED[/]"
-        table.add_row(f"0x{m.start:016x}-0x{m.end:016x}", _size(m.start, m.end), m.flag_text, m.level, m.klass, status)
-    console.print(table)
+    all_allowed = all(m.allowed for m in report.mappings)  # then the verdict line says it: status may go
+    print_table(
+        [
+            Col("range"),
+            Col("size", justify="right"),
+            Col("flags", drop=1),
+            Col("level", drop=3),
+            Col("class"),
+            Col("status", drop=2 if all_allowed else 0),
+        ],
+        [
+            [
+                f"0x{m.start:016x}-0x{m.end:016x}",
+                _size(m.start, m.end),
+                m.flag_text,
+                m.level,
+                m.klass,
+                "[green]allowed[/]" if m.allowed else "[bold red]NOT ALLOWED[/]",
+            ]
+            for m in report.mappings
+        ],
+        title=title,
+    )
     for note in report.notes:
         console.print(f"[dim]note: {note}[/]", highlight=False)
     if report.findings:
-        ft = Table(title="findings", title_justify="left")
-        for col in ("kind", "class", "breaks policy", "detail"):
-            ft.add_column(col, no_wrap=col != "detail")
-        for f in report.findings:
-            ft.add_row(f.kind, f.klass, "[bold red]yes[/]" if f.breaks_policy else "no", f.message)
-        console.print(ft)
+        print_table(
+            [Col("kind"), Col("class"), Col("breaks policy"), Col("detail", whole=False)],
+            [[f.kind, f.klass, "[bold red]yes[/]" if f.breaks_policy else "no", f.message] for f in report.findings],
+            title="findings",
+        )
     if report.diff is not None:
         d = report.diff
-        lt = Table(title="kernel-half regions the user tables leave out", title_justify="left")
-        for col in ("region", "ranges", "size"):
-            lt.add_column(col)
-        for region, n, b in d.left_out:
-            lt.add_row(region, str(n), _size(0, b))
-        console.print(lt)
+        print_table(
+            [Col("region"), Col("ranges", justify="right"), Col("size", justify="right")],
+            [[region, str(n), _size(0, b)] for region, n, b in d.left_out],
+            title="kernel-half regions the user tables leave out",
+        )
         if d.entries:
-            dt = Table(title="mapped in both (or user only) with different flags", title_justify="left")
-            for col in ("kind", "range", "region", "kernel tables", "user tables"):
-                dt.add_column(col, no_wrap=True)
-            for e in d.entries:
-                dt.add_row(e.kind, f"0x{e.start:016x}-0x{e.end:016x}", e.region, e.kernel or "-", e.user or "-")
-            console.print(dt)
+            print_table(
+                [Col("kind", drop=1), Col("range"), Col("region"), Col("kernel tables"), Col("user tables")],
+                [
+                    [e.kind, f"0x{e.start:016x}-0x{e.end:016x}", e.region, e.kernel or "-", e.user or "-"]
+                    for e in d.entries
+                ],
+                title="mapped in both (or user only) with different flags",
+            )
         console.print(
             f"user half: {d.nx_only[0]} range(s), {_size(0, d.nx_only[1])}, differ only by the kernel copy's NX "
             "(pti_set_user_pgtbl, §3.2)",
