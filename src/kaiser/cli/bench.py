@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
-from rich.table import Table
 
 from kaiser.cli.bench_engine import engine_command
 from kaiser.cli.bench_replay import replay_bench_command
-from kaiser.cli.output import console, emit_json, fail, progress_bar
+from kaiser.cli.output import Col, console, emit_json, fail, print_table, progress_bar
 from kaiser.cost.params import SKYLAKE, SOURCES
 from kaiser.cost.run import BASELINE, Comparison, compare, default_path
 from kaiser.cost.workloads import WORKLOADS, WorkloadError, get_workload
@@ -59,23 +57,26 @@ def memory_command(
     if json_out:
         emit_json([r.as_dict() for r in rows])
         return
-    table = Table(
-        title=f"page-table memory, one typical process ({rows[0].user_footprint >> 20} MiB mapped), "
-        f"{'5' if la57 else '4'}-level, PCID {'on' if pcid else 'off'}",
-        title_justify="left",
+    title = (
+        f"page-table memory, one typical process ({rows[0].user_footprint >> 20} MiB mapped), "
+        f"{'5' if la57 else '4'}-level, PCID {'on' if pcid else 'off'}"
     )
-    for col in ("variant", "per process", "PTI part", "full shadow", "kernel (shared)", "PTI (shared)"):
-        table.add_column(col, justify="right" if col != "variant" else "left", no_wrap=col == "variant")
-    for r in rows:
-        table.add_row(
-            r.variant,
-            f"{frames_kib(r.process_tables)} KiB",
-            f"+{frames_kib(r.process_pti_extra)} KiB",
-            f"+{frames_kib(r.full_duplication_extra)} KiB" if r.full_duplication_extra else "-",
-            f"{frames_kib(r.shared_kernel_tables)} KiB",
-            f"{frames_kib(r.shared_pti_tables)} KiB",
-        )
-    console.print(table)
+    cols = ("variant", "per process", "PTI part", "full shadow", "kernel (shared)", "PTI (shared)")
+    _print_table(
+        title,
+        list(cols),
+        [
+            [
+                r.variant,
+                f"{frames_kib(r.process_tables)} KiB",
+                f"+{frames_kib(r.process_pti_extra)} KiB",
+                f"+{frames_kib(r.full_duplication_extra)} KiB" if r.full_duplication_extra else "-",
+                f"{frames_kib(r.shared_kernel_tables)} KiB",
+                f"{frames_kib(r.shared_pti_tables)} KiB",
+            ]
+            for r in rows
+        ],
+    )
     console.print(
         "per process: the process's PGD(s) and user page tables; PTI part: what isolation adds to that "
         "(top-level-only shadowing: one 4 KiB PGD); full shadow: what duplicating every level of the "
@@ -132,17 +133,9 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 
 def _print_table(title: str, cols: list[str], rows: list[list[str]]) -> None:
-    """A borderless table whose headers break at their spaces, so its columns are as wide as
-    their widest cell and it fits 80 columns without truncating a number."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for i, col in enumerate(cols):
-        widest = max((len(row[i]) for row in rows), default=0)
-        table.add_column(
-            col.replace(" ", "\n"), justify="left" if i == 0 else "right", no_wrap=i == 0, min_width=widest
-        )
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    """A table whose headers break at their spaces and whose columns are as wide as their widest
+    cell, fitted to the terminal by `output.print_table` (no number is ever truncated)."""
+    print_table([Col(col, justify="left" if i == 0 else "right") for i, col in enumerate(cols)], rows, title=title)
 
 
 def print_tables(rows: list[Comparison], title: str) -> None:

@@ -10,18 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from kaiser.cli.output import console, emit_json, fail
+from kaiser.cli.output import Col, console, emit_json, fail, print_table
+from kaiser.inputs import InputError
 from kaiser.linux.compare import ClassSummary, CompareReport, compare_dump
-from kaiser.linux.ptdump import PtdumpParseError, parse_ptdump_file, size_parts
+from kaiser.linux.ptdump import dump_gaps, parse_ptdump_file, size_parts
 from kaiser.linux.variants import UnknownVariant
-
-
-def _console() -> Console:
-    return console if console.is_terminal else Console(width=200)
 
 
 def _size(n: int) -> str:
@@ -83,7 +78,7 @@ def compare_json(report: CompareReport) -> dict[str, Any]:
 
 
 def render_compare(report: CompareReport) -> None:
-    out = _console()
+    out = console
     sw = report.switches
     out.print(
         f"[bold]{report.source}[/] ({report.table}{', process with an LDT' if report.ldt else ''}) against the "
@@ -94,26 +89,32 @@ def render_compare(report: CompareReport) -> None:
     )
     for why in sw.sources:
         out.print(f"[dim]  {why}[/]", highlight=False)
-    st = Table(title="kernel-half mappings by class", title_justify="left")
-    for col in ("class", "real", "model"):
-        st.add_column(col, no_wrap=True)
-    for k in sorted(set(report.real) | set(report.model)):
-        r, m = report.real.get(k), report.model.get(k)
-        st.add_row(k, r.describe() if r else "-", m.describe() if m else "-")
-    out.print(st)
+    print_table(
+        [Col("class"), Col("real", whole=False), Col("model", whole=False)],
+        [
+            [k, r.describe() if r else "-", m.describe() if m else "-"]
+            for k in sorted(set(report.real) | set(report.model))
+            for r, m in [(report.real.get(k), report.model.get(k))]
+        ],
+        title="kernel-half mappings by class",
+        out=out,
+    )
     if report.differences:
-        dt = Table(title="differences", title_justify="left")
-        for col in ("class", "kind", "real", "model", "explained"):
-            dt.add_column(col, no_wrap=col in ("class", "kind", "explained"), overflow="fold")
         keys: list[tuple[str, str]] = []
+        rows: list[list[str]] = []
         for d in report.differences:
             ref = ""
             if d.explanation:
                 if d.key not in keys:
                     keys.append(d.key)
                 ref = f"[green]yes[/] [{keys.index(d.key) + 1}]"
-            dt.add_row(escape(d.klass), d.kind, escape(d.real), escape(d.model), ref or "[bold red]NO[/]")
-        out.print(dt)
+            rows.append([escape(d.klass), d.kind, escape(d.real), escape(d.model), ref or "[bold red]NO[/]"])
+        print_table(
+            [Col("class"), Col("kind"), Col("real", whole=False), Col("model", whole=False), Col("explained")],
+            rows,
+            title="differences",
+            out=out,
+        )
         for i, key in enumerate(keys, 1):
             ex = next(d.explanation for d in report.differences if d.key == key and d.explanation)
             out.print(f"\\[{i}] [bold]{escape('/'.join(key))}[/]: {escape(ex.reason)}", highlight=False)
@@ -145,10 +146,20 @@ def compare_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Where our model and a real kernel differ, region by region (switches from meta.json beside the dump)."""
+    records = parse_ptdump_file(real_dump)
+    gaps = dump_gaps(records)
+    if gaps:  # the model's dump is whole: an excerpt would differ everywhere it stops
+        lo, hi, line = gaps[0]
+        raise InputError(
+            real_dump,
+            f"not a whole dump: no line covers 0x{lo:016x}-0x{hi - 1:016x}"
+            + (f" and {len(gaps) - 1} more gap(s)" if len(gaps) > 1 else "")
+            + "; compare needs the whole file",
+            line=line or None,
+        )
     try:
-        records = parse_ptdump_file(real_dump)
         report = compare_dump(records, real_dump, variant, pcid=pcid, la57=la57, seed=seed)
-    except (PtdumpParseError, UnknownVariant) as exc:
+    except UnknownVariant as exc:
         fail(str(exc))
     if json_out:
         emit_json(compare_json(report))

@@ -1,19 +1,51 @@
-"""Shared CLI plumbing: consoles, JSON output and one-line user errors."""
+"""Shared CLI plumbing: consoles that know the terminal's width, tables that fit it, JSON output
+and one-line user errors.
+
+Width (`terminal_width`): ``COLUMNS`` when it is a positive number, else the size of the terminal
+stdout is, else 80 (a pipe, a file, a CI log) -- so ``kaiser audit > file`` does not take the width
+of whatever terminal stderr happens to be. `print_table` fits a table into that width without ever
+cutting, wrapping or folding an address or a number: it prints a boxed table when it fits, then a
+borderless one, then drops the columns marked droppable (highest `Col.drop` first), and on a
+terminal too narrow for even that prints one record per block (``name  value`` lines).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn
 
 import typer
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
 
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 
-console = Console()
-err_console = Console(stderr=True)
+DEFAULT_WIDTH = 80  # CHOSEN: the width assumed without a terminal or COLUMNS (a pipe, a CI log)
+
+
+def terminal_width() -> int:
+    """Columns to print into: COLUMNS if it is a positive number, else stdout's terminal, else 80."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        if sys.stdout.isatty():
+            return os.get_terminal_size(sys.stdout.fileno()).columns or DEFAULT_WIDTH
+    except (OSError, ValueError):
+        pass
+    return DEFAULT_WIDTH
+
+
+console = Console(width=terminal_width())
+err_console = Console(stderr=True, width=terminal_width())
 
 
 def emit_json(data: Any) -> None:
@@ -63,3 +95,86 @@ def progress_bar(*, disable: bool = False, label: str = "{task.description}") ->
         transient=True,
         disable=disable,
     )
+
+
+@dataclass(frozen=True)
+class Col:
+    """A column of `print_table`. `whole`: an address, a number or a name -- never wrapped, folded
+    or cut (text columns wrap at spaces). `drop`: 0 for a column that is always shown; when the
+    width is short the column with the highest `drop` goes first."""
+
+    name: str
+    whole: bool = True
+    justify: Literal["left", "right"] = "left"
+    drop: int = 0
+
+
+def _lines_width(cell: str) -> int:
+    return max((cell_len(line) for line in Text.from_markup(cell).plain.split("\n")), default=0)
+
+
+def _word_width(cell: str) -> int:
+    return max((cell_len(word) for word in Text.from_markup(cell).plain.split()), default=0)
+
+
+def _needs(col: Col, cells: Sequence[str]) -> int:
+    """The narrowest a column can be: its widest cell line (whole) or word (text), and its
+    header's longest word (headers break at spaces)."""
+    width = max((_lines_width(c) if col.whole else _word_width(c) for c in cells), default=0)
+    return max(width, _word_width(col.name))
+
+
+def print_table(
+    cols: Sequence[Col],
+    rows: Sequence[Sequence[str]],
+    *,
+    title: str | None = None,
+    out: Console | None = None,
+) -> None:
+    """Print `rows` (rich markup allowed; a cell may hold several lines) under `title` so that it
+    fits `out.width` (see the module docstring for the order of fallbacks)."""
+    out = out or console
+    width = out.width
+    if title:
+        out.print(title, highlight=False)
+    keep = list(range(len(cols)))
+    needs = [_needs(c, [r[i] for r in rows]) for i, c in enumerate(cols)]
+
+    def table_width(idx: list[int], gap: int, edges: int) -> int:
+        return sum(needs[i] for i in idx) + gap * (len(idx) - 1) + edges
+
+    if table_width(keep, 3, 4) <= width:
+        table = Table(box=box.HEAVY_HEAD)
+    else:
+        while table_width(keep, 2, 0) > width and any(cols[i].drop for i in keep):
+            keep.remove(max(keep, key=lambda i: (cols[i].drop, i)))
+        if table_width(keep, 2, 0) > width:
+            print_blocks(cols, rows, out=out)
+            return
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for i in keep:
+        col = cols[i]
+        cells = max((_lines_width(r[i]) if col.whole else _word_width(r[i]) for r in rows), default=0)
+        table.add_column(
+            col.name if cell_len(col.name) <= cells else col.name.replace(" ", "\n"),
+            justify=col.justify,
+            no_wrap=col.whole,
+            overflow="ellipsis" if col.whole else "fold",  # never used: the widths fit (checked above)
+        )
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
+    out.print(table)
+
+
+def print_blocks(cols: Sequence[Col], rows: Sequence[Sequence[str]], *, out: Console | None = None) -> None:
+    """One record per block: a ``name  value`` line per column, a blank line between records."""
+    out = out or console
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True, style="bold")
+    grid.add_column(overflow="fold")
+    for n, row in enumerate(rows):
+        if n:
+            grid.add_row("", "")
+        for col, cell in zip(cols, row, strict=True):
+            grid.add_row(col.name, cell)
+    out.print(grid)

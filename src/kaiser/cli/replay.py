@@ -17,9 +17,8 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from kaiser.cli.output import console, emit_json, err_console, fail
+from kaiser.cli.output import Col, console, emit_json, err_console, fail, print_table
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 from kaiser.traces.interleave import BASELINE, TraceReplay, engine_available, replay_trace
 from kaiser.traces.lackey import TraceError
@@ -120,13 +119,17 @@ def replay_command(
 
 def print_result(r: TraceReplay) -> None:
     s = r.stats
-    table = Table(title=f"{r.trace.name}: {s['refs']:,} references, {sum(r.syscall_names.values())} system calls")
-    for col in ("variant", "PCID", "walks", "STLB hits", "CR3 writes", "flushing", "cycles", "overhead"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
+    title = f"{r.trace.name}: {s['refs']:,} references, {sum(r.syscall_names.values())} system calls"
+    cols = [Col("variant"), Col("PCID")]
+    cols += [
+        Col(name, justify="right", drop=drop) for name, drop in (("walks", 0), ("STLB hits", 1), ("CR3 writes", 0))
+    ]
+    cols += [Col("flushing", justify="right", drop=2), Col("cycles", justify="right"), Col("overhead", justify="right")]
+    rows = []
     for res in r.results:
         c = res.counters
         over = r.overhead(res)
-        table.add_row(
+        rows.append([
             res.variant,
             "on" if res.pcid else "off",
             f"{c.walks:,}",
@@ -135,8 +138,8 @@ def print_result(r: TraceReplay) -> None:
             f"{c.cr3_writes - c.cr3_noflush:,}",
             f"{res.total_cycles:,.0f}" if res.total_cycles is not None else "-",
             f"{over:+.2f}%" if over is not None else "-",
-        )
-    console.print(table)
+        ])  # fmt: skip
+    print_table(cols, rows, title=title)
     bad = f", {s['bad_lines']} bad lines skipped" if s["bad_lines"] else ""
     rate = s["refs"] * len(r.results) / r.seconds if r.seconds else 0.0
     console.print(

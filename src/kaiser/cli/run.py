@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from kaiser.cli.output import console, emit_json, fail
+from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.linux.variants import UnknownVariant
 from kaiser.realcode import BuildError, RunReport, run_names, run_variant
 from kaiser.realcode.machine import Cr3Write, Fault
@@ -21,7 +20,7 @@ def _fault(fault: Fault | None, live: str | None) -> str:
 
 def _trace(writes: list[Cr3Write]) -> str:
     parts = [f"{w.value:#x} {'user' if w.user_pgd else 'kern'}{' NOFLUSH' if w.value >> 63 else ''}" for w in writes]
-    return " -> ".join(parts) if parts else "(none: no CR3 switch)"
+    return "\n".join(parts) if parts else "(none: no CR3 switch)"
 
 
 def _trace_summary(writes: list[Cr3Write]) -> str:
@@ -32,10 +31,9 @@ def _trace_summary(writes: list[Cr3Write]) -> str:
     return f"{len(writes)} ({noflush} NOFLUSH)"
 
 
-def _table(reports: list[RunReport], full_trace: bool) -> Table:
-    table = Table(title="kaiser run: real entry code on Unicorn's MMU over our tables")
-    for col in ("variant", "entry (LSTAR)", "system calls", "user's kernel load", "in live tables?", "CR3 writes", ""):
-        table.add_column(col, overflow="fold")
+def _print_table(reports: list[RunReport], full_trace: bool) -> None:
+    """One row per variant; on a terminal too narrow for the table, one block per variant."""
+    rows: list[list[str]] = []
     for rep in reports:
         data = rep.to_json()
         out, ld = rep.outcome, rep.loaded
@@ -49,7 +47,7 @@ def _table(reports: list[RunReport], full_trace: bool) -> Table:
             load = _fault(out.fault, data["kernel_read"]["live_cr3"])
             present = "yes (U/S stops it)" if out.probe_value is not None else "no (not mapped)"
         verdict = "[green]as designed[/green]" if rep.ok else "[red]" + "; ".join(rep.problems) + "[/red]"
-        table.add_row(
+        rows.append([
             rep.variant,
             f"{ld.variant.entry.value}\n{ld.entry_va:#x}",
             calls,
@@ -57,8 +55,13 @@ def _table(reports: list[RunReport], full_trace: bool) -> Table:
             present,
             _trace(out.cr3_writes) if full_trace else _trace_summary(out.cr3_writes),
             verdict,
-        )
-    return table
+        ])  # fmt: skip
+    cols = ("entry (LSTAR)", "system calls", "user's kernel load", "in live tables?", "CR3 writes", "verdict")
+    print_table(
+        [Col("variant"), *(Col(c, whole=c == "entry (LSTAR)") for c in cols)],
+        rows,
+        title="kaiser run: real entry code on Unicorn's MMU over our tables",
+    )
 
 
 def run_command(
@@ -83,7 +86,7 @@ def run_command(
     if json_out:
         emit_json({"reports": [r.to_json() for r in reports]})
     else:
-        console.print(_table(reports, full_trace=len(reports) == 1))
+        _print_table(reports, full_trace=len(reports) == 1)
         console.print(
             "Unicorn executes every instruction and every translation; our CPU model performs SYSCALL "
             "(RCX, R11, FMASK, STAR CS/SS, LSTAR) and reads exceptions from UC_HOOK_INTR (vector, CR2, CR3). "
