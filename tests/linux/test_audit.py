@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from ptdump_support import SAMPLES, sample_blocks
 
@@ -223,3 +225,37 @@ def test_legacy_dialect_dump_audits_the_same() -> None:
     assert [(m.start, m.end, m.klass) for m in generic.mappings] == [(m.start, m.end, m.klass) for m in legacy.mappings]
     assert legacy.exit_status == 0
     assert ptdump(task.mm.pgd.kernel_pt, kernel.layout.markers)  # sanity: the kernel PGD dumps too
+
+
+# ---- what a dump is ------------------------------------------------------------------------------
+REAL_DUMPS = sorted((Path(__file__).parent / "data" / "real").glob("*/*.txt"))
+
+
+@pytest.mark.parametrize("path", REAL_DUMPS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_table_kind_of_every_real_dump_is_its_file_name(path: Path) -> None:
+    report = audit_dump(parse_ptdump(path.read_text()), policy_for("linux"), str(path))
+    expected = path.stem.removesuffix("-ldt")
+    if "nopti" in path.parent.name and expected == "current_user":
+        expected = "current_kernel"  # without PTI the user view is the kernel tables (§1)
+    assert report.table_kind == expected
+    assert report.gaps == () and report.unseen == ()
+
+
+@pytest.mark.parametrize("variant", ["nopti", "kaiser-rfc", "two-pgd", "linux", "fixed-trampoline"])
+@pytest.mark.parametrize("la57", [False, True])
+def test_the_table_kind_of_every_model_table(variant: str, la57: bool) -> None:
+    kernel, task = boot(variant, la57=la57, seed=5)
+    tables = ["kernel", "current_kernel"] + (["current_user"] if variant != "nopti" else [])
+    for table in tables:
+        assert audit_text(dump_text(kernel, task, table), policy_for(variant)).table_kind == table
+
+
+def test_a_dump_cut_short_says_which_regions_it_never_reached() -> None:
+    text = (REAL_DUMPS[0].parent.parent / "6.1.0-56-amd64-pti-nokaslr" / "current_user.txt").read_text()
+    lines = text.split("\n")
+    cut = next(i for i, line in enumerate(lines) if "ESPfix" in line)
+    report = audit_text("\n".join(lines[:cut]), policy_for("linux"))
+    assert report.unseen == ("espfix", "efi", "kernel_image", "modules", "fixmap", "vsyscall")
+    assert report.exit_status == 0  # the findings are still honest; the CLI refuses it (exit 2)
+    tail = audit_text("\n".join(lines[cut:]), policy_for("linux"))
+    assert tail.unseen[0] == "user space" and "espfix" not in tail.unseen

@@ -65,7 +65,16 @@ from kaiser.linux.layout import (
     Layout,
     TiB,
 )
-from kaiser.linux.ptdump import MarkerLine, RangeLine, Record, SkipLine, parse_ptdump, ptdump, range_lines
+from kaiser.linux.ptdump import (
+    MarkerLine,
+    RangeLine,
+    Record,
+    SkipLine,
+    dump_gaps,
+    parse_ptdump,
+    ptdump,
+    range_lines,
+)
 from kaiser.linux.variants import VARIANTS, get_variant
 from kaiser.x86.bits import PTE, entry_phys
 from kaiser.x86.pagetable import PageTable
@@ -215,6 +224,9 @@ class AuditReport:
     findings: tuple[Finding, ...]
     diff: TableDiff | None = None
     notes: tuple[str, ...] = ()
+    table_kind: str = ""  # dumps: what the dump looks like (`TABLE_KINDS`); "" for the model
+    gaps: tuple[tuple[int, int, int], ...] = ()  # dumps: `dump_gaps` -- empty for a whole dump
+    unseen: tuple[str, ...] = ()  # dumps: regions no line of the dump reaches
 
     @property
     def violations(self) -> tuple[Finding, ...]:
@@ -356,6 +368,60 @@ def infer_layout(records: Sequence[Record]) -> DumpLayout:
     return DumpLayout(la57, era, tuple(regions), tuple(notes))
 
 
+# ---- what a dump is, and how much of one ---------------------------------------------------------
+TABLE_KINDS: Final[dict[str, str]] = {
+    "current_user": "a process's user tables (current_user with PTI): the kernel half holds only what "
+    "entry and exit need",
+    "current_kernel": "a process's kernel tables (current_kernel; also current_user without PTI): user "
+    "mappings and the whole direct map and kernel image",
+    "kernel": "init_mm's kernel tables (page_tables/kernel): no user mappings, the whole direct map and "
+    "kernel image",
+    "kernel-half": "kernel tables (the user half is not in the dump): the whole direct map and kernel image",
+}
+# CHOSEN: more direct map than any user-table part needs. PTI user tables map only the per-CPU TSS
+# page (4 KiB per CPU, §3.3) there, KAISER its per-CPU sections (PERCPU_MAX per CPU, §7.1): 16 MiB
+# is 256 CPUs' worth, while kernel tables map all of RAM (a 512 MiB guest's direct map: ~500 MiB).
+WHOLE_DIRECT_MAP_MIN: Final = 16 << 20
+
+
+def _present_bytes(lines: Sequence[RangeLine], lo: int, hi: int, *, writable: bool = False) -> int:
+    return sum(
+        min(r.end, hi) - max(r.start, lo)
+        for r in lines
+        if r.present and r.start < hi and r.end > lo and (not writable or "RW" in r.flags)
+    )
+
+
+def table_kind(records: Sequence[Record], layout: DumpLayout) -> str:
+    """Which of Linux's tables a dump looks like (`TABLE_KINDS`): kernel tables map the whole
+    direct map and the kernel image with its writable data; user tables under PTI map neither
+    (§3.3, §3.5: only entry text, the entry area, ESPfix, the TSS pages and the like)."""
+    lines = range_lines(records)
+    direct = sum(_present_bytes(lines, lo, hi) for name, lo, hi in layout.regions if name == "direct_map")
+    data = sum(_present_bytes(lines, lo, hi, writable=True) for name, lo, hi in layout.regions if name == "kernel_image")
+    if direct < WHOLE_DIRECT_MAP_MIN or not data:
+        return "current_user"
+    gaps = dump_gaps(records)
+    if any(lo < layout.user_end for lo, _, _ in gaps):
+        return "kernel-half"
+    return "current_kernel" if _present_bytes(lines, 0, layout.user_end) else "kernel"
+
+
+def unseen_regions(records: Sequence[Record], layout: DumpLayout) -> tuple[str, ...]:
+    """Regions of the layout (and user space) that no line of the dump reaches -- what an excerpt,
+    or a dump cut short, leaves out -- in address order."""
+    gaps = dump_gaps(records)
+    out: list[str] = []
+    for name, lo, hi in (("user space", 0, layout.user_end), *layout.regions):
+        if name == "hole" or name in out:
+            continue
+        if any(g_lo <= lo and hi <= g_hi for g_lo, g_hi, _ in gaps):
+            if not any(n == name and not any(g_lo <= a and b <= g_hi for g_lo, g_hi, _ in gaps)
+                       for n, a, b in layout.regions):  # fmt: skip
+                out.append(name)
+    return tuple(out)
+
+
 # ---- classification of a dump ------------------------------------------------------------------
 @dataclass
 class _Piece:
@@ -442,8 +508,18 @@ def audit_dump(records: Sequence[Record], policy: Policy, source: str = "<input>
         for p, k in zip(pieces, _classify_dump(pieces), strict=True)
     )
     findings = tuple(f for m in mappings for f in _check(m, policy))
+    kind = table_kind(records, layout)
+    gaps = tuple(dump_gaps(records))
+    unseen = unseen_regions(records, layout) if gaps else ()
     notes = layout.notes + _skip_notes(records, layout) + ((policy.note,) if policy.note else ())
-    return AuditReport(source, policy, source, layout.la57, layout.regions, mappings, findings, None, notes)
+    if kind != "current_user":
+        notes = (f"this dump looks like {kind}: {TABLE_KINDS[kind]}",) + notes
+    if gaps:
+        notes += (f"not a whole dump: {len(gaps)} address range(s) not printed; never seen: "
+                  f"{', '.join(unseen) or 'none'}",)  # fmt: skip
+    return AuditReport(
+        source, policy, source, layout.la57, layout.regions, mappings, findings, None, notes, kind, gaps, unseen
+    )
 
 
 def skipped_by_region(records: Sequence[Record], layout: DumpLayout) -> dict[str, int]:
@@ -707,6 +783,7 @@ def _global_unshared(kernel_pt: PageTable, user_pt: PageTable, layout: Layout) -
 __all__ = [
     "CLASSES",
     "CLASS_DOC",
+    "TABLE_KINDS",
     "AuditReport",
     "DiffEntry",
     "DumpLayout",
@@ -721,5 +798,7 @@ __all__ = [
     "infer_layout",
     "policy_for",
     "skipped_by_region",
+    "table_kind",
     "table_runs",
+    "unseen_regions",
 ]

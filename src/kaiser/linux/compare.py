@@ -21,12 +21,14 @@ any); docs/real-kernel.md lists the same set. An unexplained difference makes th
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from kaiser.inputs import InputError, read_text
 from kaiser.linux.audit import (
     DumpLayout,
     audit_dump,
@@ -70,14 +72,21 @@ class ModelSwitches(KernelConfig):
 
 
 def _meta(dump: Path) -> dict[str, object] | None:
+    """meta.json beside the dump, if there is one (tools/realdumps writes it); one that is there but
+    unreadable, not JSON or not an object is an `InputError` rather than silently other switches."""
     path = dump.parent / "meta.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
+    text = read_text(path, "meta.json beside the dump")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"meta.json: not JSON ({exc.msg}, column {exc.colno})", line=exc.lineno) from None
+    except RecursionError:
+        raise InputError(path, "meta.json: JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise InputError(path, f"meta.json: a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _qemu_ram(cmd: str) -> int | None:
