@@ -374,8 +374,7 @@ TABLE_KINDS: Final[dict[str, str]] = {
     "entry and exit need",
     "current_kernel": "a process's kernel tables (current_kernel; also current_user without PTI): user "
     "mappings and the whole direct map and kernel image",
-    "kernel": "init_mm's kernel tables (page_tables/kernel): no user mappings, the whole direct map and "
-    "kernel image",
+    "kernel": "init_mm's kernel tables (page_tables/kernel): no user mappings, the whole direct map and kernel image",
     "kernel-half": "kernel tables (the user half is not in the dump): the whole direct map and kernel image",
 }
 # CHOSEN: more direct map than any user-table part needs. PTI user tables map only the per-CPU TSS
@@ -397,8 +396,9 @@ def table_kind(records: Sequence[Record], layout: DumpLayout) -> str:
     direct map and the kernel image with its writable data; user tables under PTI map neither
     (§3.3, §3.5: only entry text, the entry area, ESPfix, the TSS pages and the like)."""
     lines = range_lines(records)
-    direct = sum(_present_bytes(lines, lo, hi) for name, lo, hi in layout.regions if name == "direct_map")
-    data = sum(_present_bytes(lines, lo, hi, writable=True) for name, lo, hi in layout.regions if name == "kernel_image")
+    regions = layout.regions
+    direct = sum(_present_bytes(lines, lo, hi) for name, lo, hi in regions if name == "direct_map")
+    data = sum(_present_bytes(lines, lo, hi, writable=True) for name, lo, hi in regions if name == "kernel_image")
     if direct < WHOLE_DIRECT_MAP_MIN or not data:
         return "current_user"
     gaps = dump_gaps(records)
@@ -411,14 +411,15 @@ def unseen_regions(records: Sequence[Record], layout: DumpLayout) -> tuple[str, 
     """Regions of the layout (and user space) that no line of the dump reaches -- what an excerpt,
     or a dump cut short, leaves out -- in address order."""
     gaps = dump_gaps(records)
+    regions = (("user space", 0, layout.user_end), *layout.regions)
+
+    def unseen(lo: int, hi: int) -> bool:
+        return any(g_lo <= lo and hi <= g_hi for g_lo, g_hi, _ in gaps)
+
     out: list[str] = []
-    for name, lo, hi in (("user space", 0, layout.user_end), *layout.regions):
-        if name == "hole" or name in out:
-            continue
-        if any(g_lo <= lo and hi <= g_hi for g_lo, g_hi, _ in gaps):
-            if not any(n == name and not any(g_lo <= a and b <= g_hi for g_lo, g_hi, _ in gaps)
-                       for n, a, b in layout.regions):  # fmt: skip
-                out.append(name)
+    for name, _, _ in regions:  # a region in several pieces (fixmap) is unseen if all of them are
+        if name != "hole" and name not in out and all(unseen(a, b) for n, a, b in regions if n == name):
+            out.append(name)
     return tuple(out)
 
 
