@@ -22,6 +22,7 @@ import typer
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -61,7 +62,7 @@ def _jsonable(value: Any) -> Any:
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """A user mistake: one line on stderr, a non-zero exit, never a traceback."""
-    err_console.print(f"[bold red]kaiser: error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]kaiser: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -1,17 +1,26 @@
-"""`kaiser walk`: translate one address on the sample space and show every entry on the way."""
+"""`kaiser walk`: translate one address and show every paging entry on the way.
+
+Without ``--variant`` it walks the built-in sample space (`kaiser.sample`, the demo's subject).
+With ``--variant V`` it boots that kernel with one process exactly as `kaiser dump` does (same
+``--seed``/``--kaslr``/``--pcid``/``--la57`` defaults, so an address read off ``kaiser dump -v V``
+walks here) and walks the process's user PGD or kernel PGD (``--pgd``; default: the one the CPU has
+loaded at that CPL -- user for ``--user``, kernel for ``--kernel``), with that kernel's CR3 (PCID
+bits included) and CR4. A non-canonical address is an input error (exit 2): a real CPU raises #GP
+for it before any walk (SDM Vol. 3A §3.3.7.1), so there is no walk to show.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from kaiser.cli.output import console, emit_json, parse_int
+from kaiser.cli.output import Col, console, emit_json, fail, parse_int, print_table
+from kaiser.linux.variants import UnknownVariant
 from kaiser.sample import build_sample
 from kaiser.x86.bits import CR4, PFEC, RFLAGS, describe_entry
 from kaiser.x86.cpu import CpuState
-from kaiser.x86.geometry import format_size
+from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL, format_size
 from kaiser.x86.rights import Op
 from kaiser.x86.walker import Fault, Translation, translate
 
@@ -51,49 +60,101 @@ def walk_result_json(result: Translation | Fault) -> dict[str, object]:
     }
 
 
-def render_walk(result: Translation | Fault, title: str) -> Table:
-    """A rich table of the entries a walk read."""
-    table = Table(title=title, title_justify="left")
-    for col in ("level", "table", "index", "entry", "flags"):
-        table.add_column(col, no_wrap=col != "flags")
-    for e in result.entries:
-        table.add_row(e.level.entry, f"{e.table:#x}", str(e.index), f"{e.value:#018x}", describe_entry(e.value))
-    return table
+def render_walk(result: Translation | Fault, title: str) -> None:
+    """Print the entries a walk read, fitted to the terminal (`output.print_table`)."""
+    print_table(
+        [Col("level"), Col("table"), Col("index", justify="right"), Col("entry"), Col("flags", whole=False)],
+        [
+            [e.level.entry, f"{e.table:#x}", str(e.index), f"{e.value:#018x}", describe_entry(e.value)]
+            for e in result.entries
+        ],
+        title=title,
+    )
+
+
+PGDS = ("user", "kernel")
 
 
 def walk_command(
     address: Annotated[str, typer.Argument(help="Linear address, e.g. 0x400000.")],
     op: Annotated[str, typer.Option("--op", help="read, write or fetch.")] = "read",
     user: Annotated[bool, typer.Option("--user/--kernel", help="Access from CPL 3 or CPL 0.")] = False,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            "--variant", "-v", help="Walk this variant's booted kernel (as kaiser dump boots it), not the sample."
+        ),
+    ] = None,
+    pgd: Annotated[
+        str | None,
+        typer.Option("--pgd", help="With --variant: user or kernel PGD. Default: the one loaded at that CPL."),
+    ] = None,
     la57: Annotated[bool, typer.Option("--la57/--4level", help="5-level or 4-level paging.")] = False,
+    pcid: Annotated[bool, typer.Option("--pcid/--no-pcid", help="With --variant: CPU with PCID.")] = True,
+    kaslr: Annotated[bool, typer.Option("--kaslr/--no-kaslr", help="With --variant: randomize the layout.")] = True,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="With --variant: boot seed.")] = 0,
     smap: Annotated[bool, typer.Option(help="Set CR4.SMAP.")] = True,
     smep: Annotated[bool, typer.Option(help="Set CR4.SMEP.")] = True,
     ac: Annotated[bool, typer.Option(help="Set RFLAGS.AC (lets the kernel touch user pages under SMAP).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Translate ADDRESS on the built-in sample address space, showing each paging entry."""
-    from kaiser.cli.output import fail
-
+    """Translate ADDRESS, showing each paging entry: on the sample space, or with --variant on a
+    booted kernel's user or kernel PGD."""
     va = parse_int(address, "address")
     try:
         access = Op(op)
     except ValueError:
         fail(f"--op {op!r} is not one of read, write, fetch")
-    mem, pt, _ = build_sample(la57)
-    cr4 = CR4.PAE | CR4.PGE | (CR4.SMAP if smap else 0) | (CR4.SMEP if smep else 0) | (CR4.LA57 if la57 else 0)
-    state = CpuState(cr3=pt.cr3(), cr4=int(cr4), rflags=0x2 | (RFLAGS.AC if ac else 0), cpl=3 if user else 0)
     if not 0 <= va < 1 << 64:
         fail(f"address {address} is not a 64-bit value")
+    mode = FIVE_LEVEL if la57 else FOUR_LEVEL
+    if not mode.is_canonical(va):
+        fail(
+            f"address {va:#018x} is not canonical for {mode.va_bits}-bit linear addresses "
+            "(the CPU raises #GP before any page walk)"
+        )
+    if pgd is not None and pgd not in PGDS:
+        fail(f"--pgd {pgd!r} is not one of user, kernel")
+    if pgd is not None and variant is None:
+        fail("--pgd needs --variant: the sample space has one tree")
+    rflags = 0x2 | (RFLAGS.AC if ac else 0)
+    smap_smep = (CR4.SMAP if smap else 0) | (CR4.SMEP if smep else 0)
+    if variant is None:
+        mem, pt, _ = build_sample(la57)
+        cr4 = CR4.PAE | CR4.PGE | smap_smep | (CR4.LA57 if la57 else 0)
+        state = CpuState(cr3=pt.cr3(), cr4=int(cr4), rflags=rflags, cpl=3 if user else 0)
+        where = "the sample space"
+    else:
+        from kaiser.cli.dump import boot_with_process
+
+        try:
+            kernel, task = boot_with_process(variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed)
+        except UnknownVariant as exc:
+            fail(f"--variant: {exc}")
+        which = pgd or ("user" if user else "kernel")
+        kcr3, ucr3 = kernel.cr3_pair(task)
+        if which == "user" and ucr3 is None:
+            if pgd is None:
+                which = "kernel"  # no isolation: user mode runs on the one PGD
+            else:
+                fail(f"--pgd user: variant {kernel.variant.name} has no user PGD (no isolation)")
+        cr3 = kcr3 if which == "kernel" else ucr3
+        assert cr3 is not None
+        cr4 = (kernel.cr4() & ~int(CR4.SMAP | CR4.SMEP)) | smap_smep
+        state = CpuState(cr3=cr3, cr4=int(cr4), rflags=rflags, cpl=3 if user else 0)
+        mem = kernel.mem
+        where = f"{kernel.variant.name}'s {which} PGD (CR3 {cr3:#x}, pid {task.pid})"
     result = translate(mem, state, va, access)
     if json_out:
-        emit_json(walk_result_json(result))
+        emit_json({**walk_result_json(result), "space": where})
         return
     who = "user (CPL 3)" if user else "kernel (CPL 0)"
-    console.print(render_walk(result, f"{access.value} of {va:#018x} by {who}"))
+    render_walk(result, f"{access.value} of {va:#018x} by {who} on {where}")
     if isinstance(result, Translation):
         console.print(
             f"[green]ok[/]: physical {result.pa:#x}, {format_size(result.page_size)} page"
-            f"{', global' if result.global_ else ''}"
+            f"{', global' if result.global_ else ''}",
+            highlight=False,
         )
     else:
-        console.print(f"[red]fault[/]: {result.describe()}")
+        console.print(f"[red]fault[/]: {result.describe()}", highlight=False)

@@ -28,13 +28,13 @@ number; with `skip_bad=True` bad lines are counted (`LackeyStats.bad_lines`, fir
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-import numba
 import numpy as np
 
 from kaiser.x86.events import EVENT_DTYPE, Ev
@@ -63,7 +63,16 @@ class TraceError(ValueError):
     """A trace line that cannot be read: one line naming the file and the line number."""
 
 
-@numba.njit(cache=True, nogil=True)
+@functools.cache
+def _compiled_scan() -> Callable[..., int]:
+    """`_scan` compiled by numba, imported here so that importing the reader (every command's
+    start-up, through the CLI) does not pay for numba."""
+    import numba
+
+    scan: Callable[..., int] = numba.njit(cache=True, nogil=True)(_scan)
+    return scan
+
+
 def _scan(
     buf: np.ndarray,
     pos: int,
@@ -367,6 +376,7 @@ class LackeyReader:
         badrec = np.zeros((BAD_KEEP, 3), np.int64)
         newp = np.zeros(self.max_events + 8, np.uint64)
         out = np.zeros(5, np.int64)
+        scan = _compiled_scan()
         line_base = 0  # line index of the first line of the next scan
         index_base = 0  # events before the next scan
         carry = b""
@@ -390,7 +400,7 @@ class LackeyReader:
                 while pos < cut:
                     out[:] = 0
                     out[4] = line_base
-                    pos = _scan(buf, pos, cut, kind, addr, cpl, _HEX, sysrec, badrec, self._stat, self._seen, newp, out)
+                    pos = scan(buf, pos, cut, kind, addr, cpl, _HEX, sysrec, badrec, self._stat, self._seen, newp, out)
                     chunk = self._chunk(data, events, sysrec, badrec, newp, out, line_base, index_base)
                     index_base += len(chunk.events)
                     line_base = int(out[4])
