@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import typer
+from typer._click.exceptions import BadParameter, NoArgsIsHelpError, UsageError  # typer vendors click
+from typer.core import TyperGroup
 
 from kaiser.cli.attack import attack_app
 from kaiser.cli.audit import audit_command
@@ -27,7 +31,48 @@ from kaiser.x86.geometry import AddressError
 from kaiser.x86.pagetable import PagingError
 from kaiser.x86.physmem import PhysMemError
 
+
+class KaiserGroup(TyperGroup):
+    """The root command. Every outcome is an exit status -- 0 done, 1 a finding a CI should act on,
+    2 bad input (option, argument or file), 130 interrupted -- and every error one line on stderr,
+    never a traceback nor click's boxed usage text; in-process runners (CliRunner) get the same."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            status = super().main(argv, prog_name or "kaiser", complete_var, False, windows_expand_args, **extra)
+            code = status if isinstance(status, int) else 0
+        except NoArgsIsHelpError as exc:  # `kaiser` or `kaiser bench` alone: the help
+            sys.stderr.write(exc.format_message() + "\n")
+            code = 2
+        except UsageError as exc:
+            code = _one_line(usage_line(exc), exc.exit_code)
+        except typer.Abort:
+            code = _one_line("aborted", 130)
+        except USER_ERRORS as exc:
+            code = _one_line(str(exc), 2)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _one_line(message: str, code: int) -> int:
+    try:
+        fail(message, code)
+    except typer.Exit as done:
+        return int(done.exit_code)
+
+
 app = typer.Typer(
+    cls=KaiserGroup,
     name="kaiser",
     help="Kernel page-table isolation (KAISER/KPTI) on a bit-exact x86-64 paging model: see it, prove it, price it.",
     no_args_is_help=True,
@@ -59,15 +104,30 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def usage_line(exc: UsageError) -> str:
+    """A click usage error (bad option value, unknown option, missing argument) as one line that
+    names the command and the option, with a --help hint: click's own boxed usage text is several
+    lines and hides which command complained."""
+    path = exc.ctx.command_path if exc.ctx is not None else "kaiser"
+    where = path.removeprefix("kaiser").strip()
+    if type(exc) is BadParameter and exc.param is not None:
+        name = max(exc.param.opts, key=len) if exc.param.opts else exc.param.get_error_hint()
+        detail = f"{name}: {exc.message}"
+    else:
+        detail = exc.format_message()
+    detail = " ".join(detail.split()).rstrip(".")
+    return f"{where + ': ' if where else ''}{detail[:1].lower()}{detail[1:]} (try '{path} --help')"
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run `kaiser ARGV...` and return its exit status (`main` exits with it; tests call it)."""
+    status: int = typer.main.get_command(app).main(args=argv, prog_name="kaiser", standalone_mode=False)
+    return status
+
+
 def main() -> None:
     """Console entry point."""
-    try:
-        app()
-    except USER_ERRORS as exc:
-        try:
-            fail(str(exc))
-        except typer.Exit as done:
-            sys.exit(done.exit_code)
+    sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import typer
 from rich.rule import Rule
 from rich.table import Column, Table
 
+from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console
+from kaiser.cli.verify import VERIFY_MAX
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.memory import frames_kib, measure
 from kaiser.linux.ptdump import MarkerLine, RangeLine, parse_ptdump, ptdump
@@ -34,8 +36,10 @@ TOUR = (
 
 
 def demo_command(
-    verify_cases: Annotated[int, typer.Option("--verify-cases", help="Referee cases to run (0 skips).")] = 500,
-    seed: Annotated[int, typer.Option(help="KASLR seed for the booted kernels.")] = 0,
+    verify_cases: Annotated[
+        int, typer.Option("--verify-cases", min=0, max=VERIFY_MAX, help="Referee cases to run (0 skips).")
+    ] = 500,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX - 1, help="KASLR seed for the booted kernels.")] = 0,
 ) -> None:
     """Build every variant's isolated address spaces, audit them, price them, referee the walker."""
     _paging_tour()

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from kaiser.cli.options import SEED_MAX, output_file, variant_name
 from kaiser.cli.output import fail
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.mm import Prot
@@ -50,7 +51,9 @@ def dump_text(kernel: Kernel, task: Task, table: str, *, wide: bool = False, dia
 
 
 def dump_command(
-    variant: Annotated[str, typer.Option("--variant", "-v", help="Isolation variant (see DESIGN.md).")] = "linux",
+    variant: Annotated[
+        str, typer.Option("--variant", "-v", callback=variant_name, help="Isolation variant (see docs/variants.md).")
+    ] = "linux",
     table: Annotated[
         str, typer.Option("--table", "-t", help="kernel (init_mm), current_kernel or current_user.")
     ] = "current_user",
@@ -60,11 +63,15 @@ def dump_command(
     pcid: Annotated[bool, typer.Option("--pcid/--no-pcid", help="CPU with PCID.")] = True,
     la57: Annotated[bool, typer.Option("--la57/--4level", help="5-level or 4-level paging.")] = False,
     kaslr: Annotated[bool, typer.Option("--kaslr/--no-kaslr", help="Randomize the layout (seeded).")] = True,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for KASLR and the other boot-time choices.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed for KASLR and the other boot-time choices.")
+    ] = 0,
     dialect: Annotated[
         str, typer.Option("--dialect", help="generic (Linux 5.6+) or legacy (4.x-5.5) ptdump text.")
     ] = "generic",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", callback=output_file, help="Write to this file instead of stdout.")
+    ] = None,
 ) -> None:
     """Print a process's page tables exactly as Linux's /sys/kernel/debug/page_tables/* does."""
     if table not in TABLES:
