@@ -16,6 +16,7 @@ import typer
 
 from kaiser.cli.bench_engine import engine_command
 from kaiser.cli.bench_replay import replay_bench_command
+from kaiser.cli.options import choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, fail, print_table, progress_bar
 from kaiser.cost.params import SKYLAKE, SOURCES
 from kaiser.cost.run import BASELINE, Comparison, compare, default_path
@@ -31,8 +32,11 @@ bench_app = typer.Typer(
 
 VariantOpt = Annotated[
     list[str] | None,
-    typer.Option("--variant", "-v", help="Variant to include (repeatable); all by default."),
+    typer.Option("--variant", "-v", callback=variant_names, help="Variant to include (repeatable); all by default."),
 ]
+# CHOSEN: an iteration replays tens to thousands of events; beyond 100,000 of them a bench run takes
+# hours on the reference path, and the per-operation figures stopped moving long before.
+ITERATIONS_MAX = 100_000
 
 
 def chosen_variants(names: list[str] | None) -> list[str]:
@@ -284,13 +288,24 @@ def bench_callback(
     sets: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Workload knob key=value (repeatable), e.g. buffer=100MiB.")
     ] = None,
-    iterations: Annotated[int, typer.Option("--iterations", "-n", min=1, help="Measured iterations.")] = 300,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Iterations replayed before counting.")] = 50,
+    iterations: Annotated[
+        int, typer.Option("--iterations", "-n", min=1, max=ITERATIONS_MAX, help="Measured iterations.")
+    ] = 300,
+    warmup: Annotated[
+        int, typer.Option("--warmup", min=0, max=ITERATIONS_MAX, help="Iterations replayed before counting.")
+    ] = 50,
     path: Annotated[
-        str | None, typer.Option("--path", help="Replay path: engine or reference (default: engine if available).")
+        str | None,
+        typer.Option(
+            "--path",
+            callback=choice("engine", "reference"),
+            help="Replay path: engine or reference (default: engine if available).",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Draw overhead vs syscall rate into this PNG.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", callback=plot_file, help="Draw overhead vs syscall rate into this PNG.")
+    ] = None,
 ) -> None:
     """Replay a workload on each variant, price it, and compare with nopti at the same work."""
     if ctx.invoked_subcommand is not None:

@@ -57,7 +57,7 @@ def _file_problem(path: Path) -> str | None:
     over-long names, permissions."""
     top = _pseudo(path)
     if top is not None:
-        return f"is under {top}: not a place to write a file"
+        return f"is under {top}, not a place to write a file"
     try:
         if path.is_dir():
             return "is a directory"
@@ -85,7 +85,7 @@ def output_file(value: Path | None) -> Path | None:
         return None
     problem = _file_problem(_absolute(value))
     if problem:
-        raise typer.BadParameter(f"{value} {problem}")
+        raise typer.BadParameter(f"{value}: {problem}")
     return value
 
 
@@ -106,7 +106,7 @@ def output_dir(value: Path | None) -> Path | None:
     path = _absolute(value)
     top = _pseudo(path)
     if top is not None:
-        raise typer.BadParameter(f"{value} is under {top}: not a place to write files")
+        raise typer.BadParameter(f"{value}: is under {top}, not a place to write files")
     try:
         probe = path
         while not probe.exists():

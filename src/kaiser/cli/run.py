@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.linux.variants import UnknownVariant
-from kaiser.realcode import BuildError, RunReport, run_names, run_variant
-from kaiser.realcode.machine import Cr3Write, Fault
+
+if TYPE_CHECKING:
+    from kaiser.realcode import RunReport
+    from kaiser.realcode.machine import Cr3Write, Fault
 
 
 def _fault(fault: Fault | None, live: str | None) -> str:
@@ -76,6 +78,8 @@ def run_command(
     """Run a small real kernel (SYSCALL entry/exit switching CR3 as the variant does) and a user
     program on Unicorn over the model's page tables: system calls, a user load of kernel memory,
     and the CR3 values written."""
+    from kaiser.realcode import BuildError, run_names, run_variant  # Unicorn: loaded when run
+
     try:
         names = run_names(variant)
         reports = [run_variant(name, pcid=pcid, la57=la57, seed=seed) for name in names]
