@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from kaiser.cli.options import SEED_MAX, variant_name
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.inputs import InputError
 from kaiser.linux.compare import ClassSummary, CompareReport, compare_dump
@@ -134,7 +135,9 @@ def compare_command(
     real_dump: Annotated[
         Path, typer.Argument(help="A real /sys/kernel/debug/page_tables/{kernel,current_kernel,current_user} dump.")
     ],
-    variant: Annotated[str, typer.Option("--variant", "-v", help="The model variant to compare with.")] = "linux",
+    variant: Annotated[
+        str, typer.Option("--variant", "-v", callback=variant_name, help="The model variant to compare with.")
+    ] = "linux",
     pcid: Annotated[
         bool | None,
         typer.Option("--pcid/--no-pcid", help="Model CPU with PCID. Default: meta.json's guest CPU flags, else on."),
@@ -142,7 +145,9 @@ def compare_command(
     la57: Annotated[
         bool | None, typer.Option("--la57/--4level", help="Model paging mode. Default: from the dump.")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Model seed (KASLR and other boot-time choices).")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=SEED_MAX, help="Model seed (KASLR and other boot-time choices).")
+    ] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Where our model and a real kernel differ, region by region (switches from meta.json beside the dump)."""

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
+from kaiser.cli.options import choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, err_console, fail, print_table
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 from kaiser.traces.interleave import BASELINE, TraceReplay, engine_available, replay_trace
@@ -55,24 +56,39 @@ def reader_errors() -> Iterator[None]:
         fail(str(exc))
 
 
+LIMIT_MAX = 1 << 62  # CHOSEN: "no limit" in practice; a bound so that --limit is an int64 everywhere
+
+
 def replay_command(
     trace: Annotated[Path, typer.Argument(help="valgrind lackey log (--trace-mem=yes --trace-syscalls=yes).")],
     syscalls: Annotated[
         Path | None, typer.Option("--syscalls", help="strace log of the same program (strace -f -n -ttt -T -o FILE).")
     ] = None,
     variant: Annotated[
-        list[str] | None, typer.Option("--variant", "-v", help="Variant (repeatable); all by default (nopti always).")
+        list[str] | None,
+        typer.Option(
+            "--variant", "-v", callback=variant_names, help="Variant (repeatable); all by default (nopti always)."
+        ),
     ] = None,
     pcid: Annotated[
         bool | None, typer.Option("--pcid/--no-pcid", help="Only with (or without) PCID; both by default.")
     ] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable lines.")] = False,
     path: Annotated[
-        str | None, typer.Option("--path", help="engine or reference (default: engine when available).")
+        str | None,
+        typer.Option(
+            "--path",
+            callback=choice("engine", "reference"),
+            help="engine or reference (default: engine when available).",
+        ),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Replay only the first N user events.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, max=LIMIT_MAX, help="Replay only the first N user events.")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a bar chart of cycles per variant.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", callback=plot_file, help="Write a bar chart of cycles per variant.")
+    ] = None,
 ) -> None:
     """Replay a real program's memory trace, with its system calls, on each variant and price it."""
     check_trace_files(trace, syscalls)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from kaiser.cli.options import non_empty, output_file
 from kaiser.cli.output import console, fail
 from kaiser.report import ReportError, load, render
 
@@ -20,8 +21,12 @@ def report_command(
         Path,
         typer.Argument(help="A `kaiser bench --json` file, a `kaiser sweep` output directory, or its results.csv."),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
-    title: Annotated[str | None, typer.Option("--title", help="Page title (default: from the results).")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", callback=output_file, help="The HTML file to write.")
+    ] = Path("report.html"),
+    title: Annotated[
+        str | None, typer.Option("--title", callback=non_empty, help="Page title (default: from the results).")
+    ] = None,
 ) -> None:
     """Write one self-contained HTML page (plots inline, readable offline) of a bench or sweep run."""
     try:

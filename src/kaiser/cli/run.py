@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.linux.variants import UnknownVariant
 
@@ -72,7 +73,7 @@ def run_command(
     ] = "linux",
     pcid: Annotated[bool, typer.Option("--pcid/--no-pcid", help="PCID on (NOFLUSH CR3 switches) or off.")] = True,
     la57: Annotated[bool, typer.Option("--la57", help="5-level paging.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="KASLR and kernel-data seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="KASLR and kernel-data seed.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
 ) -> None:
     """Run a small real kernel (SYSCALL entry/exit switching CR3 as the variant does) and a user

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kaiser.cli.bench import STYLE
+from kaiser.cli.options import output_dir, scheduler_address
 from kaiser.cli.output import console, err_console, fail
 from kaiser.cost.params import SKYLAKE
 from kaiser.cost.workloads import Knob, format_size, get_workload
@@ -294,17 +295,28 @@ def _finish(spec: Spec, store: ResultStore, plots: bool) -> tuple[list[Row], lis
     return rows, drawn
 
 
+WORKERS_MAX = 256  # CHOSEN: more local worker processes than any one machine here has cores
+
+
 def sweep_command(
     spec: Annotated[Path, typer.Argument(help="Sweep spec (TOML); see docs/sweep.md.")],
     scheduler: Annotated[
         str | None,
-        typer.Option("--scheduler", help="Existing dask scheduler (tcp://HOST:PORT); default: a local cluster."),
+        typer.Option(
+            "--scheduler",
+            callback=scheduler_address,
+            help="Existing dask scheduler (tcp://HOST:PORT); default: a local cluster.",
+        ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output directory (default: ./sweep-<spec name>).")
+        Path | None,
+        typer.Option("--out", "-o", callback=output_dir, help="Output directory (default: ./sweep-<spec name>)."),
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", "-j", min=0, help="Local cluster worker processes (0: one per core).")
+        int,
+        typer.Option(
+            "--workers", "-j", min=0, max=WORKERS_MAX, help="Local cluster worker processes (0: one per core)."
+        ),
     ] = 0,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the plots into OUT/plots/.")] = True,
     dry_run: Annotated[
