@@ -21,9 +21,9 @@ def report_command(
         Path,
         typer.Argument(help="A `kaiser bench --json` file, a `kaiser sweep` output directory, or its results.csv."),
     ],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", callback=output_file, help="The HTML file to write.")
-    ] = Path("report.html"),
+    out: Annotated[Path, typer.Option("--out", "-o", callback=output_file, help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
     title: Annotated[
         str | None, typer.Option("--title", callback=non_empty, help="Page title (default: from the results).")
     ] = None,
