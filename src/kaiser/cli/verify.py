@@ -13,11 +13,21 @@ from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console, emit_json, progress_bar
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from kaiser.referee import VerifyReport
 
 # CHOSEN: a million cases is about ten minutes at the referee's ~2,000 cases/s; more is a job for
 # several seeds, not one command that cannot be stopped short of Ctrl-C.
 VERIFY_MAX = 1_000_000
+
+
+def run_verify(cases: int, seed: int, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """`kaiser.referee.run_verify`, imported when the command runs: the referee loads Unicorn, which
+    no other command's start-up should pay for."""
+    from kaiser.referee import run_verify as run
+
+    return run(cases, seed, progress)
 
 
 def _summary(report: VerifyReport) -> Table:
@@ -78,7 +88,7 @@ def verify_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON, no progress bar.")] = False,
 ) -> None:
     """Differential test of the page walker against Unicorn (QEMU's x86 MMU) on random page tables."""
-    from kaiser.referee import KNOWN_DEVIATIONS, run_verify  # Unicorn: loaded by the commands that run it
+    from kaiser.referee import KNOWN_DEVIATIONS
 
     if json_out:
         report = run_verify(cases, seed)
