@@ -78,13 +78,16 @@ def test_real_sample_through_the_entry_point(tmp_path: Path) -> None:
     lines = [line for line in SAMPLE01.read_text().splitlines() if line.startswith("0x") and line[18:21] == "-0x"]
     path = tmp_path / "current_user"
     path.write_text("\n".join(lines) + "\n")
-    ok = run("audit", str(path))
+    excerpt = run("audit", str(path))  # grep output, not a whole dump
+    assert excerpt.returncode == 2 and "not a whole dump" in excerpt.stderr and "user space" in excerpt.stderr
+    ok = run("audit", str(path), "--partial")
     assert ok.returncode == 0, ok.stderr
-    strict = run("audit", str(path), "--variant", "linux-4.15")
+    strict = run("audit", str(path), "--variant", "linux-4.15", "--partial")
     assert strict.returncode == 1 and "global" in strict.stdout
 
 
 GOOD = "0xfffffe0000000000-0xfffffe0000002000           8K     ro                 GLB NX pte\n"
+NEXT = "0xfffffe0000002000-0xfffffe0000004000           8K     ro                 GLB NX pte\n"
 
 
 @pytest.mark.parametrize(
@@ -93,11 +96,12 @@ GOOD = "0xfffffe0000000000-0xfffffe0000002000           8K     ro               
         (GOOD + "0xfffffe0000002000-0xfffffe00000030\n", 2, "truncated"),
         (GOOD + GOOD.replace("0xfffffe0000000000-", "0xfffffe00000g0000-"), 2, "bad hex start address"),
         (GOOD + GOOD.replace("GLB", "GBL"), 2, "unknown flag"),
-        (GOOD + GOOD + "\x00\x01\x02junk\n", 3, "binary data"),
+        (GOOD + NEXT + "\x00\x01\x02junk\n", 3, "binary data"),
+        (GOOD + GOOD, 2, "repeats or overlaps line 1"),
         (b"\xff\xfe\x00garbage", 1, "binary data"),
         ("", 1, "empty input"),
     ],
-    ids=["truncated", "bad-address", "unknown-flag", "junk", "binary", "empty"],
+    ids=["truncated", "bad-address", "unknown-flag", "junk", "duplicate", "binary", "empty"],
 )
 def test_malformed_dumps_are_one_line_errors(tmp_path: Path, content: str | bytes, lineno: int, needle: str) -> None:
     path = tmp_path / "bad.txt"
@@ -114,7 +118,45 @@ def test_malformed_dumps_are_one_line_errors(tmp_path: Path, content: str | byte
 
 def test_missing_file_and_unknown_variant_are_one_line_errors(tmp_path: Path) -> None:
     missing = run("audit", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    assert missing.returncode == 2 and "no such file" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
     bad = run("audit", "--variant", "kpti")
     assert bad.returncode == 2 and "known: nopti" in bad.stderr
+
+
+REAL = Path(__file__).parents[1] / "linux" / "data" / "real" / "6.1.0-56-amd64-pti-nokaslr"
+
+
+@pytest.mark.parametrize("keep", [1, 20, 40, 60, 85])
+def test_a_dump_cut_short_does_not_pass_and_names_what_was_never_seen(tmp_path: Path, keep: int) -> None:
+    lines = (REAL / "current_user.txt").read_text().splitlines(keepends=True)
+    path = tmp_path / "head"
+    path.write_text("".join(lines[:keep]))
+    result = run("audit", str(path))
+    assert result.returncode == 2, result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert f"{path}: not a whole dump" in result.stderr
+    assert "vsyscall" in result.stderr  # the last region of the address space is never reached
+
+
+def test_a_line_taken_out_of_a_dump_is_a_gap_at_its_place(tmp_path: Path) -> None:
+    lines = (REAL / "current_user.txt").read_text().splitlines(keepends=True)
+    i = next(n for n, line in enumerate(lines) if line.startswith("0xfffffe0000000000"))
+    path = tmp_path / "cut"
+    path.write_text("".join(lines[:i] + lines[i + 1 :]))
+    result = run("audit", str(path))
+    assert result.returncode == 2 and f"{path}:{i + 1}: not a whole dump" in result.stderr
+    assert "0xfffffe0000000000-0xfffffe0000001fff" in result.stderr
+
+
+def test_the_table_kind_is_recognised(tmp_path: Path) -> None:
+    kernel = run("audit", str(REAL / "kernel.txt"))
+    assert kernel.returncode == 2 and "looks like the kernel table" in kernel.stderr
+    assert len(kernel.stderr.strip().splitlines()) == 1
+    current_kernel = runner.invoke(app, ["audit", str(REAL / "current_kernel.txt"), "--json"])
+    assert current_kernel.exit_code == 1
+    assert json.loads(current_kernel.output)["table_kind"] == "current_kernel"
+    user = runner.invoke(app, ["audit", str(REAL / "current_user.txt"), "--json"])
+    assert user.exit_code == 0 and json.loads(user.output)["table_kind"] == "current_user"
+    text = runner.invoke(app, ["audit", str(REAL / "current_kernel.txt")])
+    assert "looks like current_kernel" in text.output

@@ -13,8 +13,9 @@ import typer
 
 from kaiser.cli.dump import boot_with_process
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
-from kaiser.linux.audit import AuditReport, audit_dump, audit_model, policy_for
-from kaiser.linux.ptdump import PtdumpParseError, parse_ptdump_file, size_parts
+from kaiser.inputs import InputError
+from kaiser.linux.audit import TABLE_KINDS, AuditReport, audit_dump, audit_model, policy_for
+from kaiser.linux.ptdump import parse_ptdump_file, size_parts
 from kaiser.linux.variants import UnknownVariant
 
 
@@ -37,6 +38,8 @@ def report_json(report: AuditReport) -> dict[str, Any]:
         },
         "paging": "5-level" if report.la57 else "4-level",
         "notes": list(report.notes),
+        **({"table_kind": report.table_kind} if report.table_kind else {}),
+        **({"unseen_regions": list(report.unseen)} if report.gaps else {}),
         "regions": [{"name": n, "start": hex(s), "end": hex(e)} for n, s, e in report.regions],
         "mappings": [
             {
@@ -169,19 +172,25 @@ def audit_command(
     la57: Annotated[bool, typer.Option("--la57/--4level", help="Model: 5-level or 4-level paging.")] = False,
     kaslr: Annotated[bool, typer.Option("--kaslr/--no-kaslr", help="Model: randomize the layout.")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Model: seed for KASLR and boot-time choices.")] = 0,
+    partial: Annotated[
+        bool,
+        typer.Option(
+            "--partial", help="DUMPFILE is an excerpt (grep, a mail quote): audit its lines; say what is missing."
+        ),
+    ] = False,
 ) -> None:
-    """List every kernel mapping user mode can reach, classify it, and fail (exit 1) on policy breaks."""
+    """List every kernel mapping user mode can reach, classify it, and fail (exit 1) on policy breaks.
+
+    A DUMPFILE must be a whole dump (exit 2 naming the regions never seen otherwise, unless
+    --partial) of a process's user tables: init_mm's `kernel` table is refused (exit 2)."""
     name = variant or "linux"
     try:
         policy = policy_for(name, pcid=pcid)
     except UnknownVariant as exc:
         fail(str(exc))
     if dumpfile is not None:
-        try:
-            records = parse_ptdump_file(dumpfile)
-        except PtdumpParseError as exc:
-            fail(str(exc))
-        report = audit_dump(records, policy, str(dumpfile))
+        report = audit_dump(parse_ptdump_file(dumpfile), policy, str(dumpfile))
+        check_whole_user_dump(report, dumpfile, partial=partial)
     else:
         kernel, task = boot_with_process(name, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed)
         report = audit_model(kernel, task)
@@ -189,4 +198,24 @@ def audit_command(
         emit_json(report_json(report))
     else:
         render_report(report)
+        if report.table_kind not in ("", "current_user"):
+            console.print(f"note: {dumpfile} looks like {report.table_kind}, not current_user: "
+                          f"{TABLE_KINDS[report.table_kind]}", highlight=False)  # fmt: skip
     raise typer.Exit(report.exit_status)
+
+
+def check_whole_user_dump(report: AuditReport, path: Path, *, partial: bool) -> None:
+    """A dump cut short (or with lines taken out) is not audited as if it were whole, and init_mm's
+    kernel table is not a user view: `InputError` (exit 2) naming the file and what is wrong."""
+    if report.gaps and not partial:
+        lo, hi, line = report.gaps[0]
+        more = f" and {len(report.gaps) - 1} more gap(s)" if len(report.gaps) > 1 else ""
+        raise InputError(
+            path,
+            f"not a whole dump: no line covers 0x{lo:016x}-0x{(hi - 1):016x}{more}; regions never seen: "
+            f"{', '.join(report.unseen) or 'none (lines missing inside regions)'} (--partial audits an excerpt)",
+            line=line or None,
+        )
+    if report.table_kind == "kernel":
+        raise InputError(path, f"looks like the kernel table, not a user view ({TABLE_KINDS['kernel']}); "
+                         "audit reads a process's current_user")  # fmt: skip

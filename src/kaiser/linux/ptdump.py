@@ -221,10 +221,12 @@ def _noted(words: np.ndarray, base: int, span: int, bounds: Sequence[int]) -> li
     quiet = empty.copy()
     quiet[0] = False
     quiet[1:] &= empty[:-1]
-    for start in bounds:  # keep the first entry at or above every marker start in this table
+    for start in bounds:  # keep the first entry at or above every marker start in this table,
+        # and the next few: one marker advances per break, so a marker that lags behind (several
+        # starts passed by one entry) is printed at the next entry, which Linux notes (§6.3)
         i = -(-(start - base) // span)
-        if 0 < i < len(words):
-            quiet[i] = False
+        for j in range(max(i, 1), min(i + len(bounds) + 1, len(words))):
+            quiet[j] = False
     return np.flatnonzero(~quiet).tolist()
 
 
@@ -706,7 +708,8 @@ def dump_gaps(records: Sequence[Record]) -> list[tuple[int, int, int]]:
     """Address ranges a whole dump would print but these records do not, as (start, end, line of
     the record after the gap; 0 at the end). A whole dump covers the address space from 0 to the
     wrap at 2**64 without a hole (empty entries are printed too, §6.3), except right after a
-    ``... N entries skipped ...`` line; an excerpt (grep, head, a mail quote) has gaps."""
+    ``... N entries skipped ...`` line that more lines follow; an excerpt (grep, head, a mail
+    quote) has gaps."""
     out: list[tuple[int, int, int]] = []
     cursor, skipped = 0, False
     for rec in records:
@@ -716,7 +719,7 @@ def dump_gaps(records: Sequence[Record]) -> list[tuple[int, int, int]]:
             if rec.start > cursor and not skipped:
                 out.append((cursor, rec.start, rec.lineno))
             cursor, skipped = max(cursor, rec.end), False
-    if cursor < TOP and not skipped:
+    if cursor < TOP:  # Linux prints skipped-line counts only on the way into the next marker (§6.3)
         out.append((cursor, TOP, 0))
     return out
 
