@@ -104,7 +104,7 @@ def resume_and_check(spec: Path, out: Path, before: dict[str, tuple[int, str]]) 
     log = (out / "sessions.log").read_text().splitlines()
     assert len(log) == 2 and f"done={len(before)} to_run={len(ids) - len(before)}" in log[1]
     assert not [p for p in out.rglob(".tmp-*")]
-    assert list((out / "plots").glob("overhead-*.png")) and list((out / "plots").glob("bars-*.png"))
+    assert list((out / "plots").glob("overhead-vs-*.png")) and (out / "plots" / "variant-bars.png").is_file()
     assert f"{len(ids)} of {len(ids)} configurations" in " ".join(done.stdout.split())
     # A third run finds nothing to do and touches nothing.
     again = subprocess.run(_sweep(spec, out, "--no-plots"), capture_output=True, text=True, timeout=300)

@@ -24,6 +24,7 @@ from kaiser.cost.workloads import WORKLOADS, WorkloadError, get_workload
 from kaiser.linux.entry import UnknownSyscall
 from kaiser.linux.memory import frames_kib, measure
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
+from kaiser.report.draw import SWEEP_WORK, RateCurve, pyplot, rate_figure
 
 bench_app = typer.Typer(
     help="Price isolation: TLB misses, walks, CR3 writes and cycles per variant (default), page-table memory.",
@@ -199,80 +200,33 @@ def print_tables(rows: list[Comparison], title: str) -> None:
     )
 
 
-# The plot's sweep: extra user computation per iteration, in cycles (the event stream does not
-# depend on it, so one replay per variant and PCID setting gives the whole curve).
-SWEEP_WORK = [0.0] + [float(round(10 ** (k / 8))) for k in range(8, 57)]
-STYLE = {
-    "kaiser-rfc": "#d62728",
-    "kaiser-global": "#ff7f0e",
-    "two-pgd": "#8c564b",
-    "linux-4.15": "#9467bd",
-    "linux": "#1f77b4",
-    "fixed-trampoline": "#2ca02c",
-}
-
-
 def plot_overhead(rows: list[Comparison], path: Path, title: str) -> None:
     """Overhead (%) against nopti versus system calls per second (of nopti time at the model's
-    clock), one line per isolating variant and PCID setting; solid = PCID, dashed = no PCID."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 6.2), dpi=150)
-    for cmp in rows:
-        r = cmp.result
-        if r.variant == BASELINE:
-            continue
-        xs = [cmp.rate_at_work(w) for w in SWEEP_WORK]
-        ys = [cmp.overhead_at_work(w) for w in SWEEP_WORK]
-        ax.plot(
-            xs,
-            ys,
-            color=STYLE.get(r.variant, "black"),
-            linestyle="-" if r.pcid else "--",
-            linewidth=2.0 if r.pcid else 1.6,
-            label=f"{r.variant}, {'PCID' if r.pcid else 'no PCID'}",
+    clock), one line per isolating variant and PCID setting (solid = PCID, dashed = no PCID), and
+    beside it each line over linux's (kaiser.report.draw.rate_figure)."""
+    curves = [
+        RateCurve(
+            variant=cmp.result.variant,
+            pcid=cmp.result.pcid,
+            rates=tuple(cmp.rate_at_work(w) for w in SWEEP_WORK),
+            overheads=tuple(cmp.overhead_at_work(w) for w in SWEEP_WORK),
+            extra_per_call=(cmp.result.cycles.total - cmp.baseline.cycles.total) / cmp.result.syscalls,
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"system calls per second per CPU (modelled time of the nopti run at {SKYLAKE.clock_ghz:g} GHz)")
-    ax.set_ylabel("overhead vs nopti at the same work (%)")
-    ax.set_title(title, fontsize=10, loc="left")
-    fig.suptitle("Cost of kernel page-table isolation vs system-call rate", fontsize=14, x=0.01, ha="left")
-    ax.axvline(50e3, color="grey", linewidth=0.8, linestyle=":")
-    (star,) = ax.plot([50e3], [2.0], marker="*", markersize=14, color="black", linestyle="none", zorder=5)
-    ax.grid(True, which="major", alpha=0.35)
-    ax.grid(True, which="minor", alpha=0.1)
-    ax.set_xlim(left=1e3)
-    ax.set_ylim(bottom=0.01)
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    from matplotlib.lines import Line2D
-
-    shown = [v for v in STYLE if any(c.result.variant == v for c in rows)]
-    handles = [Line2D([], [], color=STYLE[v], linewidth=2.5) for v in shown]
-    first = ax.legend(handles, shown, title="variant", fontsize=8, title_fontsize=8, loc="upper left", framealpha=0.9)
-    ax.add_artist(first)
-    styles = [Line2D([], [], color="black", linestyle="-"), Line2D([], [], color="black", linestyle="--"), star]
-    ax.legend(
-        styles,
-        ["PCID (NOFLUSH CR3 writes)", "no PCID (every CR3 write flushes)", "Gregg 2018: ~2% at 50k syscalls/s"],
-        fontsize=8,
-        loc="lower right",
-        framealpha=0.9,
+        for cmp in rows
+        if cmp.result.variant != BASELINE and cmp.result.syscalls
+    ]
+    if not curves:
+        fail(f"--plot {path}: the workload makes no system calls, so there is no rate to plot against")
+    fig = rate_figure(
+        curves,
+        "Cost of kernel page-table isolation vs system-call rate",
+        title,
+        SKYLAKE.clock_ghz,
+        note="kaiser cost model: replayed TLB/PCID/CR3 events priced in cycles (docs/cost.md). Rate varied by "
+        "user computation between calls; user working set fixed.",
     )
-    fig.text(
-        0.01,
-        0.005,
-        "kaiser cost model: replayed TLB/PCID/CR3 events priced in cycles (docs/cost.md). Rate varied by user "
-        "computation between calls; user working set fixed.",
-        fontsize=7,
-        color="dimgray",
-    )
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(path, dpi=150)
+    pyplot().close(fig)
 
 
 @bench_app.callback()

@@ -175,32 +175,17 @@ def print_result(r: TraceReplay) -> None:
 
 
 def plot_costs(r: TraceReplay, out: Path) -> None:
-    """Bars of cycles per variant (PCID on and off side by side), overhead vs nopti on top."""
-    import matplotlib
+    """Dots of modelled cycles per variant and of overhead vs nopti, PCID on and off, on axes that
+    span the values so a 1 % difference shows (kaiser.report.draw.replay_figure)."""
+    from kaiser.report.draw import pyplot, replay_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    variants = list(dict.fromkeys(res.variant for res in r.results))
-    pcids = sorted({res.pcid for res in r.results}, reverse=True)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(variants)), 4.0))
-    width = 0.8 / len(pcids)
-    for k, p in enumerate(pcids):
-        xs, ys, labels = [], [], []
-        for i, v in enumerate(variants):
-            res = next((x for x in r.results if x.variant == v and x.pcid == p), None)
-            if res is None or res.total_cycles is None:
-                continue
-            xs.append(i + (k - (len(pcids) - 1) / 2) * width)
-            ys.append(res.total_cycles / 1e6)
-            over = r.overhead(res)
-            labels.append(f"{over:+.1f}%" if over is not None else "")
-        bars = ax.bar(xs, ys, width, label="PCID" if p else "no PCID")
-        ax.bar_label(bars, labels=labels, fontsize=7)
-    ax.set_xticks(range(len(variants)), variants, rotation=20)
-    ax.set_ylabel("modelled cycles (millions)")
-    ax.set_title(f"{r.trace.name}: {r.stats['refs']:,} references, {sum(r.syscall_names.values())} system calls")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    cycles: dict[tuple[str, bool | None], float] = {
+        (x.variant, x.pcid): float(x.total_cycles) for x in r.results if x.total_cycles is not None
+    }
+    overheads: dict[tuple[str, bool | None], float] = {
+        (x.variant, x.pcid): over for x in r.results if x.variant != BASELINE and (over := r.overhead(x)) is not None
+    }
+    title = f"{r.trace.name}: {r.stats['refs']:,} references, {sum(r.syscall_names.values())} system calls"
+    fig = replay_figure(title, cycles, overheads)
+    fig.savefig(out, dpi=120)
+    pyplot().close(fig)

@@ -310,11 +310,14 @@ def render(res: Results, title: str | None = None, figs: list[Figure] | None = N
         '<section id="plots"><h2>Plots</h2>',
         *(image(f.key, f.title, f.caption, f.png) for f in figs),
     ]
-    if res.pngs:
+    # A producer's plot named for one of ours (kaiser sweep draws these same figures) is not shown twice.
+    own = {f"{f.key}.png" for f in figs}
+    pngs = [(name, png) for name, png in res.pngs if name not in own]
+    if pngs:
         parts.append(f'<h2 id="producer-plots">Plots drawn by kaiser {esc(res.kind)}</h2>')
         parts += [
             image(f"{res.kind}-{i}", name, f"As kaiser {res.kind} wrote it to plots/.", png)
-            for i, (name, png) in enumerate(res.pngs)
+            for i, (name, png) in enumerate(pngs)
         ]
     parts.append("</section>")
     parts.append('<section id="tables"><h2>Tables</h2>')
