@@ -89,12 +89,40 @@ class Knob:
     show: Callable[[Any], str] = str
 
 
-def _size_knob(name: str, default: int, help: str) -> Knob:
-    return Knob(name, default, parse_size, help, format_size)
+def _bounded(
+    parse: Callable[[str], Any], lo: float, hi: float, multiple: int = 1, show: Callable[[Any], str] = "{:,.0f}".format
+) -> Callable[[str], Any]:
+    """`parse`, then a range check: a knob value outside lo..hi (or not a multiple of `multiple`)
+    is a `WorkloadError`, never a MemoryError or a silently degenerate workload."""
+
+    def check(text: str) -> Any:
+        value = parse(text)
+        if not lo <= value <= hi:
+            raise WorkloadError(f"{text!r} is out of range {show(lo)}..{show(hi)}")
+        if value % multiple:
+            raise WorkloadError(f"{text!r} must be a multiple of {multiple}")
+        return value
+
+    return check
 
 
-def _int_knob(name: str, default: int, help: str) -> Knob:
-    return Knob(name, default, _parse_int, help)
+def _size_knob(name: str, default: int, help: str, lo: int, hi: int, multiple: int = 1) -> Knob:
+    return Knob(name, default, _bounded(parse_size, lo, hi, multiple, format_size), help, format_size)
+
+
+def _int_knob(name: str, default: int, help: str, lo: int, hi: int) -> Knob:
+    return Knob(name, default, _bounded(_parse_int, lo, hi), help)
+
+
+# CHOSEN bounds of the knobs: wide enough for every figure in docs/cost.md and the sweeps, narrow
+# enough that one replay fits in memory and minutes. A user buffer, file or fault region of 1 GiB
+# is 262,144 pages mapped (and, for faults, one slot each); 2^20 loads or syscalls between
+# switches is far beyond where the per-operation figures stop moving.
+LOADS_MAX = 1 << 20
+AREA_MAX = 1 * GiB
+EVERY_MAX = 1 << 20
+PROCS_MAX = 64  # CHOSEN: processes taking turns; each is a whole mm with its own tables
+WORD = 8  # the loads are aligned 8-byte words: a stride that is not a multiple of 8 splits them
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -114,11 +142,17 @@ def _page_size(text: str) -> int:
 
 
 PAGE_SIZE_KNOB = Knob("page_size", 4 * KiB, _page_size, "user buffer page size: 4KiB or 2MiB", format_size)
-WORK_KNOB = Knob("work", 0.0, lambda t: float(_parse_int(t)), "user cycles of computation per iteration (no memory)")
+WORK_MAX = 10**12  # CHOSEN: cycles of user work per iteration; 10^12 is minutes of a 3 GHz core per syscall
+WORK_KNOB = Knob(
+    "work",
+    0.0,
+    _bounded(lambda t: float(_parse_int(t)), 0, WORK_MAX),
+    "user cycles of computation per iteration (no memory)",
+)
 USER_KNOBS = (
-    _int_knob("reads", 64, "user loads per iteration"),
-    _size_knob("stride", 4 * KiB, "bytes between consecutive user loads"),
-    _size_knob("buffer", 256 * KiB, "user buffer the loads walk through (wrapping)"),
+    _int_knob("reads", 64, "user loads per iteration", 0, LOADS_MAX),
+    _size_knob("stride", 4 * KiB, "bytes between consecutive user loads", WORD, AREA_MAX, WORD),
+    _size_knob("buffer", 256 * KiB, "user buffer the loads walk through (wrapping)", 1, AREA_MAX),
     PAGE_SIZE_KNOB,
     WORK_KNOB,
 )
@@ -265,9 +299,17 @@ SYSCALL_LOOP = Workload(
     (
         Knob("syscall", "getppid", _choice(_SYSCALL_CHOICES), f"system call: {', '.join(_SYSCALL_CHOICES)}"),
         *USER_KNOBS,
-        _int_knob("kernel_pages", 0, "extra kernel pages (4 KiB, vmalloc) each syscall reads"),
-        _int_knob("procs", 2, "processes taking turns when switch_every > 0"),
-        _int_knob("switch_every", 0, "every Nth syscall is sched_yield() switching to the next process (0: never)"),
+        _int_knob(
+            "kernel_pages", 0, "extra kernel pages (4 KiB, vmalloc) each syscall reads", 0, AREA_MAX // PAGE_SIZE
+        ),
+        _int_knob("procs", 2, "processes taking turns when switch_every > 0", 1, PROCS_MAX),
+        _int_knob(
+            "switch_every",
+            0,
+            "every Nth syscall is sched_yield() switching to the next process (0: never)",
+            0,
+            EVERY_MAX,
+        ),
     ),
     _loop_setup,
     _loop_iterate,
@@ -277,14 +319,14 @@ NULL_SYSCALL = Workload(
     "the null system call loop: getppid() back to back, no user memory touched",
     (
         Knob("syscall", "getppid", _choice(_SYSCALL_CHOICES), "system call"),
-        _int_knob("reads", 0, "user loads per iteration"),
-        _size_knob("stride", 64, "bytes between user loads"),
-        _size_knob("buffer", 4 * KiB, "user buffer"),
+        _int_knob("reads", 0, "user loads per iteration", 0, LOADS_MAX),
+        _size_knob("stride", 64, "bytes between user loads", WORD, AREA_MAX, WORD),
+        _size_knob("buffer", 4 * KiB, "user buffer", 1, AREA_MAX),
         PAGE_SIZE_KNOB,
         WORK_KNOB,
-        _int_knob("kernel_pages", 0, "extra kernel pages each syscall reads"),
-        _int_knob("procs", 1, "processes (with switch_every)"),
-        _int_knob("switch_every", 0, "every Nth syscall yields to another process"),
+        _int_knob("kernel_pages", 0, "extra kernel pages each syscall reads", 0, AREA_MAX // PAGE_SIZE),
+        _int_knob("procs", 1, "processes (with switch_every)", 1, PROCS_MAX),
+        _int_knob("switch_every", 0, "every Nth syscall yields to another process", 0, EVERY_MAX),
     ),
     _loop_setup,
     _loop_iterate,
@@ -322,10 +364,10 @@ def _file_iterate(name: str) -> Callable[[EntryModel, Any, dict[str, Any], int],
 
 
 _FILE_KNOBS = (
-    _size_knob("size", 4 * KiB, "bytes per read()/write() (one reference per page copied)"),
-    _size_knob("file", 1 * MiB, "cached file size the calls walk through"),
+    _size_knob("size", 4 * KiB, "bytes per read()/write() (one reference per page copied)", 1, AREA_MAX),
+    _size_knob("file", 1 * MiB, "cached file size the calls walk through", 1, AREA_MAX),
     *USER_KNOBS,
-    _int_knob("kernel_pages", 0, "extra kernel pages (4 KiB, vmalloc) each call reads"),
+    _int_knob("kernel_pages", 0, "extra kernel pages (4 KiB, vmalloc) each call reads", 0, AREA_MAX // PAGE_SIZE),
 )
 READ_CACHED = Workload(
     "read", "read() of cached file pages into a user buffer", _FILE_KNOBS, _file_setup, _file_iterate("read")
@@ -386,8 +428,14 @@ IRQ_HEAVY = Workload(
     "a device interrupt per iteration from user mode; every Nth iteration also one (and an NMI) from kernel mode",
     (
         *USER_KNOBS,
-        _int_knob("kernel_every", 4, "every Nth iteration: a getppid() during which interrupts arrive (0: never)"),
-        _int_knob("nmi", 1, "1: an NMI (paranoid entry) also arrives in the kernel then"),
+        _int_knob(
+            "kernel_every",
+            4,
+            "every Nth iteration: a getppid() during which interrupts arrive (0: never)",
+            0,
+            EVERY_MAX,
+        ),
+        _int_knob("nmi", 1, "1: an NMI (paranoid entry) also arrives in the kernel then", 0, 1),
     ),
     lambda em, knobs: _start(em, knobs),
     _irq_iterate,
@@ -441,7 +489,12 @@ def _fault_iterate(em: EntryModel, st: FaultState, knobs: dict[str, Any], n: int
 PAGE_FAULTS = Workload(
     "page-faults",
     "a page fault on a fresh user page per iteration (handler writes the PTE); region recycled by MADV_DONTNEED",
-    (*USER_KNOBS, _size_knob("region", 256 * KiB, "region of fresh pages faulted in, then zapped and reused")),
+    (
+        *USER_KNOBS,
+        _size_knob(
+            "region", 256 * KiB, "region of fresh pages faulted in, then zapped and reused", PAGE_SIZE, AREA_MAX
+        ),
+    ),
     _fault_setup,
     _fault_iterate,
 )
