@@ -15,6 +15,7 @@ from kaiser.cli.audit import audit_command
 from kaiser.cli.bench import bench_app
 from kaiser.cli.compare import compare_command
 from kaiser.cli.demo import demo_command
+from kaiser.cli.diff import diff_command
 from kaiser.cli.dump import dump_command
 from kaiser.cli.output import fail
 from kaiser.cli.replay import replay_command
@@ -83,6 +84,7 @@ app.command("demo")(demo_command)
 app.command("walk")(walk_command)
 app.command("verify")(verify_command)
 app.command("dump")(dump_command)
+app.command("diff")(diff_command)
 app.command("audit")(audit_command)
 app.command("run")(run_command)
 app.command("compare")(compare_command)

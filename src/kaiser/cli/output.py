@@ -4,9 +4,10 @@ and one-line user errors.
 Width (`terminal_width`): ``COLUMNS`` when it is a positive number, else the size of the terminal
 stdout is, else 80 (a pipe, a file, a CI log) -- so ``kaiser audit > file`` does not take the width
 of whatever terminal stderr happens to be. `print_table` fits a table into that width without ever
-cutting, wrapping or folding an address or a number: it prints a boxed table when it fits, then a
-borderless one, then drops the columns marked droppable (highest `Col.drop` first), and on a
-terminal too narrow for even that prints one record per block (``name  value`` lines).
+cutting, wrapping or folding an address or a number: a boxed table when it fits unwrapped, else a
+borderless one whose text columns wrap at spaces and whose headers break at spaces, dropping the
+columns marked droppable (highest `Col.drop` first) while it is still too wide, and on a terminal
+too narrow for even that one record per block (``name  value`` lines).
 """
 
 from __future__ import annotations
@@ -45,13 +46,18 @@ def terminal_width() -> int:
     return DEFAULT_WIDTH
 
 
-console = Console(width=terminal_width())
-err_console = Console(stderr=True, width=terminal_width())
+console = Console(width=terminal_width(), emoji=False)  # ":x:" in a file name stays text
+err_console = Console(stderr=True, width=terminal_width(), emoji=False)
 
 
 def emit_json(data: Any) -> None:
     """Print `data` as JSON on stdout (the `--json` form of every reporting command)."""
-    sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    sys.stdout.write(json_text(data))
+
+
+def json_text(data: Any) -> str:
+    """The text `emit_json` prints."""
+    return json.dumps(data, indent=2, default=_jsonable) + "\n"
 
 
 def _jsonable(value: Any) -> Any:
@@ -140,24 +146,25 @@ def print_table(
         out.print(title, highlight=False)
     keep = list(range(len(cols)))
     needs = [_needs(c, [r[i] for r in rows]) for i, c in enumerate(cols)]
+    natural = [max([_lines_width(c.name), *(_lines_width(r[i]) for r in rows)]) for i, c in enumerate(cols)]
 
-    def table_width(idx: list[int], gap: int, edges: int) -> int:
-        return sum(needs[i] for i in idx) + gap * (len(idx) - 1) + edges
+    def table_width(widths: list[int], idx: list[int], gap: int, edges: int) -> int:
+        return sum(widths[i] for i in idx) + gap * (len(idx) - 1) + edges
 
-    if table_width(keep, 3, 4) <= width:
-        table = Table(box=box.HEAVY_HEAD)
-    else:
-        while table_width(keep, 2, 0) > width and any(cols[i].drop for i in keep):
+    if table_width(natural, keep, 3, 4) <= width:  # boxed, nothing wrapped
+        table, compact = Table(box=box.HEAVY_HEAD), False
+    else:  # borderless; text columns wrap at spaces; then columns go; then blocks
+        while table_width(needs, keep, 2, 0) > width and any(cols[i].drop for i in keep):
             keep.remove(max(keep, key=lambda i: (cols[i].drop, i)))
-        if table_width(keep, 2, 0) > width:
+        if table_width(needs, keep, 2, 0) > width:
             print_blocks(cols, rows, out=out)
             return
-        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+        table, compact = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True), True
     for i in keep:
         col = cols[i]
         cells = max((_lines_width(r[i]) if col.whole else _word_width(r[i]) for r in rows), default=0)
         table.add_column(
-            col.name if cell_len(col.name) <= cells else col.name.replace(" ", "\n"),
+            col.name.replace(" ", "\n") if compact and cell_len(col.name) > cells else col.name,
             justify=col.justify,
             no_wrap=col.whole,
             overflow="ellipsis" if col.whole else "fold",  # never used: the widths fit (checked above)

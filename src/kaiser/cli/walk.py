@@ -140,8 +140,8 @@ def walk_command(
                 fail(f"--pgd user: variant {kernel.variant.name} has no user PGD (no isolation)")
         cr3 = kcr3 if which == "kernel" else ucr3
         assert cr3 is not None
-        cr4 = (kernel.cr4() & ~int(CR4.SMAP | CR4.SMEP)) | smap_smep
-        state = CpuState(cr3=cr3, cr4=int(cr4), rflags=rflags, cpl=3 if user else 0)
+        kcr4 = (kernel.cr4() & ~int(CR4.SMAP | CR4.SMEP)) | smap_smep
+        state = CpuState(cr3=cr3, cr4=int(kcr4), rflags=rflags, cpl=3 if user else 0)
         mem = kernel.mem
         where = f"{kernel.variant.name}'s {which} PGD (CR3 {cr3:#x}, pid {task.pid})"
     result = translate(mem, state, va, access)
