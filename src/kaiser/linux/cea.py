@@ -95,9 +95,11 @@ class CeaLayout:
 
 
 @functools.cache
-def cea_layout(era: str, stub: bool) -> CeaLayout:
+def cea_layout(era: str, stub: bool, debug_store: bool = True) -> CeaLayout:
     """The entry area of `era` ("4.15" or "modern"), with a stub page when `stub` (built once;
-    every kernel and CPU of that kind shares it)."""
+    every kernel and CPU of that kind shares it). `debug_store=False` is a non-Intel CPU:
+    `percpu_setup_debug_store()` returns early unless the vendor is Intel (cpu_entry_area.c), so
+    neither the debug-store page nor its PAGE_NONE buffer PTEs exist; the struct keeps its size."""
     pieces = [Piece("gdt", 0, 1, Kind.RO, 0)]
     if era == "4.15":
         pieces += [Piece("entry stack", 1, 1, Kind.RW, 5), Piece("tss", 2, 3, Kind.RO, PERCPU_TSS)]
@@ -126,6 +128,6 @@ def cea_layout(era: str, stub: bool) -> CeaLayout:
             pieces.append(Piece(f"{name} stack", page + 1, 2, Kind.GUARD))
         page += 3
     pieces.append(Piece("IST top guard", page, 1, Kind.GUARD))
-    pieces.append(Piece("debug store", page + 1, 1, Kind.RW, 7))
-    pieces.append(Piece("debug buffers", page + 2, DEBUG_BUFFER_PAGES, Kind.NONE))
+    pieces.append(Piece("debug store", page + 1, 1, Kind.RW if debug_store else Kind.GUARD, 7))
+    pieces.append(Piece("debug buffers", page + 2, DEBUG_BUFFER_PAGES, Kind.NONE if debug_store else Kind.GUARD))
     return CeaLayout(era, tuple(pieces))

@@ -37,22 +37,23 @@ from kaiser.linux.audit import (
     policy_for,
     skipped_by_region,
 )
+from kaiser.linux.dumpinfo import Fact, read_dump
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.layout import (
     CPU_ENTRY_AREA_PGD,
     FIXADDR_TOP,
     KERNEL_IMAGE_SIZE_KASLR,
     P4D_SHIFT,
-    PAGE_OFFSET_BASE,
     PAGE_SIZE,
     START_KERNEL_MAP,
     TOP,
-    VSYSCALL_ADDR,
+    Bases,
     ImageSizes,
 )
 from kaiser.linux.mm import Prot
-from kaiser.linux.ptdump import MarkerLine, Record, parse_ptdump, ptdump, range_lines, size_parts
-from kaiser.linux.variants import Part, Variant, get_variant
+from kaiser.linux.ptdump import MarkerLine, Record, parse_ptdump, ptdump, size_parts
+from kaiser.linux.variants import get_variant
+from kaiser.x86.physmem import PhysMemError
 
 MiB: Final = 1 << 20
 GiB: Final = 1 << 30
@@ -65,10 +66,15 @@ CPU_ENTRY_AREA_BASE: Final = (CPU_ENTRY_AREA_PGD << P4D_SHIFT) % TOP
 @dataclass(frozen=True)
 class ModelSwitches(KernelConfig):
     """The `KernelConfig` that makes the model match the real machine, plus where each choice
-    came from and whether PTI was forced on."""
+    came from."""
 
-    pti_on: bool = False  # pti=on (forced) rather than auto: no kernel-image clone (pti_kernel_image_global_ok)
-    sources: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()  # each switch in words, with where it came from
+    facts: tuple[Fact, ...] = ()
+
+    @property
+    def pti_on(self) -> bool:
+        """pti=on (forced) rather than auto: no kernel-image clone (pti_kernel_image_global_ok())."""
+        return self.pti == "on"
 
 
 def _meta(dump: Path) -> dict[str, object] | None:
@@ -112,57 +118,143 @@ def switches_for(
     pcid: bool | None = None,
     la57: bool | None = None,
     seed: int = 0,
+    pti: str | None = None,
+    vendor: str | None = None,
+    vsyscall: str | None = None,
+    cpus: int | None = None,
+    cmdline: str | None = None,
+    cpuinfo: str | None = None,
 ) -> ModelSwitches:
-    """Switches matching the real machine: the command line, CPU flags, CPU count and RAM from
-    meta.json when it exists; otherwise from the dump (KASLR from where "Low Kernel Mapping" is
-    printed, 5-level from the addresses, CPUs from the per-CPU TSS clones) and defaults."""
+    """Switches matching the real machine. Each comes from, in order: the caller (``given``: the
+    command's options), the dump itself (`kaiser.linux.dumpinfo.read_dump`, with the line that shows
+    it), the kernel command line (`cmdline`), /proc/cpuinfo's text (`cpuinfo`), meta.json beside the
+    dump (tools/realdumps writes one), and otherwise a stated assumption."""
     get_variant(variant)
-    sources: list[str] = []
     meta = _meta(dump)
-    layout = infer_layout(records)
-    cmdline = str(meta.get("kernel_cmdline", "")) if meta else ""
-    switches = cmdline.split()
+    info = read_dump(records)
+    facts: dict[str, Fact] = {}
+    meta_cmd = str(meta.get("kernel_cmdline", "")) if meta else ""
+    cmd = cmdline_facts(cmdline, "cmdline") if cmdline is not None else cmdline_facts(meta_cmd, "meta.json")
+    cpu = cpuinfo_facts(cpuinfo, "cpuinfo") if cpuinfo is not None else _meta_cpu(meta)
+
+    def pick(name: str, given: object, *others: dict[str, Fact], default: object, why: str) -> object:
+        if given is not None:
+            facts[name] = Fact(name, given, f"{name} {given}", "given")
+        elif name in info:
+            facts[name] = info.facts[name]
+        else:
+            found = next((o[name] for o in others if name in o), None)
+            facts[name] = found or Fact(name, default, f"{name} {default}: {why}", "assumed")
+        return facts[name].value
+
+    pti_seen = bool(info.get("pti"))
+    if "pti" in cmd and cmd["pti"].value == "off" and "pti" in info and pti_seen:
+        facts["contradiction"] = Fact("contradiction", True, "the command line says nopti, the dump shows PTI", "dump")
+    facts["pti"] = info.facts["pti"] if "pti" in info else cmd.get("pti", Fact("pti", True, "PTI on", "assumed"))
+    isolating = facts["pti"].value not in (False, "off")
+    global_image = bool(info.get("global_image"))
+    if pcid is None and global_image:
+        pcid_v = False
+        facts["pcid"] = Fact("pcid", False, "PCID off: Linux makes the kernel image global only without PCID",
+                             "dump", info.facts["global_image"].line, info.facts["global_image"].shown)  # fmt: skip
+    else:
+        pcid_v = bool(pick("pcid", pcid, cpu, default=True, why="a dump cannot tell (--pcid/--no-pcid)"))
+    vendor_v = str(pick("vendor", vendor, cpu, default="intel", why="no entry area in the dump"))
+    if pti is not None:
+        pti_v = pti
+        facts["pti_mode"] = Fact("pti_mode", pti, f"pti={pti}", "given")
+    elif "pti" in cmd and cmd["pti"].value in ("on", "auto"):
+        pti_v = str(cmd["pti"].value)
+        facts["pti_mode"] = cmd["pti"]
+    else:
+        # no global image: pti=on gives the same tables as pti=auto with PCID; on AMD only pti=on isolates
+        pti_v = "auto" if global_image else "on"
+        facts["pti_mode"] = Fact("pti_mode", pti_v, f"modelled as pti={pti_v}: the kernel image is "
+                                 f"{'global' if global_image else 'not global'}", "dump")  # fmt: skip
+    name = variant
+    if not isolating and get_variant(variant).isolating:
+        name = "nopti"
+    kaslr = bool(pick("kaslr", None, cmd, default=True, why="no base in the dump"))
+    la57_v = bool(pick("la57", la57, cpu, default=False, why="4-level"))
+    ncpus = int(pick("ncpus", cpus, cpu, default=2, why="no entry area in the dump"))  # type: ignore[call-overload]
+    vsys = str(pick("vsyscall", vsyscall, cmd, default="none", why="no fixmap in the dump"))
+    ram_default = _qemu_ram(str(meta.get("qemu_command", ""))) if meta else None
+    meta_ram = (
+        {"ram": Fact("ram", ram_default, f"RAM {ram_default >> 20} MiB: qemu -m", "meta.json")} if ram_default else {}
+    )
+    ram = int(pick("ram", None, meta_ram, default=KernelConfig().ram, why="a user view does not show RAM"))  # type: ignore[call-overload]
+    tss = info.get("tss_phys") if ncpus == len(info.get("tss_phys") or ()) else None  # type: ignore[arg-type]
+    if isinstance(tss, tuple) and tss and max(tss) + (1 << 20) > ram:
+        ram = -(-(max(tss) + (1 << 20)) // (2 * MiB)) * 2 * MiB  # room for the real per-CPU pages
+    slots = info.get("cea_slots")
+    slots = slots if isinstance(slots, tuple) and len(slots) == ncpus else None
+    bases = Bases(*(info.get(n) for n in ("page_offset_base", "vmalloc_base", "vmemmap_base", "kernel_base")))  # type: ignore[arg-type]
+    build = _build_choices(records, info.layout, meta, facts)
+    image = info.get("image")
+    if isinstance(image, ImageSizes):
+        build["image"] = image
+    elif "entry_offset" in info.facts:
+        build["image"] = replace(build.get("image") or ImageSizes(), entry_text_offset=int(info.get("entry_offset")))  # type: ignore[call-overload]
+    esp = info.get("espfix_page")
+    sources = tuple(f.describe() for f in facts.values())
+    return ModelSwitches(
+        variant=name, pcid=pcid_v, la57=la57_v, kaslr=kaslr, seed=seed, ncpus=min(ncpus, 64), ram=ram,
+        vsyscall=vsys, pti=pti_v, vendor=vendor_v, bases=bases, espfix_page=esp if isinstance(esp, int) else None,
+        cea_slots=slots if slots and ncpus <= 64 else None, tss_phys=tss if isinstance(tss, tuple) else None,
+        cea_random=bool(info.get("cea_random")), sources=sources, facts=tuple(facts.values()), **build,
+    )  # fmt: skip
+
+
+def cmdline_facts(text: str, source: str) -> dict[str, Fact]:
+    """What a kernel command line says (pti=, nopti, mitigations=off, nokaslr, vsyscall=)."""
+    out: dict[str, Fact] = {}
+    for arg in text.split():
+        key, _, value = arg.partition("=")
+        if arg in ("nopti", "pti=off") or (key == "mitigations" and value == "off"):
+            out["pti"] = Fact("pti", "off", f"PTI off: {arg}", source)
+        elif key == "pti" and value in ("on", "auto"):
+            out["pti"] = Fact("pti", value, f"pti={value}", source)
+        elif arg == "nokaslr":
+            out["kaslr"] = Fact("kaslr", False, "KASLR off: nokaslr", source)
+        elif key == "vsyscall" and value in ("emulate", "xonly", "none"):
+            out["vsyscall"] = Fact("vsyscall", value, f"vsyscall={value}", source)
+    return out
+
+
+def cpuinfo_facts(text: str, source: str) -> dict[str, Fact]:
+    """What /proc/cpuinfo says: vendor_id, the number of processors, pcid and la57 in the flags."""
+    out: dict[str, Fact] = {}
+    procs = re.findall(r"^processor\s*:", text, flags=re.M)
+    if procs:
+        out["ncpus"] = Fact("ncpus", len(procs), f"{len(procs)} CPU(s)", source)
+    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", text, flags=re.M)
+    if vendor:
+        v = "intel" if vendor.group(1) == "GenuineIntel" else "amd" if vendor.group(1) == "AuthenticAMD" else None
+        if v:
+            out["vendor"] = Fact("vendor", v, f"vendor {vendor.group(1)}", source)
+    flags = re.search(r"^flags\s*:(.*)$", text, flags=re.M)
+    if flags:
+        names = set(flags.group(1).split())
+        out["pcid"] = Fact("pcid", "pcid" in names, f"PCID {'on' if 'pcid' in names else 'off'}: cpu flags", source)
+        out["la57"] = Fact("la57", "la57" in names, f"{'5' if 'la57' in names else '4'}-level: cpu flags", source)
+    return out
+
+
+def _meta_cpu(meta: dict[str, object] | None) -> dict[str, Fact]:
     cpu = meta.get("guest_cpu") if meta else None
     cpu = cpu if isinstance(cpu, dict) else {}
     flags = cpu.get("flags_of_interest")
     flags = flags if isinstance(flags, dict) else {}
-
-    name = variant
-    if meta and "nopti" in switches and get_variant(variant).isolating:
-        name = "nopti"
-        sources.append("variant nopti: the real kernel was booted with nopti")
-    if meta:
-        kaslr = "nokaslr" not in switches
-        sources.append(f"KASLR {'on' if kaslr else 'off'}: kernel command line {cmdline!r}")
-    else:
-        pos = next((r for r in _marker_starts(records) if r[0] == "Low Kernel Mapping"), None)
-        kaslr = pos is None or pos[1] != PAGE_OFFSET_BASE[("modern", layout.la57)]
-        sources.append(f"KASLR {'on' if kaslr else 'off'}: where the Low Kernel Mapping marker is printed")
-    pti_on = "pti=on" in switches
-    if pti_on:
-        sources.append("pti=on: kernel text is not cloned (pti_kernel_image_global_ok() needs pti=auto)")
-    if pcid is None:
-        pcid = bool(flags.get("pcid", True)) if flags else True
-        sources.append(f"PCID {'on' if pcid else 'off'}: {'guest CPU flags' if flags else 'default'}")
-    if la57 is None:
-        la57 = bool(flags.get("la57", False)) if flags else layout.la57
-    ncpus = cpu.get("nproc") if cpu else None
-    if not isinstance(ncpus, int) or ncpus < 1:
-        audit = audit_dump(records, policy_for("linux"))
-        ncpus = max(1, sum(1 for m in audit.mappings if m.klass == "tss_percpu"))
-        sources.append(f"{ncpus} CPU(s): per-CPU TSS clones in the dump")
-    else:
-        sources.append(f"{ncpus} CPU(s): guest /proc/cpuinfo")
-    ram = _qemu_ram(str(meta.get("qemu_command", ""))) if meta else None
-    if ram is None or ram < 256 * MiB:
-        ram = KernelConfig().ram
-    else:
-        sources.append(f"RAM {ram // MiB} MiB: qemu -m")
-    build = _build_choices(records, layout, switches, meta, sources)
-    return ModelSwitches(
-        variant=name, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, ncpus=min(ncpus, 64), ram=ram,
-        pti_on=pti_on, sources=tuple(sources), **build,
-    )  # fmt: skip
+    out: dict[str, Fact] = {}
+    if "pcid" in flags:
+        out["pcid"] = Fact("pcid", bool(flags["pcid"]), f"PCID {'on' if flags['pcid'] else 'off'}: guest CPU flags",
+                           "meta.json")  # fmt: skip
+    if isinstance(cpu.get("nproc"), int) and cpu["nproc"] >= 1:
+        out["ncpus"] = Fact("ncpus", cpu["nproc"], f"{cpu['nproc']} CPU(s): guest nproc", "meta.json")
+    if cpu.get("vendor") in ("GenuineIntel", "AuthenticAMD"):
+        v = "intel" if cpu["vendor"] == "GenuineIntel" else "amd"
+        out["vendor"] = Fact("vendor", v, f"vendor {cpu['vendor']}", "meta.json")
+    return out
 
 
 def _release(meta: dict[str, object] | None) -> tuple[int, int] | None:
@@ -191,42 +283,34 @@ def _image_sizes(meta: dict[str, object] | None) -> ImageSizes | None:
 def _build_choices(
     records: Sequence[Record],
     layout: DumpLayout,
-    cmdline: list[str],
     meta: dict[str, object] | None,
-    sources: list[str],
+    facts: dict[str, Fact],
 ) -> dict[str, Any]:
-    """The kernel's build choices that show in its own dump: the vsyscall mode (is there a PTE at
-    0xffffffffff600000?), a RANDOMIZE_BASE build (where module space starts), the number of
-    permanent fixmap slots (where "Fixmap Area" is printed), and, from the release in meta.json,
-    whether per-CPU entry areas are randomized (6.2+, 97e3d26b5e5f)."""
+    """The kernel's build choices that show in its own dump: a RANDOMIZE_BASE build (where module
+    space starts), the number of permanent fixmap slots (where "Fixmap Area" is printed); and the
+    section sizes from the boot's 'Memory:' line in meta.json (used when the dump does not show
+    the image)."""
     out: dict[str, Any] = {}
-    mode = next((a.partition("=")[2] for a in cmdline if a.startswith("vsyscall=")), None)
-    if mode in ("emulate", "xonly", "none"):
-        sources.append(f"vsyscall={mode}: kernel command line")
-    else:
-        mapped = any(r.start <= VSYSCALL_ADDR < r.end and r.present for r in range_lines(records))
-        mode = "emulate" if mapped else "none"
-        sources.append(f"vsyscall={mode}: {'a' if mapped else 'no'} PTE at {VSYSCALL_ADDR:#x} in the dump")
-    out["vsyscall"] = mode
+    marks = {r.name: r for r in records if isinstance(r, MarkerLine)}
     modules = next((lo for name, lo, _ in layout.regions if name == "modules"), None)
-    if modules is not None:
+    if modules is not None and "Modules" in marks:
         out["kaslr_image_size"] = modules == START_KERNEL_MAP + KERNEL_IMAGE_SIZE_KASLR
-        sources.append(f"module space at {modules:#x}: built {'with' if out['kaslr_image_size'] else 'without'} "
-                       "RANDOMIZE_BASE")  # fmt: skip
+        m = marks["Modules"]
+        facts["modules"] = Fact("modules", modules, f"module space at {modules:#x}: built "
+                                f"{'with' if out['kaslr_image_size'] else 'without'} RANDOMIZE_BASE", "dump",
+                                m.lineno, m.render())  # fmt: skip
     fixmap = marker_positions(records).get("Fixmap Area")
-    if fixmap is not None and fixmap % PAGE_SIZE == 0 and fixmap < FIXADDR_TOP:
+    if fixmap is not None and fixmap % PAGE_SIZE == 0 and FIXADDR_TOP - 4096 * PAGE_SIZE < fixmap < FIXADDR_TOP:
         out["fixmap_pages"] = (FIXADDR_TOP - fixmap) // PAGE_SIZE
-        sources.append(f"{out['fixmap_pages']} permanent fixmap slots: where 'Fixmap Area' is printed")
+        m = marks["Fixmap Area"]
+        facts["fixmap"] = Fact("fixmap", out["fixmap_pages"], f"{out['fixmap_pages']} permanent fixmap slots",
+                               "dump", m.lineno, m.render())  # fmt: skip
     image = _image_sizes(meta)
     if image is not None:
         out["image"] = image
-        sources.append(f"image: {image.text >> 10}K text, {image.rodata >> 10}K rodata, {image.data >> 10}K data, "
-                       f"{image.bss >> 10}K bss: the boot's 'Memory:' line")  # fmt: skip
-    release = _release(meta)
-    if release is not None:
-        out["cea_random"] = release >= (6, 2)
-        sources.append(f"entry areas {'randomized' if out['cea_random'] else 'at fixed slots'}: "
-                       f"kernel {release[0]}.{release[1]} (randomized since 6.2)")  # fmt: skip
+        facts.setdefault("image", Fact("image", image, f"image: {image.text >> 10}K text, {image.rodata >> 10}K "
+                         f"rodata, {image.data >> 10}K data, {image.bss >> 10}K bss: the boot's 'Memory:' line",
+                         "meta.json"))  # fmt: skip
     return out
 
 
@@ -244,16 +328,35 @@ def _marker_starts(records: Sequence[Record]) -> list[tuple[str, int]]:
 
 def boot_model(sw: ModelSwitches, *, ldt: bool) -> tuple[Kernel, Task]:
     """The model booted with `sw`, one process running (with an LDT when `ldt`)."""
-    variant: Variant = get_variant(sw.variant)
-    if sw.pti_on and variant.maps(Part.KERNEL_TEXT):
-        # pti=on: the same design without pti_clone_kernel_text() (§3.3: needs pti=auto)
-        variant = replace(variant, clones=tuple(c for c in variant.clones if c.part is not Part.KERNEL_TEXT))
-    kernel = Kernel.boot(sw, variant=variant)
+    kernel = Kernel.boot(sw)
     task = kernel.spawn()
     task.mm.mmap(1 << 20, Prot.READ | Prot.WRITE, name="anon")
     if ldt:
         task.mm.modify_ldt()
     return kernel, task
+
+
+def boot_aligned(sw: ModelSwitches, *, ldt: bool) -> tuple[ModelSwitches, Kernel, Task]:
+    """`boot_model`, giving up the real machine's placements one by one (per-CPU pages, then the
+    bases) when the model cannot hold them (e.g. a per-CPU page inside the model's kernel image);
+    what was given up is said in the switches' sources."""
+    tries = (
+        (sw, ""),
+        (replace(sw, tss_phys=None), "per-CPU TSS pages not placed as in the dump"),
+        (replace(sw, tss_phys=None, bases=None), "per-CPU TSS pages and bases not placed as in the dump"),
+    )
+    for attempt, (cfg, what) in enumerate(tries):
+        try:
+            kernel, task = boot_model(cfg, ldt=ldt)
+        except (ValueError, PhysMemError) as exc:
+            if attempt == len(tries) - 1:
+                raise
+            last = str(exc)
+            continue
+        if what:
+            cfg = replace(cfg, sources=(*cfg.sources, f"{what}: {last}"))
+        return cfg, kernel, task
+    raise AssertionError("unreachable")
 
 
 def model_text(kernel: Kernel, task: Task, table: str) -> str:
@@ -324,6 +427,13 @@ class Explanation:
 
     reason: str
     fix: str = ""
+    # "placement": boot-time randomness the alignment could not remove; "contents": the running
+    # kernel's own data, allocations and modules, which a model of the page-table design does not
+    # reproduce -- reported as a class of their own, never as the design's differences.
+    category: str = "placement"
+
+
+CATEGORIES: Final = ("placement", "contents")
 
 
 # Keys are (class, kind); `*` as the kind matches every kind of that class. Each entry is backed by
@@ -358,35 +468,42 @@ EXPLANATIONS: Final[dict[tuple[str, str], Explanation]] = {
         "image and at the start of the model's .bss, whose other contents differ (see kernel_data). "
         "With KASLR the image sits at another random base, and the real one shows two more ro NX "
         "ranges above .bss (32K and 800K) whose origin these dumps do not tell.",
+        category="contents",
     ),
     ("kernel_data", "*"): Explanation(
         "the real data region holds more than .data and .bss (2338K + 17344K on the boot line): "
         "per-CPU and page-aligned data, the freed init sections (a 2824K hole), brk pages, and 4K "
         "splits from set_memory_*(); the model maps .data and .bss back to back with the largest "
-        "pages."
+        "pages.",
+        category="contents",
     ),
     ("direct_map", "*"): Explanation(
         "the real direct map covers the e820 RAM of the 512 MiB guest (to 0x1ffe0000: the firmware "
         "keeps the top 128K), makes the kernel image's alias ro NX, the real-mode trampoline at "
         "0x98000 ro/x, and has many 4K splits (set_memory_*); page 0 is a 4K RW NX pte. The model "
-        "maps all RAM RW NX with the largest pages. With KASLR page_offset_base is random per boot."
+        "maps all RAM RW NX with the largest pages. With KASLR page_offset_base is random per boot.",
+        category="contents",
     ),
     ("vmalloc", "*"): Explanation(
         "vmalloc space holds the running kernel's allocations besides stacks: ioremaps (RW PCD), a "
         "4M buffer, 64K-128K buffers, 12K at the top (0xffffe8ffffc00000); the model maps only task "
-        "stacks there."
+        "stacks there.",
+        category="contents",
     ),
     ("task_stack", "*"): Explanation(
         "16K RW NX runs between guard pages in vmalloc space: the real kernel has one per thread "
-        "(about 50 at boot, kernel threads included), the model one per process."
+        "(about 50 at boot, kernel threads included), the model one per process.",
+        category="contents",
     ),
     ("vmemmap", "*"): Explanation(
         "struct pages of the real memory sections (8M pmd for 512 MiB); only differs when the "
-        "model's RAM differs, or, with KASLR, by the random vmemmap_base."
+        "model's RAM differs, or, with KASLR, by the random vmemmap_base.",
+        category="contents",
     ),
     ("modules", "*"): Explanation(
         "module space holds a 2M ro x region of 4K PTEs at MODULES_VADDR (most likely the BPF program "
-        "pack) and ptdump_mod itself (4K ro x, 4K ro NX, 8K RW NX); the model maps one 8-page module."
+        "pack) and ptdump_mod itself (4K ro x, 4K ro NX, 8K RW NX); the model maps one 8-page module.",
+        category="contents",
     ),
     # ---- region bounds (where ptdump prints the markers) ------------------------------------------
     ("marker:Low Kernel Mapping", "placement"): Explanation(
@@ -406,6 +523,19 @@ def explain(klass: str, kind: str) -> Explanation | None:
     return EXPLANATIONS.get((klass, kind)) or EXPLANATIONS.get((klass, "*"))
 
 
+REACH: Final = (
+    "changes what user mode can reach: under PTI every kernel mapping of the user tables is "
+    "deliberate, so only a difference of placement may be explained"
+)
+
+
+def reach_rule(kind: str, *, user_view: bool, isolating: bool) -> str:
+    """Why a difference may not be explained ("" when it may): in the user view of an isolating
+    kernel anything but placement changes which kernel bytes user mode (or Meltdown) can reach --
+    e.g. a pti=auto kernel without PCID cloning all of its text global (§3.3)."""
+    return REACH if user_view and isolating and kind != "placement" else ""
+
+
 # ---- the comparison --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Difference:
@@ -414,6 +544,7 @@ class Difference:
     real: str
     model: str
     explanation: Explanation | None
+    blocked: str = ""  # why no explanation may apply (`reach_rule`)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -422,6 +553,11 @@ class Difference:
     @property
     def explained(self) -> bool:
         return self.explanation is not None
+
+    @property
+    def category(self) -> str:
+        """``placement``, ``contents`` (the running kernel's own), or ``unexplained``."""
+        return self.explanation.category if self.explanation else "unexplained"
 
 
 @dataclass(frozen=True)
@@ -434,10 +570,15 @@ class CompareReport:
     model: dict[str, ClassSummary]
     differences: tuple[Difference, ...]
     model_dump: str
+    model_table: str = ""  # the model's table compared (what the dump shows)
+    user_view: bool = False  # the table user mode runs on (current_user, or any table without PTI)
 
     @property
     def unexplained(self) -> tuple[Difference, ...]:
         return tuple(d for d in self.differences if not d.explained)
+
+    def of(self, category: str) -> tuple[Difference, ...]:
+        return tuple(d for d in self.differences if d.category == category)
 
     @property
     def keys(self) -> set[tuple[str, str]]:
@@ -455,11 +596,19 @@ def _ranges_text(s: ClassSummary, limit: int = 4) -> str:
     return ", ".join(parts)
 
 
-def diff_summaries(real: dict[str, ClassSummary], model: dict[str, ClassSummary]) -> list[Difference]:
+def diff_summaries(
+    real: dict[str, ClassSummary],
+    model: dict[str, ClassSummary],
+    *,
+    user_view: bool = False,
+    isolating: bool = True,
+) -> list[Difference]:
+    """Per-class differences, each with its explanation -- none where `reach_rule` forbids one."""
     out: list[Difference] = []
 
     def add(klass: str, kind: str, r: str, m: str) -> None:
-        out.append(Difference(klass, kind, r, m, explain(klass, kind)))
+        blocked = reach_rule(kind, user_view=user_view, isolating=isolating)
+        out.append(Difference(klass, kind, r, m, None if blocked else explain(klass, kind), blocked))
 
     for klass in sorted(set(real) | set(model)):
         r, m = real.get(klass), model.get(klass)
@@ -522,16 +671,29 @@ def compare_dump(
     pcid: bool | None = None,
     la57: bool | None = None,
     seed: int = 0,
+    **machine: Any,
 ) -> CompareReport:
-    """Compare a real dump (already parsed; `path` names the table and locates meta.json)."""
-    table, ldt = table_of(path)
-    sw = switches_for(path, records, variant, pcid=pcid, la57=la57, seed=seed)
-    kernel, task = boot_model(sw, ldt=ldt)
+    """Compare a real dump (already parsed; `path` names the file and locates meta.json). The
+    table compared is what the dump shows (`read_dump`), the file name only where it agrees;
+    `machine` holds `switches_for`'s other options (pti, vendor, vsyscall, cpus, cmdline, cpuinfo)."""
+    named, named_ldt = table_of(path)
+    sw = switches_for(path, records, variant, pcid=pcid, la57=la57, seed=seed, **machine)
+    facts = {f.name: f for f in sw.facts}
+    table = str(facts["table"].value) if "table" in facts else named
+    ldt = named_ldt or bool(facts["ldt"].value if "ldt" in facts else False)
+    sw, kernel, task = boot_aligned(sw, ldt=ldt)
     text = model_text(kernel, task, table)
     model_records = parse_ptdump(text, f"model:{sw.variant}/{table}")
     real, model = summarize(records), summarize(model_records)
-    diffs = diff_summaries(real, model) + diff_markers(records, model_records)
-    return CompareReport(str(path), table, ldt, sw, real, model, tuple(diffs), text)
+    user_view = table == "current_user" or not kernel.variant.isolating
+    diffs = diff_summaries(real, model, user_view=user_view, isolating=kernel.variant.isolating)
+    diffs += diff_markers(records, model_records)
+    shown = named if _named(path) else table
+    return CompareReport(str(path), shown, ldt, sw, real, model, tuple(diffs), text, table, user_view)
+
+
+def _named(path: Path) -> bool:
+    return path.name.split(".")[0].removesuffix("-ldt") in TABLES
 
 
 def compare_file(path: str | Path, variant: str = "linux", **kw: object) -> CompareReport:

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 
 from kaiser.linux import pti
 from kaiser.linux.cea import PAGE_NONE, PERCPU_PAGES, PERCPU_TSS, CeaLayout, Kind, cea_layout
-from kaiser.linux.layout import DEFAULT_FIXMAP_PAGES, FIXADDR_TOP, VSYSCALL_ADDR, ImageSizes, Layout, make_layout
+from kaiser.linux.layout import (
+    DEFAULT_FIXMAP_PAGES,
+    FIXADDR_TOP,
+    VSYSCALL_ADDR,
+    Bases,
+    ImageSizes,
+    Layout,
+    make_layout,
+)
 from kaiser.linux.mm import LDT_ENTRIES, Mm, ProgramImage
 from kaiser.linux.variants import Entry, GlobalPolicy, Level, Part, Variant, get_variant
 from kaiser.x86.bits import CR4, KERNPG_TABLE, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE, make_cr3
@@ -31,6 +39,8 @@ FIX_IO_PAGES = 515  # fixmap index of the two RW PCD I/O pages (APIC, IO-APIC): 
 ESPFIX_STACK_SIZE, ESPFIX_STACKS_PER_PAGE, ESPFIX_PAGE_SPACE = 64, 64, 1 << (39 - 12 - 16)
 ESPFIX_PTE_CLONES, ESPFIX_PMD_CLONES, ESPFIX_PUD_CLONES = 32, 512, 4  # 32 * 512 * 4 = 65,536 aliases
 VSYSCALL_MODES = ("emulate", "xonly", "none")  # vsyscall= / CONFIG_LEGACY_VSYSCALL_* (vsyscall_64.c)
+PTI_MODES = ("auto", "on")  # pti= (arch/x86/mm/pti.c pti_check_boottime_disable(); nopti is --variant nopti)
+VENDORS = ("intel", "amd")  # the CPU vendors whose differences Linux's page tables show
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,17 @@ class KernelConfig:
     kaslr_image_size: bool | None = None  # built with RANDOMIZE_BASE (1 GiB image window); None: = kaslr
     fixmap_pages: int = DEFAULT_FIXMAP_PAGES  # __end_of_permanent_fixed_addresses (649 Fedora 4.18, 646 Debian 6.1)
     image: ImageSizes | None = None  # the kernel image's section sizes; None: the model's defaults
+    # pti=auto: isolation only on a CPU with X86_BUG_CPU_MELTDOWN (Intel here; AMD is not affected),
+    # and the kernel image global when pti_kernel_image_global_ok(): no PCID, pti=auto, not K8
+    # (every AMD family >= 0xf is K8), no RANDSTRUCT (facts linux-kpti.md §3.3). pti=on: always
+    # isolate, never a global image.
+    pti: str = "auto"
+    vendor: str = "intel"  # intel: the entry area maps the debug store (percpu_setup_debug_store())
+    # A real machine's boot-time choices instead of the seed's (kaiser compare aligns to a dump):
+    bases: Bases | None = None  # page_offset_base, vmalloc_base, vmemmap_base, _text
+    espfix_page: int | None = None  # espfix_64.c page_random (0..2047): where the espfix page lands
+    cea_slots: tuple[int, ...] | None = None  # per-CPU entry-area slot of each CPU (6.2+ randomizes them)
+    tss_phys: tuple[int, ...] | None = None  # physical address of each CPU's cpu_tss_rw page
 
     def __post_init__(self) -> None:
         get_variant(self.variant)
@@ -60,6 +81,24 @@ class KernelConfig:
             raise ValueError(f"ncpus={self.ncpus} must be 1..64")
         if self.ram < 256 * MiB or self.ram % (2 * MiB):
             raise ValueError(f"ram={self.ram:#x} must be a multiple of 2 MiB and at least 256 MiB")
+        if self.pti not in PTI_MODES:
+            raise ValueError(f"pti={self.pti!r} must be one of {', '.join(PTI_MODES)} (nopti: --variant nopti)")
+        if self.vendor not in VENDORS:
+            raise ValueError(f"vendor={self.vendor!r} must be one of {', '.join(VENDORS)}")
+        if self.espfix_page is not None and not 0 <= self.espfix_page < ESPFIX_PAGE_SPACE:
+            raise ValueError(f"espfix_page={self.espfix_page} must be 0..{ESPFIX_PAGE_SPACE - 1}")
+        for name in ("cea_slots", "tss_phys"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != self.ncpus or len(set(value)) != len(value)):
+                raise ValueError(f"{name} needs {self.ncpus} distinct values (one per CPU), not {value}")
+        if self.tss_phys is not None and any(pa % PAGE_SIZE or not PAGE_SIZE <= pa < self.ram for pa in self.tss_phys):
+            raise ValueError(f"tss_phys {self.tss_phys}: each must be a page inside RAM above page 0")
+
+    @property
+    def isolates(self) -> bool:
+        """Does the kernel isolate? An isolating variant under pti=auto only on a Meltdown-affected
+        CPU: pti_check_boottime_disable() leaves PTI off without X86_BUG_CPU_MELTDOWN (AMD)."""
+        return get_variant(self.variant).isolating and (self.pti == "on" or self.vendor == "intel")
 
 
 @dataclass
@@ -133,6 +172,8 @@ class Kernel:
         by default the registry entry `config.variant` is used."""
         config = config or KernelConfig()
         variant = variant or get_variant(config.variant)
+        if variant.isolating and config.pti == "auto" and config.vendor != "intel":
+            variant = get_variant("nopti")  # pti=auto without the Meltdown bug: no isolation (pti.c)
         layout = make_layout(
             config.la57,
             config.kaslr,
@@ -142,11 +183,14 @@ class Kernel:
             fixmap_pages=config.fixmap_pages,
             kaslr_image_size=config.kaslr_image_size,
             image=config.image,
+            bases=config.bases,
         )
         mem = PhysicalMemory(config.ram)
         mode = mode_for(config.la57)
         image_span = layout.kernel_end - layout.kernel_base
         mem.reserve(layout.kernel_phys, -(-image_span // (2 * MiB)) * 2 * MiB, FrameKind.DATA, "kernel image")
+        for cpu, tss in enumerate(config.tss_phys or ()):  # a real machine's per-CPU areas
+            mem.reserve(tss - PERCPU_TSS * PAGE_SIZE, PERCPU_PAGES * PAGE_SIZE, FrameKind.DATA, f"percpu{cpu}")
         init = cls._alloc_pgd_pair(mem, mode, variant, "init_mm")
         kernel = cls(config, variant, layout, mem, init, [])
         kernel._vmalloc_next = layout.vmalloc_base + 2 * MiB
@@ -191,6 +235,8 @@ class Kernel:
             self.variant.global_policy is GlobalPolicy.SHARED_AND_TEXT_WITHOUT_PCID
             and self.variant.maps(Part.KERNEL_TEXT)
             and not self.config.pcid
+            and self.config.pti == "auto"  # pti=on: the more secure choice, no global image
+            and self.config.vendor == "intel"  # X86_FEATURE_K8: never on AMD
         )
 
     # ---- kernel mappings (init_mm) ---------------------------------------------------------
@@ -256,6 +302,8 @@ class Kernel:
         rng = random.Random(self.config.seed ^ 0xE5F1)
         slot_random = rng.randrange(ESPFIX_STACKS_PER_PAGE)
         page_random = rng.randrange(ESPFIX_PAGE_SPACE)
+        if self.config.espfix_page is not None:
+            page_random = self.config.espfix_page
         addr = (page_random << 12) + slot_random * ESPFIX_STACK_SIZE  # espfix_base_addr(cpu 0)
         addr = (addr & 0xFFFF) | ((addr & ~0xFFFF) << 16)
         self.espfix_va = lay.espfix_base + addr
@@ -287,6 +335,11 @@ class Kernel:
         """Per-CPU entry-area slots: CPU n at slot n before 6.2 and without KASLR; a random unique
         slot per CPU with KASLR since 6.2 (97e3d26b5e5f, §1.5). Ours and the 4.15 era keep fixed slots."""
         n = self.config.ncpus
+        if self.config.cea_slots is not None:
+            cea_size = self.cea_layout.pages * PAGE_SIZE
+            if max(self.config.cea_slots) >= ((1 << 39) - PAGE_SIZE) // cea_size:
+                raise ValueError(f"cea_slots {self.config.cea_slots}: past the end of the entry area")
+            return list(self.config.cea_slots)
         modern = self.variant.era == "modern" and self.config.cea_random
         if not (self.config.kaslr and modern and self.variant.entry is not Entry.FIXED_CEA):
             return list(range(n))
@@ -305,7 +358,9 @@ class Kernel:
     def cea_layout(self) -> CeaLayout:
         """This kernel's `struct cpu_entry_area` (kaiser.linux.cea): by era, with a stub page
         when the variant's entry runs from the area."""
-        return cea_layout(self.variant.era, stub=self.variant.entry is not Entry.ENTRY_TEXT)
+        return cea_layout(
+            self.variant.era, stub=self.variant.entry is not Entry.ENTRY_TEXT, debug_store=self.config.vendor == "intel"
+        )
 
     def _map_cpu_entry_area(self) -> None:
         """`setup_cpu_entry_areas()`: the shared RO IDT page, then each CPU's area piece by piece
@@ -324,7 +379,10 @@ class Kernel:
         trampoline_pa = lay.kernel_phys + (lay.entry_text[0] - lay.kernel_base)
         leaf_depth = len(kpt.levels) - 1
         for index, slot in enumerate(self._cea_slot_order()):
-            percpu_pa = mem.alloc(FrameKind.DATA, f"percpu{index}", count=PERCPU_PAGES)
+            if self.config.tss_phys is not None:  # reserved at boot
+                percpu_pa = self.config.tss_phys[index] - PERCPU_TSS * PAGE_SIZE
+            else:
+                percpu_pa = mem.alloc(FrameKind.DATA, f"percpu{index}", count=PERCPU_PAGES)
             cpu = Cpu(index, base + PAGE_SIZE + slot * cea.pages * PAGE_SIZE, percpu_pa,
                       lay.page_offset_base + percpu_pa, cea)  # fmt: skip
             self.cpus.append(cpu)

@@ -168,6 +168,28 @@ class ImageSizes:
             raise ValueError("entry text must lie inside the text section")
 
 
+@dataclass(frozen=True)
+class Bases:
+    """Boot-time bases taken from a real machine instead of drawn from the seed (`kaiser compare`
+    aligns the model to a dump with them): page_offset_base, vmalloc_base, vmemmap_base
+    (arch/x86/mm/kaslr.c, PUD-aligned under KASLR) and `_text` (2 MiB-aligned, PHYSICAL_ALIGN).
+    None keeps the seeded (or, without KASLR, the fixed) value."""
+
+    page_offset_base: int | None = None
+    vmalloc_base: int | None = None
+    vmemmap_base: int | None = None
+    kernel_base: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("page_offset_base", "vmalloc_base", "vmemmap_base"):
+            value = getattr(self, name)
+            if value is not None and (not 1 << 63 <= value < TOP or value % PUD_SIZE):
+                raise ValueError(f"{name}={value:#x} must be a 1 GiB-aligned kernel-half address")
+        kb = self.kernel_base
+        if kb is not None and (not START_KERNEL_MAP <= kb < MODULES_END or kb % PHYSICAL_ALIGN):
+            raise ValueError(f"kernel_base={kb:#x} must be 2 MiB-aligned inside the kernel image window")
+
+
 def _round_up(value: int, align: int) -> int:
     return -(-value // align) * align
 
@@ -353,11 +375,13 @@ def make_layout(
     image: ImageSizes | None = None,
     fixmap_pages: int = DEFAULT_FIXMAP_PAGES,
     kaslr_image_size: bool | None = None,
+    bases: Bases | None = None,
 ) -> Layout:
     """Build the layout. `kaslr=False` gives mm.rst's fixed addresses (a kernel built without
     CONFIG_RANDOMIZE_BASE/MEMORY: 512 MiB image window, modules at 0xffffffffa0000000); pass
     `kaslr_image_size=True` for a KASLR-capable kernel booted with `nokaslr` (1 GiB window).
-    `seed` drives every random choice, so a layout is reproducible."""
+    `seed` drives every random choice, so a layout is reproducible; `bases` overrides the drawn
+    (or fixed) bases with a real machine's."""
     if era not in ERAS:
         raise ValueError(f"era must be one of {ERAS}, not {era!r}")
     if ram_size <= 0 or ram_size % PAGE_SIZE:
@@ -377,6 +401,15 @@ def make_layout(
         pob, dsize = PAGE_OFFSET_BASE[(era, la57)], DIRECT_MAP_SIZE[la57]
         vmb, vsize = VMALLOC_BASE[la57], VMALLOC_SIZE_TB[la57] * TiB
         vmm, vmmsize = VMEMMAP_BASE[la57], VMEMMAP_SIZE[la57]
+    if bases is not None:
+        pob = bases.page_offset_base if bases.page_offset_base is not None else pob
+        vmb = bases.vmalloc_base if bases.vmalloc_base is not None else vmb
+        vmm = bases.vmemmap_base if bases.vmemmap_base is not None else vmm
+        if not pob < vmb < vmm:
+            raise ValueError(f"bases out of order: direct map {pob:#x}, vmalloc {vmb:#x}, vmemmap {vmm:#x}")
+        # regions keep their sizes unless the next base comes first (a real machine's bases)
+        dsize, vsize = min(dsize, vmb - pob), min(vsize, vmm - vmb)
+        vmmsize = min(vmmsize, _slot(CPU_ENTRY_AREA_PGD, P4D_SHIFT) - vmm)
     if era == "modern":
         ldt = _slot(LDT_PGD_ENTRY_MODERN, pgdir_shift)
     else:
@@ -390,6 +423,10 @@ def make_layout(
         else (KERNEL_IMAGE_SIZE_FIXED)
     )
     kphys, kbase = _kernel_image(kaslr, ram_size, image_size, sizes, rng)
+    if bases is not None and bases.kernel_base is not None:
+        kbase = bases.kernel_base
+        if kbase + _image_span(sizes) > START_KERNEL_MAP + image_size:
+            raise ValueError(f"kernel_base={kbase:#x}: the image does not fit below modules")
     sections = _sections(kbase, sizes)
     entry_text = (kbase + sizes.entry_text_offset, kbase + sizes.entry_text_offset + sizes.entry_text)
     modules = START_KERNEL_MAP + image_size  # MODULES_VADDR (§1.2)
