@@ -7,7 +7,13 @@ A recording is one xz stream (stdlib `lzma`). Decompressed it is:
       b"T" transition: u8 kind, i16 syscall number (-1: none), u8 name length, name (ASCII),
            u8 flags (bit 0: a context switch ran inside), u32 n, n references
       b"U" user run:   u32 n, n references (the user-mode side between two transitions)
-      b"E" end:        u64 transitions, u64 user runs (a file without it is truncated)
+      b"S" user summary: u64 instructions, u64 loads, u64 stores (a user run the guest asked to
+           have counted, not logged: the timer workload's spin loop)
+      b"R" repeat:     u8 b"T" or b"U", u32 k: the k-th distinct transition (or user run) of the
+           file again, identical (a steady-state syscall repeats exactly; xz alone cannot
+           match a 10 KB repeat in fewer than ~40 tokens)
+      b"E" end:        u64 transitions, u64 user runs and summaries (a file without it is
+           truncated)
 
 A reference is little-endian, packed: u64 virtual address, u8 op (fetch, load, store, cr3 write),
 u8 size in bytes, u8 region tag (`REGIONS`), and, when the header says `"phys": true`, a u64
@@ -19,6 +25,7 @@ yields one at a time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import os
@@ -83,6 +90,7 @@ _TRANSITION = struct.Struct("<BhB")  # kind, syscall number, name length
 _TRANSITION_TAIL = struct.Struct("<BI")  # flags, n
 _COUNT = struct.Struct("<I")
 _END = struct.Struct("<QQ")
+_SUMMARY = struct.Struct("<QQQ")
 
 
 def ref_dtype(phys: bool) -> np.dtype[Any]:
@@ -109,7 +117,16 @@ class UserRun:
     refs: np.ndarray = field(repr=False)
 
 
-Record = Transition | UserRun
+@dataclass(frozen=True)
+class UserSummary:
+    """A user-mode run between two transitions, counted rather than logged."""
+
+    instructions: int
+    loads: int
+    stores: int
+
+
+Record = Transition | UserRun | UserSummary
 
 
 def check_header(header: Mapping[str, Any]) -> list[str]:
@@ -141,6 +158,18 @@ class RecordingWriter:
         self._out.write(_PREAMBLE.pack(MAGIC, VERSION, len(blob)) + blob)
         self.transitions = 0
         self.user_runs = 0
+        self._seen: dict[bytes, dict[bytes, int]] = {b"T": {}, b"U": {}}
+
+    def _put(self, tag: bytes, body: bytes) -> None:
+        """A record, or a repeat of the identical one written before."""
+        seen = self._seen[tag]
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        k = seen.get(digest)
+        if k is None:
+            seen[digest] = len(seen)
+            self._out.write(tag + body)
+        else:
+            self._out.write(b"R" + tag + _COUNT.pack(k))
 
     def _refs(self, refs: np.ndarray) -> bytes:
         arr = np.asarray(refs)
@@ -154,13 +183,18 @@ class RecordingWriter:
         if len(raw) > 255:
             raise ValueError(f"transition name longer than 255 bytes: {name[:40]}...")
         flags = 1 if switched else 0
-        head = b"T" + _TRANSITION.pack(KINDS.index(kind), nr, len(raw)) + raw + bytes([flags])
-        self._out.write(head + self._refs(refs))
+        head = _TRANSITION.pack(KINDS.index(kind), nr, len(raw)) + raw + bytes([flags])
+        self._put(b"T", head + self._refs(refs))
         self.transitions += 1
 
     def user(self, refs: np.ndarray) -> None:
         """Append one user-run record."""
-        self._out.write(b"U" + self._refs(refs))
+        self._put(b"U", self._refs(refs))
+        self.user_runs += 1
+
+    def user_summary(self, instructions: int, loads: int, stores: int) -> None:
+        """Append one user-summary record."""
+        self._out.write(b"S" + _SUMMARY.pack(instructions, loads, stores))
         self.user_runs += 1
 
     def close(self) -> None:
@@ -267,6 +301,7 @@ class RecordingReader:
         """Every record in order; an InputError for any malformed or missing part."""
         s = self._s
         counts = [0, 0]
+        distinct: dict[bytes, list[Record]] = {b"T": [], b"U": []}
         while True:
             at = s.offset
             tag = s.read(1, "a record tag")
@@ -282,15 +317,31 @@ class RecordingReader:
                     raise s.fail(f"transition flags {flags:#x} unknown", s.offset - 1)
                 refs = _read_refs(s, self.dtype, "a transition")
                 counts[0] += 1
-                yield Transition(KINDS[kind], name_raw.decode("ascii"), nr, bool(flags), refs)
+                rec: Record = Transition(KINDS[kind], name_raw.decode("ascii"), nr, bool(flags), refs)
+                distinct[b"T"].append(rec)
+                yield rec
             elif tag == b"U":
                 counts[1] += 1
-                yield UserRun(_read_refs(s, self.dtype, "a user run"))
+                rec = UserRun(_read_refs(s, self.dtype, "a user run"))
+                distinct[b"U"].append(rec)
+                yield rec
+            elif tag == b"R":
+                which = s.read(1, "a repeat")
+                (k,) = _COUNT.unpack(s.read(_COUNT.size, "a repeat"))
+                if which not in distinct:
+                    raise s.fail(f"repeat of unknown record type {which!r}", at + 1)
+                if k >= len(distinct[which]):
+                    raise s.fail(f"repeat of record {k}; only {len(distinct[which])} so far", at + 2)
+                counts[0 if which == b"T" else 1] += 1
+                yield distinct[which][k]
+            elif tag == b"S":
+                counts[1] += 1
+                yield UserSummary(*_SUMMARY.unpack(s.read(_SUMMARY.size, "a user summary")))
             elif tag == b"E":
                 transitions, users = _END.unpack(s.read(_END.size, "the end record"))
                 if (transitions, users) != tuple(counts):
                     raise s.fail(
-                        f"end record counts {transitions} transitions and {users} user runs; "
+                        f"end record counts {transitions} transitions and {users} user runs/summaries; "
                         f"the file has {counts[0]} and {counts[1]}",
                         at,
                     )
