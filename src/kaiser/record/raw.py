@@ -127,6 +127,10 @@ class Names:
         return self.symbols[i].name if 0 <= i < len(self.symbols) else "?"
 
 
+# Entry points of device interrupts (arch/x86/include/asm/idtentry.h: the vector stubs).
+_IRQ_ENTRIES: Final = ("asm_common_interrupt", "irq_entries_start", "spurious_entries_start")
+
+
 def _classify(names: Names, fetch_va: np.ndarray, syscalls: dict[str, int]) -> tuple[str, str, int, bool]:
     """kind, name, syscall number, switched of one kernel run from its instruction addresses."""
     if len(fetch_va) == 0:
@@ -142,7 +146,7 @@ def _classify(names: Names, fetch_va: np.ndarray, syscalls: dict[str, int]) -> t
         return "syscall", name, syscalls.get(name, -1), switched
     if first.startswith("asm_exc_"):
         return "exception", first.removeprefix("asm_exc_"), -1, switched
-    if first.startswith("asm_sysvec_") or first in ("asm_common_interrupt", "irq_entries_start", "spurious_entries_start"):
+    if first.startswith("asm_sysvec_") or first in _IRQ_ENTRIES:
         return "interrupt", first.removeprefix("asm_"), -1, switched
     return "other", first, -1, switched
 
