@@ -8,9 +8,37 @@ import typer
 from rich.table import Table
 
 from kaiser.attacks.timing import PROBES, REGIONS, KaslrSummary, run_seeds
+from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console, emit_json, fail, progress_bar, variant_or_all
+from kaiser.linux.variants import get_variant
 
 GiB = 1 << 30
+SEEDS_MAX = 1000  # CHOSEN: layouts per variant; 20 already separates every variant (docs/kaslr.md)
+RAM_GIB_MAX = 64  # CHOSEN: the direct map the attacker scans grows with RAM
+
+
+def leak_verdict(leaks: list[str], variants: list[str]) -> int:
+    """Print which isolating variants leaked (`leaks`: "variant (what)" each) and return the exit
+    status: 1 when any did, else 0. `variants`: every variant attacked."""
+    expected = " (nopti isolates nothing: its leaks are expected)" if "nopti" in variants else ""
+    if leaks:
+        console.print(f"[bold red]LEAK[/]: isolating variant(s) leak: {'; '.join(leaks)}{expected}", highlight=False)
+        return 1
+    isolating = [v for v in variants if get_variant(v).isolating]
+    console.print(
+        f"[bold green]no leak[/] from {', '.join(isolating) or 'any isolating variant'}{expected}", highlight=False
+    )
+    return 0
+
+
+def kaslr_leaks(summaries: list[KaslrSummary]) -> list[str]:
+    """Isolating variants whose randomized bases the attacker found, with the regions and counts."""
+    out = []
+    for s in summaries:
+        found = [f"{r} {s.matched(r)}/{len(s.runs)}" for r in REGIONS if s.matched(r)]
+        if found and get_variant(s.variant).isolating:
+            out.append(f"{s.variant} ({', '.join(found)})")
+    return out
 
 
 def _cell(summary: KaslrSummary, region: str) -> str:
@@ -43,23 +71,28 @@ def _table(summaries: list[KaslrSummary], seeds: list[int]) -> Table:
 
 def kaslr_command(
     variant: Annotated[str, typer.Option("--variant", "-v", help="Variant name, or 'all'.")] = "linux",
-    seeds: Annotated[int, typer.Option("--seeds", "-n", help="Number of seeded KASLR layouts.")] = 20,
-    first_seed: Annotated[int, typer.Option("--first-seed", help="Seed of the first layout.")] = 0,
+    seeds: Annotated[
+        int, typer.Option("--seeds", "-n", min=1, max=SEEDS_MAX, help="Number of seeded KASLR layouts.")
+    ] = 20,
+    first_seed: Annotated[
+        int, typer.Option("--first-seed", min=0, max=SEED_MAX - SEEDS_MAX, help="Seed of the first layout.")
+    ] = 0,
     probe: Annotated[str, typer.Option("--probe", help=f"Probe: {' or '.join(PROBES)}.")] = "prefetch",
     pcid: Annotated[bool, typer.Option("--pcid/--no-pcid", help="CPU with PCID.")] = True,
     la57: Annotated[bool, typer.Option("--la57/--4level", help="5-level or 4-level paging.")] = False,
-    ram_gib: Annotated[int, typer.Option("--ram-gib", help="RAM size in GiB (the attacker knows it).")] = 4,
+    ram_gib: Annotated[
+        int, typer.Option("--ram-gib", min=1, max=RAM_GIB_MAX, help="RAM size in GiB (the attacker knows it).")
+    ] = 4,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Find the randomized kernel bases (text, direct map, vmalloc, vmemmap) from user mode by
-    timing prefetches (or faulting loads) after system calls; score the guesses per layout."""
+    timing prefetches (or faulting loads) after system calls; score the guesses per layout.
+
+    Exit status 1 when the attacker finds a base of an isolating variant (nopti is expected to
+    give them all away), else 0."""
     variants = variant_or_all(variant)
     if probe not in PROBES:
         fail(f"--probe {probe!r} is not one of {', '.join(PROBES)}")
-    if not 1 <= seeds <= 1000:
-        fail(f"--seeds {seeds} must be 1..1000")
-    if not 1 <= ram_gib <= 64:
-        fail(f"--ram-gib {ram_gib} must be 1..64")
     seed_list = list(range(first_seed, first_seed + seeds))
     summaries: list[KaslrSummary] = []
     with progress_bar(disable=json_out) as bar:
@@ -77,10 +110,11 @@ def kaslr_command(
                     progress=lambda _region: bar.advance(task, 1),
                 )
             )
+    leaks = kaslr_leaks(summaries)
     if json_out:
         data = [s.as_dict() for s in summaries]
         emit_json(data[0] if len(data) == 1 else data)
-        return
+        raise typer.Exit(1 if leaks else 0)
     console.print(_table(summaries, seed_list))
     if len(summaries) == 1 and seeds <= 5:
         for run in summaries[0].runs:
@@ -90,3 +124,4 @@ def kaslr_command(
                     f"seed {run.seed} {o.region:10} true {o.true_base:#x}  guess {guess:18}  "
                     f"{'[red]match[/]' if o.matched else '[green]-[/]'}  [dim]{o.guess.how}[/]"
                 )
+    raise typer.Exit(leak_verdict(leaks, variants))
