@@ -44,6 +44,11 @@ class Need:
 NEEDS: Final[tuple[Need, ...]] = (
     Need("ensurepip", "module", _VENV_PACKAGE, "python3 -m venv creates .venv", ("venv", "demo", "test", "record")),
     Need("gcc", "command", "gcc", "tests/traces compile the built-in C program", ("test",)),
+    Need("gcc", "command", "gcc", "kaiser record builds its QEMU plugin and static guest init", ("record",)),
+    Need("usr/lib/*/libc.a", "file", "libc6-dev", "kaiser record links the guest init -static", ("record",)),
+    # apt-get source (QEMU's plugin header is only in its source package) wants dpkg-dev's tools.
+    Need("dpkg-source", "command", "dpkg-dev", "kaiser record fetches qemu-plugin.h with apt-get source", ("record",)),
+    Need("dpkg-deb", "command", "dpkg", "kaiser record unpacks the kernel package it boots", ("record",)),
     # gcc -static links against libc.a, which only the development package has.
     Need("usr/lib/*/libc.a", "file", "libc6-dev", "tests/traces link it -static", ("test",)),
     Need("as", "command", "binutils", "tests/realcode build the real-code kernel", ("test",)),
