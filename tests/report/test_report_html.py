@@ -196,9 +196,9 @@ def test_live_sweep_results(tmp_path: Path) -> None:
 
 
 BAD_INPUTS = [
-    ("missing.json", None, "no such file or directory"),
+    ("missing.json", None, "no such file"),
     ("empty.json", "", "empty file"),
-    ("garbled.json", "{not json", "not JSON (line 1"),
+    ("garbled.json", "{not json", "garbled.json:1: not JSON"),
     ("list.json", "[1, 2]", "top level is list"),
     ("noruns.json", '{"workload": "x"}', "has no 'runs'"),
     ("zero.json", '{"runs": []}', "no runs"),
@@ -206,8 +206,23 @@ BAD_INPUTS = [
     ("empty.csv", "", "empty CSV"),
     ("header.csv", "variant,pcid,workload,cycles_per_op\n", "header but no rows"),
     ("novariant.csv", "a,b\n1,2\n", "no 'variant' column"),
-    ("short.csv", "variant,pcid,workload,cycles_per_op\nlinux,True\n", "line 2: expected 4 columns"),
+    ("short.csv", "variant,pcid,workload,cycles_per_op\nlinux,True\n", "short.csv:2: expected 4 columns"),
     ("pcid.csv", "variant,pcid,workload,cycles_per_op\nlinux,maybe,w,1\n", "pcid 'maybe'"),
+    ("nan.csv", "variant,pcid,workload,cycles_per_op\nlinux,True,w,1\nnopti,True,w,nan\n", "nan.csv:3: column"),
+    ("inf.csv", "variant,pcid,workload,cycles_per_op\nlinux,True,w,inf\n", "not a finite number"),
+    ("neg.csv", "variant,pcid,workload,cycles_per_op\nlinux,True,w,-5\n", "cycles_per_op is -5.0"),
+    ("text.csv", "variant,pcid,workload,cycles_per_op\nlinux,True,w,fast\n", "column cycles_per_op is 'fast'"),
+    ("huge.csv", "variant,pcid,workload,cycles_per_op\nlinux,True,w," + "9" * (200 << 10), "huge.csv:2: not CSV"),
+]
+_BENCH = (Path(__file__).parent / "data" / "bench-syscall-loop.json").read_text()
+BAD_INPUTS += [  # one metric of a real bench output spoiled
+    ("nan.json", _BENCH.replace('"cycles_per_op": ', '"cycles_per_op": NaN, "x": ', 1), "NaN is not a number"),
+    ("infinity.json", _BENCH.replace('"cycles_per_op": ', '"cycles_per_op": -Infinity, "x": ', 1), "Infinity"),
+    ("null.json", _BENCH.replace('"cycles_per_op": ', '"cycles_per_op": null, "x": ', 1), "cycles_per_op is NoneType"),
+    ("string.json", _BENCH.replace('"cycles_per_op": ', '"cycles_per_op": "7", "x": ', 1), "cycles_per_op is str"),
+    ("negative.json", _BENCH.replace('"cycles_per_op": ', '"cycles_per_op": -7, "x": ', 1), "cycles_per_op is -7.0"),
+    ("clock.json", _BENCH.replace('"clock_ghz": ', '"clock_ghz": "fast", "x": ', 1), "clock_ghz is 'fast'"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
 ]
 
 

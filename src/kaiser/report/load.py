@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from kaiser.inputs import InputError, check_input, read_bytes, read_text
+
 BASELINE = "nopti"
 RESULTS_CSV = "results.csv"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_LIMIT = 16 << 20  # CHOSEN: a sweep's own plots are ~100 KiB; a larger "PNG" is not one of them
 
 # Per-iteration metrics every plot and table reads, with their labels (unit included).
 STANDARD_METRICS: dict[str, str] = {
@@ -42,6 +46,18 @@ CYCLE_TERMS = ("translation", "cr3", "invalidation", "memory_refs", "entry_exit"
 
 class ReportError(Exception):
     """The results given to `kaiser report` cannot be read; the message names the file."""
+
+
+# Metrics that may be below zero: a variant cheaper than nopti (never by more than all its cycles).
+SIGNED_METRICS = {"overhead_percent": -100.0}
+
+
+def _check_metrics(metrics: dict[str, float], where: str, path: Path) -> None:
+    """Every metric a finite number, and no count or cost below zero (`SIGNED_METRICS` aside)."""
+    for name, value in metrics.items():
+        low = SIGNED_METRICS.get(name, 0.0)
+        if not math.isfinite(value) or value < low:
+            raise ReportError(f"{path}: {where}: {name} is {value!r}, not a finite number >= {low:g}")
 
 
 @dataclass(frozen=True)
@@ -97,13 +113,15 @@ def modified(path: Path) -> str:
 # ---- dispatch ------------------------------------------------------------------------------------
 def load(path: Path) -> Results:
     """A bench JSON file, a sweep directory, or a sweep's results.csv."""
-    if not path.exists():
-        raise ReportError(f"{path}: no such file or directory")
     if path.is_dir():
         csv_path = path / RESULTS_CSV
         if not csv_path.is_file():
             raise ReportError(f"{path}: a directory without {RESULTS_CSV} (give a `kaiser sweep` output directory)")
         return load_sweep(csv_path)
+    try:
+        check_input(path, "results")  # a regular file: not a FIFO, device or /proc file
+    except InputError as exc:
+        raise ReportError(str(exc)) from None
     if path.suffix.lower() == ".csv":
         return load_sweep(path)
     return load_bench(path)
@@ -111,12 +129,15 @@ def load(path: Path) -> Results:
 
 # ---- kaiser bench --json -------------------------------------------------------------------------
 def _read_text(path: Path) -> str:
+    """Through `kaiser.inputs`: a regular file, bounded, strict UTF-8, no NUL bytes."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ReportError(f"{path}: not text (byte {exc.start} is not UTF-8)") from None
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot read ({exc.strerror})") from None
+        return read_text(path, "results")
+    except InputError as exc:
+        raise ReportError(str(exc)) from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a report can use")
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -137,15 +158,24 @@ def load_bench(path: Path) -> Results:
     if not text.strip():
         raise ReportError(f"{path}: empty file (expected `kaiser bench --json` output)")
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)  # NaN, Infinity, -Infinity
     except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise ReportError(f"{path}:{exc.lineno}: not JSON (column {exc.colno}: {exc.msg})") from None
+    except ValueError as exc:
+        raise ReportError(f"{path}: not usable JSON ({exc})") from None
+    except RecursionError:
+        raise ReportError(f"{path}: not usable JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ReportError(f"{path}: not a `kaiser bench --json` output: top level is {type(data).__name__}, not object")
     runs = _need(data, "runs", list, "the top level", path)
     if not runs:
         raise ReportError(f"{path}: `kaiser bench --json` output with no runs")
-    clock = float(data.get("clock_ghz") or 0.0) or None
+    clock_value = data.get("clock_ghz")
+    if clock_value is not None and (
+        not isinstance(clock_value, int | float) or isinstance(clock_value, bool) or not 0 < clock_value < 100
+    ):
+        raise ReportError(f"{path}: clock_ghz is {clock_value!r}, not a clock rate in GHz")
+    clock = float(clock_value) if clock_value else None
     rows: list[Row] = []
     seen: set[tuple[str, bool]] = set()
     for i, run in enumerate(runs):
@@ -214,9 +244,12 @@ def _bench_row(run: dict[str, Any], where: str, path: Path) -> Row:
     def count(*names: str) -> float:
         return float(sum(_need(k, name, (int, float), f"{where}.counters", path) for name in names))
 
-    syscalls = float(ops.get("syscalls", 0) or 0)
+    def optional(obj: dict[str, Any], key: str, default: float, at: str) -> float:
+        return float(_need(obj, key, (int, float), at, path)) if key in obj else default
+
+    syscalls = optional(ops, "syscalls", 0.0, f"{where}.ops")
     m: dict[str, float] = {
-        "cycles_per_op": float(run.get("cycles_per_op", total / n)),
+        "cycles_per_op": optional(run, "cycles_per_op", total / n, where),
         "itlb_misses": count("itlb_misses") / n,
         "dtlb_misses": count("dtlb_misses") / n,
         "stlb_misses": count("stlb_misses_i", "stlb_misses_d") / n,
@@ -232,14 +265,15 @@ def _bench_row(run: dict[str, Any], where: str, path: Path) -> Row:
         "cycles_total": total,
     }
     for term in CYCLE_TERMS:
-        if isinstance(cycles.get(term), int | float):
-            m[f"cycles.{term}"] = float(cycles[term]) / n
-    if isinstance(run.get("overhead_percent"), int | float):
-        m["overhead_percent"] = float(run["overhead_percent"])
-    if isinstance(run.get("baseline_cycles_per_op"), int | float):
-        m["baseline_cycles_total"] = float(run["baseline_cycles_per_op"]) * n
-    if isinstance(run.get("syscalls_per_second"), int | float):
-        m["syscalls_per_second"] = float(run["syscalls_per_second"])
+        if term in cycles:
+            m[f"cycles.{term}"] = optional(cycles, term, 0.0, f"{where}.cycles") / n
+    if "overhead_percent" in run:
+        m["overhead_percent"] = optional(run, "overhead_percent", 0.0, where)
+    if "baseline_cycles_per_op" in run:
+        m["baseline_cycles_total"] = optional(run, "baseline_cycles_per_op", 0.0, where) * n
+    if "syscalls_per_second" in run:
+        m["syscalls_per_second"] = optional(run, "syscalls_per_second", 0.0, where)
+    _check_metrics(m, where, path)
     knobs = _dict(run.get("knobs"))
     return Row(
         variant=variant,
@@ -259,15 +293,21 @@ CONFIG_COLUMNS = ("geometry", "seed", "iterations", "warmup", "path", "la57", "k
 NOT_SWEPT = {"seed", "iterations", "warmup", "path"}  # may differ between runs, but are no design knob
 KNOB_PREFIX = "knob_"
 BOOKKEEPING = {"id", "worker", "elapsed_s", "session", "error", "started_at"}
+# Columns that are measurements whenever present (kaiser.sweep.store.flatten), whatever the rows say.
+MEASURED = {*STANDARD_METRICS, "cycles_total", "baseline_cycles_per_op", "events", "syscalls"} | {
+    f"cycles_{t}" for t in CYCLE_TERMS
+}
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
 def _number(text: str) -> float | None:
+    """A finite number, else None ("nan" and "inf" parse as floats but are no measurement)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return None
+    return value if math.isfinite(value) else None
 
 
 def _pcid(text: str, path: Path, line: int) -> bool | None:
@@ -326,19 +366,31 @@ def load_sweep(path: Path) -> Results:
     if not lines or not lines[0].strip():
         raise ReportError(f"{path}: empty CSV (expected a `kaiser sweep` results.csv with a header row)")
     reader = csv.DictReader(lines)
-    columns = [c.strip() for c in reader.fieldnames or []]
+    try:
+        columns = [c.strip() for c in reader.fieldnames or []]
+    except csv.Error as exc:
+        raise ReportError(f"{path}:1: not CSV ({exc})") from None
     missing = [c for c in ("variant", "workload") if c not in columns]
     if missing or not {"cycles_per_op", "cycles_total"} & set(columns):
         what = f"no {missing[0]!r} column" if missing else "no 'cycles_per_op' or 'cycles_total' column"
         raise ReportError(f"{path}: not a `kaiser sweep` results.csv: {what} (header: {lines[0][:120]})")
     raw = []
-    for line, rec in enumerate(reader, start=2):
-        if None in rec or any(v is None for v in rec.values()):
-            raise ReportError(f"{path}: line {line}: expected {len(columns)} columns")
-        raw.append((line, {k.strip(): (v or "").strip() for k, v in rec.items()}))
+    try:
+        for line, rec in enumerate(reader, start=2):
+            if None in rec or any(v is None for v in rec.values()):
+                raise ReportError(f"{path}:{line}: expected {len(columns)} columns")
+            raw.append((line, {k.strip(): (v or "").strip() for k, v in rec.items()}))
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit() (128 KiB)
+        raise ReportError(f"{path}:{reader.line_num + 1}: not CSV ({exc})") from None
     if not raw:
         raise ReportError(f"{path}: CSV has a header but no rows (the sweep has finished no configuration)")
     numeric = {c: all(_number(r[c]) is not None for _, r in raw if r[c]) for c in columns}
+    for c in columns:  # a measured column is numbers throughout, not text that would hide it as a knob
+        if numeric[c] or c in BOOKKEEPING or c in CONFIG_COLUMNS or c.startswith(KNOB_PREFIX):
+            continue
+        if c in MEASURED or any(_number(r[c]) is not None for _, r in raw):
+            line, bad = next((n, r[c]) for n, r in raw if r[c] and _number(r[c]) is None)
+            raise ReportError(f"{path}:{line}: column {c} is {bad[:40]!r}, not a finite number")
     config_cols = [
         c
         for c in columns
@@ -355,6 +407,7 @@ def load_sweep(path: Path) -> Results:
         values = {c: float(rec[c]) for c in metric_cols if rec[c]}
         if _number(rec.get("iterations", "")):
             values["iterations"] = float(rec["iterations"])
+        _check_metrics(values, "line " + str(line), path)
         rows.append(
             Row(
                 variant=rec["variant"],
@@ -382,7 +435,10 @@ def _sweep_pngs(folder: Path) -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
     if folder.is_dir():
         for png in sorted(folder.glob("*.png")):
-            data = png.read_bytes()
+            try:  # only regular files, bounded (a FIFO named x.png would block forever)
+                data = read_bytes(png, "plot", limit=PNG_LIMIT)
+            except InputError:
+                continue
             if data.startswith(PNG_MAGIC):
                 out.append((png.name, data))
     return out
@@ -391,9 +447,10 @@ def _sweep_pngs(folder: Path) -> list[tuple[str, bytes]]:
 def _sessions(log: Path) -> list[tuple[str, str]]:
     """The spec and the invocations, from the sweep's sessions.log ("ID TIME spec=FILE done=N to_run=M")."""
     try:
-        lines = [line.split() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
-    except OSError:
+        text = read_bytes(log, "sessions.log").decode("utf-8", errors="replace")
+    except InputError:  # absent, or not a regular file: the header just goes without it
         return []
+    lines = [line.split() for line in text.splitlines()]
     lines = [f for f in lines if len(f) >= 3]
     if not lines:
         return []
