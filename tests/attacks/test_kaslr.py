@@ -35,6 +35,9 @@ from kaiser.x86.rights import Op
 from kaiser.x86.tlb import Access, HitLevel
 
 SEEDS = range(20)
+# The default suite attacks the first few layouts (a few seconds each); the 20 are slow-marked.
+LAYOUTS = [pytest.param(range(4), id="4-layouts"), pytest.param(SEEDS, id="20-layouts", marks=pytest.mark.slow)]
+FEW_LAYOUTS = [pytest.param(range(2), id="2-layouts"), pytest.param(SEEDS, id="20-layouts", marks=pytest.mark.slow)]
 
 
 # ---- the timing model ---------------------------------------------------------------------------
@@ -83,15 +86,18 @@ def test_load_probe_sees_the_tlb_but_not_an_uncached_mapping() -> None:
 
 
 # ---- the attack over 20 seeded layouts ---------------------------------------------------------------
+@pytest.mark.parametrize("seeds", LAYOUTS)
 @pytest.mark.parametrize("variant", ["nopti", "linux"])
-def test_text_base_recovered_in_nearly_every_layout(variant: str) -> None:
-    summary = run_seeds(variant, SEEDS, regions=("text",))
-    assert summary.matched("text") >= 19, [r.outcome("text").as_dict() for r in summary.runs]
+def test_text_base_recovered_in_nearly_every_layout(variant: str, seeds: range) -> None:
+    """At most one layout missed (19 of 20; 3 of 4), at most one wrong guess."""
+    summary = run_seeds(variant, seeds, regions=("text",))
+    assert summary.matched("text") >= len(seeds) - 1, [r.outcome("text").as_dict() for r in summary.runs]
     assert summary.guessed("text") - summary.matched("text") <= 1
 
 
-def test_fixed_trampoline_leaks_no_base_in_any_layout() -> None:
-    summary = run_seeds("fixed-trampoline", SEEDS)
+@pytest.mark.parametrize("seeds", FEW_LAYOUTS)
+def test_fixed_trampoline_leaks_no_base_in_any_layout(seeds: range) -> None:
+    summary = run_seeds("fixed-trampoline", seeds)
     for region in REGIONS:
         assert summary.guessed(region) == 0, region
         assert summary.narrowed(region) == 0, region  # nothing mapped was found at all
