@@ -11,14 +11,14 @@ from rich.table import Column, Table
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console
 from kaiser.cli.verify import VERIFY_MAX
+from kaiser.docgen import MEMORY_HEADERS, USER_VIEW_HEADERS, memory_cells, user_view
 from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.linux.memory import frames_kib, measure
 from kaiser.linux.ptdump import MarkerLine, RangeLine, parse_ptdump, ptdump
 from kaiser.linux.variants import VARIANTS
 from kaiser.sample import build_sample
-from kaiser.x86.bits import CR4, PTE, RFLAGS
+from kaiser.x86.bits import CR4, RFLAGS
 from kaiser.x86.cpu import CpuState
-from kaiser.x86.geometry import format_size, human_size
+from kaiser.x86.geometry import format_size
 from kaiser.x86.rights import Op
 from kaiser.x86.walker import Translation, translate
 
@@ -74,26 +74,13 @@ def _paging_tour() -> None:
 
 def _isolation_tour(seed: int) -> dict[str, Kernel]:
     console.print(Rule("2. the seven variants: what user mode can reach of the kernel"))
-    headers = ("kernel leaves in user tables", "memory mapped", "global", "of which executable")
-    table = Table(Column("variant", no_wrap=True), *headers)
+    table = Table(Column("variant", no_wrap=True), *USER_VIEW_HEADERS)
     kernels: dict[str, Kernel] = {}
     for name in VARIANTS:
         kernel = Kernel.boot(KernelConfig(variant=name, seed=seed))
-        task = kernel.spawn()
+        kernel.spawn()
         kernels[name] = kernel
-        view = task.mm.pgd.user_pt or task.mm.pgd.kernel_pt
-        # Each shared table once, each frame once: ESPfix's 65,536 aliases are one 4K page.
-        leaves = list({leaf.pa: leaf for leaf in view.leaves(kernel.layout.kernel_start, once=True)}.values())
-        mapped = sum(leaf.size for leaf in leaves)
-        glob = sum(leaf.size for leaf in leaves if leaf.entry & PTE.G)
-        execs = sum(leaf.size for leaf in leaves if not leaf.entry & PTE.NX)
-        table.add_row(
-            name,
-            str(len(leaves)),
-            human_size(mapped),
-            human_size(glob) if glob else "0",
-            human_size(execs) if execs else "0",
-        )
+        table.add_row(name, *user_view(kernel).cells())  # the figures docs/variants.md quotes (kaiser.docgen)
     console.print(table)
     linux = kernels["linux"]
     task = next(iter(linux.tasks.values()))
@@ -197,16 +184,9 @@ def _price_tour() -> None:
 
 def _memory_tour() -> None:
     console.print(Rule("6. price: page-table memory"))
-    table = Table("variant", "per process", "PTI part", "full shadow instead", "PTI tables (shared)")
+    table = Table(Column("variant", no_wrap=True), *MEMORY_HEADERS)
     for name in VARIANTS:
-        r = measure(name)
-        table.add_row(
-            name,
-            f"{frames_kib(r.process_tables)} KiB",
-            f"+{frames_kib(r.process_pti_extra)} KiB",
-            f"+{frames_kib(r.full_duplication_extra)} KiB",
-            f"{frames_kib(r.shared_pti_tables)} KiB",
-        )
+        table.add_row(name, *memory_cells(name))
     console.print(table)
 
 
