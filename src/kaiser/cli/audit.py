@@ -12,9 +12,11 @@ from typing import Annotated, Any
 import typer
 
 from kaiser.cli.dump import boot_with_process
+from kaiser.cli.machine import MODEL_SWITCHES, CpusOption, PtiOption, VendorOption, VsyscallOption, machine_config
+from kaiser.cli.options import SEED_MAX, choice, variant_name
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.inputs import InputError
-from kaiser.linux.audit import TABLE_KINDS, AuditReport, audit_dump, audit_model, policy_for
+from kaiser.linux.audit import POLICY_MODES, TABLE_KINDS, AuditReport, audit_dump, audit_model, policy_for
 from kaiser.linux.ptdump import parse_ptdump_file, size_parts
 from kaiser.linux.variants import UnknownVariant
 
@@ -33,6 +35,7 @@ def report_json(report: AuditReport) -> dict[str, Any]:
         "view": report.view,
         "policy": {
             "variant": report.policy.variant,
+            "mode": report.policy.mode,
             "allowed": sorted(report.policy.allowed),
             "global_ok": sorted(report.policy.global_ok),
         },
@@ -90,7 +93,7 @@ def report_json(report: AuditReport) -> dict[str, Any]:
 def render_report(report: AuditReport) -> None:
     """Tables that fit the terminal: the kernel-half mappings, the findings, the user/kernel
     diff, a verdict."""
-    title = f"kernel-half mappings in {report.view} ({report.source}), policy {report.policy.variant}"
+    title = f"kernel-half mappings in {report.view} ({report.source}), policy {report.policy.label}"
     all_allowed = all(m.allowed for m in report.mappings)  # then the verdict line says it: status may go
     print_table(
         [
@@ -145,10 +148,10 @@ def render_report(report: AuditReport) -> None:
         )
     n = len(report.violations)
     if n:
-        console.print(f"[bold red]FAIL[/]: {n} finding(s) break the {report.policy.variant} policy", highlight=False)
+        console.print(f"[bold red]FAIL[/]: {n} finding(s) break the {report.policy.label} policy", highlight=False)
     else:
         console.print(
-            f"[bold green]PASS[/]: {len(report.mappings)} kernel-half range(s), all allowed by {report.policy.variant}",
+            f"[bold green]PASS[/]: {len(report.mappings)} kernel-half range(s), all allowed by {report.policy.label}",
             highlight=False,
         )
 
@@ -163,15 +166,35 @@ def audit_command(
     ] = None,  # fmt: skip
     variant: Annotated[
         str | None,
-        typer.Option("--variant", "-v", help="Policy (and, without DUMPFILE, the model to boot). Default: linux."),
+        typer.Option(
+            "--variant",
+            "-v",
+            callback=variant_name,
+            help="Policy (and, without DUMPFILE, the model to boot). Default: linux.",
+        ),
     ] = None,
+    policy_mode: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            callback=choice(*POLICY_MODES),
+            help="strict: only what today's Linux allows in user tables (the linux variant's policy), within "
+            "the variant's own; variant: the variant's own design (e.g. two-pgd's shared top-level entries).",
+        ),
+    ] = "strict",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     pcid: Annotated[
         bool, typer.Option("--pcid/--no-pcid", help="CPU with PCID (for a file: may kernel text be cloned?).")
     ] = True,
     la57: Annotated[bool, typer.Option("--la57/--4level", help="Model: 5-level or 4-level paging.")] = False,
     kaslr: Annotated[bool, typer.Option("--kaslr/--no-kaslr", help="Model: randomize the layout.")] = True,
-    seed: Annotated[int, typer.Option("--seed", help="Model: seed for KASLR and boot-time choices.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=SEED_MAX, help="Model: seed for KASLR and boot-time choices.")
+    ] = 0,
+    pti: PtiOption = "auto",
+    vendor: VendorOption = "intel",
+    vsyscall: VsyscallOption = "emulate",
+    cpus: CpusOption = 2,
     partial: Annotated[
         bool,
         typer.Option(
@@ -179,21 +202,25 @@ def audit_command(
         ),
     ] = False,
 ) -> None:
-    """List every kernel mapping user mode can reach, classify it, and fail (exit 1) on policy breaks.
+    """List every kernel mapping user mode can reach, classify it, and fail (exit 1) on policy breaks
+    (by default the strict policy: what today's Linux allows; --policy variant: the variant's own).
 
     A DUMPFILE must be a whole dump (exit 2 naming the regions never seen otherwise, unless
     --partial) of a process's user tables: init_mm's `kernel` table is refused (exit 2)."""
     name = variant or "linux"
     try:
-        policy = policy_for(name, pcid=pcid)
+        # kernel text may be cloned only under pti=auto without PCID on a non-K8 CPU (§3.3)
+        policy = policy_for(name, pcid=pcid or pti == "on" or vendor != "intel", mode=policy_mode)
     except UnknownVariant as exc:
         fail(str(exc))
     if dumpfile is not None:
         report = audit_dump(parse_ptdump_file(dumpfile), policy, str(dumpfile))
         check_whole_user_dump(report, dumpfile, partial=partial)
     else:
-        kernel, task = boot_with_process(name, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed)
-        report = audit_model(kernel, task)
+        config = machine_config(name, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, pti=pti, vendor=vendor,
+                                vsyscall=vsyscall, cpus=cpus)  # fmt: skip
+        kernel, task = boot_with_process(name, **{k: getattr(config, k) for k in MODEL_SWITCHES})
+        report = audit_model(kernel, task, mode=policy_mode)
     if json_out:
         emit_json(report_json(report))
     else:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
 from kaiser.cli.options import SEED_MAX, output_file, variant_name
 from kaiser.cli.output import Col, console, err_console, fail, json_text, parse_int, print_table
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.mm import Prot
-from kaiser.linux.ptdump import DIALECTS, RangeLine, marker_text, parse_ptdump, ptdump, ptdump_wide
+from kaiser.linux.ptdump import DIALECTS, FLAG_FIELD_WIDTH, RangeLine, marker_text, parse_ptdump, ptdump, ptdump_wide
 from kaiser.linux.ptquery import Alias, QueryError, RightsFilter, find_aliases, parse_range, select_ranges, size_text
 from kaiser.linux.variants import UnknownVariant
 from kaiser.x86.pagetable import PageTable
@@ -20,10 +22,14 @@ from kaiser.x86.pagetable import PageTable
 TABLES = ("kernel", "current_kernel", "current_user")  # debugfs page_tables/ files (facts §6.1)
 
 
-def boot_with_process(variant: str, *, pcid: bool, la57: bool, kaslr: bool, seed: int) -> tuple[Kernel, Task]:
+def boot_with_process(
+    variant: str, *, pcid: bool, la57: bool, kaslr: bool, seed: int, **machine: Any
+) -> tuple[Kernel, Task]:
     """Boot `variant` and start one realistic process: an ELF image, heap, stack and vDSO (exec),
-    plus a 1 MiB anonymous mapping and a read-only 64 KiB one. `UnknownVariant` for a bad name."""
-    kernel = Kernel.boot(KernelConfig(variant=variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed))
+    plus a 1 MiB anonymous mapping and a read-only 64 KiB one. `machine` holds the other
+    `KernelConfig` switches (pti, vendor, vsyscall, ncpus; `kaiser.cli.machine`). `UnknownVariant`
+    for a bad name, `ValueError` for contradicting switches."""
+    kernel = Kernel.boot(KernelConfig(variant=variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, **machine))
     task = kernel.spawn()
     task.mm.mmap(1 << 20, Prot.READ | Prot.WRITE, name="anon")
     task.mm.mmap(64 << 10, Prot.READ, name="ro data")
@@ -116,6 +122,7 @@ def _print_aliases(found: list[Alias], table: str) -> None:
 # The --wide line (ptdump.ptdump_wide_root): VA range [0:37], 2 spaces, PA range [39:76] (blank
 # when not present), 3 spaces, Linux's size (10), flag field (30) and level (3), 2 spaces, rights.
 _WIDE_PA, _WIDE_TAIL = slice(39, 76), 79
+_WIDE_SIZE = re.compile(r" *(\d+[BKMGTPE]) ")
 
 
 def fold_wide(text: str, width: int) -> str:
@@ -140,7 +147,10 @@ def fold_wide(text: str, width: int) -> str:
         va, pa = line[:37], line[_WIDE_PA].strip()
         cut = line.rindex("  user:")
         tail, rights = line[_WIDE_TAIL:cut], line[cut + 2 :]
-        size, flags, level = tail[:10].strip(), " ".join(tail[10:40].split()), tail[40:].strip()
+        m = _WIDE_SIZE.match(tail)  # "%9lu" + unit + space: wider than 9 digits for a huge hole
+        assert m is not None, line
+        size, rest = m.group(1), tail[m.end() :]
+        flags, level = " ".join(rest[:FLAG_FIELD_WIDTH].split()), rest[FLAG_FIELD_WIDTH:].strip()
         pa_text = f"pa {pa}" if pa else "not present"
         if width >= 72:
             out += [f"{va} {size} {level} {rights}", f"  {pa_text} {flags}".rstrip()]
@@ -165,6 +175,10 @@ def dump_command(
     seed: Annotated[
         int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed for KASLR and the other boot-time choices.")
     ] = 0,
+    pti: PtiOption = "auto",
+    vendor: VendorOption = "intel",
+    vsyscall: VsyscallOption = "emulate",
+    cpus: CpusOption = 2,
     dialect: Annotated[
         str, typer.Option("--dialect", help="generic (Linux 5.6+) or legacy (4.x-5.5) ptdump text.")
     ] = "generic",
@@ -210,7 +224,9 @@ def dump_command(
     if aliases and out is not None and not json_out:
         fail("--out with --aliases needs --json (the aliases table goes to the terminal)")
     try:
-        kernel, task = boot_with_process(variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed)
+        kernel, task = boot_with_process(
+            variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, pti=pti, vendor=vendor, vsyscall=vsyscall, ncpus=cpus
+        )
         text = dump_text(kernel, task, table, wide=wide, dialect=dialect)
     except (UnknownVariant, ValueError) as exc:
         fail(str(exc))

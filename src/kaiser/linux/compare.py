@@ -139,12 +139,12 @@ def switches_for(
 
     def pick(name: str, given: object, *others: dict[str, Fact], default: object, why: str) -> object:
         if given is not None:
-            facts[name] = Fact(name, given, f"{name} {given}", "given")
+            facts[name] = Fact(name, given, _words(name, given), "given")
         elif name in info:
             facts[name] = info.facts[name]
         else:
             found = next((o[name] for o in others if name in o), None)
-            facts[name] = found or Fact(name, default, f"{name} {default}: {why}", "assumed")
+            facts[name] = found or Fact(name, default, f"{_words(name, default)}: {why}", "assumed")
         return facts[name].value
 
     pti_seen = bool(info.get("pti"))
@@ -196,6 +196,8 @@ def switches_for(
     elif "entry_offset" in info.facts:
         build["image"] = replace(build.get("image") or ImageSizes(), entry_text_offset=int(info.get("entry_offset")))  # type: ignore[call-overload]
     esp = info.get("espfix_page")
+    for key, fact in info.facts.items():  # the rest of what the dump shows, as evidence
+        facts.setdefault(key, fact)
     sources = tuple(f.describe() for f in facts.values())
     return ModelSwitches(
         variant=name, pcid=pcid_v, la57=la57_v, kaslr=kaslr, seed=seed, ncpus=min(ncpus, 64), ram=ram,
@@ -203,6 +205,20 @@ def switches_for(
         cea_slots=slots if slots and ncpus <= 64 else None, tss_phys=tss if isinstance(tss, tuple) else None,
         cea_random=bool(info.get("cea_random")), sources=sources, facts=tuple(facts.values()), **build,
     )  # fmt: skip
+
+
+def _words(name: str, value: object) -> str:
+    if name == "pcid":
+        return f"PCID {'on' if value else 'off'}"
+    if name == "ncpus":
+        return f"{value} CPU(s)"
+    if name == "ram" and isinstance(value, int):
+        return f"RAM {value >> 20} MiB"
+    if name == "la57":
+        return f"{'5' if value else '4'}-level paging"
+    if name == "kaslr":
+        return f"KASLR {'on' if value else 'off'}"
+    return f"{name} {value}"
 
 
 def cmdline_facts(text: str, source: str) -> dict[str, Fact]:

@@ -191,7 +191,7 @@ def read_dump(records: Sequence[Record]) -> DumpFacts:
     elif entry:
         pmd = entry[0].start & ~(PMD_SIZE - 1)
         base = pmd - ENTRY_TEXT_OFFSET if pmd - ENTRY_TEXT_OFFSET >= FIXED_TEXT else FIXED_TEXT
-        put(_fact("kernel_base", base, f"_text at {base:#x}: the entry-text PMD less {pmd - base:#x} (assumed offset)",
+        put(_fact("kernel_base", base, f"_text {base:#x}: the entry-text PMD - {pmd - base:#x} (offset assumed)",
                   _by_line(lines, entry[0].lineno)))  # fmt: skip
         facts["entry_offset"] = Fact("entry_offset", pmd - base, f"entry text at _text + {pmd - base:#x}", "assumed")
 
@@ -222,7 +222,7 @@ def read_dump(records: Sequence[Record]) -> DumpFacts:
         text_ = (
             f"KASLR on: {moved[0]} is not its fixed value"
             if moved
-            else f"KASLR off: {', '.join(seen)} at their fixed values"
+            else f"KASLR off: {'all bases' if len(seen) == len(fixed) else ', '.join(seen)} at their fixed values"
         )
         facts["kaslr"] = Fact("kaslr", bool(moved), text_, "dump", f0.line, f0.shown)
 

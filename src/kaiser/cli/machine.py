@@ -1,0 +1,81 @@
+"""The machine switches every command that boots a kernel shares, and the one place that turns
+them into a `KernelConfig` (`machine_config`): ``--pti on|auto``, ``--vendor intel|amd``,
+``--vsyscall none|xonly|emulate``, ``--cpus N`` beside the variant, PCID, 5-level, KASLR and seed.
+
+* ``--pti auto`` (Linux's default): isolation only on a CPU with the Meltdown bug (``--vendor amd``
+  gets none), and the kernel image global without PCID (`pti_kernel_image_global_ok()`, facts
+  linux-kpti.md §3.3); ``--pti on`` always isolates and never makes the image global.
+* ``--vendor``: Intel maps the entry area's debug-store page; AMD is K8 (no global image).
+* ``--vsyscall``: only ``emulate`` maps the vsyscall page (vsyscall_64.c).
+
+`kaiser compare` takes the same options with no default: each one given overrides what the dump
+shows (`kaiser.linux.compare.switches_for`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from kaiser.cli.options import choice
+from kaiser.cli.output import fail
+from kaiser.linux.kernel import PTI_MODES, VENDORS, VSYSCALL_MODES, KernelConfig
+
+MAX_CPUS = 64  # the model's limit (KernelConfig: one espfix page serves 64 CPUs)
+# the KernelConfig fields these options (and pcid, la57, kaslr, seed) set
+MODEL_SWITCHES = ("pcid", "la57", "kaslr", "seed", "pti", "vendor", "vsyscall", "ncpus")
+
+PtiOption = Annotated[
+    str,
+    typer.Option("--pti", callback=choice(*PTI_MODES), help="pti=auto (isolate only with the Meltdown bug) or on."),
+]
+VendorOption = Annotated[
+    str, typer.Option("--vendor", callback=choice(*VENDORS), help="CPU vendor: intel or amd (not Meltdown-affected).")
+]
+VsyscallOption = Annotated[
+    str, typer.Option("--vsyscall", callback=choice(*VSYSCALL_MODES), help="vsyscall= mode: emulate, xonly or none.")
+]
+CpusOption = Annotated[int, typer.Option("--cpus", min=1, max=MAX_CPUS, help="Number of CPUs.")]
+
+# compare: the same, with no default (what the dump shows)
+PtiOrDump = Annotated[
+    str | None, typer.Option("--pti", callback=choice(*PTI_MODES), help="pti=auto or on. Default: from the dump.")
+]
+VendorOrDump = Annotated[
+    str | None, typer.Option("--vendor", callback=choice(*VENDORS), help="intel or amd. Default: from the dump.")
+]
+VsyscallOrDump = Annotated[
+    str | None,
+    typer.Option(
+        "--vsyscall", callback=choice(*VSYSCALL_MODES), help="emulate, xonly or none. Default: from the dump."
+    ),
+]
+CpusOrDump = Annotated[
+    int | None, typer.Option("--cpus", min=1, max=MAX_CPUS, help="Number of CPUs. Default: from the dump.")
+]
+
+
+def machine_config(variant: str, **switches: Any) -> KernelConfig:
+    """The `KernelConfig` of a command's options (`cpus` is `ncpus`); a contradiction is a
+    one-line error (exit 2)."""
+    if "cpus" in switches:
+        switches["ncpus"] = switches.pop("cpus")
+    try:
+        return KernelConfig(variant=variant, **switches)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+__all__ = [
+    "MODEL_SWITCHES",
+    "CpusOption",
+    "CpusOrDump",
+    "PtiOption",
+    "PtiOrDump",
+    "VendorOption",
+    "VendorOrDump",
+    "VsyscallOption",
+    "VsyscallOrDump",
+    "machine_config",
+]
