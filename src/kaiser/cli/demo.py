@@ -105,23 +105,32 @@ def _audit_tour(kernels: dict[str, Kernel]) -> None:
 
     from kaiser.linux.audit import audit_model
 
-    console.print(Rule("3. audit: every kernel mapping in the user tables, against the variant's own policy"))
-    table = Table("variant", "kernel mappings by class", "findings", "exit")
+    console.print(Rule("3. audit: every kernel mapping in the user tables, against two policies"))
+    table = Table(
+        Column("variant", no_wrap=True),
+        "kernel mappings by class",
+        Column("findings\nown", justify="right"),
+        Column("findings\nstrict", justify="right"),
+        Column("exit", justify="right"),
+    )
     for name, kernel in kernels.items():
-        report = audit_model(kernel, next(iter(kernel.tasks.values())))
-        classes = Counter(m.klass for m in report.mappings)
-        breaking = [f for f in report.findings if f.breaks_policy]
-        summary = ", ".join(f"{k} {n}" for k, n in sorted(classes.items()))
-        colour = "red" if report.exit_status else "green"
+        task = next(iter(kernel.tasks.values()))
+        own, strict = audit_model(kernel, task), audit_model(kernel, task, mode="strict")
+        classes = Counter(m.klass for m in strict.mappings)
+        summary = ", ".join(f"{k}:{n}" for k, n in sorted(classes.items()))
+        colour = "red" if strict.exit_status else "green"
         table.add_row(
             name,
             summary,
-            str(len(breaking)),
-            f"[{colour}]{report.exit_status}[/]",
+            str(len(own.violations)),
+            f"[{colour}]{len(strict.violations)}[/]",
+            f"[{colour}]{strict.exit_status}[/]",
         )
     console.print(table)
     console.print(
-        "nopti fails by design: its user view is the whole kernel. "
+        "own: against what the variant's design means to map; strict (kaiser audit's default): only what "
+        "today's Linux allows in user tables -- every kernel region Meltdown reads below from an isolating "
+        "variant is a strict finding here. nopti fails by design: its user view is the whole kernel. "
         "Audit a real machine: [bold]kaiser audit /path/to/current_user[/]"
     )
 

@@ -136,26 +136,52 @@ _FINER_THAN_REGION: Final = frozenset({"entry_text", "kernel_text", "tss_percpu"
 @dataclass(frozen=True)
 class Policy:
     """What a variant lets the user tables map: allowed classes and where GLB is acceptable.
-    W+X and USR on a non-vsyscall kernel page are never allowed."""
+    W+X and USR on a non-vsyscall kernel page are never allowed. `mode`: `POLICY_MODES`."""
 
     variant: str
     allowed: frozenset[str]
     global_ok: frozenset[str]
     note: str = ""
+    mode: str = "variant"
+
+    @property
+    def label(self) -> str:
+        """How findings and verdicts name the policy: `two-pgd`, or `two-pgd (strict)`."""
+        return self.variant if self.mode == "variant" else f"{self.variant} (strict)"
 
 
-def policy_for(variant: str, *, pcid: bool = True) -> Policy:
-    """The policy of `variant`. `linux` allows `kernel_text` only without PCID (under pti=auto,
-    `pti_kernel_image_global_ok()`, §3.3); `nopti` gets `linux`'s policy (it has none)."""
-    get_variant(variant)  # UnknownVariant lists the names
-    name, note = variant, ""
-    if variant == "nopti":
-        name, note = "linux", "nopti has no user tables: its kernel PGD is judged by linux's policy"
+# variant: the variant's own policy (its design's intent: two-pgd may share whole top-level
+# entries). strict: that policy cut down to what today's Linux allows in user tables -- the `linux`
+# row of _POLICY_TABLE (§3.3) -- so no variant's design excuses a mapping Linux would not make,
+# and the audit agrees with `kaiser attack meltdown` about what leaks.
+POLICY_MODES: Final = ("strict", "variant")
+
+
+def _classes(name: str, pcid: bool) -> tuple[frozenset[str], frozenset[str]]:
     allowed, glb = _POLICY_TABLE[name]
     if name == "linux" and not pcid:
         allowed, glb = allowed | {"kernel_text"}, glb | {"kernel_text"}
+    return allowed, glb
+
+
+def policy_for(variant: str, *, pcid: bool = True, mode: str = "variant") -> Policy:
+    """The policy of `variant` in `mode` (`POLICY_MODES`). `linux` allows `kernel_text` only
+    without PCID (under pti=auto, `pti_kernel_image_global_ok()`, §3.3); `nopti` gets `linux`'s
+    policy (it has none)."""
+    get_variant(variant)  # UnknownVariant lists the names
+    if mode not in POLICY_MODES:
+        raise ValueError(f"unknown policy mode {mode!r}; known: {', '.join(POLICY_MODES)}")
+    name, note = variant, ""
+    if variant == "nopti":
+        name, note = "linux", "nopti has no user tables: its kernel PGD is judged by linux's policy"
+    allowed, glb = _classes(name, pcid)
+    if name == "linux" and not pcid:
         note = note or "no PCID: kernel text may be cloned (pti=auto)"
-    return Policy(variant, allowed, glb, note)
+    if mode == "strict" and name != "linux":
+        linux_allowed, linux_glb = _classes("linux", pcid)
+        allowed, glb = allowed & linux_allowed, glb & linux_glb
+        note = f"strict: {variant}'s own policy, cut down to what today's Linux (the linux variant) allows"
+    return Policy(variant, allowed, glb, note, mode)
 
 
 assert set(_POLICY_TABLE) | {"nopti"} == set(VARIANTS), "every variant needs an audit policy"
@@ -489,13 +515,13 @@ def _check(m: Mapping, policy: Policy) -> list[Finding]:
     what = f"{rng} {m.flag_text} {m.level} ({m.klass})"
     out = []
     if not m.allowed:
-        out.append(Finding("not-allowed", m.start, m.end, m.klass, f"{what}: not allowed by {policy.variant}"))
+        out.append(Finding("not-allowed", m.start, m.end, m.klass, f"{what}: not allowed by {policy.label}"))
     if "RW" in m.flags and "NX" not in m.flags:
         out.append(Finding("w+x", m.start, m.end, m.klass, f"{what}: writable and executable (W+X)"))
     if "USR" in m.flags and m.klass != "vsyscall":
         out.append(Finding("user-accessible", m.start, m.end, m.klass, f"{what}: USR on a kernel-half mapping"))
     if "GLB" in m.flags and m.allowed and m.klass not in policy.global_ok:
-        out.append(Finding("global", m.start, m.end, m.klass, f"{what}: global kernel page ({policy.variant} keeps "
+        out.append(Finding("global", m.start, m.end, m.klass, f"{what}: global kernel page ({policy.label} keeps "
                            f"{m.klass} non-global)"))  # fmt: skip
     return out
 
@@ -577,11 +603,12 @@ def _merge(ranges: Iterable[tuple[int, int, str]]) -> list[tuple[int, int, str]]
     return sorted(out)
 
 
-def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None) -> AuditReport:
+def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None, mode: str = "variant") -> AuditReport:
     """Audit a model process's user tables exactly (`Kernel.user_allowed_ranges()`), with a diff
-    against its kernel tables. Under `nopti` the kernel PGD is the user view."""
+    against its kernel tables. Under `nopti` the kernel PGD is the user view. `mode="strict"`
+    also requires every mapping's class to be one the strict policy allows (`policy_for`)."""
     layout = kernel.layout
-    policy = policy_for(kernel.variant.name, pcid=kernel.config.pcid if pcid is None else pcid)
+    policy = policy_for(kernel.variant.name, pcid=kernel.config.pcid if pcid is None else pcid, mode=mode)
     kpt = task.mm.pgd.kernel_pt
     upt = task.mm.pgd.user_pt
     view_pt, view = (upt, "current_user") if upt is not None else (kpt, "current_kernel (nopti: no user tables)")
@@ -608,6 +635,8 @@ def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None) -> Audi
         # pieces the layout's regions cannot name take their part's name
         klass = _PART_CLASS.get(part, part) if part in _FINER_THAN_REGION else _model_class(layout, p.start)
         allowed = bool(part) if isolating else klass in policy.allowed
+        if mode == "strict":
+            allowed = allowed and klass in policy.allowed
         mappings.append(Mapping(p.start, p.end, p.line.level, p.line.flags, klass, allowed, p.line.lineno, part))
     findings = [f for m in mappings for f in _check(m, policy)]
     diff = diff_tables(kpt, upt if upt is not None else kpt, layout)
@@ -790,6 +819,7 @@ __all__ = [
     "DumpLayout",
     "Finding",
     "Mapping",
+    "POLICY_MODES",
     "Policy",
     "TableDiff",
     "audit_dump",
