@@ -18,6 +18,7 @@ from kaiser.cli.demo import demo_command
 from kaiser.cli.diff import diff_command
 from kaiser.cli.dump import dump_command
 from kaiser.cli.output import fail
+from kaiser.cli.record import record_command, recording_app
 from kaiser.cli.replay import replay_command
 from kaiser.cli.report import report_command
 from kaiser.cli.run import run_command
@@ -93,6 +94,8 @@ app.command("sweep")(sweep_command)
 app.command("report")(report_command)
 app.add_typer(bench_app, name="bench")
 app.add_typer(attack_app, name="attack")
+app.command("record", context_settings={"allow_interspersed_args": False})(record_command)
+app.add_typer(recording_app, name="recording")
 
 # Errors that mean "the input was wrong", reported in one line with exit status 2.
 USER_ERRORS: tuple[type[Exception], ...] = (
