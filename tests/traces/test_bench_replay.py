@@ -61,7 +61,7 @@ def test_garbled_trace_names_file_and_line(tmp_path: Path) -> None:
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
     res = runner.invoke(app, ["bench", "replay", str(tmp_path / "nope.lackey")])
     assert res.exit_code == 2
-    assert res.output.strip().count("\n") == 0 and "no such trace file" in res.output
+    assert res.output.strip().count("\n") == 0 and "nope.lackey: trace: no such file" in res.output
 
 
 def test_recording_options_need_no_trace(real_trace: tuple[Path, Path]) -> None:

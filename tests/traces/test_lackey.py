@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kaiser.traces.lackey import LackeyReader, TraceError, format_lackey
+from kaiser.traces.lackey import USER_TOP, LackeyReader, TraceError, format_lackey
 from kaiser.x86.events import EVENT_DTYPE, Ev
 
 HEADER = "==42== Lackey, an example Valgrind tool\n==42== Command: ./t\n==42== \n"
@@ -141,7 +141,7 @@ def test_chunking_does_not_change_the_result(tmp_path: Path) -> None:
     st.lists(
         st.tuples(
             st.sampled_from([Ev.READ, Ev.WRITE, Ev.FETCH]),
-            st.integers(0, (1 << 47) - 1),
+            st.integers(0, USER_TOP - 64),  # below TASK_SIZE_MAX, as every user reference is
             st.integers(1, 64),
         ),
         max_size=300,
@@ -165,3 +165,27 @@ def test_round_trip(tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[i
             expect.append((k, (a | 0xFFF) + 1))
     assert list(zip(got["kind"].tolist(), got["a"].tolist(), strict=True)) == expect
     assert r.stats.refs == len(rows)
+
+
+def test_a_record_at_or_above_the_user_top_is_a_bad_line_naming_file_and_line(tmp_path: Path) -> None:
+    for addr, size in ((USER_TOP, 1), (USER_TOP - 4, 8), (0xFFFFFFFF81000000, 4), (0xFFFFFFFFFFFFFFFF, 1)):
+        p = write(tmp_path, f"{HEADER}{BODY} L {addr:x},{size}\n")
+        with pytest.raises(TraceError, match=rf"^{p}:8: address above the user address space"):
+            read_all(p)
+        ev, _, r = read_all(p, skip_bad=True)
+        assert r.stats.bad_lines == 1 and len(ev) == 5  # M is a read and a write
+    ev, _, _ = read_all(write(tmp_path, f" L {USER_TOP - 8:x},8\n"))  # the last user bytes are fine
+    assert len(ev) == 1
+
+
+def test_a_line_without_end_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    p = write(tmp_path, HEADER + BODY + "I  " + "4" * (3 << 20))
+    for skip in (False, True):
+        with pytest.raises(TraceError, match=rf"^{p}:8: a line longer than 1 MiB"):
+            read_all(p, skip_bad=skip, chunk_bytes=1 << 16)
+
+
+def test_a_syscall_number_past_int_digit_limits_is_a_bad_line(tmp_path: Path) -> None:
+    p = write(tmp_path, HEADER + f"SYSCALL[1,1]({'9' * 5000}) sys_getpid ()[sync] --> Success(0x1)\n")
+    with pytest.raises(TraceError, match=rf"^{p}:4: not a valgrind SYSCALL line"):
+        read_all(p)

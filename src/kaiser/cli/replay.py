@@ -20,6 +20,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from kaiser.cli.options import choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, err_console, fail, print_table
+from kaiser.inputs import check_input
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 from kaiser.traces.interleave import BASELINE, TraceReplay, engine_available, replay_trace
 from kaiser.traces.lackey import TraceError
@@ -37,11 +38,11 @@ def _variants(names: list[str] | None) -> list[str]:
 
 
 def check_trace_files(trace: Path, syscalls: Path | None) -> None:
-    """A missing trace or strace log is a one-line error."""
-    if not trace.is_file():
-        fail(f"{trace}: no such trace file")
-    if syscalls is not None and not syscalls.is_file():
-        fail(f"{syscalls}: no such strace log")
+    """A trace or strace log that is missing, or not a regular file (a directory, FIFO, device,
+    /proc file), is a one-line error (`kaiser.inputs.check_input`) before any work starts."""
+    check_input(trace, "trace")
+    if syscalls is not None:
+        check_input(syscalls, "--syscalls strace log")
 
 
 @contextmanager

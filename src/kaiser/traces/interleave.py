@@ -44,7 +44,7 @@ import numpy as np
 from kaiser.linux.entry import SYSCALLS, Copy, EntryModel, Obj, OpCounts, Ref, SyscallSpec
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.mm import Prot
-from kaiser.traces.lackey import LackeyReader, SyscallSite, TraceError
+from kaiser.traces.lackey import USER_TOP, LackeyReader, SyscallSite, TraceError
 from kaiser.traces.strace import StraceCall, StraceLog
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import replay_reference
@@ -174,7 +174,7 @@ class EntrySyscalls:
     def syscall_events(self, site: SyscallSite) -> np.ndarray:
         em = self.em
         if self.exited:
-            raise TraceError(f"line {site.line}: system call {site.name} after the process exited")
+            raise TraceError(f"{site.line}: system call {site.name} after the process exited")
         if self._hook is not None:
             self._hook(em, site.name, nr=site.nr, args=site.args, result=site.returned)
         else:
@@ -336,7 +336,13 @@ class ConfigReplay:
         """Replay one chunk: map its new pages, splice each call's kernel events in at its place."""
         t0 = time.perf_counter()
         pages = new_pages
-        extra = [p for s in sites for p in self.hook.user_pages(s)]
+        top = self.kernel.user_top >> 12
+        extra = []
+        for s in sites:
+            buffer = self.hook.user_pages(s)
+            if any(p >= top for p in buffer):  # "LINE: why"; replay_trace puts the file in front
+                raise TraceError(f"{s.line}: system call {s.name}'s buffer reaches above the user address space")
+            extra += buffer
         if extra:
             pages = np.concatenate([pages, np.asarray(extra, np.uint64)])
         new = self.space.missing(pages) if len(pages) else []
@@ -534,7 +540,10 @@ def replay_trace(
         )
     t0 = time.perf_counter()
     runs = [ConfigReplay(v, p, path=path, hook_factory=hook_factory, seed=seed) for v, p in configs]
-    reader = LackeyReader(trace, skip_bad=skip_bad, **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}))
+    top = min((r.kernel.user_top for r in runs), default=USER_TOP)
+    reader = LackeyReader(
+        trace, skip_bad=skip_bad, user_top=top, **({"chunk_bytes": chunk_bytes} if chunk_bytes else {})
+    )
     total = reader.size()
     all_sites: list[SyscallSite] = []
     names: dict[str, int] = {}
@@ -556,12 +565,16 @@ def replay_trace(
             names[s.name] = names.get(s.name, 0) + 1
         all_sites.extend(sites)
         for run in runs:
-            run.feed(events, sites, new_pages)
+            try:
+                run.feed(events, sites, new_pages)
+            except TraceError as exc:  # raised as "LINE: why" by the replay, which has no file name
+                raise TraceError(f"{trace}:{exc}") from None
         if progress:
             progress(reader.stats.bytes, total)
         if max_events is not None and refs >= max_events:
             break
         t_read = time.perf_counter()
+    require_references(trace, reader)
     stats = reader.stats.as_dict()
     stats["refs_replayed"] = refs
     stats["sliced"] = max_events is not None
@@ -577,6 +590,19 @@ def replay_trace(
         out.alignment = align_syscalls(all_sites, strace.calls)
         out.strace = strace.summary()
     return out
+
+
+def require_references(trace: str | Path, reader: LackeyReader) -> None:
+    """A trace with no memory reference prices nothing: an empty file, the wrong file, or (with
+    skip_bad) a file of bad lines only -- a `TraceError` rather than a table of zeros."""
+    st = reader.stats
+    if st.refs:
+        return
+    if st.bad_lines:
+        raise TraceError(f"{trace}: {st.bad_lines} bad line(s) skipped and not one memory reference left")
+    raise TraceError(
+        f"{trace}: no memory references in {st.lines} line(s) (a trace of valgrind --tool=lackey --trace-mem=yes)"
+    )
 
 
 def _slice(events: np.ndarray, sites: list[SyscallSite], keep: int) -> tuple[np.ndarray, list[SyscallSite]]:
@@ -617,6 +643,7 @@ def bench_replay_throughput(
         for _chunk in r:
             pass
         reader_best = min(reader_best, time.perf_counter() - t0)
+        require_references(trace, r)
         refs, bad_lines = r.stats.refs, r.stats.bad_lines
     say("compiling the replay (first run only)")
     replay_trace(trace, [(variant, pcid)], skip_bad=skip_bad, max_events=100_000)  # warm both paths' caches

@@ -37,6 +37,7 @@ from typing import Final
 
 import numpy as np
 
+from kaiser.inputs import open_input
 from kaiser.x86.events import EVENT_DTYPE, Ev
 
 PAGE_SHIFT: Final = 12
@@ -46,11 +47,17 @@ CHUNK_BYTES: Final = 4 << 20  # bytes read per chunk
 MAX_EVENTS: Final = 1 << 19  # events per scan call (a chunk may take several calls)
 USER_CPL: Final = 3
 SEEN_BITS: Final = 16  # direct-mapped filter of recently seen pages (new-page candidates)
+# TASK_SIZE_MAX of 4-level paging, (1 << 47) - PAGE_SIZE (arch/x86/include/asm/page_64_types.h):
+# no user reference reaches it, so a record at or above it is garbled (or not this machine's).
+USER_TOP: Final = (1 << 47) - PAGE_SIZE
+MAX_LINE: Final = 1 << 20  # CHOSEN: a lackey line is < 40 bytes, a SYSCALL line < 1 KiB; 1 MiB is no trace
 
 # _scan's per-line outcomes and the stats array layout.
 (ST_LINES, ST_FETCH, ST_LOAD, ST_STORE, ST_MODIFY, ST_CROSS, ST_VALGRIND, ST_BLANK, ST_SYSCALL, ST_BAD) = range(10)
 N_STATS: Final = 10
 BAD_KEEP: Final = 16
+BAD_SHAPE, BAD_HIGH = 0, 1  # why _scan found a line bad (badrec's 4th column)
+_BAD_WHY: Final = ("not a lackey line", "address above the user address space")
 
 _HEX = np.full(256, -1, np.int8)
 for _i, _c in enumerate(b"0123456789abcdef"):
@@ -87,10 +94,12 @@ def _scan(
     seen: np.ndarray,
     newp: np.ndarray,
     out: np.ndarray,
+    top: int = USER_TOP,
 ) -> int:
     """Scan complete lines of buf[pos:end] (end is just past a newline). Writes events into
     kind/addr/cpl, SYSCALL lines into sysrec (start, end, event index, line index), bad lines into
-    badrec (first BAD_KEEP), candidate new pages into newp. out = [events, syscalls, bad kept,
+    badrec (first BAD_KEEP, with the reason), candidate new pages into newp. A record reaching
+    `top` or above is bad (BAD_HIGH). out = [events, syscalls, bad kept,
     new pages, lines]; returns the position reached (a line boundary): the caller calls again
     while it is < end (an output array filled up)."""
     ne = out[0]
@@ -105,6 +114,7 @@ def _scan(
     golden = np.uint64(0x9E3779B97F4A7C15)
     sh = np.uint64(64 - SEEN_BITS)
     page_mask = np.uint64(PAGE_SIZE - 1)
+    utop = np.uint64(top)
     while pos < end:
         if ne > cap_e or ns >= cap_s or nn > cap_n:
             break
@@ -114,6 +124,7 @@ def _scan(
         n = e - pos
         c0 = buf[pos]
         ok = False
+        high = False
         k = -1
         p = pos + 3
         if n >= 3 and buf[pos + 2] == 32:
@@ -142,7 +153,9 @@ def _scan(
                     size = size * 10 + (buf[p] - 48)
                     ns_d += 1
                     p += 1
-                if ns_d >= 1 and p == e and size <= PAGE_SIZE:
+                if ns_d >= 1 and p == e and size <= PAGE_SIZE and (a >= utop or a + np.uint64(size) > utop):
+                    high = True
+                elif ns_d >= 1 and p == e and size <= PAGE_SIZE:
                     ok = True
                     cross = size > 0 and (a & page_mask) + np.uint64(size) > np.uint64(PAGE_SIZE)
                     nxt = (a | page_mask) + np.uint64(1)
@@ -216,6 +229,7 @@ def _scan(
                 badrec[nb, 0] = pos
                 badrec[nb, 1] = e
                 badrec[nb, 2] = line
+                badrec[nb, 3] = BAD_HIGH if high else BAD_SHAPE
                 nb += 1
         stats[ST_LINES] += 1
         line += 1
@@ -339,8 +353,10 @@ class LackeyReader:
         skip_bad: bool = False,
         chunk_bytes: int = CHUNK_BYTES,
         max_events: int = MAX_EVENTS,
+        user_top: int = USER_TOP,
     ) -> None:
         self.path = Path(path)
+        self.user_top = user_top
         self.skip_bad = skip_bad
         self.chunk_bytes = max(chunk_bytes, 64)
         self.max_events = max(max_events, 64)
@@ -373,17 +389,21 @@ class LackeyReader:
         events = np.zeros(self.max_events, EVENT_DTYPE)
         kind, addr, cpl = events["kind"], events["a"], events["cpl"]
         sysrec = np.zeros((4096, 4), np.int64)
-        badrec = np.zeros((BAD_KEEP, 3), np.int64)
+        badrec = np.zeros((BAD_KEEP, 4), np.int64)
         newp = np.zeros(self.max_events + 8, np.uint64)
         out = np.zeros(5, np.int64)
         scan = _compiled_scan()
         line_base = 0  # line index of the first line of the next scan
         index_base = 0  # events before the next scan
         carry = b""
-        with self.path.open("rb") as f:
+        with open_input(self.path, "trace") as f:
             while True:
                 block = f.read(self.chunk_bytes)
                 self.stats.bytes += len(block)
+                if len(carry) > MAX_LINE:  # whatever skip_bad says: this is not a trace
+                    raise TraceError(
+                        f"{self._where(line_base)}: a line longer than {MAX_LINE >> 20} MiB: not a lackey trace"
+                    )
                 data = carry + block if carry else block
                 if not block:
                     if data:  # end of file inside a line: the line is truncated
@@ -400,7 +420,10 @@ class LackeyReader:
                 while pos < cut:
                     out[:] = 0
                     out[4] = line_base
-                    pos = scan(buf, pos, cut, kind, addr, cpl, _HEX, sysrec, badrec, self._stat, self._seen, newp, out)
+                    pos = scan(
+                        buf, pos, cut, kind, addr, cpl, _HEX, sysrec, badrec, self._stat, self._seen, newp, out,
+                        self.user_top,
+                    )  # fmt: skip
                     chunk = self._chunk(data, events, sysrec, badrec, newp, out, line_base, index_base)
                     index_base += len(chunk.events)
                     line_base = int(out[4])
@@ -428,8 +451,8 @@ class LackeyReader:
         index_base: int,
     ) -> LackeyChunk:
         ne, ns, nb, nn = (int(x) for x in out[:4])
-        for s, e, line in badrec[:nb].tolist():
-            self._bad(line, data[s:e], "not a lackey line", counted=True)
+        for s, e, line, why in badrec[:nb].tolist():
+            self._bad(line, data[s:e], _BAD_WHY[why], counted=True)
         sites: list[SyscallSite] = []
         for s, e, at, line in sysrec[:ns].tolist():
             text = data[s:e]
@@ -438,7 +461,10 @@ class LackeyReader:
                     self._bad(line, text, "a ' --> ' line that continues no system call")
                 self._pending = None
                 continue
-            got = parse_syscall_line(text, line + 1, index_base + at)
+            try:
+                got = parse_syscall_line(text, line + 1, index_base + at)
+            except ValueError:  # a number past int's digit limit: garbled
+                got = None
             if got is None:
                 self._bad(line, text, "not a valgrind SYSCALL line")
                 continue

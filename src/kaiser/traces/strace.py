@@ -27,22 +27,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kaiser.inputs import open_input
+
 RELATIVE_LIMIT = 1e6  # a first timestamp below this (seconds) is `-r` relative time, not epoch time
+MAX_LINE = 1 << 20  # CHOSEN: strace abbreviates strings (-s 32 by default); a 1 MiB line is no strace log
 
 _PREFIX = re.compile(
-    r"^(?:(?P<pid>\d+)\s+)?"
-    r"(?:(?P<ts>\d+\.\d+|\d\d:\d\d:\d\d(?:\.\d+)?)\s+)?"
-    r"(?:\[\s*(?P<nr>\d+)\]\s+)?"
+    r"^(?:(?P<pid>\d{1,10})\s+)?"  # bounded digit runs: a pid, a clock, a syscall number
+    r"(?:(?P<ts>\d{1,20}\.\d{1,12}|\d\d:\d\d:\d\d(?:\.\d{1,12})?)\s+)?"
+    r"(?:\[\s*(?P<nr>\d{1,6})\]\s+)?"
     r"(?P<body>.*?)\s*$"
 )
-_COMPLETE = re.compile(r"^(?P<name>\w+)\((?P<args>.*)\)\s+=\s+(?P<ret>.*?)(?:\s+<(?P<dur>\d+\.\d+)>)?$")
+_COMPLETE = re.compile(r"^(?P<name>\w+)\((?P<args>.*)\)\s+=\s+(?P<ret>.*?)(?:\s+<(?P<dur>\d{1,20}\.\d{1,12})>)?$")
 _UNFINISHED = re.compile(r"^(?P<name>\w+)\((?P<args>.*?)\s*<unfinished \.\.\.>$")
 _RESUMED = re.compile(
-    r"^<\.\.\. (?P<name>\w+) resumed>\s?(?P<args>.*?)\)?\s+=\s+(?P<ret>.*?)(?:\s+<(?P<dur>\d+\.\d+)>)?$"
+    r"^<\.\.\. (?P<name>\w+) resumed>\s?(?P<args>.*?)\)?\s+=\s+(?P<ret>.*?)(?:\s+<(?P<dur>\d{1,20}\.\d{1,12})>)?$"
 )
 _RESUMED_UNFINISHED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>.*<unfinished \.\.\.>\)?\s*=\s*\?$")
 _SIGNAL = re.compile(r"^--- (?P<sig>SIG\w+|\w+) (?P<info>.*) ---$")
-_EXIT = re.compile(r"^\+\+\+ (?:exited with (?P<code>-?\d+)|killed by (?P<sig>\w+)(?: \(core dumped\))?) \+\+\+$")
+_EXIT = re.compile(r"^\+\+\+ (?:exited with (?P<code>-?\d{1,12})|killed by (?P<sig>\w+)(?: \(core dumped\))?) \+\+\+$")
 _NOTE = re.compile(r"^(?:strace: .*|<detached \.\.\.>|\?\?\?.*)$")
 
 
@@ -154,9 +157,11 @@ def iter_strace(path: str | Path, *, skip_bad: bool = False, log: StraceLog | No
         if len(log.bad_examples) < 5:
             log.bad_examples.append(message)
 
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
+    with open_input(path, "strace log") as f:
+        for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
             log.lines += 1
+            if len(raw) > MAX_LINE:  # whatever skip_bad says: not an strace log
+                raise StraceError(f"{path}:{lineno}: a line longer than {MAX_LINE >> 20} MiB: not an strace log")
             if not raw.endswith(b"\n"):
                 bad(lineno, raw.decode("utf-8", "backslashreplace"), "truncated line (no newline at end of file)")
                 continue
