@@ -32,11 +32,14 @@ Row = dict[str, Any]
 # ---- plots -----------------------------------------------------------------------------------------
 def write_plots(results_csv: Path, out: Path) -> list[Path]:
     """The figures `kaiser report` draws of this sweep (kaiser.report.plots), read back from the
-    results.csv just written, one PNG per figure named by its key (`overhead-vs-reads.png`)."""
+    results.csv just written, one PNG per figure named by its key (`overhead-vs-reads.png`). The
+    PNGs of an earlier run are removed first: a knob no longer swept leaves no stale plot."""
     from kaiser.report.load import load_sweep
     from kaiser.report.plots import figures
 
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
     written = []
     for fig in figures(load_sweep(results_csv)):
         p = out / f"{fig.key}.png"

@@ -148,8 +148,10 @@ def _how_to_read(res: Results) -> str:
     items = list(HOW_TO_READ)
     if res.kind == "sweep":
         items.append(
-            "A sweep runs every combination of the settings in the header; the per-variant plots and the "
-            "summary table average over the combinations (and seeds), the last table lists each one."
+            "A sweep runs every combination of the settings in the header (per workload where they differ). "
+            "The first value of each list is the base setting: a plot against one knob holds the others "
+            "there, and the per-variant plots show each workload at its base setting (mean over seeds); "
+            "the summary table averages over every combination, the last table lists each one."
         )
     lis = "".join(f"<li>{text}</li>" for text in items)  # fixed text of ours, markup intended
     return f'<section id="how-to-read"><h2>How to read this</h2><div class="howto"><ul>{lis}</ul></div></section>'

@@ -472,7 +472,34 @@ def _sweep_header(res: Results, path: Path) -> list[tuple[str, str]]:
     ]
     header += _sessions(path.parent / "sessions.log")
     for key in res.config_keys:
-        values = _unique(r.config.get(key, "") for r in res.rows)
-        shown = ", ".join(values[:12]) + (f", ... ({len(values)} values)" if len(values) > 12 else "")
-        header.append((key, shown))
+        # Per workload, the values it ran with (a knob a workload lacks is empty there: left out),
+        # as `kaiser bench --set` spells them; once for all when every workload has the same.
+        per: dict[str, list[str]] = {}
+        for wl in res.workloads:
+            got = _unique(show_value(wl, key, r.config.get(key, "")) for r in res.rows if r.workload == wl)
+            if got := [v for v in got if v]:
+                per[wl] = got
+        if not per:
+            continue
+        if len(per) == len(res.workloads) and len({tuple(v) for v in per.values()}) == 1:
+            header.append((key, _listed(next(iter(per.values())))))
+        else:
+            header.append((key, "; ".join(f"{_listed(v)} ({wl})" for wl, v in per.items())))
     return header
+
+
+def _listed(values: list[str]) -> str:
+    return ", ".join(values[:12]) + (f", ... ({len(values)} values)" if len(values) > 12 else "")
+
+
+def show_value(workload: str, key: str, text: str) -> str:
+    """A configuration value as `kaiser bench --set` spells it (sizes as 4KiB, 2MiB)."""
+    from kaiser.cost.workloads import WorkloadError, format_size, get_workload
+
+    try:
+        knob = {k.name: k for k in get_workload(workload).knobs}.get(key)
+    except WorkloadError:
+        return text
+    if knob is not None and knob.show is format_size and text.isdigit():
+        return format_size(int(text)) if int(text) else "0"
+    return text

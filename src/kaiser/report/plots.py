@@ -16,7 +16,7 @@ from typing import Any
 from kaiser.cost.model import overhead_percent, rate_per_second
 from kaiser.report import draw
 from kaiser.report.draw import REFERENCE, SWEEP_WORK, RateCurve, colour, line_style, marker, order_key, pcid_label
-from kaiser.report.load import BASELINE, CYCLE_TERMS, NOT_SWEPT, STANDARD_METRICS, Results, Row
+from kaiser.report.load import BASELINE, CYCLE_TERMS, NOT_SWEPT, STANDARD_METRICS, Results, Row, show_value
 
 DPI = 100
 TERM_COLOURS = ("#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f", "#e5c494")  # not variant colours
@@ -79,16 +79,7 @@ def _base_note(res: Results, rows: list[Row], keep: str | None) -> str:
 
 
 def _show(workload: str, key: str, text: str) -> str:
-    """A knob's value as `kaiser bench --set` spells it (sizes as 4KiB, 2MiB)."""
-    from kaiser.cost.workloads import WorkloadError, format_size, get_workload
-
-    try:
-        knob = {k.name: k for k in get_workload(workload).knobs}.get(key)
-    except WorkloadError:
-        return text
-    if knob is not None and knob.show is format_size and text.isdigit():
-        return format_size(int(text)) if int(text) else "0"
-    return text
+    return show_value(workload, key, text)
 
 
 # ---- overhead versus system-call rate ------------------------------------------------------------
