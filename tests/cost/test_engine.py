@@ -346,15 +346,26 @@ def run_both(seed: int, cpu: Cpu, geometry: TlbGeometry, chunks: int, sync: bool
     assert_same(mmu, engine, ref_mem, f"seed={seed} geometry={geometry.name}")
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+# The default suite draws 40 worlds (a few seconds); the slow suite 500.
+worlds = given(
     seed=st.integers(0, 2**32 - 1),
     cpu=CPUS,
     geometry=st.sampled_from(sorted(GEOMETRIES)),
     chunks=st.integers(1, 3),
     sync=st.booleans(),
 )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@worlds
 def test_engine_matches_reference(seed: int, cpu: Cpu, geometry: str, chunks: int, sync: bool) -> None:
+    run_both(seed, cpu, GEOMETRIES[geometry], chunks, sync)
+
+
+@pytest.mark.slow
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@worlds
+def test_engine_matches_reference_500_worlds(seed: int, cpu: Cpu, geometry: str, chunks: int, sync: bool) -> None:
     run_both(seed, cpu, GEOMETRIES[geometry], chunks, sync)
 
 
