@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from kaiser.attacks.cache import DataCache, Hit, Timer, TimerNoise
 from kaiser.attacks.meltdown import AttackParams, ByteReading, Calibration, MeltdownAttacker, Sigsegv
@@ -390,6 +390,7 @@ def run_meltdown(
     params: AttackParams | None = None,
     noise: TimerNoise | None = None,
     progress: Callable[[int], None] | None = None,
+    **machine: Any,
 ) -> MeltdownResult:
     """Boot `variant`, start a victim and an attacker process, plant `length` random bytes in
     `region` (or at `target`), and let the attacker read them through Flush+Reload."""
@@ -398,7 +399,7 @@ def run_meltdown(
     if target is None and region not in REGIONS:
         raise AttackError(f"unknown region {region!r}; known: {', '.join(REGIONS)}")
     started = time.perf_counter()
-    config = KernelConfig(variant=variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed)
+    config = KernelConfig(variant=variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, **machine)
     kernel = Kernel.boot(config)
     victim = kernel.spawn()
     attacker_task = kernel.spawn()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from kaiser.attacks.cache import Timer, TimerNoise
 from kaiser.attacks.kaslr import AttackParams, KaslrAttacker, Knowledge, RegionGuess, RegionSpec
@@ -367,10 +367,11 @@ def run_kaslr(
     noise: TimerNoise | None = None,
     regions: tuple[str, ...] = REGIONS,
     progress: Callable[[str], None] | None = None,
+    **machine: Any,
 ) -> KaslrRun:
     """Boot `variant` with KASLR, start the attacker's process, let it probe, score its guesses."""
     started = time.perf_counter()
-    config = KernelConfig(variant=variant, pcid=pcid, la57=la57, kaslr=True, seed=seed, ram=ram)
+    config = KernelConfig(variant=variant, pcid=pcid, la57=la57, kaslr=True, seed=seed, ram=ram, **machine)
     kernel = Kernel.boot(config)
     task = kernel.spawn()
     probe_config = ProbeConfig(probe, costs or ProbeCosts(), noise or TimerNoise())

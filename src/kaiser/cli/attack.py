@@ -15,6 +15,7 @@ from rich.table import Table
 from kaiser.attacks.cache import QUIET
 from kaiser.attacks.core import REGIONS, AttackError, MeltdownResult, run_meltdown
 from kaiser.attacks.meltdown import AttackParams
+from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console, emit_json, fail, parse_int, progress_bar, variant_or_all
 from kaiser.linux.variants import get_variant
@@ -139,6 +140,10 @@ def meltdown_command(
     pcid: Annotated[bool, typer.Option("--pcid/--no-pcid", help="CPU with PCID.")] = True,
     la57: Annotated[bool, typer.Option("--la57/--4level", help="5-level or 4-level paging.")] = False,
     kaslr: Annotated[bool, typer.Option("--kaslr/--nokaslr", help="Randomize the kernel layout.")] = True,
+    pti: PtiOption = "auto",
+    vendor: VendorOption = "intel",
+    vsyscall: VsyscallOption = "emulate",
+    cpus: CpusOption = 2,
     max_rounds: Annotated[
         int, typer.Option("--max-rounds", min=1, max=ROUNDS_MAX, help="Flush+Reload rounds per byte at most.")
     ] = 12,
@@ -176,6 +181,10 @@ def meltdown_command(
                         pcid=pcid,
                         la57=la57,
                         kaslr=kaslr,
+                        pti=pti,
+                        vendor=vendor,
+                        vsyscall=vsyscall,
+                        ncpus=cpus,
                         params=params,
                         noise=noise,
                         progress=lambda n: bar.advance(task, n),

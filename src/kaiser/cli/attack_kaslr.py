@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from kaiser.attacks.timing import PROBES, REGIONS, KaslrSummary, run_seeds
+from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console, emit_json, fail, progress_bar, variant_or_all
 from kaiser.linux.variants import get_variant
@@ -83,6 +84,10 @@ def kaslr_command(
     ram_gib: Annotated[
         int, typer.Option("--ram-gib", min=1, max=RAM_GIB_MAX, help="RAM size in GiB (the attacker knows it).")
     ] = 4,
+    pti: PtiOption = "auto",
+    vendor: VendorOption = "intel",
+    vsyscall: VsyscallOption = "emulate",
+    cpus: CpusOption = 2,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Find the randomized kernel bases (text, direct map, vmalloc, vmemmap) from user mode by
@@ -107,6 +112,10 @@ def kaslr_command(
                     pcid=pcid,
                     la57=la57,
                     ram=ram_gib * GiB,
+                    pti=pti,
+                    vendor=vendor,
+                    vsyscall=vsyscall,
+                    ncpus=cpus,
                     progress=lambda _region: bar.advance(task, 1),
                 )
             )

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from kaiser.cli.machine import PtiOption, VendorOption, VsyscallOption
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.linux.variants import UnknownVariant
@@ -74,6 +75,9 @@ def run_command(
     pcid: Annotated[bool, typer.Option("--pcid/--no-pcid", help="PCID on (NOFLUSH CR3 switches) or off.")] = True,
     la57: Annotated[bool, typer.Option("--la57", help="5-level paging.")] = False,
     seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="KASLR and kernel-data seed.")] = 0,
+    pti: PtiOption = "auto",
+    vendor: VendorOption = "intel",
+    vsyscall: VsyscallOption = "emulate",
     json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
 ) -> None:
     """Run a small real kernel (SYSCALL entry/exit switching CR3 as the variant does) and a user
@@ -83,7 +87,10 @@ def run_command(
 
     try:
         names = run_names(variant)
-        reports = [run_variant(name, pcid=pcid, la57=la57, seed=seed) for name in names]
+        reports = [
+            run_variant(name, pcid=pcid, la57=la57, seed=seed, pti=pti, vendor=vendor, vsyscall=vsyscall)
+            for name in names
+        ]
     except UnknownVariant as exc:
         fail(f"--variant: {exc}")
     except BuildError as exc:

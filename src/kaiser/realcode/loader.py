@@ -14,6 +14,7 @@ import dataclasses
 import random
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from kaiser.linux.kernel import THREAD_SIZE, Kernel, KernelConfig, Task
 from kaiser.linux.mm import ProgramImage
@@ -87,11 +88,14 @@ class Loaded:
         return self.kernel.cpus[0].cea
 
 
-def boot(variant_name: str, *, pcid: bool = True, la57: bool = False, kaslr: bool = True, seed: int = 0) -> Loaded:
-    """Boot the model for `variant_name`, spawn a process and load the realcode image into it."""
+def boot(
+    variant_name: str, *, pcid: bool = True, la57: bool = False, kaslr: bool = True, seed: int = 0, **machine: Any
+) -> Loaded:
+    """Boot the model for `variant_name`, spawn a process and load the realcode image into it
+    (`machine`: further `KernelConfig` switches -- pti, vendor, vsyscall; one CPU)."""
     variant = resolve_variant(variant_name)
     base = BROKEN_BASE if variant.name == BROKEN_VARIANT else variant.name
-    config = KernelConfig(variant=base, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, ncpus=1)
+    config = KernelConfig(variant=base, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, ncpus=1, **machine)
     kernel = Kernel.boot(config, variant=variant)
     task = kernel.spawn(ProgramImage(name="realcode"))
     return load(kernel, task, variant, seed)

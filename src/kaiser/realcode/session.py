@@ -146,12 +146,15 @@ def _judge_broken(report: RunReport) -> None:
         problems.append("SYSCALL entry fault without the user CR3 live")
 
 
-def run_variant(name: str, *, pcid: bool = True, la57: bool = False, seed: int = 0, kaslr: bool = True) -> RunReport:
-    """Boot `name`, run the realcode program on Unicorn and judge what happened."""
-    loaded = boot(name, pcid=pcid, la57=la57, seed=seed, kaslr=kaslr)
+def run_variant(
+    name: str, *, pcid: bool = True, la57: bool = False, seed: int = 0, kaslr: bool = True, **machine: Any
+) -> RunReport:
+    """Boot `name`, run the realcode program on Unicorn and judge what happened (`machine`: pti,
+    vendor, vsyscall)."""
+    loaded = boot(name, pcid=pcid, la57=la57, seed=seed, kaslr=kaslr, **machine)
     report = RunReport(loaded, RealMachine(loaded).run())
     if name == BROKEN_VARIANT:
-        again = boot(name, pcid=pcid, la57=la57, seed=seed, kaslr=kaslr)
+        again = boot(name, pcid=pcid, la57=la57, seed=seed, kaslr=kaslr, **machine)
         report.entry_outcome = RealMachine(again, defer_boot_exit_cr3=True).run()
     _judge(report)
     return report
