@@ -258,7 +258,7 @@ def bench_callback(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     plot: Annotated[
-        Path | None, typer.Option("--plot", callback=plot_file, help="Draw overhead vs syscall rate into this PNG.")
+        Path | None, typer.Option("--plot", parser=plot_file, help="Draw overhead vs syscall rate into this PNG.")
     ] = None,
 ) -> None:
     """Replay a workload on each variant, price it, and compare with nopti at the same work."""

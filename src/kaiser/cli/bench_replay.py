@@ -62,7 +62,7 @@ def replay_bench_command(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable lines.")] = False,
     keep: Annotated[
         Path | None,
-        typer.Option("--keep", callback=output_dir, help="Record the built-in program's trace into DIR and keep it."),
+        typer.Option("--keep", parser=output_dir, help="Record the built-in program's trace into DIR and keep it."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:

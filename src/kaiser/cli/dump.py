@@ -183,7 +183,7 @@ def dump_command(
         str, typer.Option("--dialect", help="generic (Linux 5.6+) or legacy (4.x-5.5) ptdump text.")
     ] = "generic",
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", callback=output_file, help="Write to this file instead of stdout.")
+        Path | None, typer.Option("--out", "-o", parser=output_file, help="Write to this file instead of stdout.")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the range lines (or --aliases) as JSON.")] = False,
     rights: Annotated[

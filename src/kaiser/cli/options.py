@@ -5,8 +5,9 @@ bad value is a one-line error with exit status 2 (`app.KaiserGroup`) before any 
   live here (`SEED_MAX`). The fuzz suite (tests/fuzz/test_fuzz_options.py) checks that every int
   option of every command has both.
 * Files and directories the command will *write* (`output_file`, `plot_file`, `output_dir`):
-  checked as callbacks, so `--plot /nonexistent/x.png` fails in a millisecond instead of after the
-  whole run. Input files are `kaiser.inputs`' job.
+  typer ``parser=``s, which see the text as typed (an empty ``--out ''`` is an error, not ``.``),
+  so `--plot /nonexistent/x.png` fails in a millisecond instead of after the whole run. Input
+  files are `kaiser.inputs`' job.
 * Names: `variant_name` / `variant_names` (an empty string is not "the default"), `non_empty`,
   `choice(...)`, `scheduler_address`.
 """
@@ -42,13 +43,13 @@ def _pseudo(path: Path) -> str | None:
     return None
 
 
-def _absolute(value: Path) -> Path:
-    if not str(value).strip():
+def _absolute(text: str | Path) -> Path:
+    if not str(text).strip():
         raise typer.BadParameter("empty path")
     try:
-        return value.expanduser().resolve(strict=False)
+        return Path(text).expanduser().resolve(strict=False)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise typer.BadParameter(f"{value}: {exc}") from None
+        raise typer.BadParameter(f"{text}: {exc}") from None
 
 
 def _file_problem(path: Path) -> str | None:
@@ -79,30 +80,25 @@ def _file_problem(path: Path) -> str | None:
     return None
 
 
-def output_file(value: Path | None) -> Path | None:
-    """Callback of an option naming a file to write (`--out`, `-o`)."""
-    if value is None:
-        return None
+def output_file(value: str | Path) -> Path:
+    """Parser of an option naming a file to write (`--out`, `-o`)."""
     problem = _file_problem(_absolute(value))
     if problem:
         raise typer.BadParameter(f"{value}: {problem}")
-    return value
+    return Path(value)
 
 
-def plot_file(value: Path | None) -> Path | None:
-    """Callback of `--plot FILE`: a writable file whose suffix names an image format."""
-    if value is None:
-        return None
-    if value.suffix.lower() not in PLOT_SUFFIXES:
+def plot_file(value: str | Path) -> Path:
+    """Parser of `--plot FILE`: a writable file whose suffix names an image format."""
+    _absolute(value)  # an empty name first
+    if Path(value).suffix.lower() not in PLOT_SUFFIXES:
         raise typer.BadParameter(f"{value}: the file name must end in {', '.join(PLOT_SUFFIXES)}")
     return output_file(value)
 
 
-def output_dir(value: Path | None) -> Path | None:
-    """Callback of an option naming a directory to write into (created with its parents when
+def output_dir(value: str | Path) -> Path:
+    """Parser of an option naming a directory to write into (created with its parents when
     missing): it, or its nearest existing ancestor, must be a writable directory."""
-    if value is None:
-        return None
     path = _absolute(value)
     top = _pseudo(path)
     if top is not None:
@@ -117,7 +113,7 @@ def output_dir(value: Path | None) -> Path | None:
             raise typer.BadParameter(f"{value}: directory {probe} is not writable")
     except OSError as exc:
         raise typer.BadParameter(f"{value}: {exc.strerror or exc}") from None
-    return value
+    return Path(value)
 
 
 def variant_name(value: str | None) -> str | None:

@@ -88,7 +88,7 @@ def replay_command(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     plot: Annotated[
-        Path | None, typer.Option("--plot", callback=plot_file, help="Draw cycles and overhead per variant (PNG).")
+        Path | None, typer.Option("--plot", parser=plot_file, help="Draw cycles and overhead per variant (PNG).")
     ] = None,
 ) -> None:
     """Replay a real program's memory trace, with its system calls, on each variant and price it."""

@@ -21,7 +21,7 @@ def report_command(
         Path,
         typer.Argument(help="A `kaiser bench --json` file, a `kaiser sweep` output directory, or its results.csv."),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", callback=output_file, help="The HTML file to write.")] = Path(
+    out: Annotated[Path, typer.Option("--out", "-o", parser=output_file, help="The HTML file to write.")] = Path(
         "report.html"
     ),
     title: Annotated[

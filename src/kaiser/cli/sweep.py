@@ -122,7 +122,7 @@ def sweep_command(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", callback=output_dir, help="Output directory (default: ./sweep-<spec name>)."),
+        typer.Option("--out", "-o", parser=output_dir, help="Output directory (default: ./sweep-<spec name>)."),
     ] = None,
     workers: Annotated[
         int,
