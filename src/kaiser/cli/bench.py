@@ -237,7 +237,7 @@ def bench_callback(
         bool | None, typer.Option("--pcid/--no-pcid", help="Only with (or without) PCID; both by default.")
     ] = None,
     workload: Annotated[
-        str, typer.Option("--workload", "-w", help=f"Workload: {', '.join(WORKLOADS)}.")
+        str, typer.Option("--workload", "-w", callback=choice(*WORKLOADS), help=f"Workload: {', '.join(WORKLOADS)}.")
     ] = "syscall-loop",
     sets: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Workload knob key=value (repeatable), e.g. buffer=100MiB.")
