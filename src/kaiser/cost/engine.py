@@ -17,6 +17,10 @@ it to `mem` and `reload_memory()` after editing `mem` from Python.
 TLB state: the engine holds its own arrays in a layout built for the hot loop. `load_tlb(tlb)`
 copies a reference `Tlb` in (so both paths can start from the same warm state) and
 `store_tlb(tlb)` copies the engine's state out, field for field and way for way.
+
+Data caches: with `caches=` a `CacheHierarchy`, the engine keeps the hierarchy's arrays
+(`kaiser.cost.engine_cache`) and `load_caches`/`store_caches` copy a reference
+`kaiser.x86.cache.Caches` in and out the same way; without, they cost one test per access.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from typing import Final
 
 import numpy as np
 
+from kaiser.cost import engine_cache as ec
 from kaiser.cost import engine_core as core
 from kaiser.cost.engine_rules import reserved_mask
 from kaiser.x86.bits import CR4, EFER, BitsError
+from kaiser.x86.cache import Caches
+from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import EVENT_DTYPE, Ev
 from kaiser.x86.geometry import mode_for
@@ -98,13 +105,16 @@ class Engine:
         geometry: TlbGeometry = DEFAULT_GEOMETRY,
         *,
         tlb: Tlb | None = None,
+        caches: CacheHierarchy | None = None,
     ) -> None:
         self.mem = mem
         self.features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr)
         self.geometry = tlb.geometry if tlb is not None else geometry
+        self.hierarchy = caches
         self.counters = TlbCounters()
         self._cr0, self._efer, self._rflags, self._pkru = state.cr0, state.efer, state.rflags, state.pkru
         self._build_layout()
+        self._build_caches()
         self.ST = np.array([state.cr3, state.cr4, state.cpl, 0], np.int64)
         self._build_levels()
         self._frames: np.ndarray | None = None  # the engine's copy of mem.frames, as int64
@@ -117,8 +127,64 @@ class Engine:
 
     @classmethod
     def from_mmu(cls, mmu: Mmu) -> Engine:
-        """An engine starting from `mmu`'s registers, TLB contents and memory."""
-        return cls(mmu.mem, mmu.state, mmu.features, mmu.tlb.geometry, tlb=mmu.tlb)
+        """An engine starting from `mmu`'s registers, TLB and cache contents and memory."""
+        hierarchy = mmu.caches.hierarchy if mmu.caches is not None else None
+        engine = cls(mmu.mem, mmu.state, mmu.features, mmu.tlb.geometry, tlb=mmu.tlb, caches=hierarchy)
+        if mmu.caches is not None:
+            engine.load_caches(mmu.caches)
+        return engine
+
+    # ---- data caches --------------------------------------------------------------------------
+    def _build_caches(self) -> None:
+        h = self.hierarchy
+        self.CD = np.zeros((4, ec.CD_FIELDS), np.int64)
+        self.CH = np.zeros(ec.CH_FIELDS, np.int64)
+        self.STR = np.full((1, 3), -1, np.int64)
+        base = 0
+        if h is not None:
+            for lv, level in enumerate(h.levels):
+                sets = level.sets
+                self.CD[lv] = (base, sets, level.ways, sets - 1 if not sets & (sets - 1) else -1)
+                base += level.lines
+            self.CH[: ec.CH_CLOCK] = (
+                1,
+                h.inclusive_llc,
+                h.next_line,
+                h.streamer_distance,
+                h.streamer_degree,
+                max(1, h.streamer_streams),
+            )
+            self.STR = np.full((max(1, h.streamer_streams), 3), -1, np.int64)
+        self.CT = np.full(base, -1, np.int64)
+        self.CS = np.zeros(base, np.int64)
+        self.CP = np.zeros(base, np.int64)
+
+    def _cache_slices(self, caches: Caches) -> list[tuple[slice, tuple[int, int]]]:
+        if caches.hierarchy != self.hierarchy:
+            raise EngineError(f"cache geometry {caches.hierarchy.name} is not the engine's")
+        out = []
+        for lv, arr in enumerate(caches.arrays):
+            lo = int(self.CD[lv, ec.CD_BASE])
+            out.append((slice(lo, lo + arr.level.lines), arr.tag.shape))
+        return out
+
+    def load_caches(self, caches: Caches) -> None:
+        """Copy a reference `Caches`' lines, LRU stamps, prefetch flags, streams and clock in."""
+        for (sl, _), arr in zip(self._cache_slices(caches), caches.arrays, strict=True):
+            self.CT[sl] = arr.tag.ravel()
+            self.CS[sl] = arr.stamp.ravel()
+            self.CP[sl] = arr.pf.ravel()
+        self.STR[:] = caches.streams
+        self.CH[ec.CH_CLOCK] = caches.clock
+
+    def store_caches(self, caches: Caches) -> None:
+        """Copy the engine's cache state into a reference `Caches` of its hierarchy."""
+        for (sl, shape), arr in zip(self._cache_slices(caches), caches.arrays, strict=True):
+            arr.tag[:] = self.CT[sl].reshape(shape)
+            arr.stamp[:] = self.CS[sl].reshape(shape)
+            arr.pf[:] = self.CP[sl].reshape(shape).astype(bool)
+        caches.streams[:] = self.STR
+        caches.clock = int(self.CH[ec.CH_CLOCK])
 
     # ---- layout -------------------------------------------------------------------------------
     def _build_layout(self) -> None:
@@ -370,6 +436,13 @@ class Engine:
             C,
             np.zeros(8, np.int64),
             np.zeros(8, np.int64),
+            np.zeros(8, np.int64),
+            self.CT,
+            self.CS,
+            self.CP,
+            self.CD,
+            self.CH,
+            self.STR,
         )
         done = TlbCounters(*(int(x) for x in C))
         self.counters = TlbCounters(**{k: v + getattr(done, k) for k, v in self.counters.as_dict().items()})

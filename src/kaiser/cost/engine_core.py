@@ -19,6 +19,9 @@ State is plain int64 arrays:
 * `LV[d]`: the paging mode's level d (shift, PS allowed, reserved masks).
 * `F[row, word]`, `ROW[pfn]`: the engine's copy of physical memory (-1: untouched frame).
 * `M`: fixed machine parameters; `ST`: cr3, cr4, cpl, LRU clock; `C`: the counters.
+* `CT, CS, CP, CD, CH, STR`: the data caches (`kaiser.cost.engine_cache`; `CH[CH_ON] == 0`:
+  none). Walk loads reach them from `walk`, completed accesses from `replay`, in the order of
+  `kaiser.x86.tlb.Mmu`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any, Final
 import numba
 import numpy as np
 
+from kaiser.cost.engine_cache import CACHE_COUNTER_NAMES, CH_ON, KIND_DATA, KIND_FETCH, KIND_WALK
+from kaiser.cost.engine_cache import access as cache_access
 from kaiser.cost.engine_rules import (
     ADDR_MASK_52,
     CR4_LA57,
@@ -72,8 +77,8 @@ GROUP_I, GROUP_D, GROUP_S = 0, 1, 2
 F_PCID, F_SMEP, F_SMAP, F_PKU, F_LA57, F_INVPCID = (1 << i for i in range(6))
 
 # Counter indices: the fields of `kaiser.x86.tlb.TlbCounters`, in order (checked at import by
-# `kaiser.cost.engine`).
-COUNTER_NAMES: Final = (
+# `kaiser.cost.engine`); the cache counters (indices from 32) are `engine_cache`'s.
+TLB_COUNTER_NAMES: Final = (
     "itlb_hits",
     "itlb_misses",
     "dtlb_hits",
@@ -107,6 +112,7 @@ COUNTER_NAMES: Final = (
     "tlb_entries_dropped",
     "psc_entries_dropped",
 )
+COUNTER_NAMES: Final = TLB_COUNTER_NAMES + CACHE_COUNTER_NAMES
 (
     C_ITLB_HITS,
     C_ITLB_MISSES,
@@ -432,13 +438,15 @@ def translate(
     ST: np.ndarray,
     WV: np.ndarray,
     PR: np.ndarray,
+    WA: np.ndarray,
     va: int,
     op: int,
     cpl: int,
     implicit: bool,
 ) -> tuple[int, int, int, int, int, int]:
     """`kaiser.x86.walker.translate` for a canonical `va`: (outcome, entries read, page shift, pa,
-    rights, leaf after the A/D update). `WV[d]` gets each entry as read, `PR[d]` the rights
+    rights, leaf after the A/D update). `WV[d]` gets each entry as read, `WA[d]` its physical
+    address, `PR[d]` the rights
     combined down to each non-leaf entry. A is set in each non-leaf entry as the walk passes it,
     the leaf's A (and D for a write) only if the access is allowed (SDM §4.8)."""
     nxe = M[M_NXE] != 0
@@ -453,6 +461,7 @@ def translate(
             return W_PHYS, depth, 0, pa, 0, 0
         value = F[row, word] if row >= 0 else 0
         WV[depth] = value
+        WA[depth] = pa
         if not value & P:  # SDM §4.7: not present; reserved bits not checked
             return W_FAULT, depth + 1, 0, 0, 0, 0
         last = depth == nlev - 1
@@ -498,22 +507,30 @@ def walk(
     C: np.ndarray,
     WV: np.ndarray,
     PR: np.ndarray,
+    WA: np.ndarray,
+    CT: np.ndarray,
+    CS: np.ndarray,
+    CP: np.ndarray,
+    CD: np.ndarray,
+    CH: np.ndarray,
+    STR: np.ndarray,
     va: int,
     op: int,
     cpl: int,
     implicit: bool,
 ) -> int:
-    """`Mmu._walk`: walk, charge loads after paging-structure-cache hits, then on success cache
-    the non-leaf entries used and fill the STLB and the L1 structure. Returns W_PHYS if the walk
-    left RAM (the reference raises there), else W_OK (a fault included)."""
+    """`Mmu._walk`: walk, charge loads after paging-structure-cache hits (through the data
+    caches when there are any), then on success cache the non-leaf entries used and fill the STLB
+    and the L1 structure. Returns the physical address translated to, -1 for a fault, -2 if the
+    walk left RAM (the reference raises there)."""
     fetch = op == OP_FETCH
     if fetch:
         C[C_WALKS_I] += 1
     else:
         C[C_WALKS_D] += 1
-    outcome, n, shift, pa, rights, leaf = translate(F, ROW, LV, M, ST, WV, PR, va, op, cpl, implicit)
+    outcome, n, shift, pa, rights, leaf = translate(F, ROW, LV, M, ST, WV, PR, WA, va, op, cpl, implicit)
     if outcome == W_PHYS:
-        return W_PHYS
+        return -2
     pcid = current_pcid(ST)
     # Mmu._psc_saved: the deepest fresh paging-structure-cache hit (PDE cache first, §4.10.3.2).
     saved = 0
@@ -547,10 +564,13 @@ def walk(
         C[C_PSC_STALE] += 1
     C[C_WALK_LOADS] += n - saved
     C[C_WALK_LOADS_SAVED] += saved
+    if CH[CH_ON]:
+        for d in range(saved, n):
+            cache_access(CT, CS, CP, CD, CH, C, STR, WA[d], KIND_WALK)
     if outcome == W_FAULT:
         C[C_FAULTS] += 1
         pf_invalidate(T, Pc, PD, C, va, pcid)
-        return W_OK
+        return -1
     for depth in range(saved, n - 1):  # §4.10.3.1: cache the non-leaf entries used
         p = PSC_OF[LV[depth, LV_SHIFT]]
         if p >= 0:
@@ -567,7 +587,7 @@ def walk(
     tlb_install(
         T, S, BEST, ST, GROUP_I if fetch else GROUP_D, va, pcid, pge, shift, pfn, shift, own, rights, dirty, pkey
     )
-    return W_OK
+    return pa
 
 
 # ---- the replay loop --------------------------------------------------------------------------
@@ -589,10 +609,18 @@ def replay(
     C: np.ndarray,
     WV: np.ndarray,
     PR: np.ndarray,
+    WA: np.ndarray,
+    CT: np.ndarray,
+    CS: np.ndarray,
+    CP: np.ndarray,
+    CD: np.ndarray,
+    CH: np.ndarray,
+    STR: np.ndarray,
 ) -> tuple[int, int, int]:
     """Replay `events` (EVENT_DTYPE) as `kaiser.x86.events.replay_reference` does. Returns
-    (outcome, index of the event that stopped the replay or len(events), detail). `WV`, `PR`:
-    scratch for the walk (one int64 per paging level)."""
+    (outcome, index of the event that stopped the replay or len(events), detail). `WV`, `PR`,
+    `WA`: scratch for the walk (one int64 per paging level)."""
+    caches = CH[CH_ON] != 0
     va_bits = M[M_VA_BITS]
     features = M[M_FEATURES]
     maxphyaddr = M[M_MAXPHYADDR]
@@ -672,8 +700,14 @@ def replay(
                         C[C_STLB_MISSES_I] += 1
                     else:
                         C[C_STLB_MISSES_D] += 1
-                    if walk(T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, a, kind, cpl, implicit):
+                    pa = walk(
+                        T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, WA, CT, CS, CP, CD, CH, STR,
+                        a, kind, cpl, implicit,
+                    )  # fmt: skip
+                    if pa == -2:
                         return ERR_PHYS, n, WHY_PHYS_RANGE
+                    if caches and pa >= 0:
+                        cache_access(CT, CS, CP, CD, CH, C, STR, pa, KIND_FETCH if fetch else KIND_DATA)
                     continue
             # A hit: check the cached rights (a fault may come from them alone, §4.10.4.3).
             if check_access(T[i, T_RIGHTS], T[i, T_PKEY], kind, cpl, implicit, M[M_CR0], cr4, M[M_RFLAGS], M[M_PKRU]):  # type: ignore[arg-type]
@@ -685,8 +719,19 @@ def replay(
             if kind == OP_WRITE and not T[i, T_DIRTY]:  # §4.8: D must be set in memory: walk
                 C[C_DIRTY_ASSISTS] += 1
                 memo_page_i = memo_page_d = -1
-                if walk(T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, a, kind, cpl, implicit):
+                pa = walk(
+                    T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, WA, CT, CS, CP, CD, CH, STR,
+                    a, kind, cpl, implicit,
+                )  # fmt: skip
+                if pa == -2:
                     return ERR_PHYS, n, WHY_PHYS_RANGE
+                if caches and pa >= 0:
+                    cache_access(CT, CS, CP, CD, CH, C, STR, pa, KIND_DATA)
+                continue
+            if caches:  # the access through the entry used: Mmu._cached
+                sh = T[i, T_SHIFT]
+                pa = (T[i, T_PFN] << sh) | (a & ((1 << sh) - 1))
+                cache_access(CT, CS, CP, CD, CH, C, STR, pa, KIND_FETCH if fetch else KIND_DATA)
             continue
         # ---- instructions and page-table edits run at CPL 0 ----------------------------------
         ST[ST_CPL] = 0

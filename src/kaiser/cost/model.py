@@ -6,6 +6,13 @@ without a flush, INVLPG/INVPCID/CR4 invalidations, every memory reference at L1D
 per-operation work that is the same in every variant (SYSCALL/SYSRET, SWAPGS, interrupt
 delivery, page-fault and scheduler work, each system call's own body, the user's computation).
 An L1 TLB hit costs nothing beyond the reference itself (hidden in the load pipeline).
+
+With a cache hierarchy (`caches=True`: the counters come from a replay with `kaiser.x86.cache`),
+every reference and every page-walk load costs the latency of the level that served it (L1, L2,
+LLC, DRAM) instead of `mem_ref` and `walk_load_extra`; a walk costs `walk_base - l1_hit` besides
+its loads (so a hot walk of one L1 load still costs `walk_base`), and `dram_bandwidth` adds the
+time by which moving every line read from DRAM (prefetches too) at `dram_bytes_per_cycle`
+exceeds the latency-priced DRAM accesses.
 """
 
 from __future__ import annotations
@@ -36,23 +43,50 @@ class Cycles:
         return {**self.terms, "total": self.total}
 
 
-def price(c: TlbCounters, ops: OpCounts, p: CostParams = SKYLAKE) -> Cycles:
-    """Cycles of a replayed stream with counters `c` and compiled operations `ops`."""
+def _cache_terms(c: TlbCounters, p: CostParams) -> tuple[float, float, float]:
+    """(walk loads, demand references, DRAM bandwidth excess) in cycles, by serving level."""
+    walk_loads = (
+        c.walk_loads_l1 * p.l1_hit
+        + c.walk_loads_l2 * p.l2_hit
+        + c.walk_loads_llc * p.llc_hit
+        + c.walk_loads_dram * p.dram_latency
+    )
+    refs = (
+        (c.l1i_hits + c.l1d_hits - c.walk_loads_l1) * p.l1_hit
+        + (c.l2_hits - c.walk_loads_l2) * p.l2_hit
+        + (c.llc_hits - c.walk_loads_llc) * p.llc_hit
+        + (c.llc_misses - c.walk_loads_dram) * p.dram_latency
+    )
+    excess = max(0.0, c.dram_reads * 64 / p.dram_bytes_per_cycle - c.llc_misses * p.dram_latency)
+    return walk_loads, refs, excess
+
+
+def price(c: TlbCounters, ops: OpCounts, p: CostParams = SKYLAKE, *, caches: bool = False) -> Cycles:
+    """Cycles of a replayed stream with counters `c` and compiled operations `ops`; `caches`:
+    the replay had a cache hierarchy (price references by the level that served them)."""
     flushing = c.cr3_writes - c.cr3_noflush
     extra_loads = max(0, c.walk_loads - c.walks)
+    if caches:
+        walk_loads, refs, excess = _cache_terms(c, p)
+        translation = c.stlb_hits * p.stlb_hit + c.walks * (p.walk_base - p.l1_hit) + walk_loads
+    else:
+        translation = c.stlb_hits * p.stlb_hit + c.walks * p.walk_base + extra_loads * p.walk_load_extra
+        refs = (ops.user_refs + ops.kernel_refs) * p.mem_ref
     terms = {
-        "translation": c.stlb_hits * p.stlb_hit + c.walks * p.walk_base + extra_loads * p.walk_load_extra,
+        "translation": translation,
         "cr3": c.cr3_noflush * p.cr3_write_noflush + flushing * p.cr3_write_flush,
         "invalidation": c.invlpg * p.invlpg
         + c.invpcid * p.invpcid
         + (c.cr4_flush_all + c.cr4_flush_pcid) * p.cr4_write,
-        "memory_refs": (ops.user_refs + ops.kernel_refs) * p.mem_ref,
+        "memory_refs": refs,
         "entry_exit": ops.syscalls * p.syscall_sysret
         + ops.user_entries * 2 * p.swapgs
         + (ops.interrupts + ops.nmis + ops.exceptions) * p.interrupt_entry_exit,
         "kernel_work": ops.body_cycles + ops.exceptions * p.page_fault + ops.context_switches * p.context_switch,
         "user_work": ops.work_cycles,
     }
+    if caches:
+        terms["dram_bandwidth"] = excess
     return Cycles(terms)
 
 

@@ -39,6 +39,36 @@ SOURCES: dict[str, str] = {
     "in the facts; same in every variant",
     "context_switch": "CHOSEN: schedule()/__switch_to work besides memory references and CR3; no figure in the "
     "facts; same in every variant",
+    # Used only with a cache hierarchy (`kaiser bench --caches NAME`); then `mem_ref` and
+    # `walk_load_extra` are not used: every reference and every walk load costs the latency of
+    # the level that served it. Values per hierarchy: CACHE_LATENCIES.
+    "l1_hit": "CITED: L1D load-to-use latency (per hierarchy, CACHE_SOURCES)",
+    "l2_hit": "CITED: L2 load-to-use latency (per hierarchy, CACHE_SOURCES)",
+    "llc_hit": "CITED: LLC load-to-use latency (per hierarchy, CACHE_SOURCES)",
+    "dram_latency": "CITED [u]: load-to-use latency of a DRAM access at clock_ghz (per hierarchy, CACHE_SOURCES)",
+    "dram_bytes_per_cycle": "CHOSEN: one core's DRAM bandwidth from Little's law, 16 outstanding L2 misses (the "
+    "L2 superqueue, Intel Optimization Manual 248966) x 64 B / dram_latency; the time to move every line read "
+    "from DRAM (prefetches included) is a lower bound on the DRAM term",
+}
+
+# Per cache hierarchy (kaiser.x86.cache_geometry names): latencies in cycles at clock_ghz = 3.0.
+OUTSTANDING_L2_MISSES = 16  # CHOSEN, see dram_bytes_per_cycle
+CACHE_LATENCIES: dict[str, dict[str, float]] = {
+    "skylake-client": {"l1_hit": 4, "l2_hit": 12, "llc_hit": 44, "dram_latency": 195},
+    "skylake-sp": {"l1_hit": 4, "l2_hit": 14, "llc_hit": 77, "dram_latency": 270},
+    "haswell": {"l1_hit": 4, "l2_hit": 12, "llc_hit": 36, "dram_latency": 207},
+    "sapphire-rapids": {"l1_hit": 5, "l2_hit": 16, "llc_hit": 100, "dram_latency": 330},
+}
+CACHE_SOURCES: dict[str, str] = {
+    "skylake-client": "CITED: L1D/L2/L3 4/12/44 cycles, Intel Optimization Manual (perf.md §1); DRAM [u] "
+    "7-cpu.com 'Intel Skylake' (i7-6700): 42 cycles + 51 ns, i.e. 195 cycles at 3 GHz",
+    "skylake-sp": "CITED: L1D 4, L2 14 cycles, Intel Optimization Manual 248966, Skylake Server chapter (AnandTech's "
+    "Skylake-X review measured 11-13); LLC 77 cycles, AnandTech 'The Intel Skylake-X Review' (2017); DRAM [u] "
+    "~90 ns idle latency of Skylake-SP with DDR4-2666 (AnandTech Xeon Scalable review), 270 cycles at 3 GHz",
+    "haswell": "CITED [u]: 7-cpu.com 'Intel Haswell' (i7-4770): L1 4, L2 12, L3 36 cycles, RAM 36 cycles + 57 ns "
+    "(207 cycles at 3 GHz)",
+    "sapphire-rapids": "CITED [u]: Chips and Cheese, 'Sapphire Rapids: Golden Cove Hits Servers' (2023, Xeon "
+    "Platinum 8480): L1D 5, L2 16 cycles, L3 ~33 ns (100 cycles at 3 GHz), DRAM ~110 ns (330 cycles)",
 }
 
 
@@ -64,6 +94,12 @@ class CostParams:
     interrupt_entry_exit: float = 200.0
     page_fault: float = 1000.0
     context_switch: float = 1500.0
+    # The data caches (only with a hierarchy; Skylake-client values, CACHE_LATENCIES).
+    l1_hit: float = 4.0
+    l2_hit: float = 12.0
+    llc_hit: float = 44.0
+    dram_latency: float = 195.0
+    dram_bytes_per_cycle: float = OUTSTANDING_L2_MISSES * 64 / 195.0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -78,3 +114,13 @@ class CostParams:
 
 
 SKYLAKE = CostParams()
+
+
+def for_caches(params: CostParams, hierarchy: str) -> CostParams:
+    """`params` with the latencies of the named cache hierarchy (CACHE_LATENCIES) and the DRAM
+    bandwidth that follows from them."""
+    try:
+        lat = CACHE_LATENCIES[hierarchy]
+    except KeyError:
+        raise ValueError(f"no cache latencies for {hierarchy!r}; known: {', '.join(CACHE_LATENCIES)}") from None
+    return params.with_overrides(**lat, dram_bytes_per_cycle=OUTSTANDING_L2_MISSES * 64 / lat["dram_latency"])

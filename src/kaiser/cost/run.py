@@ -20,11 +20,12 @@ from typing import Any, Literal
 import numpy as np
 
 from kaiser.cost.model import Cycles, overhead_percent, price, rate_per_second
-from kaiser.cost.params import SKYLAKE, CostParams
+from kaiser.cost.params import SKYLAKE, CostParams, for_caches
 from kaiser.cost.workloads import Workload, get_workload
 from kaiser.linux.entry import EntryModel, OpCounts
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.variants import Variant
+from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import replay_reference
 from kaiser.x86.physmem import PhysicalMemory
@@ -44,18 +45,24 @@ def default_path() -> Path:
 
 
 def make_replayer(
-    mem: PhysicalMemory, state: CpuState, features: CpuFeatures, geometry: TlbGeometry, path: Path
+    mem: PhysicalMemory,
+    state: CpuState,
+    features: CpuFeatures,
+    geometry: TlbGeometry,
+    path: Path,
+    caches: CacheHierarchy | None = None,
 ) -> Callable[[np.ndarray], TlbCounters]:
-    """A function replaying event arrays on one CPU whose TLB state persists between calls."""
+    """A function replaying event arrays on one CPU whose TLB (and cache) state persists between
+    calls. `caches`: the data-cache hierarchy, or None for none (every reference an L1D hit)."""
     if path == "engine":
         from kaiser.cost.engine import Engine
 
-        engine = Engine(mem, state, features, geometry)
+        engine = Engine(mem, state, features, geometry, caches=caches)
         replay: Callable[[np.ndarray], TlbCounters] = engine.replay
         return replay
     if path != "reference":
         raise ValueError(f"unknown replay path {path!r}; use 'engine' or 'reference'")
-    mmu = Mmu(mem, state, features=features, geometry=geometry)
+    mmu = Mmu(mem, state, features=features, geometry=geometry, caches=caches)
     return lambda events: replay_reference(mmu, events)
 
 
@@ -121,8 +128,11 @@ def run(
     kaslr: bool = True,
     seed: int = 0,
     geometry: TlbGeometry = DEFAULT_GEOMETRY,
+    caches: CacheHierarchy | None = None,
 ) -> RunResult:
-    """Boot, compile, replay, price. `variant` may be a registry name or a `Variant` object."""
+    """Boot, compile, replay, price. `variant` may be a registry name or a `Variant` object.
+    With `caches`, references are priced by the cache level that served them, at that
+    hierarchy's latencies (`kaiser.cost.params.for_caches`)."""
     wl = get_workload(workload) if isinstance(workload, str) else workload
     knobs = wl.resolve(settings)
     name = variant if isinstance(variant, str) else variant.name
@@ -141,7 +151,9 @@ def run(
     events = em.out.array()
     features = CpuFeatures(maxphyaddr=kernel.mem.maxphyaddr)
     path = path or default_path()
-    replay = make_replayer(kernel.mem, em.initial_state(), features, geometry, path)
+    replay = make_replayer(kernel.mem, em.initial_state(), features, geometry, path, caches)
+    if caches is not None:
+        params = for_caches(params, caches.name)
     if len(warm_events):
         replay(warm_events)
     counters = replay(events)
@@ -155,7 +167,7 @@ def run(
         len(events),
         counters,
         em.ops,
-        price(counters, em.ops, params),
+        price(counters, em.ops, params, caches=caches is not None),
         params,
     )
 

@@ -41,6 +41,8 @@ from typing import Final
 import numpy as np
 
 from kaiser.x86.bits import CR3_NOFLUSH, CR3_PCID_MASK, CR4, PF_VECTOR, PTE, entry_phys
+from kaiser.x86.cache import KIND_DATA, KIND_FETCH, KIND_WALK, Caches
+from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.geometry import mode_for
 from kaiser.x86.physmem import PhysicalMemory
@@ -439,6 +441,26 @@ class TlbCounters:
     pf_invalidations: int = 0  # invalidations done by page faults (SDM §4.10.4.1)
     tlb_entries_dropped: int = 0  # by every invalidation above
     psc_entries_dropped: int = 0
+    # The data caches (kaiser.x86.cache), all 0 when the Mmu has none. Hits and misses are demand
+    # lookups (page-walk loads included in L1D/L2/LLC); prefetch lookups are not counted there.
+    l1i_hits: int = 0
+    l1i_misses: int = 0
+    l1d_hits: int = 0
+    l1d_misses: int = 0
+    l2_hits: int = 0
+    l2_misses: int = 0
+    llc_hits: int = 0
+    llc_misses: int = 0
+    dram_reads: int = 0  # lines read from DRAM, prefetches included
+    pf_nl_issued: int = 0  # next-line prefetches into L1D
+    pf_nl_useful: int = 0  # of those lines, first demand hits in L1D
+    pf_l2_issued: int = 0  # L2 streamer prefetches
+    pf_l2_useful: int = 0  # first demand hits in L2 on a streamed line
+    llc_back_invalidations: int = 0  # L1/L2 copies dropped by an inclusive LLC's evictions
+    walk_loads_l1: int = 0  # page-walk loads served by L1D, L2, LLC, DRAM
+    walk_loads_l2: int = 0
+    walk_loads_llc: int = 0
+    walk_loads_dram: int = 0
 
     @property
     def stlb_hits(self) -> int:
@@ -531,6 +553,11 @@ class Mmu:
     Accesses go lookup -> (on a miss) walk with `kaiser.x86.walker.translate` -> fill. CR3/CR4
     writes, INVLPG and INVPCID apply the SDM's invalidation rules (Vol. 3A §4.10.4.1) and raise
     `GeneralProtection`/`InvalidOpcode` where the instruction would fault.
+
+    With `caches` (a `CacheHierarchy`), the walk's memory loads (the entries it reads after the
+    paging-structure-cache hits, in walk order) go through L1D/L2/LLC/DRAM by the entries'
+    physical addresses, and then an access that completes goes to L1D (loads, stores) or L1I
+    (fetches) at its physical address. Faulting accesses reach no cache.
     """
 
     def __init__(
@@ -541,12 +568,25 @@ class Mmu:
         features: CpuFeatures | None = None,
         geometry: TlbGeometry = DEFAULT_GEOMETRY,
         tlb: Tlb | None = None,
+        caches: CacheHierarchy | None = None,
     ) -> None:
         self.mem = mem
         self.state = state
         self.features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr)
         self.tlb = tlb or Tlb(geometry)
-        self.counters = TlbCounters()
+        self._counters = TlbCounters()
+        self.caches = Caches(caches, self._counters) if caches is not None else None
+
+    @property
+    def counters(self) -> TlbCounters:
+        return self._counters
+
+    @counters.setter
+    def counters(self, value: TlbCounters) -> None:
+        """Replace the counters (the caches count into the same object)."""
+        self._counters = value
+        if self.caches is not None:
+            self.caches.counters = value
 
     # ---- accesses ---------------------------------------------------------------------------
     def access(self, va: int, op: Op = Op.READ, *, implicit: bool = False) -> Access:
@@ -573,7 +613,7 @@ class Mmu:
                 c.stlb_misses_i += fetch
                 c.stlb_misses_d += not fetch
         if found.entry is None:
-            return self._walk(va, op, implicit, HitLevel.MISS)
+            return self._cached(self._walk(va, op, implicit, HitLevel.MISS))
         entry = found.entry
         check = check_access(entry.rights, entry.pkey << PKEY_SHIFT, op, state, implicit)
         if not check.allowed:  # §4.10.4.3: a fault may come from the cached rights alone
@@ -585,8 +625,15 @@ class Mmu:
             return Access(va, op, found.level, entry, fault)
         if op is Op.WRITE and not entry.dirty:  # §4.8: D must be set in memory; walk to set it
             c.dirty_assists += 1
-            return self._walk(va, op, implicit, found.level)
-        return Access(va, op, found.level, entry, None)
+            return self._cached(self._walk(va, op, implicit, found.level))
+        return self._cached(Access(va, op, found.level, entry, None))
+
+    def _cached(self, a: Access) -> Access:
+        """The access itself through the data caches, if it completed."""
+        pa = a.pa
+        if self.caches is not None and pa is not None:
+            self.caches.access(pa, KIND_FETCH if a.op is Op.FETCH else KIND_DATA)
+        return a
 
     def _walk(self, va: int, op: Op, implicit: bool, level: HitLevel) -> Access:
         state = self.state
@@ -602,6 +649,9 @@ class Mmu:
         loads = len(walked) - saved
         c.walk_loads += loads
         c.walk_loads_saved += saved
+        if self.caches is not None:
+            for ref in walked[saved:]:
+                self.caches.access(ref.address, KIND_WALK)
         if isinstance(result, Fault):
             c.faults += 1
             self._page_fault_invalidate(va)

@@ -1,0 +1,308 @@
+"""The data caches for the compiled engine: `kaiser.x86.cache.Caches` in numba.
+
+Operation for operation the reference (`kaiser.x86.cache`), in the same order, so the one LRU
+clock of the hierarchy ticks at the same moments and every counter moves the same way
+(`tests/cost/test_engine_cache.py` replays random streams through both and compares counters and
+final state). The rules themselves (replacement, inclusion, prefetchers) are documented once, in
+`kaiser.x86.cache_geometry`.
+
+State (built by `kaiser.cost.engine.Engine`, copied in and out by `load_caches`/`store_caches`):
+
+* `CT[i]`, `CS[i]`, `CP[i]`: tag (line number, -1 invalid), LRU stamp and prefetched flag of
+  every way of every level, level by level (L1I, L1D, L2, LLC), set by set, way by way: the
+  reference's (sets, ways) arrays raveled.
+* `CD[level]`: base index, sets, ways, set mask (sets - 1 for a power of two, else -1).
+* `CH`: on/off, inclusive LLC, next-line on, streamer distance, degree, stream count, the clock.
+* `STR[e]`: the streamer table (page, last line, highest line looked at).
+
+Numba caches `engine_core.replay` keyed by the content of engine_core.py alone, so an edit here
+(or in engine_rules.py) is not seen by a cached replay: delete
+src/kaiser/cost/__pycache__/engine_core.*.nb[ci] after editing this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numba
+import numpy as np
+
+LV_L1I, LV_L1D, LV_L2, LV_LLC = range(4)
+CD_BASE, CD_SETS, CD_WAYS, CD_MASK = range(4)
+CD_FIELDS: Final = 4
+CH_ON, CH_INCLUSIVE, CH_NEXT_LINE, CH_DISTANCE, CH_DEGREE, CH_STREAMS, CH_CLOCK = range(7)
+CH_FIELDS: Final = 7
+KIND_FETCH, KIND_DATA, KIND_WALK = 0, 1, 2  # = kaiser.x86.cache.KIND_*
+PAGE_LINES: Final = 64
+
+# The cache fields of `kaiser.x86.tlb.TlbCounters`, in order; they follow the TLB counters in the
+# engine's counter array (`kaiser.cost.engine_core.COUNTER_NAMES`).
+CACHE_COUNTER_NAMES: Final = (
+    "l1i_hits",
+    "l1i_misses",
+    "l1d_hits",
+    "l1d_misses",
+    "l2_hits",
+    "l2_misses",
+    "llc_hits",
+    "llc_misses",
+    "dram_reads",
+    "pf_nl_issued",
+    "pf_nl_useful",
+    "pf_l2_issued",
+    "pf_l2_useful",
+    "llc_back_invalidations",
+    "walk_loads_l1",
+    "walk_loads_l2",
+    "walk_loads_llc",
+    "walk_loads_dram",
+)
+FIRST: Final = 32  # index of the first cache counter (after the 32 TLB counters)
+(
+    C_L1I_HITS,
+    C_L1I_MISSES,
+    C_L1D_HITS,
+    C_L1D_MISSES,
+    C_L2_HITS,
+    C_L2_MISSES,
+    C_LLC_HITS,
+    C_LLC_MISSES,
+    C_DRAM_READS,
+    C_PF_NL_ISSUED,
+    C_PF_NL_USEFUL,
+    C_PF_L2_ISSUED,
+    C_PF_L2_USEFUL,
+    C_LLC_BACK_INVALIDATIONS,
+    C_WALK_L1,
+    C_WALK_L2,
+    C_WALK_LLC,
+    C_WALK_DRAM,
+) = range(FIRST, FIRST + 18)
+
+_NO_NRT: Final[dict[str, Any]] = {"_nrt": False}
+_jit = numba.njit(cache=True, **_NO_NRT)
+_inline = numba.njit(cache=True, inline="always", **_NO_NRT)
+
+
+@_inline
+def set_base(CD: np.ndarray, lv: int, line: int) -> int:
+    """Index of way 0 of `line`'s set in level `lv` (set = line mod sets)."""
+    mask = CD[lv, CD_MASK]
+    s = line & mask if mask >= 0 else line % CD[lv, CD_SETS]
+    return CD[lv, CD_BASE] + s * CD[lv, CD_WAYS]
+
+
+@_inline
+def find(CT: np.ndarray, CD: np.ndarray, lv: int, line: int) -> int:
+    """`CacheArray.find`: the index holding `line` in level `lv`, or -1."""
+    base = set_base(CD, lv, line)
+    for i in range(base, base + CD[lv, CD_WAYS]):
+        if CT[i] == line:
+            return i
+    return -1
+
+
+@_inline
+def tick(CH: np.ndarray) -> int:
+    CH[CH_CLOCK] += 1
+    return CH[CH_CLOCK]
+
+
+@_inline
+def fill(
+    CT: np.ndarray, CS: np.ndarray, CP: np.ndarray, CD: np.ndarray, CH: np.ndarray, lv: int, line: int, pf: int
+) -> int:
+    """`Caches._fill`: `line` into the first invalid way of its set, else the least recently used
+    (first smallest stamp, as `np.argmin`); returns the line evicted (-1: none)."""
+    base = set_base(CD, lv, line)
+    ways = CD[lv, CD_WAYS]
+    w = -1
+    for i in range(base, base + ways):
+        if CT[i] < 0:
+            w = i
+            break
+    if w < 0:
+        w = base
+        for i in range(base + 1, base + ways):
+            if CS[i] < CS[w]:
+                w = i
+    evicted = CT[w]
+    CT[w] = line
+    CS[w] = tick(CH)
+    CP[w] = pf
+    return evicted
+
+
+@_jit
+def fill_llc(
+    CT: np.ndarray, CS: np.ndarray, CP: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, line: int
+) -> None:
+    """`Caches._fill_llc`: an inclusive LLC back-invalidates the L1I, L1D and L2 copies of the
+    line it evicts."""
+    evicted = fill(CT, CS, CP, CD, CH, LV_LLC, line, 0)
+    if CH[CH_INCLUSIVE] and evicted >= 0:
+        for lv in (LV_L1I, LV_L1D, LV_L2):
+            i = find(CT, CD, lv, evicted)
+            if i >= 0:
+                CT[i] = -1
+                C[C_LLC_BACK_INVALIDATIONS] += 1
+
+
+@_jit
+def fill_l2(
+    CT: np.ndarray, CS: np.ndarray, CP: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, line: int, pf: int
+) -> None:
+    """`Caches._fill_l2`: a non-inclusive LLC is filled by L2's victims."""
+    evicted = fill(CT, CS, CP, CD, CH, LV_L2, line, pf)
+    if not CH[CH_INCLUSIVE] and evicted >= 0 and find(CT, CD, LV_LLC, evicted) < 0:
+        fill_llc(CT, CS, CP, CD, CH, C, evicted)
+
+
+@_jit
+def llc_read(
+    CT: np.ndarray,
+    CS: np.ndarray,
+    CP: np.ndarray,
+    CD: np.ndarray,
+    CH: np.ndarray,
+    C: np.ndarray,
+    line: int,
+    demand: bool,
+) -> int:
+    """`Caches._llc_read`: 3 if the LLC holds the line, else 4 (DRAM; an inclusive LLC fills)."""
+    i = find(CT, CD, LV_LLC, line)
+    if i >= 0:
+        CS[i] = tick(CH)
+        if demand:
+            C[C_LLC_HITS] += 1
+        return 3
+    if demand:
+        C[C_LLC_MISSES] += 1
+    C[C_DRAM_READS] += 1
+    if CH[CH_INCLUSIVE]:
+        fill_llc(CT, CS, CP, CD, CH, C, line)
+    return 4
+
+
+@_jit
+def stream(
+    CT: np.ndarray,
+    CS: np.ndarray,
+    CP: np.ndarray,
+    CD: np.ndarray,
+    CH: np.ndarray,
+    C: np.ndarray,
+    STR: np.ndarray,
+    line: int,
+) -> None:
+    """`Caches._stream`: the L2 streamer, one forward stream per 4 KiB page."""
+    page = line // PAGE_LINES
+    e = page % CH[CH_STREAMS]
+    if STR[e, 0] == page and line > STR[e, 1]:
+        nxt = max(STR[e, 2], line) + 1
+        end = min(line + CH[CH_DISTANCE], page * PAGE_LINES + PAGE_LINES - 1)
+        for _ in range(CH[CH_DEGREE]):
+            if nxt > end:
+                break
+            if find(CT, CD, LV_L2, nxt) < 0:
+                C[C_PF_L2_ISSUED] += 1
+                llc_read(CT, CS, CP, CD, CH, C, nxt, False)
+                fill_l2(CT, CS, CP, CD, CH, C, nxt, 1)
+            nxt += 1
+        STR[e, 2] = max(STR[e, 2], nxt - 1)
+    elif STR[e, 0] != page:
+        STR[e, 0] = page
+        STR[e, 2] = line
+    STR[e, 1] = line
+
+
+@_jit
+def l2_request(
+    CT: np.ndarray,
+    CS: np.ndarray,
+    CP: np.ndarray,
+    CD: np.ndarray,
+    CH: np.ndarray,
+    C: np.ndarray,
+    STR: np.ndarray,
+    line: int,
+    demand: bool,
+) -> int:
+    """`Caches._l2_request`: a demand miss or a next-line prefetch from L1; trains the streamer."""
+    i = find(CT, CD, LV_L2, line)
+    if i >= 0:
+        CS[i] = tick(CH)
+        if demand:
+            C[C_L2_HITS] += 1
+            if CP[i]:
+                C[C_PF_L2_USEFUL] += 1
+                CP[i] = 0
+        served = 2
+    else:
+        if demand:
+            C[C_L2_MISSES] += 1
+        served = llc_read(CT, CS, CP, CD, CH, C, line, demand)
+        fill_l2(CT, CS, CP, CD, CH, C, line, 0)
+    if CH[CH_DISTANCE]:
+        stream(CT, CS, CP, CD, CH, C, STR, line)
+    return served
+
+
+@_jit
+def l1_miss(
+    CT: np.ndarray,
+    CS: np.ndarray,
+    CP: np.ndarray,
+    CD: np.ndarray,
+    CH: np.ndarray,
+    C: np.ndarray,
+    STR: np.ndarray,
+    line: int,
+    kind: int,
+) -> int:
+    """The miss half of `Caches.access`: below L1, the L1 fill, the next-line prefetch."""
+    lv = LV_L1I if kind == KIND_FETCH else LV_L1D
+    if kind == KIND_FETCH:
+        C[C_L1I_MISSES] += 1
+    else:
+        C[C_L1D_MISSES] += 1
+    served = l2_request(CT, CS, CP, CD, CH, C, STR, line, True)
+    fill(CT, CS, CP, CD, CH, lv, line, 0)
+    nxt = line + 1
+    if kind == KIND_DATA and CH[CH_NEXT_LINE] and nxt % PAGE_LINES and find(CT, CD, LV_L1D, nxt) < 0:
+        C[C_PF_NL_ISSUED] += 1
+        l2_request(CT, CS, CP, CD, CH, C, STR, nxt, False)
+        fill(CT, CS, CP, CD, CH, LV_L1D, nxt, 1)
+    return served
+
+
+@_inline
+def access(
+    CT: np.ndarray,
+    CS: np.ndarray,
+    CP: np.ndarray,
+    CD: np.ndarray,
+    CH: np.ndarray,
+    C: np.ndarray,
+    STR: np.ndarray,
+    pa: int,
+    kind: int,
+) -> None:
+    """`Caches.access`: one demand access of `kind` at physical address `pa` (the L1 hit inline)."""
+    line = pa >> 6
+    lv = LV_L1I if kind == KIND_FETCH else LV_L1D
+    i = find(CT, CD, lv, line)
+    if i >= 0:
+        CS[i] = tick(CH)
+        if kind == KIND_FETCH:
+            C[C_L1I_HITS] += 1
+        else:
+            C[C_L1D_HITS] += 1
+        if CP[i]:
+            C[C_PF_NL_USEFUL] += 1
+            CP[i] = 0
+        served = 1
+    else:
+        served = l1_miss(CT, CS, CP, CD, CH, C, STR, line, kind)
+    if kind == KIND_WALK:
+        C[C_WALK_L1 + served - 1] += 1
