@@ -4,6 +4,7 @@ a run on an existing dask cluster (left as it was), and failures recorded and re
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,78 @@ def test_unreachable_scheduler_raises(tmp_path: Path, monkeypatch: Any) -> None:
     spec = parse_spec(SPEC, Path("s.toml"))
     with pytest.raises(OSError):
         run_sweep(spec, ResultStore(tmp_path), scheduler="tcp://127.0.0.1:9")
+
+
+# ---- checksums: a result file is reused only when it is what was written ---------------------------
+def _spoil(path: Path, how: str) -> None:
+    record = json.loads(path.read_text())
+    if how == "cycles x10":
+        record["result"]["cycles"]["total"] *= 10
+        path.write_text(json.dumps(record, indent=1))
+    elif how == "emptied":
+        path.write_text("")
+    elif how == "torn":
+        path.write_text(path.read_text()[: len(path.read_text()) // 2])
+    elif how == "no checksum":
+        del record["sha256"]
+        path.write_text(json.dumps(record))
+    elif how == "binary":
+        path.write_bytes(b"\xff\xfe" + path.read_bytes())
+    elif how == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+
+
+SPOILS = {
+    "cycles x10": "checksum mismatch",
+    "emptied": "empty file",
+    "torn": "not JSON",
+    "no checksum": "no checksum",
+    "binary": "not JSON",
+    "fifo": "is a FIFO",
+}
+
+
+@pytest.mark.parametrize("how", list(SPOILS))
+def test_a_spoiled_result_file_is_rejected_with_the_reason(tmp_path: Path, how: str) -> None:
+    store = ResultStore(tmp_path)
+    store.prepare()
+    record = {"id": "abc", "result": {"cycles": {"total": 1234.5}}, "knobs": {"2": 1, "10": 2}}
+    path = store.write(record)
+    assert store.load() == {"abc": {**record, "sha256": json.loads(path.read_text())["sha256"]}}
+    assert store.rejected == {}
+    _spoil(path, how)
+    assert store.load() == {}
+    assert SPOILS[how] in store.rejected["abc"]
+
+
+def test_resume_recomputes_spoiled_results_and_says_why(tmp_path: Path) -> None:
+    from distributed import LocalCluster
+    from typer.testing import CliRunner
+
+    from kaiser.cli.app import app
+
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text(SPEC)
+    out = tmp_path / "out"
+    args = ["sweep", str(spec_file), "--out", str(out), "--no-plots", "--no-progress"]
+    with LocalCluster(
+        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None, protocol="tcp"
+    ) as cluster:
+        args += ["--scheduler", cluster.scheduler_address]
+        first = CliRunner().invoke(app, args)
+        assert first.exit_code == 0, first.output
+        files = sorted((out / "results").glob("*.json"))
+        truth = {p.name: json.loads(p.read_text()) for p in files}
+        spoiled = dict(zip((p.name for p in files), ["cycles x10", "emptied", "torn"], strict=False))
+        for name, how in spoiled.items():
+            _spoil(out / "results" / name, how)
+        again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    text = " ".join(again.output.split())
+    for name, how in spoiled.items():
+        assert f"{name}: {SPOILS[how]}" in text.replace(f"{out / 'results'}/", "")
+    assert "1 reused, 3 recomputed because their file failed its check" in text
+    for p in files:  # recomputed to the same numbers, checksums good again
+        assert json.loads(p.read_text())["result"] == truth[p.name]["result"]
+    assert ResultStore(out).load().keys() == {p.stem for p in files}

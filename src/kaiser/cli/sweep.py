@@ -144,6 +144,11 @@ def sweep_command(
     out = out or Path(f"sweep-{spec.stem}")
     store = ResultStore(out)
     have = store.load()
+    ours = {c.id for c in parsed.configs}
+    rejected = {i: why for i, why in sorted(store.rejected.items()) if i in ours}  # never reused: run again
+    for config_id, why in rejected.items():
+        where = store.results / f"{config_id}.json"
+        err_console.print(f"kaiser: {where}: {why}: recomputing it", highlight=False, soft_wrap=True)
     missing = sum(1 for c in parsed.configs if c.id not in have)
     dup = f" ({parsed.duplicates} duplicates dropped)" if parsed.duplicates else ""
     if dry_run:
@@ -201,7 +206,8 @@ def sweep_command(
     console.print(summary_table(rows))
     console.print(
         f"{len(rows)} of {len(parsed.configs)} configurations in {out / 'results.csv'} "
-        f"(this run: {state.ran} computed, {state.done_before} reused)"
+        f"(this run: {state.ran} computed, {state.done_before} reused"
+        + (f", {len(rejected)} recomputed because their file failed its check)" if rejected else ")")
         + (f"; plots: {len(drawn)} in {out / 'plots'}" if drawn else "")
     )
     if state.failed:

@@ -41,12 +41,14 @@ from typing import Any
 
 from kaiser.cost.run import engine_available
 from kaiser.cost.workloads import Knob, Workload, WorkloadError, get_workload
+from kaiser.inputs import InputError, read_text
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 from kaiser.x86 import tlb_geometry
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, CacheGeometry, GeometryError, TlbGeometry
 
 DEFAULTS: dict[str, Any] = {"pcid": [True, False], "seeds": [0], "iterations": 200, "warmup": 50, "path": "auto"}
 PATHS = ("auto", "engine", "reference")
+SPEC_LIMIT = 1 << 20  # CHOSEN: the example spec is 2 KiB; a megabyte of TOML is not a sweep spec
 TOP_KEYS = ("sweep", "workload", "geometry")
 SWEEP_KEYS = ("variants", "pcid", "seeds", "iterations", "warmup", "path")
 WORKLOAD_KEYS = ("name", "knobs", "iterations", "warmup")
@@ -313,7 +315,11 @@ def parse_spec(text: str, file: Path) -> Spec:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{file}: not valid TOML: {exc}") from None
+        m = re.search(r" \(at line (\d+), column \d+\)$|\(at end of document\)$", str(exc))
+        line = m.group(1) if m and m.group(1) else str(text.count("\n") + 1) if m else None
+        raise SpecError(f"{file}:{line}: not valid TOML: {exc}" if line else f"{file}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{file}: not valid TOML: nested too deeply") from None
     ctx.table(raw, "", TOP_KEYS, required=("sweep", "workload"))
     sweep = {**DEFAULTS, **ctx.table(raw["sweep"], "sweep", SWEEP_KEYS, required=("variants",))}
     variants = _variants(ctx, sweep["variants"])
@@ -360,9 +366,10 @@ def parse_spec(text: str, file: Path) -> Spec:
 
 
 def load_spec(file: Path) -> Spec:
-    """Read and parse a spec file; an unreadable file is a `SpecError` too."""
+    """Read (`kaiser.inputs`: a regular file, bounded, strict UTF-8) and parse a spec file; an
+    unreadable one is a `SpecError` too."""
     try:
-        text = file.read_text()
-    except OSError as exc:
-        raise SpecError(f"{file}: cannot read: {exc.strerror or exc}") from None
+        text = read_text(file, "sweep spec", limit=SPEC_LIMIT)
+    except InputError as exc:
+        raise SpecError(str(exc)) from None
     return parse_spec(text, file)

@@ -11,11 +11,17 @@ A finished result is on disk before the next one is waited for, and a file is ei
 complete (rename is atomic on POSIX), so killing a sweep at any moment loses no finished result;
 a rerun loads what is there and runs only the rest. The per-configuration files are the truth;
 `results.csv` is derived from them.
+
+Every result file carries `sha256`, the SHA-256 of the rest of its record in canonical JSON
+(sorted keys, no spaces). A rerun reuses a file only when it is a regular file of JSON naming its
+own id with a matching checksum; any other (emptied, torn, edited, from an older kaiser without a
+checksum) is recomputed, and `ResultStore.rejected` says which and why.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -25,10 +31,42 @@ from pathlib import Path
 from typing import Any
 
 from kaiser.cost.model import overhead_percent, rate_per_second
+from kaiser.inputs import InputError, read_bytes
 from kaiser.sweep.spec import Config
 
 BASELINE = "nopti"
 TMP_PREFIX = ".tmp-"
+CHECKSUM = "sha256"
+RESULT_LIMIT = 16 << 20  # CHOSEN: a result record is a few KiB; larger is not one of ours
+
+
+def checksum(record: dict[str, Any]) -> str:
+    """SHA-256 of `record` without its checksum field, in canonical JSON (sorted keys, compact)."""
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != CHECKSUM}))  # as it will read back
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_record(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(record, "") if the result file at `path` can be reused, else (None, why not)."""
+    try:
+        data = read_bytes(path, "result", limit=RESULT_LIMIT)
+    except InputError as exc:
+        return None, exc.reason
+    if not data.strip():
+        return None, "empty file"
+    try:
+        record = json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None, "not JSON (torn or corrupted)"
+    if not isinstance(record, dict):
+        return None, "not a result record"
+    if record.get("id") != path.stem:
+        return None, f"names configuration {str(record.get('id'))[:20]!r}, not its own"
+    if CHECKSUM not in record:
+        return None, "no checksum (written by an older kaiser, or edited)"
+    if record[CHECKSUM] != checksum(record):
+        return None, "checksum mismatch (edited or corrupted)"
+    return record, ""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -48,6 +86,7 @@ class ResultStore:
         self.out = out
         self.results = out / "results"
         self.failed = out / "failed"
+        self.rejected: dict[str, str] = {}  # after `load`: id -> why its file was not reused
 
     def prepare(self) -> None:
         """Create the directories (loading works without them: an absent directory has no results)."""
@@ -62,20 +101,22 @@ class ResultStore:
         return len(stale)
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """Every complete, readable result record by id (an unreadable file is left out: rerun)."""
+        """Every result record by id that passes `check_record`; the others (to be recomputed)
+        are in `self.rejected` with the reason."""
         out: dict[str, dict[str, Any]] = {}
-        for p in sorted(self.results.glob("*.json")):
-            try:
-                record = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(record, dict) and record.get("id") == p.stem:
+        self.rejected = {}
+        for p in sorted(self.results.glob("*.json")) if self.results.is_dir() else []:
+            record, why = check_record(p)
+            if record is None:
+                self.rejected[p.stem] = why
+            else:
                 out[p.stem] = record
         return out
 
     def write(self, record: dict[str, Any]) -> Path:
         """Store one finished configuration; clears an earlier failure of it."""
         path = self.results / f"{record['id']}.json"
+        record = {**record, CHECKSUM: checksum(record)}
         write_atomic(path, json.dumps(record, indent=1))
         (self.failed / path.name).unlink(missing_ok=True)
         return path
