@@ -147,8 +147,8 @@ def sweep_command(
     ours = {c.id for c in parsed.configs}
     rejected = {i: why for i, why in sorted(store.rejected.items()) if i in ours}  # never reused: run again
     for config_id, why in rejected.items():
-        where = store.results / f"{config_id}.json"
-        err_console.print(f"kaiser: {where}: {why}: recomputing it", highlight=False, soft_wrap=True)
+        bad_file = store.results / f"{config_id}.json"
+        err_console.print(f"kaiser: {bad_file}: {why}: recomputing it", highlight=False, soft_wrap=True)
     missing = sum(1 for c in parsed.configs if c.id not in have)
     dup = f" ({parsed.duplicates} duplicates dropped)" if parsed.duplicates else ""
     if dry_run:
