@@ -18,13 +18,14 @@ from kaiser.cli.bench_engine import engine_command
 from kaiser.cli.bench_replay import replay_bench_command
 from kaiser.cli.options import choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, fail, print_table, progress_bar
-from kaiser.cost.params import SKYLAKE, SOURCES
+from kaiser.cost.params import CACHE_SOURCES, SKYLAKE, SOURCES, for_caches
 from kaiser.cost.run import BASELINE, Comparison, compare, default_path
 from kaiser.cost.workloads import WORKLOADS, WorkloadError, get_workload
 from kaiser.linux.entry import UnknownSyscall
 from kaiser.linux.memory import frames_kib, measure
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 from kaiser.report.draw import SWEEP_WORK, RateCurve, pyplot, rate_figure
+from kaiser.x86.cache_geometry import HIERARCHIES, get_hierarchy
 
 bench_app = typer.Typer(
     help="Price isolation: TLB misses, walks, CR3 writes and cycles per variant (default), page-table memory.",
@@ -114,10 +115,14 @@ def run_bench(
     warmup: int,
     path: str | None,
     show_progress: bool = True,
+    caches: str | None = None,
 ) -> list[Comparison]:
-    """Every chosen variant at every PCID setting, with nopti baselines, behind a progress bar."""
+    """Every chosen variant at every PCID setting, with nopti baselines, behind a progress bar;
+    `caches`: a cache hierarchy name (kaiser.x86.cache_geometry), None for none."""
     total = len(pcids) * (1 + len([v for v in variants if v != BASELINE]))
     kw: dict[str, Any] = {"iterations": iterations, "warmup": warmup, "path": path}
+    if caches is not None:
+        kw["caches"] = get_hierarchy(caches)
     with progress_bar(disable=not show_progress) as bar:
         task = bar.add_task("replaying", total=total)
         state = {"n": 0}
@@ -200,6 +205,30 @@ def print_tables(rows: list[Comparison], title: str) -> None:
     )
 
 
+def print_cache_table(rows: list[Comparison], caches: str) -> None:
+    """Cache misses per operation and where the page walks' loads were served."""
+    out: list[list[str]] = []
+    seen: set[tuple[str, bool]] = set()
+    for cmp in rows:
+        for r in (cmp.baseline, cmp.result):
+            if (r.variant, r.pcid) in seen:
+                continue
+            seen.add((r.variant, r.pcid))
+            n, k = r.iterations, r.counters
+            walk = (k.walk_loads_l1, k.walk_loads_l2, k.walk_loads_llc, k.walk_loads_dram)
+            out.append([
+                r.variant,
+                "on" if r.pcid else "off",
+                *(_fmt(v / n) for v in (k.l1i_misses, k.l1d_misses, k.l2_misses, k.llc_misses, k.dram_reads)),
+                "/".join(_fmt(v / n, 1) for v in walk),
+            ])  # fmt: skip
+    _print_table(
+        f"caches ({caches}) per operation",
+        ["variant", "PCID", "L1I miss", "L1D miss", "L2 miss", "LLC miss", "DRAM lines", "walk loads L1/L2/LLC/DRAM"],
+        out,
+    )
+
+
 def plot_overhead(rows: list[Comparison], path: Path, title: str) -> None:
     """Overhead (%) against nopti versus system calls per second (of nopti time at the model's
     clock), one line per isolating variant and PCID setting (solid = PCID, dashed = no PCID), and
@@ -260,6 +289,14 @@ def bench_callback(
     plot: Annotated[
         Path | None, typer.Option("--plot", parser=plot_file, help="Draw overhead vs syscall rate into this PNG.")
     ] = None,
+    caches: Annotated[
+        str | None,
+        typer.Option(
+            "--caches",
+            callback=choice(*HIERARCHIES),
+            help=f"Data caches: {', '.join(HIERARCHIES)} (default: none, every reference an L1D hit).",
+        ),
+    ] = None,
 ) -> None:
     """Replay a workload on each variant, price it, and compare with nopti at the same work."""
     if ctx.invoked_subcommand is not None:
@@ -282,7 +319,10 @@ def bench_callback(
     pcids = (True, False) if pcid is None else (pcid,)
     if plot is not None:
         pcids = (True, False)
-    rows = run_bench(names, workload, pcids, settings, iterations, warmup, path, show_progress=not json_out)
+    rows = run_bench(
+        names, workload, pcids, settings, iterations, warmup, path, show_progress=not json_out, caches=caches
+    )
+    params = for_caches(SKYLAKE, caches) if caches else SKYLAKE
     title = f"{workload}: {wl.describe(knobs)}"
     if plot is not None:
         plot_overhead(rows, plot, f"{workload}: {wl.describe(knobs).replace(' work=0.0', '')}")
@@ -293,9 +333,11 @@ def bench_callback(
                 "knobs": {k.name: k.show(knobs[k.name]) for k in wl.knobs},
                 "iterations": iterations,
                 "path": path or default_path(),
-                "clock_ghz": SKYLAKE.clock_ghz,
-                "params": SKYLAKE.as_dict(),
+                "clock_ghz": params.clock_ghz,
+                "params": params.as_dict(),
                 "param_sources": SOURCES,
+                "caches": caches,
+                "cache_sources": CACHE_SOURCES[caches] if caches else None,
                 "baselines": {("pcid" if r.baseline.pcid else "nopcid"): r.baseline.as_dict() for r in rows},
                 "runs": [r.as_dict() for r in rows],
                 "plot": str(plot) if plot else None,
@@ -303,9 +345,12 @@ def bench_callback(
         )
         return
     print_tables(rows, title)
+    if caches:
+        print_cache_table(rows, caches)
     console.print(
         f"replay path: {path or default_path()}; {iterations} measured iterations after {warmup} warm-up; "
-        f"cycles from kaiser.cost.params at {SKYLAKE.clock_ghz:g} GHz (docs/cost.md)."
+        f"cycles from kaiser.cost.params at {params.clock_ghz:g} GHz (docs/cost.md); "
+        + (f"caches: {caches}." if caches else "no data caches (every reference an L1D hit).")
     )
     if plot is not None:
         console.print(f"plot written to {plot}")
