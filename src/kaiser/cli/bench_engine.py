@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kaiser.cli.options import SEED_MAX
+from kaiser.cli.options import SEED_MAX, choice
 from kaiser.cli.output import console, emit_json
+from kaiser.x86.cache_geometry import HIERARCHIES
 
 # CHOSEN: fewer references time the timer rather than the engine; more than 50 M events (20 bytes
 # each, x86/events.py) is a gigabyte of stream on top of the engine's copy of the tables.
@@ -25,15 +26,23 @@ def engine_command(
         int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the kernel layout and of the stream.")
     ] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    caches: Annotated[
+        str,
+        typer.Option(
+            "--caches",
+            callback=choice(*HIERARCHIES),
+            help=f"Cache hierarchy of the caches-on run: {', '.join(HIERARCHIES)}.",
+        ),
+    ] = "skylake-client",
 ) -> None:
     """Measure the replay engine against the reference path (one run, same stream)."""
     from kaiser.cost.enginebench import bench_engine
 
     if json_out:
-        emit_json(bench_engine(n_refs=n_refs, seed=seed))
+        emit_json(bench_engine(n_refs=n_refs, seed=seed, caches=caches))
         return
     with console.status("compiling (first run only), then replaying both paths..."):
-        r = bench_engine(n_refs=n_refs, seed=seed)
+        r = bench_engine(n_refs=n_refs, seed=seed, caches=caches)
     eng, ref = r["engine"], r["reference"]
     table = Table(title=f"replay engine vs reference path ({r['variant']}, seed {seed})")
     for col in ("path", "references", "seconds", "refs/s (wall)", "refs/s (CPU)"):
@@ -52,6 +61,21 @@ def engine_command(
         f"{ref['refs_per_second'] / 1e3:.1f} k",
         f"{ref['refs_per_cpu_second'] / 1e3:.1f} k",
     )
+    wc = r["with_caches"]
+    table.add_row(
+        "engine + caches",
+        f"{wc['engine']['references']:,}",
+        f"{wc['engine']['seconds_best']:.3f}",
+        f"{wc['engine']['refs_per_second'] / 1e6:.1f} M",
+        f"{wc['engine']['refs_per_cpu_second'] / 1e6:.1f} M",
+    )
+    table.add_row(
+        "reference + caches",
+        f"{wc['reference']['references']:,}",
+        f"{wc['reference']['seconds']:.3f}",
+        f"{wc['reference']['refs_per_second'] / 1e3:.1f} k",
+        f"{wc['reference']['refs_per_cpu_second'] / 1e3:.1f} k",
+    )
     console.print(table)
     s = r["stream"]
     console.print(
@@ -59,4 +83,9 @@ def engine_command(
         f"{'yes' if r['agree_on_shared_slice'] else 'NO'}; stream L1 hit rate {s['l1_hit_rate']:.1%}, "
         f"{s['walks']:,} walks, {s['cr3_writes']:,} CR3 writes; targets (50 M/s, 20x) "
         f"{'met' if r['targets']['met'] else 'NOT met'}"
+    )
+    console.print(
+        f"with caches ({wc['caches']}): counters and cache state agree on the shared slice: "
+        f"{'yes' if wc['agree_on_shared_slice'] else 'NO'}; L1D miss rate {wc['stream']['l1d_miss_rate']:.1%}; "
+        f"target (25 M/s) {'met' if wc['met'] else 'NOT met'}"
     )
