@@ -251,7 +251,18 @@ class Kernel:
             shared = two_pgd or (sec.name in ("text", "rodata") and text_shared)
             flags = (sec.prot & ~int(PTE.G)) | self._global(shared)
             size = -(-sec.size // PAGE_SIZE) * PAGE_SIZE
-            kpt.map(sec.start, lay.kernel_phys + (sec.start - lay.kernel_base), size, flags)
+            pa = lay.kernel_phys + (sec.start - lay.kernel_base)
+            if sec.name == "rodata" and text_shared and not two_pgd:
+                # pti_clone_kernel_text(): pti_clone_pgtable() sets G on the large PMDs it clones, and
+                # set_memory_global() covers _text.._etext only, so rodata's 4K tail stays non-global
+                # (pti.c; the real 6.1 pti=auto dump shows 8M GLB pmd + 940K pte without GLB)
+                big = size // (2 * MiB) * (2 * MiB)
+                if big:
+                    kpt.map(sec.start, pa, big, flags)
+                if size > big:
+                    kpt.map(sec.start + big, pa + big, size - big, flags & ~int(PTE.G))
+                continue
+            kpt.map(sec.start, pa, size, flags)
         # idt_table (__page_aligned_bss) is made read-only once the CEA alias exists
         # (idt_setup_apic_and_irq_gates(): set_memory_ro(idt_table, 1), arch/x86/kernel/idt.c).
         kpt.protect(self.idt_va, PAGE_SIZE, int(PAGE_KERNEL_RO & ~PTE.G) | self._global(two_pgd))
