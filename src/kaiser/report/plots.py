@@ -116,7 +116,7 @@ def overhead_vs_rate(res: Results) -> Figure | None:
     caption = (
         "Left: one line per variant and PCID setting (solid: PCID, dashed: no PCID), priced against nopti at "
         "the same PCID setting; the rate is varied by adding user computation between system calls, and the "
-        "replayed events do not change, so each line is exact for the model (as `kaiser bench --plot`). "
+        "replayed events do not change, so each line is exact for the model (kaiser bench --plot draws the same). "
         "Overhead is then proportional to the rate, so the lines are parallel; right: each line's overhead "
         "over linux's, the same at every rate, with the extra cycles per system call that fix the line."
     )
@@ -360,6 +360,8 @@ def variant_bars(res: Results) -> Figure | None:
         pcids_all += [p for p in pcids if p not in pcids_all]
         width = 0.8 / len(pcids)
         for ax, key in zip(row_axes, metrics, strict=True):
+            top = max((r.metrics[key] for r in rows if key in r.metrics), default=0.0)
+            digits = 0 if top >= 100 else (1 if top >= 10 else 2)  # one format per panel
             for j, pcid in enumerate(pcids):
                 xs, means, lo, hi, cols = [], [], [], [], []
                 for i, variant in enumerate(variants):
@@ -385,7 +387,6 @@ def variant_bars(res: Results) -> Figure | None:
                     edgecolor="black",
                     linewidth=0.5,
                 )
-                digits = 0 if max(means) >= 100 else (1 if max(means) >= 10 else 2)
                 ax.bar_label(bars, fmt=f"%.{digits}f", fontsize=6, rotation=90, padding=2)
             ax.set_xticks(range(len(variants)), variants, rotation=35, ha="right", fontsize=8)
             ax.set_ylabel(STANDARD_METRICS[key])
@@ -404,7 +405,7 @@ def variant_bars(res: Results) -> Figure | None:
     title = "Per variant: " + ", ".join(STANDARD_METRICS[k].removesuffix("/op") for k in metrics) + " per operation"
     fig.suptitle(title, fontsize=11, x=0.01, ha="left")
     fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (0.6 + 4.2 * len(groups))))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (0.6 + 4.2 * len(groups))))
     caption = "One operation is one workload iteration (for the syscall loops: one system call and its user work)."
     if res.kind == "sweep":
         caption += (
@@ -454,7 +455,7 @@ def cycle_breakdown(res: Results) -> Figure | None:
     handles = [Patch(facecolor=TERM_COLOURS[CYCLE_TERMS.index(t)], label=t.replace("_", " ")) for t in reversed(used)]
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False, title="term (top to bottom)")
     fig.suptitle("Where the cycles go, per variant and PCID setting", fontsize=11, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1 - 1.9 / width, 1 - 0.45 / (0.6 + 4.0 * len(groups))))
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / width, 1 - 0.3 / (0.6 + 4.0 * len(groups))))
     caption = (
         "The cost model's terms (docs/cost.md): translation = STLB hits and page walks; cr3 = CR3 writes "
         "(NOFLUSH or flushing); invalidation = INVLPG/INVPCID/CR4; the rest is the same work in every variant. "
