@@ -316,7 +316,10 @@ def _build_choices(
                                 f"{'with' if out['kaslr_image_size'] else 'without'} RANDOMIZE_BASE", "dump",
                                 m.lineno, m.render())  # fmt: skip
     fixmap = marker_positions(records).get("Fixmap Area")
-    if fixmap is not None and fixmap % PAGE_SIZE == 0 and FIXADDR_TOP - 4096 * PAGE_SIZE < fixmap < FIXADDR_TOP:
+    # the marker shows FIXADDR_START only where the walk is at 4K there: a 2 MiB-aligned position is
+    # the first break of a coarser level (a user view mapping only the vsyscall page)
+    pages = (FIXADDR_TOP - fixmap) // PAGE_SIZE if fixmap is not None else 0
+    if fixmap is not None and fixmap % PAGE_SIZE == 0 and fixmap % (2 << 20) and 512 < pages < 2048:
         out["fixmap_pages"] = (FIXADDR_TOP - fixmap) // PAGE_SIZE
         m = marks["Fixmap Area"]
         facts["fixmap"] = Fact("fixmap", out["fixmap_pages"], f"{out['fixmap_pages']} permanent fixmap slots",
@@ -360,6 +363,19 @@ def boot_aligned(sw: ModelSwitches, *, ldt: bool) -> tuple[ModelSwitches, Kernel
         (sw, ""),
         (replace(sw, tss_phys=None), "per-CPU TSS pages not placed as in the dump"),
         (replace(sw, tss_phys=None, bases=None), "per-CPU TSS pages and bases not placed as in the dump"),
+        (
+            replace(
+                sw,
+                tss_phys=None,
+                bases=None,
+                image=None,
+                cea_slots=None,
+                espfix_page=None,
+                fixmap_pages=KernelConfig().fixmap_pages,
+                kaslr_image_size=None,
+            ),
+            "nothing placed as in the dump",
+        ),  # fmt: skip
     )
     for attempt, (cfg, what) in enumerate(tries):
         try:
@@ -697,7 +713,10 @@ def compare_dump(
     facts = {f.name: f for f in sw.facts}
     table = str(facts["table"].value) if "table" in facts else named
     ldt = named_ldt or bool(facts["ldt"].value if "ldt" in facts else False)
-    sw, kernel, task = boot_aligned(sw, ldt=ldt)
+    try:
+        sw, kernel, task = boot_aligned(sw, ldt=ldt)
+    except (ValueError, PhysMemError) as exc:  # the dump describes a machine the model cannot boot
+        raise InputError(path, f"no model machine matches this dump: {exc}") from None
     text = model_text(kernel, task, table)
     model_records = parse_ptdump(text, f"model:{sw.variant}/{table}")
     real, model = summarize(records), summarize(model_records)
