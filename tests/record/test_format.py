@@ -19,6 +19,7 @@ from kaiser.record.format import (
     RecordingWriter,
     Transition,
     UserRun,
+    UserSummary,
     read_recording,
     ref_dtype,
 )
@@ -79,8 +80,12 @@ def recordings(draw: st.DrawFn) -> tuple[bool, list[tuple[str, tuple[object, ...
                     ),
                 )
             )
-        else:
+        elif draw(st.booleans()):
             items.append(("U", (draw(refs_strategy(phys)),)))
+        else:
+            items.append(("S", tuple(draw(st.integers(0, 2**64 - 1)) for _ in range(3))))
+        if items and draw(st.booleans()):  # an identical record again: written as a repeat
+            items.append(draw(st.sampled_from(items)))
     return phys, items
 
 
@@ -89,8 +94,10 @@ def write(path: Path, phys: bool, items: list[tuple[str, tuple[object, ...]]]) -
         for tag, args in items:
             if tag == "T":
                 w.transition(*args)  # type: ignore[arg-type]
-            else:
+            elif tag == "U":
                 w.user(*args)  # type: ignore[arg-type]
+            else:
+                w.user_summary(*args)  # type: ignore[arg-type]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -107,8 +114,21 @@ def test_round_trip(tmp_path: Path, rec: tuple[bool, list[tuple[str, tuple[objec
             assert isinstance(got, Transition)
             assert (got.kind, got.name, got.nr, got.switched) == args[:4]
             assert np.array_equal(got.refs, args[4])  # type: ignore[arg-type]
-        else:
+        elif tag == "U":
             assert isinstance(got, UserRun) and np.array_equal(got.refs, args[0])  # type: ignore[arg-type]
+        else:
+            assert isinstance(got, UserSummary) and (got.instructions, got.loads, got.stores) == args
+
+
+def test_repeats_are_written_once(tmp_path: Path) -> None:
+    """Identical transitions cost a repeat record, not their references again."""
+    refs = np.zeros(2000, dtype=ref_dtype(False))
+    refs["size"], refs["vaddr"] = 1, np.arange(2000) * 4096
+    path = tmp_path / "rep.krec"
+    write(path, False, [("T", ("syscall", "close", 3, False, refs))] * 100)
+    raw = raw_stream(path)
+    assert raw.count(b"RT") == 99 and len(raw) < 2 * refs.nbytes
+    assert len(read_recording(path)[1]) == 100
 
 
 def sample(tmp_path: Path) -> Path:

@@ -24,6 +24,7 @@ from kaiser.record.recorder import (
     shipped_name,
 )
 from kaiser.record.stats import METRICS, summarize
+from kaiser.systools import ToolsMissing
 
 recording_app = typer.Typer(
     help="Read recordings of a real kernel (kaiser record): list and info.", no_args_is_help=True
@@ -95,7 +96,7 @@ def record_command(
         )  # fmt: skip
     except ERRORS as exc:
         fail(str(exc), code=1)
-    except RuntimeError as exc:  # systools.ToolsMissing: the command to run
+    except ToolsMissing as exc:  # what to install, and the command that would
         fail(str(exc))
 
 
@@ -216,3 +217,40 @@ def info_command(
             pcols = [Col("page"), Col("region"), Col("use"), Col("refs", justify="right"), Col("on it", whole=False)]
             print_table(pcols, prow, title=f"{k}: the pages of its most common path")
     sys.stdout.flush()
+
+
+@recording_app.command("check")
+def check_command(
+    file: Annotated[str, typer.Argument(help="a pti=on recording, or the name of a shipped one")],
+    json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+) -> None:
+    """The recording checks the model: CR3 writes and what runs under the user CR3, per syscall,
+    against linux/entry.py's `linux --no-pcid`. Exit 1 on a difference no documented kernel
+    behaviour explains."""
+    from kaiser.record.check import check_recording
+
+    path = _resolve(file)
+    try:
+        found = check_recording(path)
+    except InputError as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(str(exc))
+    bad = [c for c in found if c.unexplained()]
+    if json:
+        emit_json({"file": str(path), "kinds": [c.as_dict() for c in found], "ok": not bad})
+    else:
+        cols = [Col("kind"), Col("calls", justify="right"), Col("CR3 real/model"),
+                Col("user-CR3 instr real/model"), Col("verdict", whole=False)]  # fmt: skip
+        rows = []
+        for c in found:
+            r, m = c.real, c.model
+            un = c.unexplained()
+            verdict = "agrees" if not un else "; ".join(f"{k}: {', '.join(v)}" for k, v in un.items())
+            rows.append(
+                [c.kind, str(c.calls), f"{r.cr3_writes}/{m.cr3_writes}",
+                 f"{r.entry_fetches}+{r.exit_fetches}/{m.entry_fetches}+{m.exit_fetches}", verdict]
+            )  # fmt: skip
+        print_table(cols, rows, title=f"{path.name}: the real kernel under the user CR3 vs linux --no-pcid")
+    if bad:
+        raise typer.Exit(1)

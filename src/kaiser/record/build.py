@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Final
 
 # The kernels `--kernel` names: Debian bookworm's own packages (linux-image-amd64 depends on the
-# 6.1 one; 6.12 is packaged for bookworm as linux-image-6.12.*+deb12-amd64).
+# 6.1 one; 6.12 is packaged for bookworm as linux-image-6.12.*+deb12-amd64). POSIX ERE: apt-cache
+# search takes them too.
 KERNELS: Final = {
-    "6.1": r"linux-image-6\.1\.0-\d+-amd64",
-    "6.12": r"linux-image-6\.12\.\d+\+deb12-amd64",
+    "6.1": r"linux-image-6\.1\.0-[0-9]+-amd64",
+    "6.12": r"linux-image-6\.12\.[0-9]+\+deb12-amd64",
 }
 HEADER_MEMBER: Final = "include/qemu/qemu-plugin.h"
 Say = Callable[[str], None]

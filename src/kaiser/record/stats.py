@@ -37,7 +37,9 @@ USER_METRICS: Final = (
     "code_pages_2m",
     "data_pages_2m",
 )
-KERNEL_REGIONS: Final = tuple(r for r in REGIONS if r != "user")
+# A transition's references by region: "user" holds the kernel's own accesses to user memory
+# (copy_to_user, copy_from_user, the rseq and robust-list updates on the way out).
+KERNEL_REGIONS: Final = REGIONS
 
 
 def _counts(refs: np.ndarray) -> tuple[int, ...]:
@@ -60,8 +62,6 @@ def transition_metrics(refs: np.ndarray) -> dict[str, Any]:
     total = dict(zip(METRICS, _counts(refs), strict=True))
     by_region = {}
     for tag, name in enumerate(REGIONS):
-        if name == "user":
-            continue
         sub = refs[refs["region"] == tag]
         by_region[name] = dict(zip(METRICS, _counts(sub), strict=True))
     return {"total": total, "by_region": by_region}
