@@ -1,7 +1,10 @@
 """`kaiser audit`: what user mode can reach, from a ptdump file (ours or a real machine's) or the model.
 
 Exit status: 0 when nothing breaks the policy, 1 when a finding does, 2 for bad input -- so it can
-run in a kernel developer's CI against `/sys/kernel/debug/page_tables/current_user`.
+run in a kernel developer's CI against `/sys/kernel/debug/page_tables/current_user`. Bad input
+includes a file that is not a whole dump (cut short, lines taken out: the error names the first
+gap and the regions never seen; `--partial` audits an excerpt instead) and init_mm's `kernel`
+table, which is no process's user view: a finding about the input, not about the kernel, so 2.
 """
 
 from __future__ import annotations
