@@ -15,7 +15,18 @@ from typing import Any, Final
 
 import numpy as np
 
-from kaiser.record.format import CR3, FETCH, LOAD, REGIONS, STORE, RecordingReader, Transition, UserRun, UserSummary
+from kaiser.record.format import (
+    CR3,
+    FETCH,
+    LOAD,
+    OPS,
+    REGIONS,
+    STORE,
+    RecordingReader,
+    Transition,
+    UserRun,
+    UserSummary,
+)
 from kaiser.record.regions import PAGE_2M, PAGE_4K, Symbol
 
 METRICS: Final = (
@@ -58,12 +69,32 @@ def _counts(refs: np.ndarray) -> tuple[int, ...]:
 
 
 def transition_metrics(refs: np.ndarray) -> dict[str, Any]:
-    """One transition's counts: the totals and each region's."""
+    """One transition's counts: the totals and each region's (one pass: every page is keyed by
+    region and page number, so a region's distinct pages are its share of the unique keys)."""
+    n = len(REGIONS)
+    op = refs["op"].astype(np.int64)
+    region = refs["region"].astype(np.int64)
+    per_op = np.bincount(op * n + region, minlength=len(OPS) * n).reshape(len(OPS), n)
+    code, data = op == FETCH, (op == LOAD) | (op == STORE)
+
+    def pages(mask: np.ndarray, shift: int) -> np.ndarray:
+        keys = (region[mask].astype(np.uint64) << np.uint64(56)) | (refs["vaddr"][mask] >> np.uint64(shift))
+        return np.bincount((np.unique(keys) >> np.uint64(56)).astype(np.int64), minlength=n)
+
+    table = np.stack(
+        [
+            per_op[FETCH],
+            per_op[LOAD],
+            per_op[STORE],
+            pages(code, PAGE_4K),
+            pages(data, PAGE_4K),
+            pages(code, PAGE_2M),
+            pages(data, PAGE_2M),
+            per_op[CR3],
+        ]
+    )
     total = dict(zip(METRICS, _counts(refs), strict=True))
-    by_region = {}
-    for tag, name in enumerate(REGIONS):
-        sub = refs[refs["region"] == tag]
-        by_region[name] = dict(zip(METRICS, _counts(sub), strict=True))
+    by_region = {name: dict(zip(METRICS, table[:, tag].tolist(), strict=True)) for tag, name in enumerate(REGIONS)}
     return {"total": total, "by_region": by_region}
 
 
