@@ -215,7 +215,7 @@ def info_command(
                 for p in v.get("pages", [])
             ]
             pcols = [Col("page"), Col("region"), Col("use"), Col("refs", justify="right"), Col("on it", whole=False)]
-            print_table(pcols, prow, title=f"{k}: the pages of its most common path")
+            print_table(pcols, prow, title=f"{k}: the pages of a typical call")
     sys.stdout.flush()
 
 

@@ -119,6 +119,7 @@ def summarize(path: str | os.PathLike[str], *, symbols: bool = False) -> dict[st
     paths: dict[str, Counter[bytes]] = defaultdict(Counter)
     example: dict[bytes, np.ndarray] = {}
     memo: dict[bytes, dict[str, Any]] = {}
+    size: dict[bytes, int] = {}
     user: list[tuple[int, ...]] = []
     with RecordingReader(path) as reader:
         header = reader.header
@@ -136,6 +137,7 @@ def summarize(path: str | os.PathLike[str], *, symbols: bool = False) -> dict[st
                     code_key = _page_key(rec.refs)
                     paths[kind][code_key] += 1
                     example.setdefault(code_key, rec.refs)
+                    size[code_key] = memo[key]["total"]["kernel_instructions"]
             elif isinstance(rec, UserRun):
                 c = _counts(rec.refs)
                 user.append(c[:7])
@@ -153,7 +155,13 @@ def summarize(path: str | os.PathLike[str], *, symbols: bool = False) -> dict[st
             "by_region": by_region,
         }
         if symbols:
-            common = paths[kind].most_common(1)[0][0]
+            # the most common set of pages; among equally common ones (every fault differs), the
+            # one whose instruction count is nearest the median (not one with a nested interrupt)
+            top = max(paths[kind].values())
+            common = min(
+                (k for k, c in paths[kind].items() if c == top),
+                key=lambda k: abs(size[k] - median["kernel_instructions"]),
+            )
             entry["pages"] = pages_of(example[common], header)
         transitions[kind] = entry
     out = {
