@@ -3,15 +3,22 @@
 #
 #   tools/realdumps/regenerate.sh [CONFIG...]
 #
-# CONFIGs (default: all four):
+# CONFIGs (default: the first four):
 #   pti-nokaslr       pti=on nokaslr, 1 CPU
 #   nopti-nokaslr     nopti nokaslr, 1 CPU
 #   pti-kaslr         pti=on (KASLR on), 1 CPU
 #   pti-nokaslr-smp2  pti=on nokaslr, 2 CPUs
+#   auto-nokaslr      pti=auto (the default) nokaslr, 1 CPU: Intel without PCID -> global kernel image
+#   amd-pti-nokaslr   pti=on nokaslr on -cpu EPYC, 1 CPU: no debug-store page, never a global image
+#   amd-auto-nokaslr  pti=auto nokaslr on -cpu EPYC, 1 CPU: no Meltdown bug -> no PTI
+#   pti-emulate       pti=on nokaslr vsyscall=emulate, 1 CPU
+#   pti-nokaslr-smp4  pti=on nokaslr, 4 CPUs
+#   la57-pti-nokaslr  pti=on nokaslr on -cpu Haswell,+la57, 1 CPU: 5-level paging
+#   pti-kaslr-smp2    pti=on (KASLR on), 2 CPUs (6.2+: entry areas at random slots)
 #
 # Environment: OUT (default tests/linux/data/real), WORK (build dir, default /tmp/kaiser-realdumps),
 # KVER (kernel release, default the newest installed /boot/vmlinuz-* with headers), QEMU_CPU
-# (default Haswell: an Intel model, so the kernel treats the CPU as Meltdown-affected), MEM
+# (default: the config's model, Haswell -- Intel, so Meltdown-affected -- unless it says otherwise), MEM
 # (default 512M), TIMEOUT (seconds per QEMU run, default 300), NO_INSTALL=1 (never apt-get).
 # See tools/realdumps/README.md.
 set -euo pipefail
@@ -20,7 +27,6 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT=${OUT:-$REPO/tests/linux/data/real}
 WORK=${WORK:-/tmp/kaiser-realdumps}
-QEMU_CPU=${QEMU_CPU:-Haswell}
 MEM=${MEM:-512M}
 TIMEOUT=${TIMEOUT:-300}
 ALL_CONFIGS=(pti-nokaslr nopti-nokaslr pti-kaslr pti-nokaslr-smp2)
@@ -29,13 +35,21 @@ if [ $# -gt 0 ]; then CONFIGS=("$@"); else CONFIGS=("${ALL_CONFIGS[@]}"); fi
 log() { printf 'regenerate: %s\n' "$*" >&2; }
 die() { printf 'regenerate: error: %s\n' "$*" >&2; exit 1; }
 
-config_args() {  # config_args NAME -> "<kernel switches>|<cpus>"
+MORE_CONFIGS=(auto-nokaslr amd-pti-nokaslr amd-auto-nokaslr pti-emulate pti-nokaslr-smp4 la57-pti-nokaslr pti-kaslr-smp2)
+config_args() {  # config_args NAME -> "<kernel switches>|<cpus>|<qemu cpu model>"
     case $1 in
-        pti-nokaslr) echo "pti=on nokaslr|1" ;;
-        nopti-nokaslr) echo "nopti nokaslr|1" ;;
-        pti-kaslr) echo "pti=on|1" ;;
-        pti-nokaslr-smp2) echo "pti=on nokaslr|2" ;;
-        *) die "unknown config '$1' (known: ${ALL_CONFIGS[*]})" ;;
+        pti-nokaslr) echo "pti=on nokaslr|1|Haswell" ;;
+        nopti-nokaslr) echo "nopti nokaslr|1|Haswell" ;;
+        pti-kaslr) echo "pti=on|1|Haswell" ;;
+        pti-nokaslr-smp2) echo "pti=on nokaslr|2|Haswell" ;;
+        auto-nokaslr) echo "nokaslr|1|Haswell" ;;
+        amd-pti-nokaslr) echo "pti=on nokaslr|1|EPYC" ;;
+        amd-auto-nokaslr) echo "nokaslr|1|EPYC" ;;
+        pti-emulate) echo "pti=on nokaslr vsyscall=emulate|1|Haswell" ;;
+        pti-nokaslr-smp4) echo "pti=on nokaslr|4|Haswell" ;;
+        la57-pti-nokaslr) echo "pti=on nokaslr|1|Haswell,+la57" ;;
+        pti-kaslr-smp2) echo "pti=on|2|Haswell" ;;
+        *) die "unknown config '$1' (known: ${ALL_CONFIGS[*]} ${MORE_CONFIGS[*]})" ;;
     esac
 }
 for c in "${CONFIGS[@]}"; do config_args "$c" >/dev/null; done
@@ -100,10 +114,11 @@ PY=python3
 [ -x "$REPO/.venv/bin/python" ] && PY=$REPO/.venv/bin/python
 status=0
 for cfg in "${CONFIGS[@]}"; do
-    IFS='|' read -r switches cpus <<<"$(config_args "$cfg")"
+    IFS='|' read -r switches cpus model <<<"$(config_args "$cfg")"
+    cpu_model=${QEMU_CPU:-$model}
     console=$WORK/console-$cfg.log
     append="console=ttyS0 quiet panic=-1 $switches"
-    qemu=(qemu-system-x86_64 -accel tcg -cpu "$QEMU_CPU" -smp "$cpus" -m "$MEM"
+    qemu=(qemu-system-x86_64 -accel tcg -cpu "$cpu_model" -smp "$cpus" -m "$MEM"
           -kernel "$VMLINUZ" -initrd "$WORK/initrd.cpio.gz" -append "$append"
           -display none -monitor none -serial "file:$console" -no-reboot)
     log "$cfg: booting (timeout ${TIMEOUT}s): ${qemu[*]}"
@@ -121,6 +136,6 @@ for cfg in "${CONFIGS[@]}"; do
     # record the command as a user would type it (paths to the build dir abbreviated)
     shown="${qemu[*]}"
     shown=${shown//$WORK\//}
-    "$PY" "$HERE/extract.py" "$console" "$dest" --config "$cfg" --qemu-cmd "$shown" --cpu "$QEMU_CPU" || { status=1; continue; }
+    "$PY" "$HERE/extract.py" "$console" "$dest" --config "$cfg" --qemu-cmd "$shown" --cpu "$cpu_model" || { status=1; continue; }
 done
 exit $status

@@ -166,6 +166,9 @@ def switches_for(
     elif "pti" in cmd and cmd["pti"].value in ("on", "auto"):
         pti_v = str(cmd["pti"].value)
         facts["pti_mode"] = cmd["pti"]
+    elif not isolating:
+        pti_v = "on"  # unused: the model is nopti
+        facts["pti_mode"] = Fact("pti_mode", "off", "modelled as nopti: the dump shows no isolation", "dump")
     else:
         # no global image: pti=on gives the same tables as pti=auto with PCID; on AMD only pti=on isolates
         pti_v = "auto" if global_image else "on"
