@@ -71,3 +71,54 @@ def test_every_subcommand_has_help() -> None:
     for name in ("demo", "walk"):
         sub = runner.invoke(app, [name, "--help"])
         assert sub.exit_code == 0 and "Usage" in sub.output
+
+
+@pytest.mark.parametrize("address", ["0x0000800000000000", "0xffff7fffffffffff", "0x00ff000000000000"])
+def test_non_canonical_address_is_an_input_error(address: str) -> None:
+    """No #GP 'result' with exit 0: the CPU raises #GP before any walk (SDM Vol. 3A §3.3.7.1)."""
+    proc = run("walk", address)
+    assert proc.returncode == 2
+    assert "not canonical" in proc.stderr and address.lower() in proc.stderr.lower()
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_4_level_non_canonical_address_is_canonical_with_la57() -> None:
+    result = runner.invoke(app, ["walk", "0x0000800000000000", "--la57", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["vector"] == 14  # walked: not present in the sample space
+
+
+def test_variant_walk_agrees_with_the_dump_of_the_same_boot() -> None:
+    """Every present range of `kaiser dump -v linux` (user tables) starts a successful kernel-mode
+    walk of the user PGD; the direct map, absent from the user tables, is present in the kernel
+    PGD (PTI), and the walk names the PGD it used."""
+    from kaiser.linux.ptdump import parse_ptdump, range_lines
+
+    dump = runner.invoke(app, ["dump", "--variant", "linux", "--seed", "7"]).output
+    present = [r for r in range_lines(parse_ptdump(dump)) if r.present and r.start >= 1 << 63]
+    for line in present[:: max(1, len(present) // 3)]:
+        args = ["walk", hex(line.start), "-v", "linux", "--seed", "7", "--pgd", "user", "--no-smap", "--json"]
+        data = json.loads(runner.invoke(app, args).output)
+        assert data["ok"] is True, (hex(line.start), data)
+        assert "user PGD" in data["space"]
+    kernel = runner.invoke(app, ["dump", "--variant", "linux", "--seed", "7", "--table", "current_kernel"]).output
+    direct = next(r for r in range_lines(parse_ptdump(kernel)) if r.present and r.section == "Low Kernel Mapping")
+    base = ["walk", hex(direct.start), "-v", "linux", "--seed", "7", "--json"]
+    assert json.loads(runner.invoke(app, [*base, "--pgd", "kernel"]).output)["ok"] is True
+    user = json.loads(runner.invoke(app, [*base, "--pgd", "user"]).output)
+    assert user["ok"] is False and user["error_code"] & 1 == 0  # not present (P=0 in the error code)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["walk", "0x1000", "--pgd", "user"], "--pgd needs --variant"),
+        (["walk", "0x1000", "-v", "linux", "--pgd", "both"], "--pgd 'both'"),
+        (["walk", "0x1000", "-v", "nopti", "--pgd", "user"], "has no user PGD"),
+        (["walk", "0x1000", "-v", "bogus"], "--variant"),
+    ],
+)
+def test_bad_walk_options_are_one_line_errors(args: list[str], needle: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert needle in result.output and len(result.output.strip().splitlines()) == 1

@@ -35,7 +35,7 @@ def diff_json(d: DumpDiff) -> dict[str, object]:
                     {
                         "kind": c.kind,
                         "start": f"0x{c.start:016x}",
-                        "end": f"0x{c.end & ((1 << 64) - 1):016x}",
+                        "end": f"{c.end:#018x}",  # exclusive: 0x10000000000000000 at the top
                         "size": c.size,
                         "before": c.before or None,
                         "after": c.after or None,

@@ -71,7 +71,7 @@ def _line_json(line: RangeLine) -> dict[str, object]:
     return {
         "section": line.section,
         "start": f"0x{line.start:016x}",
-        "end": f"0x{line.end & ((1 << 64) - 1):016x}",
+        "end": f"{line.end:#018x}",  # exclusive: 0x10000000000000000 at the top (Linux prints 0)
         "size": line.size,
         "present": line.present,
         "flags": sorted(line.flags),
