@@ -211,7 +211,7 @@ def write_job(
         if kernel:
             refs = _refs(run, layout, phys)
             kind, name, nr, switched = _classify(names, run["a"][run_op == OP_FETCH], syscalls)
-            if kind == "syscall":
+            if kind == "syscall" and name != "unknown":
                 used[name] = nr
             named = np.isin(refs["region"], [REGIONS.index(r) for r in NAMED_REGIONS])
             pages.update(np.unique(refs["vaddr"][named] >> np.uint64(PAGE_4K)).tolist())
