@@ -132,7 +132,7 @@ def list_command(json: Annotated[bool, typer.Option("--json", help="JSON on stdo
     if json:
         emit_json(rows)
         return
-    cols = [Col("name"), Col("kernel"), Col("pti"), Col("workload"), Col("calls", justify="right"),
+    cols = [Col("name"), Col("kernel", drop=1), Col("pti"), Col("workload"), Col("calls", justify="right"),
             Col("bytes", justify="right")]  # fmt: skip
     print_table(
         cols,
@@ -171,6 +171,11 @@ USER_SHORT = {
 }
 
 
+def _use(how: str) -> str:
+    """code+load+store as x, r, w (the JSON keeps the words)."""
+    return "".join(c for w, c in (("code", "x"), ("load", "r"), ("store", "w")) if w in how.split("+"))
+
+
 def _num(v: int | float) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:,.1f}"
 
@@ -191,7 +196,8 @@ def info_command(
         return
     pti = "pti=on" if data["pti"] else "nopti"
     console.print(
-        f"{data['file']}: {data['kernel_release']} {pti}, workload {data['workload']} ({data['calls']} calls)",
+        f"{Path(data['file']).name}: {data['kernel_release']} {pti}, workload {data['workload']} "
+        f"({data['calls']} calls)",
         highlight=False,
         soft_wrap=True,
     )
@@ -211,10 +217,16 @@ def info_command(
     if symbols:
         for k, v in data["transitions"].items():
             prow = [
-                [f"{p['page']:#018x}", p["region"], p["use"], str(p["refs"]), ", ".join(p["symbols"]) or "-"]
+                [f"{p['page']:#018x}", p["region"], _use(p["use"]), str(p["refs"]), ", ".join(p["symbols"]) or "-"]
                 for p in v.get("pages", [])
             ]
-            pcols = [Col("page"), Col("region"), Col("use"), Col("refs", justify="right"), Col("on it", whole=False)]
+            pcols = [
+                Col("page"),
+                Col("region"),
+                Col("xrw", drop=2),  # fetched, read, written
+                Col("refs", justify="right", drop=1),
+                Col("on it", whole=False),
+            ]
             print_table(pcols, prow, title=f"{k}: the pages of a typical call")
     sys.stdout.flush()
 
