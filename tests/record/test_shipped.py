@@ -112,3 +112,12 @@ def test_list_names_every_shipped_file() -> None:
     assert {r["name"] for r in json.loads(res.stdout)} == {p.name for p in SHIPPED_FILES}
     text = runner.invoke(app, ["recording", "list"], env={"COLUMNS": "80"})
     assert text.exit_code == 0 and all(len(line) <= 80 for line in text.stdout.splitlines())
+
+
+def test_info_text_fits_80_columns() -> None:
+    for name in (shipped_name("6.1", True, "getppid"), shipped_name("6.12", False, "pipe")):
+        res = runner.invoke(app, ["recording", "info", name, "--symbols"], env={"COLUMNS": "80"})
+        assert res.exit_code == 0, res.output
+        long = [line for line in res.stdout.splitlines() if len(line.rstrip()) > 80]
+        assert not long, long[:3]
+        assert "entry_text" in res.stdout and "cpu_entry_area" in res.stdout
