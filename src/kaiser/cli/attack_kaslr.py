@@ -90,8 +90,10 @@ def kaslr_command(
     cpus: CpusOption = 2,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Find the randomized kernel bases (text, direct map, vmalloc, vmemmap) from user mode by
-    timing prefetches (or faulting loads) after system calls; score the guesses per layout.
+    """Find the randomized kernel bases from user mode by TLB timing; score the guesses per layout.
+
+    The bases: kernel text, direct map, vmalloc and vmemmap; the probe times prefetches (or
+    faulting loads) after system calls.
 
     Exit status 1 when the attacker finds a base of an isolating variant (nopti is expected to
     give them all away), else 0."""

@@ -202,9 +202,11 @@ def compare_command(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Where our model and a real kernel differ, region by region. The model is booted as the dump
-    shows the machine (each switch printed with the line that shows it); what a dump cannot tell
-    comes from the options, meta.json beside the dump, or is printed as assumed."""
+    """Where our model and a real kernel differ, region by region.
+
+    The model is booted as the dump shows the machine (each switch printed with the line that shows
+    it); what a dump cannot tell comes from the options, meta.json beside the dump, or is printed as
+    assumed."""
     records = parse_ptdump_file(real_dump)
     gaps = dump_gaps(records)
     if gaps:  # the model's dump is whole: an excerpt would differ everywhere it stops

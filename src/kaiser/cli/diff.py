@@ -86,8 +86,9 @@ def diff_command(
     b: Annotated[Path, typer.Argument(help="The second ptdump (after).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List, region by region, what appeared, vanished or changed rights between two ptdumps
-    (exit 0 when equal, 1 when they differ, 2 for bad input)."""
+    """List, region by region, what appeared, vanished or changed rights between two ptdumps.
+
+    Exit status 0 when they are equal, 1 when they differ, 2 for bad input."""
     result = diff_dumps(parse_ptdump_file(a), parse_ptdump_file(b), a_name=str(a), b_name=str(b))
     if json_out:
         emit_json(diff_json(result))

@@ -80,9 +80,10 @@ def run_command(
     vsyscall: VsyscallOption = "emulate",
     json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
 ) -> None:
-    """Run a small real kernel (SYSCALL entry/exit switching CR3 as the variant does) and a user
-    program on Unicorn over the model's page tables: system calls, a user load of kernel memory,
-    and the CR3 values written."""
+    """Run a small real kernel and a user program on Unicorn over the model's page tables.
+
+    The kernel's SYSCALL entry and exit switch CR3 as the variant does; the report shows the system
+    calls, a user load of kernel memory, and the CR3 values written."""
     from kaiser.realcode import BuildError, run_names, run_variant  # Unicorn: loaded when run
 
     try:

@@ -98,8 +98,10 @@ def walk_command(
     ac: Annotated[bool, typer.Option(help="Set RFLAGS.AC (lets the kernel touch user pages under SMAP).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Translate ADDRESS, showing each paging entry: on the sample space, or with --variant on a
-    booted kernel's user or kernel PGD."""
+    """Translate ADDRESS, showing each paging entry (sample space, or a booted kernel's PGD).
+
+    Without --variant: the built-in sample address space. With --variant: that variant's booted
+    kernel (as kaiser dump boots it), through the user or the kernel PGD (--pgd)."""
     va = parse_int(address, "address")
     try:
         access = Op(op)
