@@ -45,7 +45,9 @@ def test_garbled_recording(tmp_path: Path) -> None:
     raw[14 + header_len] = ord("Z")  # the first record's tag
     bad = tmp_path / "garbled.krec"
     bad.write_bytes(lzma.compress(bytes(raw), format=lzma.FORMAT_XZ))
-    one_line_error(kaiser("recording", "info", str(bad), "--json"), f"byte {14 + header_len}", "record tag")
+    res = CliRunner().invoke(app, ["recording", "info", str(bad), "--json"])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert f"byte {14 + header_len}" in res.stderr and "record tag" in res.stderr
 
 
 def test_not_a_recording(tmp_path: Path) -> None:
@@ -78,7 +80,9 @@ def test_record_refuses_bad_options(args: list[str], needle: str) -> None:
 
 
 def test_record_refuses_a_missing_program(tmp_path: Path) -> None:
-    one_line_error(kaiser("record", "--", str(tmp_path / "absent")), "PROGRAM", "no such file")
+    res = CliRunner().invoke(app, ["record", "--", str(tmp_path / "absent")])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert "PROGRAM" in res.stderr and "no such file" in res.stderr
 
 
 @pytest.mark.slow

@@ -94,6 +94,8 @@ def record_command(
             [(job, dest_file)], kernel=kernel, pti=pti_on, kaslr=kaslr, phys=phys, program=exe,
             timeout=timeout, say=_say, keep=keep,
         )  # fmt: skip
+    except InputError as exc:  # PROGRAM: not a readable regular file
+        fail(str(exc))
     except ERRORS as exc:
         fail(str(exc), code=1)
     except ToolsMissing as exc:  # what to install, and the command that would
