@@ -54,8 +54,10 @@ def record_command(
     timeout: Annotated[float, typer.Option(help="seconds one QEMU boot may take")] = 900.0,
     keep: Annotated[Path | None, typer.Option(help="keep the raw plugin log, console and info channel here")] = None,
 ) -> None:
-    """Record a real kernel: Debian's own, booted under QEMU (TCG) with kaiser's plugin, running a
-    workload between markers. Installs what it needs (as root) or names the command."""
+    """Record a real kernel (Debian's own, under QEMU TCG with kaiser's plugin) running a workload.
+
+    Every instruction fetch and data reference between the workload's two markers is written to
+    the recording. Installs what it needs (as root) or names the command."""
     if pti not in ("on", "off"):
         fail(f"--pti {pti!r}: use on or off")
     if kernel not in KERNELS:
@@ -238,9 +240,10 @@ def check_command(
     file: Annotated[str, typer.Argument(help="a pti=on recording, or the name of a shipped one")],
     json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
 ) -> None:
-    """The recording checks the model: CR3 writes and what runs under the user CR3, per syscall,
-    against linux/entry.py's `linux --no-pcid`. Exit 1 on a difference no documented kernel
-    behaviour explains."""
+    """Check the model against a recording: CR3 writes and what runs under the user CR3, per syscall.
+
+    The model side is linux/entry.py's `linux --no-pcid`. Exit 1 on a difference no documented
+    kernel behaviour explains."""
     from kaiser.record.check import check_recording
 
     path = _resolve(file)
