@@ -133,7 +133,7 @@ def fill(
     return evicted
 
 
-@_jit
+@_inline
 def fill_llc(
     CT: np.ndarray, CS: np.ndarray, CP: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, line: int
 ) -> None:
@@ -148,7 +148,7 @@ def fill_llc(
                 C[C_LLC_BACK_INVALIDATIONS] += 1
 
 
-@_jit
+@_inline
 def fill_l2(
     CT: np.ndarray, CS: np.ndarray, CP: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, line: int, pf: int
 ) -> None:
@@ -158,7 +158,7 @@ def fill_l2(
         fill_llc(CT, CS, CP, CD, CH, C, evicted)
 
 
-@_jit
+@_inline
 def llc_read(
     CT: np.ndarray,
     CS: np.ndarray,
