@@ -9,6 +9,7 @@ real trace, end to end from the file.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,14 +19,15 @@ from kaiser.cli.bench_engine import engine_command
 from kaiser.cli.bench_replay import replay_bench_command
 from kaiser.cli.options import choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, fail, print_table, progress_bar
-from kaiser.cost.params import CACHE_SOURCES, SKYLAKE, SOURCES, for_caches
+from kaiser.cost.machines import MACHINES, get_machine
+from kaiser.cost.params import CACHE_SOURCES, SKYLAKE, SOURCES, CostParams, for_caches
 from kaiser.cost.run import BASELINE, Comparison, compare, default_path
 from kaiser.cost.workloads import WORKLOADS, WorkloadError, get_workload
 from kaiser.linux.entry import UnknownSyscall
 from kaiser.linux.memory import frames_kib, measure
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 from kaiser.report.draw import SWEEP_WORK, RateCurve, pyplot, rate_figure
-from kaiser.x86.cache_geometry import HIERARCHIES, get_hierarchy
+from kaiser.x86.cache_geometry import HIERARCHIES, CacheHierarchy, get_hierarchy
 
 bench_app = typer.Typer(
     help="Price isolation: TLB misses, walks, CR3 writes and cycles per variant (default), page-table memory.",
@@ -115,14 +117,15 @@ def run_bench(
     warmup: int,
     path: str | None,
     show_progress: bool = True,
-    caches: str | None = None,
+    caches: CacheHierarchy | None = None,
+    params: CostParams = SKYLAKE,
 ) -> list[Comparison]:
     """Every chosen variant at every PCID setting, with nopti baselines, behind a progress bar;
-    `caches`: a cache hierarchy name (kaiser.x86.cache_geometry), None for none."""
+    `caches`: the data caches (None: none), priced with `params`."""
     total = len(pcids) * (1 + len([v for v in variants if v != BASELINE]))
-    kw: dict[str, Any] = {"iterations": iterations, "warmup": warmup, "path": path}
+    kw: dict[str, Any] = {"iterations": iterations, "warmup": warmup, "path": path, "params": params}
     if caches is not None:
-        kw["caches"] = get_hierarchy(caches)
+        kw["caches"] = caches
     with progress_bar(disable=not show_progress) as bar:
         task = bar.add_task("replaying", total=total)
         state = {"n": 0}
@@ -246,6 +249,8 @@ def plot_overhead(rows: list[Comparison], path: Path, title: str) -> None:
     ]
     if not curves:
         fail(f"--plot {path}: the workload makes no system calls, so there is no rate to plot against")
+    if not any(y > 0 for c in curves for y in c.overheads):
+        fail(f"--plot {path}: no variant costs more than nopti here, so there is no overhead to plot")
     fig = rate_figure(
         curves,
         "Cost of kernel page-table isolation vs system-call rate",
@@ -297,6 +302,14 @@ def bench_callback(
             help=f"Data caches: {', '.join(HIERARCHIES)} (default: none, every reference an L1D hit).",
         ),
     ] = None,
+    machine: Annotated[
+        str | None,
+        typer.Option(
+            "--machine",
+            callback=choice(*MACHINES),
+            help=f"A known setup (caches, clock; docs/cost.md): {', '.join(MACHINES)}.",
+        ),
+    ] = None,
 ) -> None:
     """Replay a workload on each variant, price it, and compare with nopti at the same work."""
     if ctx.invoked_subcommand is not None:
@@ -319,10 +332,14 @@ def bench_callback(
     pcids = (True, False) if pcid is None else (pcid,)
     if plot is not None:
         pcids = (True, False)
+    m = get_machine(machine) if machine else None
+    base = SKYLAKE.with_overrides(clock_ghz=m.clock_ghz) if m else SKYLAKE
+    hierarchy = get_hierarchy(caches) if caches else (m.caches if m else None)
+    params = for_caches(base, caches) if caches else (m.params() if m else SKYLAKE)
+    caches = hierarchy.name if hierarchy else None
     rows = run_bench(
-        names, workload, pcids, settings, iterations, warmup, path, show_progress=not json_out, caches=caches
-    )
-    params = for_caches(SKYLAKE, caches) if caches else SKYLAKE
+        names, workload, pcids, settings, iterations, warmup, path, not json_out, hierarchy, params
+    )  # fmt: skip
     title = f"{workload}: {wl.describe(knobs)}"
     if plot is not None:
         plot_overhead(rows, plot, f"{workload}: {wl.describe(knobs).replace(' work=0.0', '')}")
@@ -337,7 +354,10 @@ def bench_callback(
                 "params": params.as_dict(),
                 "param_sources": SOURCES,
                 "caches": caches,
-                "cache_sources": CACHE_SOURCES[caches] if caches else None,
+                "cache_sources": CACHE_SOURCES.get(m.latencies if m and not caches_opt else caches or "")
+                if caches
+                else None,
+                "machine": dataclasses.asdict(m) | {"caches": m.caches.name} if m else None,
                 "baselines": {("pcid" if r.baseline.pcid else "nopcid"): r.baseline.as_dict() for r in rows},
                 "runs": [r.as_dict() for r in rows],
                 "plot": str(plot) if plot else None,
@@ -352,6 +372,11 @@ def bench_callback(
         f"cycles from kaiser.cost.params at {params.clock_ghz:g} GHz (docs/cost.md); "
         + (f"caches: {caches}." if caches else "no data caches (every reference an L1D hit).")
     )
+    if m:
+        console.print(
+            f"machine {m.name}: {m.what}; {m.clock_ghz:g} GHz, caches {caches}, THP {m.thp} (not applied yet)"
+            + (f"; a {m.guest} guest: not modelled, walks are native" if m.guest else "")
+        )
     if plot is not None:
         console.print(f"plot written to {plot}")
 

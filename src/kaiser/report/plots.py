@@ -240,10 +240,9 @@ def _common_prefix(values: list[str]) -> str:
     return prefix[: cut + 1] if cut >= 0 else ""
 
 
-def overhead_vs_knob(res: Results, knob: str) -> Figure | None:
-    """Sweep: overhead against one swept knob, in each workload where that knob varies, every
-    other varying setting at its base value, mean over seeds (whiskers: min..max); below it, each
-    variant's overhead over linux's, so lines drawn on top of each other above come apart."""
+def knob_panels(res: Results, knob: str) -> list[tuple[str, list[Row], list[Row]]]:
+    """(workload, its rows, the isolating rows at the base setting of everything but `knob`) for
+    each workload in which `knob` takes more than one value there."""
     panels = []
     for wl, rows in _workload_rows(res):
         if knob not in varying(rows, res.config_keys):
@@ -252,6 +251,14 @@ def overhead_vs_knob(res: Results, knob: str) -> Figure | None:
         sub = [r for r in sub if r.variant != BASELINE]
         if len({r.config.get(knob, "") for r in sub}) > 1:
             panels.append((wl, rows, sub))
+    return panels
+
+
+def overhead_vs_knob(res: Results, knob: str) -> Figure | None:
+    """Sweep: overhead against one swept knob, in each workload where that knob varies, every
+    other varying setting at its base value, mean over seeds (whiskers: min..max); below it, each
+    variant's overhead over linux's, so lines drawn on top of each other above come apart."""
+    panels = knob_panels(res, knob)
     if not panels:
         return None
     plt = _pyplot()
