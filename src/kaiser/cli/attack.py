@@ -191,7 +191,7 @@ def meltdown_command(
                     )
                 )
             except AttackError as exc:
-                fail(str(exc))
+                fail(f"--target {target}: {exc}" if target is not None else str(exc))
     leaks = meltdown_leaks(results)
     if json_out:
         data = [r.as_dict() for r in results]

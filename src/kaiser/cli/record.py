@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from kaiser.cli.options import choice, output_dir, output_file
 from kaiser.cli.output import Col, console, emit_json, err_console, fail, print_table
 from kaiser.inputs import InputError, check_input
 from kaiser.record.boot import Job
@@ -31,6 +32,13 @@ recording_app = typer.Typer(
 )
 
 
+# CHOSEN bounds: a recording of a million calls is gigabytes of references (docs/recording.md);
+# 2^20 loads per call is a 8 MiB working set per call; one boot under TCG takes minutes, not a day.
+CALLS_MAX = 1_000_000
+LOADS_MAX = 1 << 20
+TIMEOUT_MAX = 86_400.0
+
+
 def _say(line: str) -> None:
     err_console.print(line, highlight=False, soft_wrap=True)
 
@@ -39,20 +47,34 @@ def record_command(
     program: Annotated[
         list[str] | None, typer.Argument(help="after --: a static x86-64 program and its arguments to record")
     ] = None,
-    workload: Annotated[str, typer.Option("--workload", "-w", help=f"one of: {', '.join(WORKLOADS)}")] = "getppid",
-    kernel: Annotated[str, typer.Option(help=f"Debian's kernel series: {' or '.join(KERNELS)}")] = "6.1",
-    pti: Annotated[str, typer.Option(help="on (pti=on) or off (nopti)")] = "on",
+    workload: Annotated[
+        str, typer.Option("--workload", "-w", callback=choice(*WORKLOADS), help=f"one of: {', '.join(WORKLOADS)}")
+    ] = "getppid",
+    kernel: Annotated[
+        str, typer.Option(callback=choice(*KERNELS), help=f"Debian's kernel series: {' or '.join(KERNELS)}")
+    ] = "6.1",
+    pti: Annotated[str, typer.Option(callback=choice("on", "off"), help="on (pti=on) or off (nopti)")] = "on",
     kaslr: Annotated[bool, typer.Option("--kaslr/--no-kaslr", help="boot with KASLR (default: nokaslr)")] = False,
-    calls: Annotated[int | None, typer.Option(help="calls of the workload (default: its shipped count)")] = None,
-    loads: Annotated[int | None, typer.Option(help="s1bench: loads per call")] = None,
-    out: Annotated[Path | None, typer.Option(help="the recording to write (default: KERNEL-PTI-WORKLOAD.krec)")] = None,
+    calls: Annotated[
+        int | None, typer.Option(min=1, max=CALLS_MAX, help="calls of the workload (default: its shipped count)")
+    ] = None,
+    loads: Annotated[int | None, typer.Option(min=1, max=LOADS_MAX, help="s1bench: loads per call")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(parser=output_file, help="the recording to write (default: KERNEL-PTI-WORKLOAD.krec)"),
+    ] = None,
     phys: Annotated[bool, typer.Option("--phys", help="also log each data reference's physical address")] = False,
     all_: Annotated[
         bool, typer.Option("--all", help="regenerate the shipped recordings: every workload, 6.1 and 6.12, pti on/off")
     ] = False,
-    out_dir: Annotated[Path | None, typer.Option(help="--all: where to write (default: the package's data)")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds one QEMU boot may take")] = 900.0,
-    keep: Annotated[Path | None, typer.Option(help="keep the raw plugin log, console and info channel here")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(parser=output_dir, help="--all: where to write (default: the package's data)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=1.0, max=TIMEOUT_MAX, help="seconds one QEMU boot may take")] = 900.0,
+    keep: Annotated[
+        Path | None,
+        typer.Option(parser=output_dir, help="keep the raw plugin log, console and info channel here"),
+    ] = None,
 ) -> None:
     """Record a real kernel (Debian's own, under QEMU TCG with kaiser's plugin) running a workload.
 

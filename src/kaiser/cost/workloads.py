@@ -225,7 +225,8 @@ class Workload:
             knob = by_name.get(key)
             if knob is None:
                 raise WorkloadError(
-                    f"workload {self.name!r} has no knob {key!r}; valid keys: {', '.join(self.knob_names())}"
+                    f"--set {key}={text}: workload {self.name!r} has no knob {key!r}; "
+                    f"valid keys: {', '.join(self.knob_names())}"
                 )
             try:
                 values[key] = knob.parse(text)
