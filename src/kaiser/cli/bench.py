@@ -332,10 +332,11 @@ def bench_callback(
     pcids = (True, False) if pcid is None else (pcid,)
     if plot is not None:
         pcids = (True, False)
-    m = get_machine(machine) if machine else None
+    m = get_machine(machine) if machine else None  # an explicit --caches wins over the machine's
     base = SKYLAKE.with_overrides(clock_ghz=m.clock_ghz) if m else SKYLAKE
     hierarchy = get_hierarchy(caches) if caches else (m.caches if m else None)
     params = for_caches(base, caches) if caches else (m.params() if m else SKYLAKE)
+    latencies = caches or (m.latencies if m else None)
     caches = hierarchy.name if hierarchy else None
     rows = run_bench(
         names, workload, pcids, settings, iterations, warmup, path, not json_out, hierarchy, params
@@ -354,9 +355,7 @@ def bench_callback(
                 "params": params.as_dict(),
                 "param_sources": SOURCES,
                 "caches": caches,
-                "cache_sources": CACHE_SOURCES.get(m.latencies if m and not caches_opt else caches or "")
-                if caches
-                else None,
+                "cache_sources": CACHE_SOURCES[latencies] if latencies else None,
                 "machine": dataclasses.asdict(m) | {"caches": m.caches.name} if m else None,
                 "baselines": {("pcid" if r.baseline.pcid else "nopcid"): r.baseline.as_dict() for r in rows},
                 "runs": [r.as_dict() for r in rows],

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kaiser.cost.model import Cycles, overhead_percent, price, rate_per_second
-from kaiser.cost.params import SKYLAKE, CostParams, for_caches
+from kaiser.cost.params import SKYLAKE, CostParams
 from kaiser.cost.workloads import Workload, get_workload
 from kaiser.linux.entry import EntryModel, OpCounts
 from kaiser.linux.kernel import Kernel, KernelConfig
@@ -131,8 +131,8 @@ def run(
     caches: CacheHierarchy | None = None,
 ) -> RunResult:
     """Boot, compile, replay, price. `variant` may be a registry name or a `Variant` object.
-    With `caches`, references are priced by the cache level that served them, at that
-    hierarchy's latencies (`kaiser.cost.params.for_caches`)."""
+    With `caches`, references are priced by the cache level that served them, at the latencies
+    in `params` (the caller picks them: `kaiser.cost.params.for_caches`, or a machine's)."""
     wl = get_workload(workload) if isinstance(workload, str) else workload
     knobs = wl.resolve(settings)
     name = variant if isinstance(variant, str) else variant.name
@@ -152,8 +152,6 @@ def run(
     features = CpuFeatures(maxphyaddr=kernel.mem.maxphyaddr)
     path = path or default_path()
     replay = make_replayer(kernel.mem, em.initial_state(), features, geometry, path, caches)
-    if caches is not None:
-        params = for_caches(params, caches.name)
     if len(warm_events):
         replay(warm_events)
     counters = replay(events)
