@@ -17,28 +17,31 @@ from dataclasses import asdict, dataclass, fields, replace
 # Source of every parameter, for tables (docs/cost.md, `kaiser bench --json`).
 SOURCES: dict[str, str] = {
     "clock_ghz": "CHOSEN: nominal clock to turn cycles into seconds (Skylake-class desktop/server parts run ~3 GHz)",
-    "mem_ref": "CITED: L1D load latency 4 cycles, Intel Optimization Manual (perf.md §1); the model has no data "
+    "mem_ref": "CITED: L1D load latency 4 cycles, Intel Optimization Manual 248966 (Skylake); the model has no data "
     "caches, so every reference is priced as an L1D hit, in every variant alike",
-    "stlb_hit": "CITED: 9 cycles, pmu-tools Mem_STLB_Hit_Cost for SKL/SKX (perf.md §1)",
-    "walk_base": "CITED: ~9-10 cycles for a walk with hot paging-structure caches, i.e. one load (perf.md §1); "
+    "stlb_hit": "CITED: 9 cycles, pmu-tools (andikleen/pmu-tools) Mem_STLB_Hit_Cost for SKL/SKX",
+    "walk_base": "CITED: ~9-10 cycles for a walk with hot paging-structure caches, i.e. one load (PMU walk "
+    "counts of a published KPTI microbenchmark); "
     "10 taken",
-    "walk_load_extra": "CITED+derived: Sniper's 30-cycle cold walk (perf.md §1) = 10 + 3 extra loads x ~7 cycles",
-    "cr3_write_noflush": "FIT: Garloff getppid() 140 -> 580 cycles with PTI+PCID (perf.md §3) on linux-4.15, "
+    "walk_load_extra": "CITED+derived: Sniper's 30-cycle cold walk (its Skylake configuration) = 10 + 3 extra "
+    "loads x ~7 cycles",
+    "cr3_write_noflush": "FIT: getppid() 140 -> 580 cycles with PTI+PCID (K. Garloff, 'KPTI/IBRS/Retpoline "
+    "Microbenchmarks') on linux-4.15, "
     "two NOFLUSH writes per "
-    "call; consistent with pti.rst 'on the order of a hundred cycles' (perf.md §2)",
-    "cr3_write_flush": "FIT: Garloff getppid() 900 cycles with PTI, no PCID (perf.md §3), after the modelled refill "
+    "call; consistent with Documentation/x86/pti.rst: 'on the order of a hundred cycles'",
+    "cr3_write_flush": "FIT: Garloff's getppid() 900 cycles with PTI, no PCID, after the modelled refill "
     "walks are charged; the flushing write itself",
-    "invlpg": "CITED: ~200 cycles, D. Hansen, linux-mm 5 Dec 2017 (perf.md §2)",
+    "invlpg": "CITED: ~200 cycles, D. Hansen, linux-mm 5 Dec 2017, 'INVPCID vs. deferred CR3 write'",
     "invpcid": "CITED: INVLPG+INVPCID ~550 cycles, so ~350 for the INVPCID (same source)",
     "cr4_write": "CHOSEN: a CR4.PGE toggle (global flush fallback) priced like a flushing CR3 write",
     "syscall_sysret": "FIT with mem_ref: SYSCALL+SYSRET and the entry/exit instructions the model does not "
-    "list, so that nopti getppid() costs Garloff's 140 cycles (perf.md §3)",
+    "list, so that nopti getppid() costs Garloff's 140 cycles",
     "swapgs": "CHOSEN: two per kernel entry from user; part of every variant's baseline",
-    "interrupt_entry_exit": "CHOSEN: IDT delivery + IRETQ, no figure in the facts; same in every variant",
-    "page_fault": "CHOSEN: #PF handler work besides its memory references (allocation, zeroing a page); no figure "
-    "in the facts; same in every variant",
-    "context_switch": "CHOSEN: schedule()/__switch_to work besides memory references and CR3; no figure in the "
-    "facts; same in every variant",
+    "interrupt_entry_exit": "CHOSEN: IDT delivery + IRETQ, no published figure found; same in every variant",
+    "page_fault": "CHOSEN: #PF handler work besides its memory references (allocation, zeroing a page); no published "
+    "figure found; same in every variant",
+    "context_switch": "CHOSEN: schedule()/__switch_to work besides memory references and CR3; no published figure "
+    "found; same in every variant",
     # Used only with a cache hierarchy (`kaiser bench --caches NAME`); then `mem_ref` and
     # `walk_load_extra` are not used: every reference and every walk load costs the latency of
     # the level that served it. Values per hierarchy: CACHE_LATENCIES.
@@ -60,7 +63,7 @@ CACHE_LATENCIES: dict[str, dict[str, float]] = {
     "sapphire-rapids": {"l1_hit": 5, "l2_hit": 16, "llc_hit": 100, "dram_latency": 330},
 }
 CACHE_SOURCES: dict[str, str] = {
-    "skylake-client": "CITED: L1D/L2/L3 4/12/44 cycles, Intel Optimization Manual (perf.md §1); DRAM [u] "
+    "skylake-client": "CITED: L1D/L2/L3 4/12/44 cycles, Intel Optimization Manual 248966 (Skylake); DRAM [u] "
     "7-cpu.com 'Intel Skylake' (i7-6700): 42 cycles + 51 ns, i.e. 195 cycles at 3 GHz",
     "skylake-sp": "CITED: L1D 4, L2 14 cycles, Intel Optimization Manual 248966, Skylake Server chapter (AnandTech's "
     "Skylake-X review measured 11-13); LLC 77 cycles, AnandTech 'The Intel Skylake-X Review' (2017); DRAM [u] "
