@@ -77,6 +77,7 @@ from kaiser.linux.ptdump import (
 )
 from kaiser.linux.variants import VARIANTS, get_variant
 from kaiser.x86.bits import PTE, entry_phys
+from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.pagetable import PageTable
 
 PAGE_SIZE: Final = 4096
@@ -188,6 +189,7 @@ assert set(_POLICY_TABLE) | {"nopti"} == set(VARIANTS), "every variant needs an 
 
 
 # ---- results ---------------------------------------------------------------------------------
+@hex_fields("start", "end")
 @dataclass(frozen=True)
 class Mapping:
     """One present kernel-half range of the user view, classified."""
@@ -205,7 +207,12 @@ class Mapping:
     def flag_text(self) -> str:
         return flag_text(self.flags)
 
+    def describe(self) -> str:
+        status = "allowed" if self.allowed else "NOT ALLOWED"
+        return f"0x{self.start:016x}-0x{self.end:016x} {self.flag_text} {self.level}: {self.klass}, {status}"
 
+
+@hex_fields("start", "end")
 @dataclass(frozen=True)
 class Finding:
     """Something the audit calls out. `breaks_policy` decides the exit status."""
@@ -217,7 +224,12 @@ class Finding:
     message: str
     breaks_policy: bool = True
 
+    def describe(self) -> str:
+        verdict = "breaks the policy" if self.breaks_policy else "noted"
+        return f"{self.kind} at 0x{self.start:016x}-0x{self.end:016x} ({self.klass}, {verdict}): {self.message}"
 
+
+@hex_fields("start", "end")
 @dataclass(frozen=True)
 class DiffEntry:
     """A range where the user and kernel tables differ (flags as ptdump prints them + level)."""
@@ -229,7 +241,14 @@ class DiffEntry:
     kernel: str
     user: str
 
+    def describe(self) -> str:
+        return (
+            f"{self.kind} at 0x{self.start:016x}-0x{self.end:016x} ({self.region}): "
+            f"kernel tables {self.kernel or '-'}, user tables {self.user or '-'}"
+        )
 
+
+@hex_fields("left_out", "nx_only")
 @dataclass(frozen=True)
 class TableDiff:
     """User vs kernel tables of one process."""
@@ -239,6 +258,7 @@ class TableDiff:
     nx_only: tuple[int, int]  # user-half (ranges, bytes) differing only by the kernel copy's NX (§3.2)
 
 
+@hex_fields("regions", "gaps")
 @dataclass(frozen=True)
 class AuditReport:
     source: str
@@ -261,6 +281,14 @@ class AuditReport:
     @property
     def exit_status(self) -> int:
         return 1 if self.violations else 0
+
+    def describe(self) -> str:
+        n = len(self.violations)
+        verdict = f"FAIL, {n} finding(s) break the policy" if n else "PASS"
+        return (
+            f"{self.view} ({self.source}), policy {self.policy.variant}: {len(self.mappings)} kernel-half "
+            f"range(s), {len(self.findings)} finding(s): {verdict}"
+        )
 
 
 def flag_text(flags: Iterable[str]) -> str:

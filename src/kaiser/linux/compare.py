@@ -24,7 +24,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,6 +53,7 @@ from kaiser.linux.layout import (
 from kaiser.linux.mm import Prot
 from kaiser.linux.ptdump import MarkerLine, Record, parse_ptdump, ptdump, size_parts
 from kaiser.linux.variants import get_variant
+from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.physmem import PhysMemError
 
 MiB: Final = 1 << 20
@@ -407,6 +408,7 @@ def model_text(kernel: Kernel, task: Task, table: str) -> str:
 
 
 # ---- per-class summaries ---------------------------------------------------------------------
+@hex_fields("ranges")
 @dataclass(frozen=True)
 class ClassSummary:
     """The present kernel-half ranges of one class in one dump."""
@@ -574,6 +576,8 @@ def reach_rule(kind: str, *, user_view: bool, isolating: bool) -> str:
 # ---- the comparison --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Difference:
+    """One class/kind where the real dump and the model differ, with the explanation if any."""
+
     klass: str
     kind: str
     real: str
@@ -594,6 +598,10 @@ class Difference:
         """``placement``, ``contents`` (the running kernel's own), or ``unexplained``."""
         return self.explanation.category if self.explanation else "unexplained"
 
+    def describe(self) -> str:
+        why = f"explained: {self.explanation.reason}" if self.explanation else "NOT explained"
+        return f"{self.klass}/{self.kind}: real {self.real}; model {self.model} ({why})"
+
 
 @dataclass(frozen=True)
 class CompareReport:
@@ -604,7 +612,7 @@ class CompareReport:
     real: dict[str, ClassSummary]
     model: dict[str, ClassSummary]
     differences: tuple[Difference, ...]
-    model_dump: str
+    model_dump: str = field(repr=False)
     model_table: str = ""  # the model's table compared (what the dump shows)
     user_view: bool = False  # the table user mode runs on (current_user, or any table without PTI)
 
@@ -622,6 +630,12 @@ class CompareReport:
     @property
     def exit_status(self) -> int:
         return 1 if self.unexplained else 0
+
+    def describe(self) -> str:
+        n = len(self.unexplained)
+        verdict = f"{n} not explained" if n else "all explained"
+        head = f"{self.source} ({self.table}) vs model {self.switches.variant}"
+        return f"{head}: {len(self.differences)} difference(s), {verdict}"
 
 
 def _ranges_text(s: ClassSummary, limit: int = 4) -> str:

@@ -52,6 +52,7 @@ from kaiser.linux.layout import TOP, Marker, make_layout
 from kaiser.x86.bits import CR4, PTE, entry_phys
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.geometry import FIVE_LEVEL, PagingMode
+from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import PhysicalMemory
 from kaiser.x86.rights import Op, Rights, check_access
@@ -496,6 +497,7 @@ class PtdumpParseError(InputError):
         self.source = source
 
 
+@hex_fields("start", "end", "size")
 @dataclass(frozen=True)
 class RangeLine:
     """One range line. `end` is exclusive (2**64 where Linux prints the wrapped 0x0000000000000000);
@@ -509,6 +511,10 @@ class RangeLine:
     level: str
     section: str | None  # the marker this line is printed under
     lineno: int = field(default=0, compare=False)
+
+    def describe(self) -> str:
+        """The line as Linux prints it, with its section: ``[CPU entry Area] 0x...``."""
+        return f"[{self.section}] {self.render()}" if self.section else self.render()
 
     def render(self) -> str:
         if self.present:

@@ -27,6 +27,7 @@ from kaiser.x86.bits import (
     pkey_of,
 )
 from kaiser.x86.geometry import FOUR_LEVEL, AddressError, Level, PagingMode, user_half_end
+from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory, PhysMemError
 
 # Bits a caller may set on a leaf through map/protect; PS and the address are ours to manage.
@@ -54,6 +55,7 @@ class PagingError(ValueError):
     """A map/unmap/protect request that cannot be carried out; the tables are unchanged."""
 
 
+@hex_fields("va", "size", "entry")
 @dataclass(frozen=True)
 class Leaf:
     """One leaf entry found by a table scan."""
@@ -66,6 +68,9 @@ class Leaf:
     @property
     def pa(self) -> int:
         return entry_phys(self.entry, self.size)
+
+    def describe(self) -> str:
+        return f"{_fmt_range(self.va, self.size)} -> {self.pa:#x}, entry {self.entry:#x} at depth {self.depth}"
 
 
 def _fmt_range(va: int, size: int) -> str:

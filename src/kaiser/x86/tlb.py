@@ -45,6 +45,7 @@ from kaiser.x86.cache import KIND_DATA, KIND_FETCH, KIND_WALK, Caches
 from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.geometry import mode_for
+from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.physmem import PhysicalMemory
 from kaiser.x86.rights import Op, Rights, access_error_bits, check_access
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, CacheGeometry, TlbGeometry, set_index
@@ -64,6 +65,7 @@ class HitLevel(enum.IntEnum):
     MISS = 2  # neither: a page walk
 
 
+@hex_fields("vpn", "pfn", "pcid")
 @dataclass(frozen=True)
 class TlbEntry:
     """One TLB entry, read out of the arrays (or about to be written into them)."""
@@ -90,6 +92,16 @@ class TlbEntry:
 
     def pa_of(self, va: int) -> int:
         return (self.pfn << self.shift) | (va & (self.page_size - 1))
+
+    def describe(self) -> str:
+        """``0xffffffff81c00000 -> 0x1c00000 (2M, PCID 1, supervisor r-x, global)``."""
+        va, pa = self.vpn << self.shift, self.pfn << self.shift
+        size = f"{self.page_size >> 10}K" if self.shift < 20 else f"{self.page_size >> 20}M"
+        rwx = f"r{'w' if self.writable else '-'}{'-' if self.nx else 'x'}"
+        extra = (", global" if self.global_ else "") + (", dirty" if self.dirty else "")
+        extra += f", pkey {self.pkey}" if self.pkey else ""
+        who = "user" if self.user else "supervisor"
+        return f"{va & ((1 << 64) - 1):#x} -> {pa:#x} ({size}, PCID {self.pcid}, {who} {rwx}{extra})"
 
     def piece(self, shift: int, va: int) -> TlbEntry:
         """The same translation cut down to the `shift`-sized page holding `va` (§4.10.2.3)."""
@@ -511,6 +523,7 @@ class InvalidOpcode(CpuException):
 
 
 # ---- the MMU: TLB + walker + counters -----------------------------------------------------------
+@hex_fields("va")
 @dataclass(frozen=True)
 class Access:
     """One memory access through the MMU.
@@ -536,6 +549,12 @@ class Access:
     @property
     def pa(self) -> int | None:
         return None if self.entry is None or self.fault is not None else self.entry.pa_of(self.va)
+
+    def describe(self) -> str:
+        """``read 0x400000: STLB hit -> 0x703c000`` or ``...: walk #PF cr2=...``."""
+        where = {HitLevel.L1: "L1 hit", HitLevel.STLB: "STLB hit"}.get(self.level, "walk")
+        outcome = self.fault.describe() if self.fault is not None else f"-> {self.pa:#x}"
+        return f"{self.op.value} {self.va:#x}: {where} {outcome}"
 
 
 _CR4_NEEDS_FEATURE: Final = (

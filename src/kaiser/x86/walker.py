@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, describe, entry_phys, pkey_of
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.geometry import Level, mode_for
+from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.physmem import PhysicalMemory
 from kaiser.x86.rights import Op, Rights, access_error_bits, check_access, reserved_mask
 
 GP_VECTOR = 13
 
 
+@hex_fields("table", "value")
 @dataclass(frozen=True)
 class EntryRef:
     """One paging-structure entry the walk read: where it lives and its value when read."""
@@ -33,7 +35,14 @@ class EntryRef:
     def address(self) -> int:
         return self.table + 8 * self.index
 
+    def describe(self) -> str:
+        """``PML4E[508] at 0x423bfe0 = 0x1fc063 (P|RW|A|D phys=0x1fc000)``."""
+        from kaiser.x86.bits import describe_entry
 
+        return f"{self.level.entry}[{self.index}] at {self.address:#x} = {self.value:#x} ({describe_entry(self.value)})"
+
+
+@hex_fields("va", "pa", "page_size", "leaf")
 @dataclass(frozen=True)
 class Translation:
     """A successful translation."""
@@ -54,7 +63,19 @@ class Translation:
     def pkey(self) -> int:
         return pkey_of(self.leaf)
 
+    def describe(self) -> str:
+        """``0x400000 -> 0x703c000 (4K page, user r-x, global)``."""
+        r = self.rights
+        rights = f"{'user' if r.user else 'supervisor'} r{'w' if r.writable else '-'}{'-' if r.nx else 'x'}"
+        size = (
+            f"{self.page_size >> 30}G"
+            if self.page_size >= 1 << 30
+            else (f"{self.page_size >> 20}M" if self.page_size >= 1 << 20 else f"{self.page_size >> 10}K")
+        )
+        return f"{self.va:#x} -> {self.pa:#x} ({size} page, {rights}{', global' if self.global_ else ''})"
 
+
+@hex_fields("cr2", "error_code")
 @dataclass(frozen=True)
 class Fault:
     """An exception instead of a translation: #PF (vector 14, CR2, error code) or #GP (13) for a
