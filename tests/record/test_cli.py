@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kaiser.cli.app import app
+from kaiser.record.format import read_header
 from kaiser.record.recorder import data_dir, shipped_name
 
 SHIPPED = data_dir() / shipped_name("6.1", True, "getppid")
@@ -102,3 +103,25 @@ def test_short_real_recording_end_to_end(tmp_path: Path) -> None:
     if shipped["kernel_release"] == info["kernel_release"]:
         for key in ("code_pages_4k", "code_pages_2m", "kernel_instructions"):
             assert close["median"][key] == shipped["transitions"]["close"]["median"][key]
+
+
+@pytest.mark.slow
+def test_record_a_static_program(tmp_path: Path) -> None:
+    """`kaiser record -- PROGRAM ARGS`: the program's own syscalls are in the recording, by name."""
+    src = tmp_path / "p.c"
+    src.write_text(
+        "#include <unistd.h>\n"
+        "int main(int argc, char **argv) { for (int i = 0; i < 25; i++) getppid(); return argc == 3 ? 0 : 1; }\n"
+    )
+    exe = tmp_path / "p"
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(exe), str(src)], check=True)
+    out = tmp_path / "p.krec"
+    res = kaiser("record", "--out", str(out), "--", str(exe), "a", "b", timeout=900)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(kaiser("recording", "info", str(out), "--json").stdout)
+    assert info["workload"] == "program a b"
+    assert info["transitions"]["getppid"]["calls"] == 25
+    # its exit status says it got its two arguments; its exit never returns to user mode, so
+    # that transition ends in init: a context switch
+    assert read_header(out)["program_status"] == 0
+    assert "context_switch" in info["transitions"]
