@@ -207,8 +207,10 @@ def audit_command(
         ),
     ] = False,
 ) -> None:
-    """List every kernel mapping user mode can reach, classify it, and fail (exit 1) on policy breaks
-    (by default the strict policy: what today's Linux allows; --policy variant: the variant's own).
+    """List every kernel mapping user mode can reach, classify it, and fail (exit 1) on policy breaks.
+
+    The policy is by default the strict one (what today's Linux allows; --policy variant: the
+    variant's own).
 
     A DUMPFILE must be a whole dump (exit 2 naming the regions never seen otherwise, unless
     --partial) of a process's user tables: init_mm's `kernel` table is refused (exit 2)."""
