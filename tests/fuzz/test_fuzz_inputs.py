@@ -104,6 +104,8 @@ def _ptdump_target(name: str, command: str) -> Target:
             "real/6.1.0-56-amd64-pti-nokaslr/current_user.txt",
             "real/6.1.0-56-amd64-pti-kaslr/current_user-ldt.txt",
             "real/6.1.0-56-amd64-pti-nokaslr-smp2/current_user.txt",
+            "real/6.1.0-57-amd64-la57-pti-nokaslr/current_user.txt",  # 5-level paging
+            "real/6.12.107+deb12-amd64-pti-kaslr-smp2/current_user-ldt.txt",
         ),
         lambda f, d: [command, str(f)],
         "current_user.txt",
