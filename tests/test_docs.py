@@ -100,6 +100,20 @@ def test_help_cites_only_files_that_exist(path: tuple[str, ...]) -> None:
         assert _exists(cited), f"kaiser {' '.join(path)} --help points to {cited}, which does not exist"
 
 
+def test_every_command_has_a_one_line_summary() -> None:
+    """`kaiser --help` lists each command by the first paragraph of its help; a hard line break
+    in it prints as a ragged, half-empty line in the list."""
+    broken = []
+    for path in registered(cli()):
+        cmd = cli()
+        for name in path:
+            cmd = cmd.commands[name]
+        first = (cmd.help or "").strip().split("\n\n")[0]
+        if "\n" in first:
+            broken.append(" ".join(path))
+    assert not broken, f"the help of {', '.join(broken)} starts with a paragraph of more than one line"
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_docs_cite_only_files_the_reader_has(doc: Path) -> None:
     text = doc.read_text(encoding="utf-8")
