@@ -142,8 +142,9 @@ def test_table_fits_without_cutting_a_number(
         ["bench", "-n", "5", "--warmup", "0", "--variant", "linux", "--pcid"],
         ["attack", "meltdown", "--variant", "all"],
         ["attack", "kaslr", "--seeds", "1"],
+        ["demo", "--verify-cases", "20"],
     ],
-    ids=["audit two-pgd", "bench", "meltdown", "kaslr"],
+    ids=["audit two-pgd", "bench", "meltdown", "kaslr", "demo"],
 )
 def test_slow_table_fits(args: list[str], width: int, short_paths: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     check_fits(args, width, monkeypatch, with_json=False)

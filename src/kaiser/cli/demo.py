@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.rule import Rule
 from rich.table import Column, Table
 
 from kaiser.cli.options import SEED_MAX
-from kaiser.cli.output import console
+from kaiser.cli.output import Col, console, print_table, rule
 from kaiser.cli.verify import VERIFY_MAX
 from kaiser.docgen import MEMORY_HEADERS, USER_VIEW_HEADERS, memory_cells, user_view
+from kaiser.linux.audit import flag_text
 from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.linux.ptdump import MarkerLine, RangeLine, parse_ptdump, ptdump
+from kaiser.linux.ptdump import MarkerLine, RangeLine, parse_ptdump, ptdump, size_parts
 from kaiser.linux.variants import VARIANTS
 from kaiser.sample import build_sample
 from kaiser.x86.bits import CR4, RFLAGS
@@ -52,7 +52,7 @@ def demo_command(
 
 
 def _paging_tour() -> None:
-    console.print(Rule("1. the paging model: walks on a small address space (SDM Vol. 3A §4.5-4.7)"))
+    rule("1. the paging model: walks on a small address space (SDM Vol. 3A §4.5-4.7)")
     mem, pt, _ = build_sample()
     walks = Table("access", "address", "outcome")
     cr4 = int(CR4.PAE | CR4.PGE | CR4.SMEP | CR4.SMAP)
@@ -73,7 +73,7 @@ def _paging_tour() -> None:
 
 
 def _isolation_tour(seed: int) -> dict[str, Kernel]:
-    console.print(Rule("2. the seven variants: what user mode can reach of the kernel"))
+    rule("2. the seven variants: what user mode can reach of the kernel")
     table = Table(Column("variant", no_wrap=True), *USER_VIEW_HEADERS)
     kernels: dict[str, Kernel] = {}
     for name in VARIANTS:
@@ -91,13 +91,22 @@ def _isolation_tour(seed: int) -> dict[str, Kernel]:
         marker = isinstance(record, MarkerLine) and record.name not in ("User Space", "Kernel Space")
         kernel_range = isinstance(record, RangeLine) and record.present and record.start >= linux.layout.kernel_start
         if marker or kernel_range:
-            shown.append(record.render())
+            shown.append(record)
+    if max(len(r.render()) for r in shown) <= console.width:
+        lines = [r.render() for r in shown]
+    else:  # Linux's lines are 84 columns: the same fields, condensed (every address whole)
+        lines = [_condensed(r) if isinstance(r, RangeLine) else r.render() for r in shown]
     console.print(
         "[bold]linux[/], current_user: every present kernel mapping (Linux's ptdump format; "
         "the whole dump: [bold]kaiser dump --variant linux[/]):"
     )
-    console.print("\n".join(shown), highlight=False, soft_wrap=True)
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
     return kernels
+
+
+def _condensed(line: RangeLine) -> str:
+    num, unit = size_parts(line.size)
+    return f"0x{line.start:016x}-0x{line.end:016x} {num:>5}{unit} {flag_text(line.flags)} {line.level}"
 
 
 def _audit_tour(kernels: dict[str, Kernel]) -> None:
@@ -105,7 +114,7 @@ def _audit_tour(kernels: dict[str, Kernel]) -> None:
 
     from kaiser.linux.audit import audit_model
 
-    console.print(Rule("3. audit: every kernel mapping in the user tables, against two policies"))
+    rule("3. audit: every kernel mapping in the user tables, against two policies")
     table = Table(
         Column("variant", no_wrap=True),
         "kernel mappings by class",
@@ -138,7 +147,7 @@ def _audit_tour(kernels: dict[str, Kernel]) -> None:
 def _attack_tour(seed: int) -> None:
     from kaiser.attacks.core import REGIONS, run_meltdown
 
-    console.print(Rule("4. prove: Meltdown against every variant (Flush+Reload, 8 secret bytes per cell)"))
+    rule("4. prove: Meltdown against every variant (Flush+Reload, 8 secret bytes per cell)")
     table = Table("variant", *REGIONS)
     for name in VARIANTS:
         cells = []
@@ -157,34 +166,34 @@ def _attack_tour(seed: int) -> None:
 def _price_tour() -> None:
     from kaiser.cost.run import compare
 
-    console.print(Rule("5. price: cycles per system call (getppid + 64 user loads), replayed through the TLB model"))
+    rule("5. price: cycles per system call (getppid + 64 user loads), replayed through the TLB model")
     rate = 50_000  # syscalls per second per CPU: Gregg's "may be 2%" point (facts/performance.md §3)
     rows = {
         c.result.variant + ("" if c.result.pcid else " no-pcid"): c
         for c in compare([n for n in VARIANTS if n != "nopti"], "syscall-loop", iterations=40, warmup=40)
     }
-    table = Table(
-        "variant",
+    heads = (
         "cycles, PCID",
         "cycles, no PCID",
         f"overhead at {rate // 1000}k/s, PCID",
         f"at {rate // 1000}k/s, no PCID",
     )
+    cells = []
     for name in VARIANTS:
         if name == "nopti":
             continue
         on, off = rows[name], rows[name + " no-pcid"]
         work_on = on.baseline.params.clock_ghz * 1e9 / rate - on.baseline.per_op
         work_off = off.baseline.params.clock_ghz * 1e9 / rate - off.baseline.per_op
-        table.add_row(
+        cells.append([
             name,
             f"{on.result.per_op:,.0f}",
             f"{off.result.per_op:,.0f}",
             f"{on.overhead_at_work(work_on):.1f} %",
             f"{off.overhead_at_work(work_off):.1f} %",
-        )
+        ])  # fmt: skip
+    print_table([Col("variant"), *(Col(h, justify="right") for h in heads)], cells)
     base = next(iter(rows.values())).baseline
-    console.print(table)
     console.print(
         f"nopti: {base.per_op:,.0f} cycles per iteration. Plot against syscall rate: "
         "[bold]kaiser bench --plot overhead.png[/] (docs/cost.md)"
@@ -192,7 +201,7 @@ def _price_tour() -> None:
 
 
 def _memory_tour() -> None:
-    console.print(Rule("6. price: page-table memory"))
+    rule("6. price: page-table memory")
     table = Table(Column("variant", no_wrap=True), *MEMORY_HEADERS)
     for name in VARIANTS:
         table.add_row(name, *memory_cells(name))
@@ -204,7 +213,7 @@ def _referee_tour(cases: int) -> None:
         return
     from kaiser.referee import run_verify
 
-    console.print(Rule(f"7. the referee: our walker against QEMU's MMU (Unicorn), {cases} random cases"))
+    rule(f"7. the referee: our walker against QEMU's MMU (Unicorn), {cases} random cases")
     report = run_verify(cases, seed=1)
     colour = "green" if report.disagreements == 0 else "red"
     console.print(

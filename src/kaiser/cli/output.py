@@ -186,3 +186,16 @@ def print_blocks(cols: Sequence[Col], rows: Sequence[Sequence[str]], *, out: Con
         for col, cell in zip(cols, row, strict=True):
             grid.add_row(col.name, cell)
     out.print(grid)
+
+
+def rule(title: str, out: Console | None = None) -> None:
+    """A section heading: a rule with `title` in it when it fits, else the rule and then the title
+    wrapped at spaces (rich's Rule would cut a long title with an ellipsis)."""
+    from rich.rule import Rule
+
+    out = out or console
+    if cell_len(Text.from_markup(title).plain) + 6 <= out.width:
+        out.print(Rule(title))
+    else:
+        out.print(Rule())
+        out.print(f"[bold]{title}[/]", highlight=False)
