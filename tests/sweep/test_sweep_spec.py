@@ -183,3 +183,36 @@ def test_cli_bad_spec_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_example_spec_has_at_least_100_configurations() -> None:
     spec = load_spec(Path(__file__).parents[2] / "examples" / "sweep-small.toml")
     assert len(spec.configs) >= 100 and spec.duplicates == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[sweep]\nvariants = ["linux"]\nseeds = [' + ", ".join(map(str, range(400))) + "]\n"
+            '[[workload]]\nname = "syscall-loop"\nknobs = { reads = [' + ", ".join(map(str, range(300))) + "] }\n",
+            "sweep: 240,000 combinations; a sweep has at most 100,000 configurations",
+        ),
+        (
+            '[sweep]\nvariants = ["linux"]\n[[workload]]\nname = "syscall-loop"\nknobs = { reads = ['
+            + ", ".join(map(str, range(400)))
+            + "], stride = ["
+            + ", ".join(str(4096 * (i + 1)) for i in range(400))
+            + "] }\n",
+            "workload[0].knobs: 160,000 combinations",
+        ),
+        (
+            '[sweep]\nvariants = ["linux"]\niterations = 99999999999999999999\n[[workload]]\nname = "pipe"\n',
+            "sweep.iterations: must be at most 100000",
+        ),
+        (
+            '[sweep]\nvariants = ["linux"]\nseeds = [-1]\n[[workload]]\nname = "pipe"\n',
+            "sweep.seeds[0]: must be at least 0",
+        ),
+    ],
+    ids=["product", "knob-product", "iterations", "seed"],
+)
+def test_a_spec_asking_for_too_much_is_refused_before_the_work(text: str, expected: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, FILE)
+    assert expected in str(info.value), str(info.value)

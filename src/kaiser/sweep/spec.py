@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, CacheGeometry, GeometryErr
 DEFAULTS: dict[str, Any] = {"pcid": [True, False], "seeds": [0], "iterations": 200, "warmup": 50, "path": "auto"}
 PATHS = ("auto", "engine", "reference")
 SPEC_LIMIT = 1 << 20  # CHOSEN: the example spec is 2 KiB; a megabyte of TOML is not a sweep spec
+# CHOSEN: the example sweep is 280 configurations; 100,000 is days of work, and a spec asking for
+# more (a product of long lists) is refused before the product is built, not after memory runs out.
+MAX_CONFIGS = 100_000
+ITERATIONS_MAX = 100_000  # as `kaiser bench --iterations` (cli/bench.py)
+SEED_MAX = (1 << 32) - 1  # as every command's --seed (cli/options.py)
 TOP_KEYS = ("sweep", "workload", "geometry")
 SWEEP_KEYS = ("variants", "pcid", "seeds", "iterations", "warmup", "path")
 WORKLOAD_KEYS = ("name", "knobs", "iterations", "warmup")
@@ -189,12 +195,20 @@ class _Ctx:
             out.append((k, item))
         return out
 
-    def count(self, value: Any, key: str, minimum: int) -> int:
+    def count(self, value: Any, key: str, minimum: int, maximum: int = ITERATIONS_MAX) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(key, f"expected an integer, got {_kind(value)}")
         if value < minimum:
             raise self.fail(key, f"must be at least {minimum}, not {value}")
+        if value > maximum:
+            raise self.fail(key, f"must be at most {maximum}, not {value}")
         return value
+
+    def product(self, key: str, sizes: list[int]) -> None:
+        """Refuse a product of axes with more than MAX_CONFIGS combinations, before building it."""
+        n = math.prod(sizes)
+        if n > MAX_CONFIGS:
+            raise self.fail(key, f"{n:,} combinations; a sweep has at most {MAX_CONFIGS:,} configurations")
 
 
 def _kind(value: Any) -> str:
@@ -258,6 +272,7 @@ def _workload(ctx: _Ctx, i: int, raw: Any, sweep: dict[str, Any]) -> list[tuple[
         axes.append([(name, text) for text in _knob_values(ctx, f"{key}.knobs.{name}", by_name[name], value)])
     iterations = ctx.count(table.get("iterations", sweep["iterations"]), f"{key}.iterations", 1)
     warmup = ctx.count(table.get("warmup", sweep["warmup"]), f"{key}.warmup", 0)
+    ctx.product(f"{key}.knobs", [len(a) for a in axes])
     out = []
     for combo in itertools.product(*axes):
         settings = dict(combo)
@@ -297,6 +312,7 @@ def _geometry(ctx: _Ctx, i: int, raw: Any) -> list[TlbGeometry]:
         ]
         ways = [v for _, v in ctx.values(sizes.get("ways", parts[name].ways), f"{k}.ways", (int,), "an integer")]
         axes.append([(name, e, w) for e in entries for w in ways])
+    ctx.product(f"{key}.set", [len(a) for a in axes])
     combos = list(itertools.product(*axes))
     out = []
     for combo in combos:
@@ -325,6 +341,8 @@ def parse_spec(text: str, file: Path) -> Spec:
     variants = _variants(ctx, sweep["variants"])
     pcids = _unique(ctx, "sweep.pcid", ctx.values(sweep["pcid"], "sweep.pcid", (bool,), "true or false"))
     seeds = _unique(ctx, "sweep.seeds", ctx.values(sweep["seeds"], "sweep.seeds", (int,), "an integer"))
+    for i, seed in enumerate(seeds):
+        ctx.count(seed, f"sweep.seeds[{i}]", 0, SEED_MAX)
     ctx.count(sweep["iterations"], "sweep.iterations", 1)
     ctx.count(sweep["warmup"], "sweep.warmup", 0)
     path = sweep["path"]
@@ -335,15 +353,23 @@ def parse_spec(text: str, file: Path) -> Spec:
     blocks = raw["workload"]
     if not isinstance(blocks, list) or not blocks:
         raise ctx.fail("workload", "expected one or more [[workload]] tables")
-    workloads = [w for i, b in enumerate(blocks) for w in _workload(ctx, i, b, sweep)]
+    workloads = []
+    for i, b in enumerate(blocks):
+        workloads += _workload(ctx, i, b, sweep)
+        ctx.product(f"workload[{i}]", [len(workloads)])  # so far: the blocks add up too
     gblocks = raw.get("geometry", [])
     if not isinstance(gblocks, list):
         raise ctx.fail("geometry", "expected [[geometry]] tables")
-    geometries = [g for i, b in enumerate(gblocks) for g in _geometry(ctx, i, b)] or [DEFAULT_GEOMETRY]
+    geometries = []
+    for i, b in enumerate(gblocks):
+        geometries += _geometry(ctx, i, b)
+        ctx.product(f"geometry[{i}]", [len(geometries)])
+    geometries = geometries or [DEFAULT_GEOMETRY]
     names = [g.name for g in geometries]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ctx.fail("geometry", f"two geometries are labelled {dup!r}; give each a distinct name")
+    ctx.product("sweep", [len(workloads), len(geometries), len(pcids), len(seeds), len(variants)])
     configs: dict[str, Config] = {}
     for (wl, settings, iterations, warmup), geometry, pcid, seed, variant in itertools.product(
         workloads, geometries, pcids, seeds, variants
