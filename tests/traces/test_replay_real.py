@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from kaiser.linux.variants import VARIANTS
@@ -86,10 +87,17 @@ def test_cli_json_and_plot(real_trace: tuple[Path, Path], tmp_path: Path) -> Non
     assert res.exit_code == 0 and json.loads(res.stdout)["reader"]["bad_lines"] == 1
 
 
-def test_throughput(real_trace: tuple[Path, Path]) -> None:
-    """End to end from the file on the engine; the 10 M refs/s target is measured on larger
-    traces (docs/traces.md), this small one only has to run and report."""
+def test_throughput_report(real_trace: tuple[Path, Path]) -> None:
+    """End to end from the file on the engine: what it reports is consistent with the trace and
+    with itself. Speed is reported by `kaiser bench replay`, never asserted here."""
     lackey, _ = real_trace
     r = bench_replay_throughput(lackey, repeats=1)
     print(json.dumps(r, indent=1))
-    assert r["refs"] > 500_000 and r["end_to_end_refs_per_second"] > 1e6 and r["parse_refs_per_second"] > 5e6
+    assert r["refs"] > 500_000 and r["bad_lines"] == 0 and r["syscalls"] == 77
+    assert r["path"] == "engine" and r["events_replayed"] >= r["refs"]
+    assert r["bytes"] == lackey.stat().st_size
+    assert r["parse_seconds"] > 0 and r["end_to_end_seconds"] > 0
+    assert r["parse_refs_per_second"] == pytest.approx(r["refs"] / r["parse_seconds"])
+    assert r["parse_mb_per_second"] == pytest.approx(r["bytes"] / r["parse_seconds"] / 1e6)
+    assert r["end_to_end_refs_per_second"] == pytest.approx(r["refs"] / r["end_to_end_seconds"])
+    assert r["target_met"] == (r["end_to_end_refs_per_second"] >= r["target_refs_per_second"])
