@@ -64,6 +64,9 @@ def record_command(
         typer.Option(parser=output_file, help="the recording to write (default: KERNEL-PTI-WORKLOAD.krec)"),
     ] = None,
     phys: Annotated[bool, typer.Option("--phys", help="also log each data reference's physical address")] = False,
+    user_side: Annotated[
+        str, typer.Option(help="PROGRAM: log its user side (full) or only count it (summary), for long programs")
+    ] = "full",
     all_: Annotated[
         bool, typer.Option("--all", help="regenerate the shipped recordings: every workload, 6.1 and 6.12, pti on/off")
     ] = False,
@@ -104,7 +107,9 @@ def record_command(
         exe: Path | None = None
         if program:
             exe = check_input(program[0], "PROGRAM")
-            job = Job(0, "program", calls or 1, 0, ("/prog", *program[1:]))
+            if user_side not in ("full", "summary"):
+                fail(f"--user-side {user_side!r}: use full or summary")
+            job = Job(0, "program", calls or 1, int(user_side == "summary"), ("/prog", *program[1:]))
             name = Path(program[0]).name
         else:
             if workload not in WORKLOADS:

@@ -183,14 +183,18 @@ class RecordingWriter:
         if len(raw) > 255:
             raise ValueError(f"transition name longer than 255 bytes: {name[:40]}...")
         flags = 1 if switched else 0
+        if len(refs) > REFS_LIMIT:
+            raise ValueError(f"a transition of {len(refs)} references exceeds the format's {REFS_LIMIT}")
         head = _TRANSITION.pack(KINDS.index(kind), nr, len(raw)) + raw + bytes([flags])
         self._put(b"T", head + self._refs(refs))
         self.transitions += 1
 
     def user(self, refs: np.ndarray) -> None:
-        """Append one user-run record."""
-        self._put(b"U", self._refs(refs))
-        self.user_runs += 1
+        """Append one user-run record (several, each of at most REFS_LIMIT references, for a
+        longer run)."""
+        for start in range(0, max(len(refs), 1), REFS_LIMIT):
+            self._put(b"U", self._refs(refs[start : start + REFS_LIMIT]))
+            self.user_runs += 1
 
     def user_summary(self, instructions: int, loads: int, stores: int) -> None:
         """Append one user-summary record."""

@@ -5,7 +5,8 @@
  *
  * /kaiser.conf, one job a line, tab-separated: ID NAME CALLS ARG [ARGV...]
  *   NAME one of getppid close lseek read write pipe page-fault sched_yield timer s1bench program
- *   (program: run ARGV[0] with ARGV; s1bench: ARG is N, the loads per call; timer: ARG is HZ)
+ *   (program: run ARGV[0] with ARGV, ARG 1 to count its user side rather than log it; s1bench:
+ *   ARG is N, the loads per call; timer: ARG is HZ)
  *
  * Markers: nopl 0x4b41XXXX(%rax) (bytes 0f 1f 80 XX XX 41 4b), XXXX = 0x1000|ID before a job,
  * 0x2000|ID after it, 0x0003/0x0004 user-side summaries on/off (plugin/kaiser_plugin.c).
@@ -277,9 +278,11 @@ static void job_s1bench(int id, long calls, long loads)
         say("%s", "");
 }
 
-static void job_program(int id, char **argv)
+static void job_program(int id, char **argv, long summary)
 {
     mark_job(id, 0);
+    if (summary)
+        MARKER(0x0003); /* the program's user side counted, not logged */
     pid_t child = fork();
     if (child == 0) {
         execv(argv[0], argv);
@@ -342,7 +345,7 @@ static void run_job(int id, const char *name, long calls, long arg, char **argv)
     } else if (strcmp(name, "s1bench") == 0) {
         job_s1bench(id, calls, arg);
     } else if (strcmp(name, "program") == 0 && argv[0]) {
-        job_program(id, argv);
+        job_program(id, argv, arg);
     } else {
         say("kaiser-guest: unknown job %s\n", name);
     }
