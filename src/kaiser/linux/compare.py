@@ -91,6 +91,8 @@ def _meta(dump: Path) -> dict[str, object] | None:
         raise InputError(path, f"meta.json: not JSON ({exc.msg}, column {exc.colno})", line=exc.lineno) from None
     except RecursionError:
         raise InputError(path, "meta.json: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer past Python's digit limit
+        raise InputError(path, f"meta.json: not usable JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InputError(path, f"meta.json: a JSON {type(data).__name__}, not an object")
     return data
