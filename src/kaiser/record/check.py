@@ -1,6 +1,6 @@
-"""The recording checks the model: for a `pti=on` recording, per syscall (and the interrupt and
-page fault), the CR3 writes and what runs under the user CR3 -- before the first CR3 write and
-after the last -- against what `linux/entry.py` emits for `linux --no-pcid` (QEMU's TCG has no
+"""The recording checks the model: for a `pti=on` recording, per syscall (and the interrupt, the
+page fault and a syscall that blocks and switches to another process), the CR3 writes and what
+runs under the user CR3 -- before the first CR3 write and after the last -- against what `linux/entry.py` emits for `linux --no-pcid` (QEMU's TCG has no
 PCID, facts/recording.md, so the recorded path is the no-PCID one).
 
 What runs under the user CR3 is compared as the set of (op, region) pairs, without counts: the
@@ -52,7 +52,17 @@ KERNEL_ONLY: Final[dict[tuple[str, str], dict[Pair, str]]] = {
 # Pages of the entry area the real kernel touches under the user CR3 that the model does not
 # (offset from CPU_ENTRY_AREA_BASE): the GDT, read by VERW's selector check (see above).
 CEA_KERNEL_ONLY: Final = {0x1000: "the GDT page (VERW's descriptor read)"}
-CHECKED_KINDS: Final = ("getppid", "close", "lseek", "read", "write", "sched_yield", "interrupt", "page_fault")
+CHECKED_KINDS: Final = (
+    "getppid",
+    "close",
+    "lseek",
+    "read",
+    "write",
+    "sched_yield",
+    "interrupt",
+    "page_fault",
+    "context_switch",
+)
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,12 @@ def model_side(kind: str) -> UserCr3Side:
     n = len(em.out)
     if kind == "interrupt":
         em.interrupt()
+    elif kind == "context_switch":
+        # a syscall that blocks: schedule() switches to another process's mm, which returns to user
+        other = kernel.spawn()
+        em.syscall_entry()
+        em.context_switch(other)
+        em.syscall_exit()
     elif kind == "page_fault":
         # any not-present user page and the PTE that would map it: the CR3 side does not depend on them
         em.page_fault(0x400000, 0, 0)
@@ -226,7 +242,7 @@ def check_recording(path: str | os.PathLike[str]) -> list[Comparison]:
             continue
         key, _ = paths[kind].most_common(1)[0]
         calls = sum(paths[kind].values())
-        if kind not in SYSCALLS and kind not in ("interrupt", "page_fault"):
+        if kind not in SYSCALLS and kind not in ("interrupt", "page_fault", "context_switch"):
             continue
         out.append(Comparison(kind, calls, real_side(example[key]), model_side(kind)))
     return out
