@@ -204,6 +204,15 @@ def load_bench(path: Path) -> Results:
     ]
     if clock:
         header.append(("clock", f"{clock:g} GHz"))
+    caches = data.get("caches")  # `kaiser bench --caches NAME`: references priced by the level that served them
+    header.append(
+        (
+            "data caches",
+            f"{caches} ({data['cache_sources']})"
+            if isinstance(caches, str) and isinstance(data.get("cache_sources"), str)
+            else (str(caches) if caches else "none (every reference an L1D hit)"),
+        )
+    )
     params = _dict(data.get("params"))
     sources = _dict(data.get("param_sources"))
     return Results(
