@@ -51,7 +51,7 @@ from kaiser.linux.layout import (
     ImageSizes,
 )
 from kaiser.linux.mm import Prot
-from kaiser.linux.ptdump import MarkerLine, Record, parse_ptdump, ptdump, size_parts
+from kaiser.linux.ptdump import Dialect, MarkerLine, Record, parse_ptdump, ptdump, size_parts
 from kaiser.linux.variants import get_variant
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.physmem import PhysMemError
@@ -180,6 +180,8 @@ def switches_for(
     name = variant
     if not isolating and get_variant(variant).isolating:
         name = "nopti"
+    elif info.get("era") == "4.15" and variant == "linux":
+        name = "linux-4.15"  # the dump's layout is 4.15-4.19's: compare with that era's design
     kaslr = bool(pick("kaslr", None, cmd, default=True, why="no base in the dump"))
     la57_v = bool(pick("la57", la57, cpu, default=False, why="4-level"))
     ncpus = int(pick("ncpus", cpus, cpu, default=2, why="no entry area in the dump"))  # type: ignore[call-overload]
@@ -194,7 +196,11 @@ def switches_for(
         ram = -(-(max(tss) + (1 << 20)) // (2 * MiB)) * 2 * MiB  # room for the real per-CPU pages
     slots = info.get("cea_slots")
     slots = slots if isinstance(slots, tuple) and len(slots) == ncpus else None
-    bases = Bases(*(info.get(n) for n in ("page_offset_base", "vmalloc_base", "vmemmap_base", "kernel_base")))  # type: ignore[arg-type]
+    try:
+        found = [info.get(n) for n in ("page_offset_base", "vmalloc_base", "vmemmap_base", "kernel_base")]
+        bases: Bases | None = Bases(*(v if isinstance(v, int) else None for v in found))
+    except ValueError:  # bases no kernel would have (a damaged dump): the model draws its own
+        bases = None
     build = _build_choices(records, info.layout, meta, facts)
     image = info.get("image")
     if isinstance(image, ImageSizes):
@@ -205,12 +211,22 @@ def switches_for(
     for key, fact in info.facts.items():  # the rest of what the dump shows, as evidence
         facts.setdefault(key, fact)
     sources = tuple(f.describe() for f in facts.values())
-    return ModelSwitches(
+    kw: dict[str, Any] = dict(
         variant=name, pcid=pcid_v, la57=la57_v, kaslr=kaslr, seed=seed, ncpus=min(ncpus, 64), ram=ram,
         vsyscall=vsys, pti=pti_v, vendor=vendor_v, bases=bases, espfix_page=esp if isinstance(esp, int) else None,
         cea_slots=slots if slots and ncpus <= 64 else None, tss_phys=tss if isinstance(tss, tuple) else None,
         cea_random=bool(info.get("cea_random")), sources=sources, facts=tuple(facts.values()), **build,
     )  # fmt: skip
+    # placements no machine could have (a damaged dump) are given up one by one, saying so
+    for drop in ("", "tss_phys", "cea_slots", "espfix_page", "bases", "image", "fixmap_pages", "kaslr_image_size"):
+        if drop:
+            kw.pop(drop, None)
+            kw["sources"] = (*kw["sources"], f"{drop}: what the dump shows is not a placement the model can take")
+        try:
+            return ModelSwitches(**kw)
+        except ValueError as exc:
+            last = exc
+    raise InputError(dump, f"no model machine matches this dump: {last}")
 
 
 def _words(name: str, value: object) -> str:
@@ -397,16 +413,16 @@ def boot_aligned(sw: ModelSwitches, *, ldt: bool) -> tuple[ModelSwitches, Kernel
     raise AssertionError("unreachable")
 
 
-def model_text(kernel: Kernel, task: Task, table: str) -> str:
-    """The model's text of debugfs `table`; `current_user` without PTI is the kernel PGD, as
-    Linux's walker falls back to it when PTI is off at run time."""
+def model_text(kernel: Kernel, task: Task, table: str, dialect: Dialect = "generic") -> str:
+    """The model's text of debugfs `table` in `dialect`; `current_user` without PTI is the kernel
+    PGD, as Linux's walker falls back to it when PTI is off at run time."""
     if table == "kernel":
         pt = kernel.init.kernel_pt
     elif table == "current_kernel" or task.mm.pgd.user_pt is None:
         pt = task.mm.pgd.kernel_pt
     else:
         pt = task.mm.pgd.user_pt
-    return ptdump(pt, kernel.layout.markers)
+    return ptdump(pt, kernel.layout.markers, dialect=dialect)
 
 
 # ---- per-class summaries ---------------------------------------------------------------------
@@ -736,7 +752,8 @@ def compare_dump(
         sw, kernel, task = boot_aligned(sw, ldt=ldt)
     except (ValueError, PhysMemError) as exc:  # the dump describes a machine the model cannot boot
         raise InputError(path, f"no model machine matches this dump: {exc}") from None
-    text = model_text(kernel, task, table)
+    dialect: Dialect = "legacy" if facts.get("dialect") and facts["dialect"].value == "legacy" else "generic"
+    text = model_text(kernel, task, table, dialect)
     model_records = parse_ptdump(text, f"model:{sw.variant}/{table}")
     real, model = summarize(records), summarize(model_records)
     user_view = table == "current_user" or not kernel.variant.isolating

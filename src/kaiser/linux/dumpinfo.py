@@ -58,6 +58,9 @@ CEA_BASE: Final = (CPU_ENTRY_AREA_PGD << P4D_SHIFT) % TOP
 ESPFIX_BASE: Final = (ESPFIX_PGD_ENTRY << P4D_SHIFT) % TOP
 FIXED_TEXT: Final = START_KERNEL_MAP + LOAD_PHYSICAL_ADDR  # _text without KASLR
 ENTRY_TEXT_OFFSET: Final = ImageSizes().entry_text_offset  # assumed when only the entry PMD shows
+# CHOSEN: the most RAM the aligned model boots with (a 64 GiB boot takes 0.4 s; a machine with more
+# differs in its direct map and vmemmap only, which are the running kernel's contents anyway)
+MODEL_RAM_MAX: Final = 64 << 30
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,12 @@ def read_dump(records: Sequence[Record]) -> DumpFacts:
 
     # ---- the entry area: CPUs, slots, vendor -------------------------------------------------
     cea_lines = [r for r in kernel_half if CEA_BASE + PAGE_SIZE <= r.start < CEA_BASE + (1 << 39)]
-    pages = cea_layout(layout.era, stub=False).pages
+    stub = next((r for r in cea_lines if "NX" not in r.flags), None)  # 4.15-4.19's SYSCALL trampoline
+    pages = cea_layout(layout.era, stub=stub is not None).pages
+    era_line = next((r for r in records if isinstance(r, MarkerLine) and r.name == "LDT remap"), None)
+    put(_fact("era", layout.era, f"{layout.era} layout ({'v4.20+' if layout.era == 'modern' else 'v4.15-4.19'}: "
+              f"the LDT remap marker's place), {pages}-page entry areas", era_line))  # fmt: skip
+    put(_dialect(lines, layout.user_end))
     stride = pages * PAGE_SIZE
     slots: dict[int, RangeLine] = {}
     for r in cea_lines:
@@ -273,12 +281,25 @@ def read_dump(records: Sequence[Record]) -> DumpFacts:
         put(_fact("vsyscall", "none", f"vsyscall=xonly or none: no PTE at {VSYSCALL_ADDR:#x}", tail))
     if direct and pob is not None:
         last = max(direct, key=lambda d: d.end)
-        ram = max(256 * MiB, -(-(last.end - pob[0]) // (2 * MiB)) * 2 * MiB)
-        put(_fact("ram", ram, f"RAM {ram >> 20} MiB: the direct map's last page", _by_line(lines, last.lineno)))
+        top = -(-(last.end - pob[0]) // (2 * MiB)) * 2 * MiB
+        ram = max(256 * MiB, min(top, MODEL_RAM_MAX))
+        more = f" (the model boots at most {MODEL_RAM_MAX >> 30} GiB)" if top > MODEL_RAM_MAX else ""
+        put(_fact("ram", ram, f"RAM {top >> 20} MiB: the direct map's last page{more}", _by_line(lines, last.lineno)))
     return DumpFacts(facts, layout, maps)
 
 
 _NO: Final = Fact("", None, "")
+
+
+def _dialect(lines: Sequence[RangeLine], user_end: int) -> Fact:
+    """5.6+'s generic walker does not visit the hypervisor guard hole, so the last user-half line
+    runs on to where the walk resumes; 4.x-5.5 printed the hole as its own empty pgd line(s)."""
+    kernel_start = TOP - user_end
+    legacy = next((r for r in lines if r.start == kernel_start), None)
+    if legacy is not None:
+        return _fact("dialect", "legacy", "legacy ptdump (4.x-5.5): the guard hole has its own line", legacy)
+    spans = next((r for r in lines if r.start < user_end and r.end > kernel_start), None)
+    return _fact("dialect", "generic", "generic ptdump (5.6+): the guard hole is not walked", spans)
 
 
 def _covering(lines: Sequence[RangeLine], va: int) -> RangeLine | None:
