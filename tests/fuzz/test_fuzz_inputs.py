@@ -5,9 +5,9 @@ Seeds are the real inputs the project ships: the Debian 6.1 ptdumps and their me
 (tests/linux/data/real), a lackey trace and an strace log in the shapes valgrind and strace print,
 the example sweep specs, a `kaiser bench --json` output and a sweep's results.csv
 (tests/report/data). Each target copies its seed into a fresh directory, mutates it (truncation,
-byte flips, non-UTF-8 bytes, NUL, a 2 MiB line, shuffled, duplicated or deleted lines, empty) or
-replaces it by something that is not a regular file (a directory, a FIFO, /dev/zero,
-/proc/self/mem, a symlink to /dev/zero, nothing), and runs the command in-process (typer's
+byte flips, non-UTF-8 bytes, NUL, a 2 MiB line, shuffled, duplicated or deleted lines, a number
+5,000 digits long, empty) or replaces it by something that is not a regular file (a directory, a
+FIFO, /dev/zero, /proc/self/mem, a symlink to /dev/zero, nothing), and runs the command in-process (typer's
 CliRunner over the real `kaiser` group) under a SIGALRM watchdog: a case that runs longer than
 `CASE_SECONDS` is a hang, not a slow test.
 
@@ -195,7 +195,7 @@ def _not_text(data: bytes) -> bool:
 def _json_garbage(data: bytes) -> bool:
     try:
         json.loads(data.decode("utf-8"), parse_constant=float)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # a number past int()'s digit limit is a ValueError too
         return True
     return False
 
@@ -337,6 +337,22 @@ def m_delete(data: bytes, fmt: str, rng: random.Random) -> Mutated:
     return out, must
 
 
+def m_long_number(data: bytes, fmt: str, rng: random.Random) -> Mutated:
+    """A run of digits made 5,000 long: past Python's int() digit limit (4,300) and any field."""
+    runs = list(re.finditer(rb"\d+", data))
+    m = rng.choice(runs)
+    out = data[: m.start()] + b"7" * 5000 + data[m.end() :]
+    if fmt == "ptdump":
+        must = bool(_RANGE.match(out.split(b"\n")[data.count(b"\n", 0, m.start())]))  # an address, size, count
+    elif fmt in ("json", "meta"):
+        must = _json_garbage(out)
+    elif fmt == "toml":
+        must = _toml_garbage(out)
+    else:
+        must = False
+    return out, must
+
+
 def m_empty(data: bytes, fmt: str, rng: random.Random) -> Mutated:
     return b"", fmt != "strace"  # an empty strace log is a program that made no call
 
@@ -350,6 +366,7 @@ MUTATIONS: dict[str, Callable[[bytes, str, random.Random], Mutated]] = {
     "shuffle": m_shuffle,
     "duplicate": m_duplicate,
     "delete": m_delete,
+    "long-number": m_long_number,
     "empty": m_empty,
 }
 SPECIALS = ("directory", "fifo", "dev-zero", "proc-mem", "symlink-dev-zero", "missing")

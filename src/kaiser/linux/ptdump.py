@@ -551,9 +551,9 @@ Record = RangeLine | MarkerLine | SkipLine
 
 _DMESG_PREFIX = re.compile(r"\[\s*\d+\.\d+\] ")
 _MARKER = re.compile(r"---\[ (.+) \]---")
-_SKIP = re.compile(r"\.\.\. (\d+) entr(?:y|ies) skipped \.\.\. ?")
+_SKIP = re.compile(r"\.\.\. (\d{1,20}) entr(?:y|ies) skipped \.\.\. ?")  # digit runs bounded: a u64 at most
 _HEX16 = re.compile(r"[0-9a-f]{16}")
-_SIZE = re.compile(r"( *)(\d+)([A-Za-z])")
+_SIZE = re.compile(r"( *)(\d{1,20})([A-Za-z])")
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
 _FLAG_SLOTS: Final = (  # (column in the field, printed if set, printed if clear, name)
     (0, "USR ", "    ", "USR"),

@@ -336,6 +336,8 @@ def parse_spec(text: str, file: Path) -> Spec:
         raise SpecError(f"{file}:{line}: not valid TOML: {exc}" if line else f"{file}: not valid TOML: {exc}") from None
     except RecursionError:
         raise SpecError(f"{file}: not valid TOML: nested too deeply") from None
+    except ValueError as exc:  # tomllib's int() of a number past Python's digit limit
+        raise SpecError(f"{file}: not valid TOML: {exc}") from None
     ctx.table(raw, "", TOP_KEYS, required=("sweep", "workload"))
     sweep = {**DEFAULTS, **ctx.table(raw["sweep"], "sweep", SWEEP_KEYS, required=("variants",))}
     variants = _variants(ctx, sweep["variants"])
