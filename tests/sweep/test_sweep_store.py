@@ -194,3 +194,15 @@ def test_resume_recomputes_spoiled_results_and_says_why(tmp_path: Path) -> None:
     for p in files:  # recomputed to the same numbers, checksums good again
         assert json.loads(p.read_text())["result"] == truth[p.name]["result"]
     assert ResultStore(out).load().keys() == {p.stem for p in files}
+
+
+def test_a_sessions_log_that_is_not_a_regular_file_is_refused_not_blocked_on(tmp_path: Path) -> None:
+    from kaiser.inputs import InputError
+
+    store = ResultStore(tmp_path)
+    store.log_session("s1", 0, 1, Path("spec.toml"))  # created as a regular file
+    assert (tmp_path / "sessions.log").read_text().startswith("s1 ")
+    (tmp_path / "sessions.log").unlink()
+    os.mkfifo(tmp_path / "sessions.log")
+    with pytest.raises(InputError, match="sessions.log: sessions.log: is a FIFO"):
+        store.log_session("s2", 0, 1, Path("spec.toml"))

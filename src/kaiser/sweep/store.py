@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kaiser.cost.model import overhead_percent, rate_per_second
-from kaiser.inputs import InputError, read_bytes
+from kaiser.inputs import InputError, check_input, read_bytes
 from kaiser.sweep.spec import Config
 
 BASELINE = "nopti"
@@ -126,7 +126,10 @@ class ResultStore:
         write_atomic(self.failed / f"{config_id}.json", json.dumps(record, indent=1))
 
     def log_session(self, session: str, done: int, todo: int, spec: Path) -> None:
-        with open(self.out / "sessions.log", "a") as f:
+        log = self.out / "sessions.log"
+        if os.path.lexists(log):  # appending to a FIFO would block; to a device, write who knows where
+            check_input(log, "sessions.log")
+        with open(log, "a") as f:
             f.write(f"{session} {time.strftime('%Y-%m-%dT%H:%M:%S')} spec={spec} done={done} to_run={todo}\n")
 
     def write_csv(self, rows: list[dict[str, Any]]) -> Path:
