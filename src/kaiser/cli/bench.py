@@ -22,7 +22,7 @@ from kaiser.cli.output import Col, console, emit_json, fail, print_table, progre
 from kaiser.cost.machines import MACHINES, get_machine
 from kaiser.cost.params import CACHE_SOURCES, SKYLAKE, SOURCES, CostParams, for_caches
 from kaiser.cost.run import BASELINE, Comparison, compare, default_path
-from kaiser.cost.workloads import WORKLOADS, WorkloadError, get_workload
+from kaiser.cost.workloads import THP_MODES, WORKLOADS, WorkloadError, get_workload
 from kaiser.linux.entry import UnknownSyscall
 from kaiser.linux.memory import frames_kib, measure
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
@@ -307,7 +307,15 @@ def bench_callback(
         typer.Option(
             "--machine",
             callback=choice(*MACHINES),
-            help=f"A known setup (caches, clock; docs/cost.md): {', '.join(MACHINES)}.",
+            help=f"A known setup (caches, clock, THP; docs/cost.md): {', '.join(MACHINES)}.",
+        ),
+    ] = None,
+    thp: Annotated[
+        str | None,
+        typer.Option(
+            "--thp",
+            callback=choice(*THP_MODES),
+            help="Transparent huge pages for the user buffer: always, madvise (Debian's default), never.",
         ),
     ] = None,
 ) -> None:
@@ -322,6 +330,10 @@ def bench_callback(
     try:
         wl = get_workload(workload)
         settings = parse_settings(sets)
+        if thp is not None and "thp" not in wl.knob_names():
+            raise WorkloadError(f"--thp {thp}: workload {workload!r} has no user buffer (no thp knob)")
+        if "thp" not in settings and "thp" in wl.knob_names() and (thp or machine):
+            settings["thp"] = thp or get_machine(str(machine)).thp  # --thp, else the machine's
         knobs = wl.resolve(settings)
         if "syscall" in knobs:
             from kaiser.linux.entry import get_syscall
@@ -373,7 +385,7 @@ def bench_callback(
     )
     if m:
         console.print(
-            f"machine {m.name}: {m.what}; {m.clock_ghz:g} GHz, caches {caches}, THP {m.thp} (not applied yet)"
+            f"machine {m.name}: {m.what}; {m.clock_ghz:g} GHz, caches {caches}, THP {knobs.get('thp', '-')}"
             + (f"; a {m.guest} guest: not modelled, walks are native" if m.guest else "")
         )
     if plot is not None:

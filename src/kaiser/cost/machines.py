@@ -2,8 +2,9 @@
 
 A `Machine` picks what a user would pick by hand for a known setup: the cache hierarchy
 (`kaiser.x86.cache_geometry`), the clock that turns cycles into seconds, the transparent-huge-page
-mode of its kernel and whether it ran as a guest. `kaiser bench --machine NAME` applies it
-(an explicit `--caches` wins). Each entry names its source; what the facts do not say is CHOSEN.
+mode of its kernel (the workloads' `thp` knob) and whether it ran as a guest. `kaiser bench
+--machine NAME` applies it (an explicit `--caches` or `--thp` wins). Each entry names its source;
+what the facts do not say is CHOSEN.
 
 Not modelled yet: running as a guest (nested paging, item 3 of issue 12): `guest` is recorded and
 printed, but the walks stay one-dimensional; the TLB geometry is Skylake's for every machine (the

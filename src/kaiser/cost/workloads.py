@@ -142,6 +142,12 @@ def _page_size(text: str) -> int:
 
 
 PAGE_SIZE_KNOB = Knob("page_size", 4 * KiB, _page_size, "user buffer page size: 4KiB or 2MiB", format_size)
+# Transparent huge pages, as /sys/kernel/mm/transparent_hugepage/enabled (Linux
+# Documentation/admin-guide/mm/transhuge.rst). Debian's kernels default to madvise
+# (CONFIG_TRANSPARENT_HUGEPAGE_MADVISE=y in Debian's config): a malloc'd buffer, which glibc does
+# not madvise, stays in 4 KiB pages; with always, its 2 MiB-aligned interior is 2 MiB pages.
+THP_MODES = ("always", "madvise", "never")
+THP_KNOB = Knob("thp", "madvise", _choice(THP_MODES), "transparent huge pages: always, madvise, never")
 WORK_MAX = 10**12  # CHOSEN: cycles of user work per iteration; 10^12 is minutes of a 3 GHz core per syscall
 WORK_KNOB = Knob(
     "work",
@@ -154,6 +160,7 @@ USER_KNOBS = (
     _size_knob("stride", 4 * KiB, "bytes between consecutive user loads", WORD, AREA_MAX, WORD),
     _size_knob("buffer", 256 * KiB, "user buffer the loads walk through (wrapping)", 1, AREA_MAX),
     PAGE_SIZE_KNOB,
+    THP_KNOB,
     WORK_KNOB,
 )
 
@@ -175,10 +182,15 @@ class UserBuffer:
         return out
 
 
-def map_user_buffer(kernel: Kernel, task: Task, size: int, page_size: int) -> int:
-    """A private RW user buffer of `size` bytes in 4 KiB (mmap, populated) or 2 MiB pages."""
+def map_user_buffer(kernel: Kernel, task: Task, size: int, page_size: int, thp: str = "madvise") -> int:
+    """A private RW user buffer of `size` bytes in 4 KiB (mmap, populated) or 2 MiB pages; with
+    4 KiB pages and `thp="always"`, as the THP fault path backs an anonymous mapping: every
+    2 MiB-aligned 2 MiB range inside the mapping by one 2 MiB page (mm/huge_memory.c,
+    do_huge_pmd_anonymous_page, taken when the aligned range fits the VMA), the rest by 4 KiB."""
     size = max(size, page_size)
     size = -(-size // page_size) * page_size
+    if page_size == PAGE_SIZE and thp == "always":
+        return _map_thp_buffer(kernel, task, size)
     if page_size == PAGE_SIZE:
         return task.mm.mmap(size, Prot.READ | Prot.WRITE, name="bench buffer")
     # A THP-backed buffer: reserve the range, then map 2 MiB pages into it.
@@ -188,6 +200,24 @@ def map_user_buffer(kernel: Kernel, task: Task, size: int, page_size: int) -> in
         FrameKind.DATA, f"user pid{task.pid} 2M", count=size // PAGE_SIZE, align=page_size // PAGE_SIZE
     )
     task.mm.pt.map(va, pa, size, prot_to_pte(Prot.READ | Prot.WRITE), page_size=page_size)
+    return va
+
+
+def _map_thp_buffer(kernel: Kernel, task: Task, size: int) -> int:
+    """`size` bytes where the model's mmap puts them (4 KiB-aligned, not aligned to 2 MiB on
+    purpose): the parts before the first and after the last 2 MiB boundary stay 4 KiB pages."""
+    huge = 2 * MiB
+    va = task.mm.mmap(size, Prot.NONE, name="bench buffer (THP)")
+    lo, hi = -(-va // huge) * huge, (va + size) // huge * huge
+    if hi <= lo:
+        lo = hi = va + size  # no aligned 2 MiB range inside: all 4 KiB
+    flags = prot_to_pte(Prot.READ | Prot.WRITE)
+    for start, end, ps in ((va, lo, PAGE_SIZE), (lo, hi, huge), (hi, va + size, PAGE_SIZE)):
+        if end > start:
+            pa = kernel.mem.alloc(
+                FrameKind.DATA, f"user pid{task.pid} THP", count=(end - start) // PAGE_SIZE, align=ps // PAGE_SIZE
+            )
+            task.mm.pt.map(start, pa, end - start, flags, page_size=ps)
     return va
 
 
@@ -250,7 +280,11 @@ def _start(em: EntryModel, knobs: dict[str, Any], procs: int = 1) -> LoopState:
     k = em.kernel
     tasks = [k.spawn() for _ in range(procs)]
     buffers = [
-        UserBuffer(map_user_buffer(k, t, knobs["buffer"], knobs["page_size"]), max(knobs["buffer"], 1), knobs["stride"])
+        UserBuffer(
+            map_user_buffer(k, t, knobs["buffer"], knobs["page_size"], knobs.get("thp", "madvise")),
+            max(knobs["buffer"], 1),
+            knobs["stride"],
+        )
         for t in tasks
     ]
     ws = map_kernel_working_set(k, knobs.get("kernel_pages", 0))
@@ -324,6 +358,7 @@ NULL_SYSCALL = Workload(
         _size_knob("stride", 64, "bytes between user loads", WORD, AREA_MAX, WORD),
         _size_knob("buffer", 4 * KiB, "user buffer", 1, AREA_MAX),
         PAGE_SIZE_KNOB,
+        THP_KNOB,
         WORK_KNOB,
         _int_knob("kernel_pages", 0, "extra kernel pages each syscall reads", 0, AREA_MAX // PAGE_SIZE),
         _int_knob("procs", 1, "processes (with switch_every)", 1, PROCS_MAX),
