@@ -263,7 +263,7 @@ def replay_figure(
     n = len({v for v, _ in cycles})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 1.6 + 0.55 * n), sharey=False)
     variant_dots(
-        left, {k: v / 1e6 for k, v in cycles.items()}, "modelled cycles of the trace (millions)", "{:,.3f}", False
+        left, {k: v / 1e6 for k, v in cycles.items()}, "modelled cycles of the trace (millions)", "{:,.4f}", False
     )
     if overheads:
         variant_dots(right, overheads, "overhead vs nopti at the same PCID setting (%)", "{:+.2f}%")
