@@ -160,26 +160,38 @@ def build_init() -> Path:
     )
 
 
-def kernel_package(version: str) -> str:
-    """The newest Debian package of the named kernel series apt knows."""
-    if version not in KERNELS:
-        raise BuildError(f"--kernel {version}: not one of {', '.join(KERNELS)}")
+def _newest_known(version: str) -> str | None:
+    """The newest package of the series in apt's lists, or None."""
     if version == "6.1":
-        deps = _run(["apt-cache", "depends", "linux-image-amd64"], "apt-cache depends linux-image-amd64")
-        m = re.search(r"Depends: (" + KERNELS["6.1"] + ")", deps)
+        deps = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True)
+        m = re.search(r"Depends: (" + KERNELS["6.1"] + ")", deps.stdout)
         if m:
             return m[1]
     found = _run(["apt-cache", "search", "--names-only", "^" + KERNELS[version] + "$"], "apt-cache search")
     names = [line.split()[0] for line in found.splitlines() if line.strip()]
-    if not names:
+    return sorted(names, key=lambda n: [int(x) for x in re.findall(r"\d+", n)])[-1] if names else None
+
+
+def kernel_package(version: str, say: Say | None = None) -> str:
+    """The newest Debian package of the named kernel series apt knows (as root, after one
+    `apt-get update` when its lists know none: a fresh machine's are often empty)."""
+    if version not in KERNELS:
+        raise BuildError(f"--kernel {version}: not one of {', '.join(KERNELS)}")
+    name = _newest_known(version)
+    if name is None and os.geteuid() == 0:
+        if say is not None:
+            say("record: apt knows no kernel package of that series; apt-get update")
+        _run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-qq"], "apt-get update")
+        name = _newest_known(version)
+    if name is None:
         raise BuildError(f"--kernel {version}: apt knows no package matching {KERNELS[version]} (apt-get update?)")
-    return sorted(names, key=lambda n: [int(x) for x in re.findall(r"\d+", n)])[-1]
+    return name
 
 
 def vmlinuz(version: str, say: Say) -> tuple[Path, str]:
     """The kernel image of the named series (downloaded with apt-get download, unpacked from the
     .deb; nothing is installed into the host's /boot) and the package it came from."""
-    package = kernel_package(version)
+    package = kernel_package(version, say)
     release = package.removeprefix("linux-image-")
     kernels = cache_dir() / "kernels"
     kernels.mkdir(exist_ok=True)
