@@ -3,7 +3,9 @@ line, a bounded run with progress, and the files it leaves (raw log, info channe
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ MEMORY: Final = "512M"
 DEBUGCON_PORT: Final = 0xE9
 # Character devices the initramfs needs (Documentation/admin-guide/devices.txt: 5,1 console).
 CONSOLE: Final = (5, 1)
+PR_SET_PDEATHSIG: Final = 1  # include/uapi/linux/prctl.h
 
 
 class BootError(RuntimeError):
@@ -92,7 +95,9 @@ def boot(
     ]  # fmt: skip
     t0 = time.monotonic()
     log = (work / "qemu.log").open("w")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+    )
     said = 0
     try:
         while proc.poll() is None:
@@ -116,6 +121,16 @@ def boot(
         raise BootError(f"the guest did not finish its jobs; console: {_tail(console)}")
     shown = [str(c).replace(str(work) + "/", "") for c in cmd]
     return BootFiles(raw, info, console, shown, seconds)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the recorder dies (prctl PR_SET_PDEATHSIG, man 2
+    prctl), so a killed `kaiser record` leaves no QEMU burning a core until its timeout."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _progress(info: Path, jobs: list[Job], said: int, t0: float, say: Callable[[str], None]) -> int:
