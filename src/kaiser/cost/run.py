@@ -111,6 +111,7 @@ class RunResult:
             "ops": self.ops.as_dict(),
             "cycles": self.cycles.as_dict(),
             "cycles_per_op": self.per_op,
+            "syscalls_per_second": self.syscall_rate,
         }
 
 
