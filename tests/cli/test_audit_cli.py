@@ -78,8 +78,8 @@ def test_real_sample_through_the_entry_point(tmp_path: Path) -> None:
     lines = [line for line in SAMPLE01.read_text().splitlines() if line.startswith("0x") and line[18:21] == "-0x"]
     path = tmp_path / "current_user"
     path.write_text("\n".join(lines) + "\n")
-    excerpt = run("audit", str(path))  # grep output, not a whole dump
-    assert excerpt.returncode == 2 and "not a whole dump" in excerpt.stderr and "user space" in excerpt.stderr
+    excerpt = runner.invoke(app, ["audit", str(path)])  # grep output, not a whole dump
+    assert excerpt.exit_code == 2 and "not a whole dump" in excerpt.stderr and "user space" in excerpt.stderr
     ok = run("audit", str(path), "--partial")
     assert ok.returncode == 0, ok.stderr
     strict = run("audit", str(path), "--variant", "linux-4.15", "--partial")
@@ -132,8 +132,8 @@ def test_a_dump_cut_short_does_not_pass_and_names_what_was_never_seen(tmp_path: 
     lines = (REAL / "current_user.txt").read_text().splitlines(keepends=True)
     path = tmp_path / "head"
     path.write_text("".join(lines[:keep]))
-    result = run("audit", str(path))
-    assert result.returncode == 2, result.stdout
+    result = runner.invoke(app, ["audit", str(path)])
+    assert result.exit_code == 2, result.stdout
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert f"{path}: not a whole dump" in result.stderr
     assert "vsyscall" in result.stderr  # the last region of the address space is never reached
@@ -144,14 +144,14 @@ def test_a_line_taken_out_of_a_dump_is_a_gap_at_its_place(tmp_path: Path) -> Non
     i = next(n for n, line in enumerate(lines) if line.startswith("0xfffffe0000000000"))
     path = tmp_path / "cut"
     path.write_text("".join(lines[:i] + lines[i + 1 :]))
-    result = run("audit", str(path))
-    assert result.returncode == 2 and f"{path}:{i + 1}: not a whole dump" in result.stderr
+    result = runner.invoke(app, ["audit", str(path)])
+    assert result.exit_code == 2 and f"{path}:{i + 1}: not a whole dump" in result.stderr
     assert "0xfffffe0000000000-0xfffffe0000001fff" in result.stderr
 
 
 def test_the_table_kind_is_recognised(tmp_path: Path) -> None:
-    kernel = run("audit", str(REAL / "kernel.txt"))
-    assert kernel.returncode == 2 and "looks like the kernel table" in kernel.stderr
+    kernel = runner.invoke(app, ["audit", str(REAL / "kernel.txt")])
+    assert kernel.exit_code == 2 and "looks like the kernel table" in kernel.stderr
     assert len(kernel.stderr.strip().splitlines()) == 1
     current_kernel = runner.invoke(app, ["audit", str(REAL / "current_kernel.txt"), "--json"])
     assert current_kernel.exit_code == 1
