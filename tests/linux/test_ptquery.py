@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import bisect
+import json
 from pathlib import Path
 
 import pytest
@@ -169,18 +170,22 @@ def test_diff_equals_a_page_by_page_comparison(a: list[RangeLine], b: list[Range
     assert diff_dumps(ra, ra).equal
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in REAL.iterdir()))
+@pytest.mark.parametrize("name", sorted(p.name for p in REAL.iterdir() if (p / "current_user-ldt.txt").exists()))
 def test_real_dumps_equal_themselves_and_the_ldt_shows_up(name: str) -> None:
     plain = parse_ptdump_file(REAL / name / "current_user.txt")
     ldt = parse_ptdump_file(REAL / name / "current_user-ldt.txt")
     assert diff_dumps(plain, plain).exit_status == 0
     d = diff_dumps(plain, ldt)
     assert d.exit_status == 1
-    # LDT_BASE_ADDR, the LDT remap of a process with an LDT (arch/x86/include/asm/pgtable_64_types.h,
-    # 4-level: 0xffff880000000000): mapped in the -ldt dump only, and only under PTI
-    # (arch/x86/kernel/ldt.c map_ldt_struct() returns at once without X86_FEATURE_PTI)
-    remapped = any(c.kind == "appeared" and c.start <= 0xFFFF880000000000 < c.end for c in d.changes)
-    assert remapped == ("-pti-" in name)
+    # LDT_BASE_ADDR = LDT_PGD_ENTRY << PGDIR_SHIFT (arch/x86/include/asm/pgtable_64_types.h,
+    # LDT_PGD_ENTRY = -240): 0xffff880000000000 with 4-level paging, 0xff10000000000000 with
+    # 5-level (as the la57 dump's "LDT remap" marker shows). The LDT remap of a process with an
+    # LDT is mapped in the -ldt dump only, and only when PTI runs (arch/x86/kernel/ldt.c
+    # map_ldt_struct() returns at once without X86_FEATURE_PTI).
+    cpu = json.loads((REAL / name / "meta.json").read_text())["guest_cpu"]["flags_of_interest"]
+    ldt_base = (-240 << (48 if cpu["la57"] else 39)) & ((1 << 64) - 1)
+    remapped = any(c.kind == "appeared" and c.start <= ldt_base < c.end for c in d.changes)
+    assert remapped == cpu["pti"]
 
 
 # ---------------------------------------------------------------------------------------------
