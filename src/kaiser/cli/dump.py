@@ -201,11 +201,11 @@ def dump_command(
 ) -> None:
     """Print a process's page tables exactly as Linux's /sys/kernel/debug/page_tables/* does.
 
-    Filters (--rights, --region, --range, --has; all must hold) keep the matching range lines
-    under their markers, still parseable ptdump text. Rights are the printed flags: w = RW,
-    x = no NX, u = USR, g = GLB. --aliases walks the tree itself for physical frames mapped at
-    several virtual addresses (the entry area's GDT/TSS aliases, the IDT's read-only alias,
-    ESPfix, the direct map)."""
+    Filters (--rights, --region, --range, --has; all must hold) keep the matching lines.
+
+    Rights are the printed flags: w = RW, x = no NX, u = USR, g = GLB; a - means clear.
+
+    --aliases: physical frames mapped at several virtual addresses (entry area, IDT, ESPfix)."""
     if table not in TABLES:
         fail(f"--table {table!r} is not one of {', '.join(TABLES)}")
     if dialect not in DIALECTS:
