@@ -7,7 +7,8 @@ codes; every output path in a missing directory, under /proc and /sys, on a dire
 file's child, with no name; every flag given a value; unknown options; arguments missing. Each
 case runs in-process (the real root command, `KaiserGroup.main`) under a SIGALRM watchdog: a bad
 value must be refused before any work starts, so a case that runs longer than `CASE_SECONDS` is
-a hang, not a slow test. Seeded: a failure names its seed and arguments.
+a hang, not a slow test; starting a subprocess or worker process (QEMU, valgrind, dask) is a
+failure too (`no_work`). Seeded: a failure names its seed and arguments.
 
 The default suite runs a few hundred cases (two bad values per option, drawn by the seed); `-m
 slow` runs thousands (every bad value, more seeds, pairs of bad options).
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing.process
 import random
 import signal
+import subprocess
 import types
 import typing
 from collections.abc import Iterator
@@ -232,8 +235,29 @@ class Hang(Exception):
     pass
 
 
+class WorkStarted(Exception):
+    """A bad value got as far as starting a program (QEMU, valgrind, gcc) or a worker process."""
+
+
 def _alarm(signum: int, frame: Any) -> None:
     raise Hang(f"no answer within {CASE_SECONDS} s")
+
+
+def _no_processes(*args: Any, **kwargs: Any) -> Any:
+    raise WorkStarted(f"started a process: {str(args[1] if len(args) > 1 else args)[:120]}")
+
+
+@contextlib.contextmanager
+def no_work() -> Iterator[None]:
+    """While a case runs, starting a subprocess or a multiprocessing worker raises `WorkStarted`:
+    a refused value never gets there, and a wrongly accepted one must not boot QEMU in the suite."""
+    saved = (subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start)
+    subprocess.Popen.__init__ = _no_processes  # type: ignore[method-assign]
+    multiprocessing.process.BaseProcess.start = _no_processes  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start = saved  # type: ignore[method-assign]
 
 
 def check(case: Case) -> str | None:
@@ -243,7 +267,7 @@ def check(case: Case) -> str | None:
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), no_work():
             status = ROOT.main(list(case.args), prog_name="kaiser", standalone_mode=False)
     except BaseException as exc:  # noqa: BLE001 -- anything escaping main is the finding
         return f"{type(exc).__name__}: {exc}"
