@@ -65,7 +65,11 @@ def record_command(
     ] = None,
     phys: Annotated[bool, typer.Option("--phys", help="also log each data reference's physical address")] = False,
     user_side: Annotated[
-        str, typer.Option(help="PROGRAM: log its user side (full) or only count it (summary), for long programs")
+        str,
+        typer.Option(
+            callback=choice("full", "summary"),
+            help="PROGRAM: log its user side (full) or only count it (summary), for long programs",
+        ),
     ] = "full",
     all_: Annotated[
         bool, typer.Option("--all", help="regenerate the shipped recordings: every workload, 6.1 and 6.12, pti on/off")
