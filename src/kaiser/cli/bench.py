@@ -26,6 +26,7 @@ from kaiser.cost.workloads import THP_MODES, WORKLOADS, WorkloadError, get_workl
 from kaiser.linux.entry import UnknownSyscall
 from kaiser.linux.memory import frames_kib, measure
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
+from kaiser.record.replay import KERNEL_SIDES
 from kaiser.report.draw import SWEEP_WORK, RateCurve, pyplot, rate_figure
 from kaiser.x86.cache_geometry import HIERARCHIES, CacheHierarchy, get_hierarchy
 
@@ -119,11 +120,14 @@ def run_bench(
     show_progress: bool = True,
     caches: CacheHierarchy | None = None,
     params: CostParams = SKYLAKE,
+    kernel_side: str = "modelled",
 ) -> list[Comparison]:
     """Every chosen variant at every PCID setting, with nopti baselines, behind a progress bar;
-    `caches`: the data caches (None: none), priced with `params`."""
+    `caches`: the data caches (None: none), priced with `params`; `kernel_side`: system call
+    bodies "recorded" (from the shipped recordings where one exists) or "modelled"."""
     total = len(pcids) * (1 + len([v for v in variants if v != BASELINE]))
     kw: dict[str, Any] = {"iterations": iterations, "warmup": warmup, "path": path, "params": params}
+    kw["kernel_side"] = kernel_side
     if caches is not None:
         kw["caches"] = caches
     with progress_bar(disable=not show_progress) as bar:
@@ -206,6 +210,23 @@ def print_tables(rows: list[Comparison], title: str) -> None:
         ["variant", "PCID", "iTLB walks", "dTLB walks", "extra walks", "CR3 writes", "cycles", "overhead"],
         per,
     )
+
+
+def print_kernel_side(rows: list[Comparison]) -> None:
+    """Which transitions' kernel bodies were recorded and which modelled, and the recorded ones'
+    distinct kernel pages a call (the walks they cost are the per-syscall table's)."""
+    if not rows:
+        return
+    r = rows[0].result
+    recorded = [n for n, s in r.kernel_side.items() if s == "recorded"]
+    modelled = [n for n, s in r.kernel_side.items() if s == "modelled"]
+    for name in recorded:
+        p = r.kernel_pages[name]
+        console.print(
+            f"kernel side of {name}: recorded ({p['recording']}): {p['code_4k']} code and "
+            f"{p['data_4k']} data 4 KiB pages a call"
+        )
+    console.print(f"kernel side modelled (linux/entry.py): {', '.join(modelled) if modelled else 'none'}")
 
 
 def print_cache_table(rows: list[Comparison], caches: str) -> None:
@@ -318,6 +339,14 @@ def bench_callback(
             help="Transparent huge pages for the user buffer: always, madvise (Debian's default), never.",
         ),
     ] = None,
+    kernel_side: Annotated[
+        str,
+        typer.Option(
+            "--kernel-side",
+            callback=choice(*KERNEL_SIDES),
+            help="System call bodies: recorded (Debian 6.1's, where a recording exists) or modelled.",
+        ),
+    ] = "modelled",
 ) -> None:
     """Replay a workload on each variant, price it, and compare with nopti at the same work."""
     if ctx.invoked_subcommand is not None:
@@ -351,7 +380,7 @@ def bench_callback(
     latencies = caches or (m.latencies if m else None)
     caches = hierarchy.name if hierarchy else None
     rows = run_bench(
-        names, workload, pcids, settings, iterations, warmup, path, not json_out, hierarchy, params
+        names, workload, pcids, settings, iterations, warmup, path, not json_out, hierarchy, params, kernel_side
     )  # fmt: skip
     title = f"{workload}: {wl.describe(knobs)}"
     if plot is not None:
@@ -371,6 +400,8 @@ def bench_callback(
                 "machine": dataclasses.asdict(m) | {"caches": m.caches.name} if m else None,
                 "baselines": {("pcid" if r.baseline.pcid else "nopcid"): r.baseline.as_dict() for r in rows},
                 "runs": [r.as_dict() for r in rows],
+                "kernel_side": rows[0].result.kernel_side if rows else {},
+                "kernel_pages": rows[0].result.kernel_pages if rows else {},
                 "plot": str(plot) if plot else None,
             }
         )
@@ -378,6 +409,7 @@ def bench_callback(
     print_tables(rows, title)
     if caches:
         print_cache_table(rows, caches)
+    print_kernel_side(rows)
     console.print(
         f"replay path: {path or default_path()}; {iterations} measured iterations after {warmup} warm-up; "
         f"cycles from kaiser.cost.params at {params.clock_ghz:g} GHz (docs/cost.md); "

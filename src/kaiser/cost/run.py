@@ -81,6 +81,8 @@ class RunResult:
     ops: OpCounts
     cycles: Cycles
     params: CostParams = field(repr=False, default=SKYLAKE)
+    kernel_side: dict[str, str] = field(default_factory=dict)  # transition -> recorded|modelled
+    kernel_pages: dict[str, dict[str, Any]] = field(default_factory=dict)  # recorded syscall -> pages
 
     @property
     def per_op(self) -> float:
@@ -112,7 +114,30 @@ class RunResult:
             "cycles": self.cycles.as_dict(),
             "cycles_per_op": self.per_op,
             "syscalls_per_second": self.syscall_rate,
+            "kernel_side": self.kernel_side,
+            "kernel_pages": self.kernel_pages,
+            "walks": {
+                "total": self.counters.walks,
+                "per_syscall": self.per_syscall(self.counters.walks),
+                "itlb_per_syscall": self.per_syscall(self.counters.walks_i),
+                "dtlb_per_syscall": self.per_syscall(self.counters.walks_d),
+            },
         }
+
+
+def transition_sides(em: EntryModel, ops: OpCounts) -> dict[str, str]:
+    """Per transition the run compiled: "recorded" when its kernel body came from a recording,
+    else "modelled" (linux/entry.py's hand-placed references)."""
+    out = {name: ("recorded" if name in em.recorded_calls else "modelled") for name in ops.syscalls_by_name}
+    for key, count in (
+        ("interrupt", ops.interrupts),
+        ("nmi", ops.nmis),
+        ("page_fault", ops.exceptions),
+        ("context_switch", ops.context_switches),
+    ):
+        if count:
+            out[key] = "modelled"
+    return out
 
 
 def run(
@@ -130,8 +155,11 @@ def run(
     seed: int = 0,
     geometry: TlbGeometry = DEFAULT_GEOMETRY,
     caches: CacheHierarchy | None = None,
+    kernel_side: str = "modelled",
 ) -> RunResult:
     """Boot, compile, replay, price. `variant` may be a registry name or a `Variant` object.
+    `kernel_side="recorded"`: system call bodies from the shipped recordings where one exists
+    (kaiser.record.replay), the entry and exit paths still the variant's own.
     With `caches`, references are priced by the cache level that served them, at the latencies
     in `params` (the caller picks them: `kaiser.cost.params.for_caches`, or a machine's)."""
     wl = get_workload(workload) if isinstance(workload, str) else workload
@@ -142,6 +170,13 @@ def run(
     )
     kernel = Kernel.boot(config, variant=None if isinstance(variant, str) else variant)
     em = EntryModel(kernel)
+    side = None
+    if kernel_side == "recorded":
+        from kaiser.record.replay import RecordedSide
+
+        side = em.kernel_side = RecordedSide(em)
+    elif kernel_side != "modelled":
+        raise ValueError(f"unknown kernel side {kernel_side!r}; use 'recorded' or 'modelled'")
     state = wl.setup(em, knobs)
     if warmup:
         wl.iterate(em, state, knobs, warmup)
@@ -168,6 +203,8 @@ def run(
         em.ops,
         price(counters, em.ops, params, caches=caches is not None),
         params,
+        transition_sides(em, em.ops),
+        side.pages_report(sorted(em.recorded_calls)) if side is not None else {},
     )
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from kaiser.linux.asid import (
     KERN_PCID_MASK,
@@ -310,6 +310,15 @@ class OpCounts:
         return dict(vars(self))
 
 
+class KernelSide(Protocol):
+    """Where system call bodies come from instead of `SyscallSpec.refs` (kaiser.record.replay:
+    a recording's); `has(name)` false leaves that call modelled."""
+
+    def has(self, name: str) -> bool: ...
+
+    def emit(self, name: str, task: Task, user_buf: list[int] | None = None) -> int: ...
+
+
 class EntryModelError(RuntimeError):
     """A transition asked for in the wrong mode (a syscall from kernel mode, ...)."""
 
@@ -342,6 +351,8 @@ class EntryModel:
         self._initial: CpuState | None = None
         self._pipe = self._alloc(2, "pipe")
         self._device = self._alloc(1, "device")
+        self.kernel_side: KernelSide | None = None  # recorded bodies (None: every call modelled)
+        self.recorded_calls: dict[str, int] = {}  # syscalls whose body came from `kernel_side`
 
     # ---- addresses -----------------------------------------------------------------------------
     def _alloc(self, pages: int, tag: str) -> int:
@@ -596,6 +607,14 @@ class EntryModel:
         """`do_syscall_64` → the handler: the table read, the handler's references, and for read/
         write-like calls the copy between `user_buf` and `kernel_buf` pages (one reference each)."""
         task = self._need_kernel(f"{spec.name} body")
+        if self.kernel_side is not None and self.kernel_side.has(spec.name):
+            # the recorded body: it has its own dispatch (x64_sys_call) and user copies
+            self.kernel_side.emit(spec.name, task, list(user_buf))
+            self.recorded_calls[spec.name] = self.recorded_calls.get(spec.name, 0) + 1
+            self.ops.syscalls += 1
+            self.ops.syscalls_by_name[spec.name] = self.ops.syscalls_by_name.get(spec.name, 0) + 1
+            self.ops.body_cycles += spec.body_cycles
+            return
         self._k(self.lay.section("rodata").start + RODATA_SYS_CALL_TABLE + 8 * spec.nr)
         self._refs(spec.refs, task)
         if spec.copy is Copy.TO_USER:

@@ -1,0 +1,269 @@
+"""A recorded kernel side replayed through any variant of the model (`--kernel-side recorded`).
+
+A recording (record/format.py) is what one real kernel did for each transition. The model keeps
+what differs between the designs: the entry and exit paths (entry_64.S or the CEA trampoline or
+our fixed stub), the CR3 values and their writes, PCID, the global bits, the tables themselves
+(linux/entry.py emits all of that per variant). Only the kernel *body* between them comes from
+the recording: every reference made by an instruction in kernel text (not in entry text, not in
+the CPU entry area: those instructions and their data references are the entry path, which the
+model emits itself), mapped by region onto the booted model:
+
+- kernel text and the image's data: by offset from `_text` (the model's image has the same
+  text size to 12 KiB and its entry text at the same 12 MiB offset, linux/layout.py
+  ImageSizes); an offset past the model's window (the real rodata+data+bss are 38 MiB, the
+  model's 14 MiB) is folded into the window modulo its size, then the next free page: one model
+  page per real page, so a call touches exactly as many distinct pages as it did for real.
+- the current task's stack (the THREAD_SIZE-aligned block the call's first stack reference is
+  in): by offset to the model task's stack; any other vmalloc page: a fresh 4 KiB page mapped in
+  the shared vmalloc area (`VMALLOC_OFFSET` above vmalloc_base).
+- per-CPU data: by offset into CPU 0's per-CPU area for the model's `PERCPU_PAGES`; a page of
+  the real 2 MiB unit beyond them gets a fresh direct-map frame.
+- direct-map objects (task_struct, files, the page cache): a fresh model frame per real page,
+  reached through the model's direct map.
+- the CPU entry area: by offset from its base (the IDT page and CPU 0's area).
+- user memory (copy_to_user and friends): onto the user pages the workload passes (the
+  workload's buffer), one per distinct real page in order; without any, dropped.
+- anything else (the fixmap's local APIC, vmemmap's struct pages): dropped, counted.
+
+Granularity: consecutive references to the same 64-byte line with the same op become one event
+(the model's granularity is per location, not per instruction: linux/entry.py). That changes no
+TLB counter: the repeat hits the entry the first one filled, with the same rights and A/D bits.
+
+Which call of the recording: of the transitions of that syscall that did not switch tasks, one
+with the most common set of 4 KiB pages (the same choice `kaiser recording info --symbols`
+makes); the stack offset randomized per call (docs/recording.md) moves nothing across a page.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from kaiser.linux.cea import PERCPU_PAGES
+from kaiser.linux.entry import EntryModel
+from kaiser.linux.kernel import THREAD_SIZE, Task
+from kaiser.record.format import CR3, FETCH, LOAD, REGIONS, STORE, Transition, read_recording
+from kaiser.record.regions import PAGE_4K, Layout
+from kaiser.x86.bits import PAGE_KERNEL, PTE
+from kaiser.x86.physmem import PAGE_SIZE, FrameKind
+from kaiser.x86.rights import Op
+
+KERNEL_SIDES: Final = ("recorded", "modelled")
+DEFAULT_KERNEL: Final = "6.1"  # CHOSEN: the kernel item 4's CR3 check holds the model against
+VMALLOC_OFFSET: Final = 3 << 30  # CHOSEN: above the bench's kernel working set (1 GiB up)
+LINE: Final = 6  # 64-byte lines (SDM Vol. 3A 12.1: the cache line of every Intel 64 CPU since P4)
+_R = {name: i for i, name in enumerate(REGIONS)}
+_ENTRY_PATH = (_R["entry_text"], _R["cpu_entry_area"])
+_OP = {FETCH: Op.FETCH, LOAD: Op.READ, STORE: Op.WRITE}
+
+
+def recording_path(kernel: str, name: str) -> Path | None:
+    """The shipped pti=on recording of syscall `name` for `kernel` ("6.1", "6.12"), if any."""
+    p = Path(str(resources.files("kaiser.record") / "data" / f"{kernel}-pti-{name}.krec"))
+    return p if p.is_file() else None
+
+
+@dataclass(frozen=True)
+class RecordedBody:
+    """The kernel body of one recorded call: references (real addresses, op, region) in order."""
+
+    name: str
+    recording: str  # file name
+    vaddr: np.ndarray
+    op: np.ndarray
+    region: np.ndarray
+    ranges: dict[str, list[tuple[int, int]]]
+    dropped: int  # references of regions the model has no place for
+
+    def pages(self) -> tuple[int, int]:
+        """Distinct 4 KiB (code, data) pages of the body, as recorded."""
+        page = self.vaddr >> np.uint64(PAGE_4K)
+        return len(np.unique(page[self.op == FETCH])), len(np.unique(page[self.op != FETCH]))
+
+
+def body_of(t: Transition) -> np.ndarray:
+    """The references of `t` made by instructions outside the entry path (entry text, the CPU
+    entry area), CR3 writes excluded: a boolean mask."""
+    refs = t.refs
+    fetch = refs["op"] == FETCH
+    idx = np.where(fetch, np.arange(len(refs)), 0)
+    last_fetch = np.maximum.accumulate(idx)  # the instruction each reference belongs to
+    entry_fetch = fetch & np.isin(refs["region"], _ENTRY_PATH)
+    in_entry = entry_fetch[last_fetch] & fetch[last_fetch]
+    return (~in_entry) & (refs["op"] != CR3)
+
+
+@functools.lru_cache(maxsize=32)
+def load_body(path: str, name: str) -> RecordedBody:
+    """The typical call of syscall `name` in the recording at `path` (the module docstring)."""
+    header, records = read_recording(path)
+    calls = [r for r in records if isinstance(r, Transition) and r.kind == "syscall" and r.name == name]
+    calls = [t for t in calls if not t.switched]
+    if not calls:
+        raise ValueError(f"{path}: no {name} call without a task switch")
+    bodies = [t.refs[body_of(t)] for t in calls]
+    keys = [hashlib.blake2b(np.unique(b["vaddr"] >> np.uint64(PAGE_4K)).tobytes()).digest() for b in bodies]
+    best = Counter(keys).most_common(1)[0][0]
+    refs = bodies[keys.index(best)]
+    keep = ~np.isin(refs["region"], (_R["other"],))
+    ranges = Layout.from_header(header["regions"]).ranges
+    return RecordedBody(
+        name,
+        Path(path).name,
+        refs["vaddr"][keep].copy(),
+        refs["op"][keep].copy(),
+        refs["region"][keep].copy(),
+        {k: list(v) for k, v in ranges.items()},
+        int(np.count_nonzero(~keep)),
+    )
+
+
+@dataclass
+class _Fold:
+    """Real pages onto a window of model pages: by offset modulo the window, then the next free."""
+
+    lo: int  # first model page (page number)
+    pages: int
+    to: dict[int, int] = field(default_factory=dict)
+    used: set[int] = field(default_factory=set)
+
+    def page(self, offset_page: int) -> int:
+        got = self.to.get(offset_page)
+        if got is None:
+            if len(self.used) >= self.pages:
+                raise ValueError("recorded kernel side: more distinct pages than the model's window has")
+            k = offset_page % self.pages
+            while self.lo + k in self.used:
+                k = (k + 1) % self.pages
+            got = self.to[offset_page] = self.lo + k
+            self.used.add(got)
+        return got
+
+
+@dataclass
+class RecordedSide:
+    """Recorded syscall bodies emitted into one `EntryModel` (set as `em.kernel_side`)."""
+
+    em: EntryModel
+    kernel: str = DEFAULT_KERNEL
+    bodies: dict[str, RecordedBody | None] = field(default_factory=dict)
+    _frames: dict[tuple[int, int], int] = field(default_factory=dict)
+    _vmalloc_next: int = 0
+    _user: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        lay = self.em.lay
+        k0 = lay.kernel_base >> PAGE_4K
+        text_pages = (lay.section("text").end - lay.kernel_base) >> PAGE_4K
+        data_lo = (lay.section("rodata").start - lay.kernel_base) >> PAGE_4K
+        data_pages = (lay.kernel_end >> PAGE_4K) - k0 - data_lo
+        self._text = _Fold(k0, text_pages)
+        self._data = _Fold(k0 + data_lo, data_pages)
+        self._data_lo = data_lo
+
+    def body(self, name: str) -> RecordedBody | None:
+        if name not in self.bodies:
+            path = recording_path(self.kernel, name)
+            self.bodies[name] = load_body(str(path), name) if path else None
+        return self.bodies[name]
+
+    def has(self, name: str) -> bool:
+        return self.body(name) is not None
+
+    # ---- addresses -------------------------------------------------------------------------------
+    def _frame(self, key: tuple[int, int]) -> int:
+        """A fresh direct-map page for real page `key` (region, page), the same one every call."""
+        va = self._frames.get(key)
+        if va is None:
+            pa = self.em.kernel.mem.alloc(FrameKind.DATA, "recorded kernel object")
+            va = self._frames[key] = self.em.lay.page_offset_base + pa
+        return va
+
+    def _vmalloc(self, key: tuple[int, int]) -> int:
+        va = self._frames.get(key)
+        if va is None:
+            k = self.em.kernel
+            va = k.layout.vmalloc_base + VMALLOC_OFFSET + self._vmalloc_next * PAGE_SIZE
+            self._vmalloc_next += 1
+            pa = k.mem.alloc(FrameKind.DATA, "recorded vmalloc page")
+            k.init.kernel_pt.map(va, pa, PAGE_SIZE, int(PAGE_KERNEL & ~PTE.G), page_size=PAGE_SIZE)
+            self._frames[key] = va
+        return va
+
+    def _map(self, b: RecordedBody, task: Task, user_buf: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Model addresses of `b`'s references (and a mask of those kept)."""
+        em, lay = self.em, self.em.lay
+        text0 = b.ranges["kernel_text"][0][0]
+        stack_refs = b.vaddr[b.region == _R["task_stack"]]
+        own = int(stack_refs[0]) // THREAD_SIZE if len(stack_refs) else -1
+        pcpu0 = b.ranges["percpu"][0][0]
+        dmap0 = b.ranges["direct_map"][0][0]
+        cea0 = b.ranges["cpu_entry_area"][0][0]
+        out = np.zeros(len(b.vaddr), dtype=np.uint64)
+        keep = np.ones(len(b.vaddr), dtype=bool)
+        for i, (va, reg) in enumerate(zip(b.vaddr.tolist(), b.region.tolist(), strict=True)):
+            low = va & (PAGE_SIZE - 1)
+            if reg in (_R["kernel_text"], _R["entry_text"]):
+                out[i] = (self._text.page((va - text0) >> PAGE_4K) << PAGE_4K) | low
+            elif reg == _R["kernel_data"]:
+                out[i] = (self._data.page(((va - text0) >> PAGE_4K) - self._data_lo) << PAGE_4K) | low
+            elif reg == _R["task_stack"]:
+                if va // THREAD_SIZE == own:
+                    out[i] = task.stack + va % THREAD_SIZE
+                else:
+                    out[i] = self._vmalloc((reg, va >> PAGE_4K)) | low
+            elif reg == _R["percpu"]:
+                off = va - pcpu0
+                out[i] = em.percpu(off) if off < PERCPU_PAGES * PAGE_SIZE else self._frame((reg, off >> PAGE_4K)) | low
+            elif reg == _R["direct_map"]:
+                out[i] = self._frame((reg, (va - dmap0) >> PAGE_4K)) | low
+            elif reg == _R["cpu_entry_area"]:
+                out[i] = lay.cpu_entry_area_base + (va - cea0)
+            elif reg == _R["user"] and user_buf:
+                page = va >> PAGE_4K
+                slot = self._user.setdefault(page, len(self._user))
+                out[i] = (user_buf[slot % len(user_buf)] & ~(PAGE_SIZE - 1)) | low
+            else:
+                keep[i] = False
+        return out, keep
+
+    def mapped(self, name: str, task: Task, user_buf: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The model addresses and recorded ops of `name`'s body for `task` (references the model
+        has no place for left out), before the per-line merge."""
+        b = self.body(name)
+        if b is None:
+            raise KeyError(name)
+        va, keep = self._map(b, task, list(user_buf or ()))
+        return va[keep], b.op[keep]
+
+    def emit(self, name: str, task: Task, user_buf: list[int] | None = None) -> int:
+        """Append `name`'s recorded body to the model's stream (kernel mode, whatever CR3 the
+        variant's entry left loaded); the number of events emitted."""
+        va, op = self.mapped(name, task, user_buf)
+        line = va >> np.uint64(LINE)
+        new = np.ones(len(va), dtype=bool)
+        new[1:] = (line[1:] != line[:-1]) | (op[1:] != op[:-1])
+        for a, o in zip(va[new].tolist(), op[new].tolist(), strict=True):
+            self.em.out.access(a, _OP[o], 0)
+        n = int(np.count_nonzero(new))
+        self.em.ops.kernel_refs += n
+        return n
+
+    def pages_report(self, names: list[str]) -> dict[str, dict[str, object]]:
+        """Per recorded syscall: the distinct 4 KiB pages of its body (code, data), the file it
+        came from, and the references the model had no place for."""
+        out: dict[str, dict[str, object]] = {}
+        for name in names:
+            b = self.body(name)
+            if b is None:
+                continue
+            code, data = b.pages()
+            out[name] = {"code_4k": code, "data_4k": data, "recording": b.recording, "dropped_refs": b.dropped}
+        return out
