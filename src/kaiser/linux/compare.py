@@ -37,7 +37,7 @@ from kaiser.linux.audit import (
     policy_for,
     skipped_by_region,
 )
-from kaiser.linux.dumpinfo import Fact, read_dump
+from kaiser.linux.dumpinfo import MODEL_RAM_MAX, Fact, read_dump
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.layout import (
     CPU_ENTRY_AREA_PGD,
@@ -99,7 +99,7 @@ def _meta(dump: Path) -> dict[str, object] | None:
 
 
 def _qemu_ram(cmd: str) -> int | None:
-    m = re.search(r"(?:^|\s)-m\s+(\d+)([MG]?)\b", cmd)
+    m = re.search(r"(?:^|\s)-m\s+(\d{1,7})([MG]?)\b", cmd)
     if not m:
         return None
     return int(m.group(1)) * (GiB if m.group(2) == "G" else MiB)
@@ -187,6 +187,8 @@ def switches_for(
     ncpus = int(pick("ncpus", cpus, cpu, default=2, why="no entry area in the dump"))  # type: ignore[call-overload]
     vsys = str(pick("vsyscall", vsyscall, cmd, default="none", why="no fixmap in the dump"))
     ram_default = _qemu_ram(str(meta.get("qemu_command", ""))) if meta else None
+    if ram_default is not None and not 256 * MiB <= ram_default <= MODEL_RAM_MAX:
+        ram_default = None  # no model machine of that size (KernelConfig; MODEL_RAM_MAX)
     meta_ram = (
         {"ram": Fact("ram", ram_default, f"RAM {ram_default >> 20} MiB: qemu -m", "meta.json")} if ram_default else {}
     )
@@ -301,7 +303,7 @@ def _release(meta: dict[str, object] | None) -> tuple[int, int] | None:
 
 
 _MEMORY_LINE: Final = re.compile(
-    r"Memory: .*\((\d+)K kernel code, (\d+)K rwdata, (\d+)K rodata, (\d+)K init, (\d+)K bss"
+    r"Memory: .*\((\d{1,9})K kernel code, (\d{1,9})K rwdata, (\d{1,9})K rodata, (\d{1,9})K init, (\d{1,9})K bss"
 )
 
 
