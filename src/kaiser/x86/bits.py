@@ -74,6 +74,7 @@ class CR4(enum.IntFlag):
     SMAP = 1 << 21
     PKE = 1 << 22  # protection keys for user pages
     PKS = 1 << 24  # protection keys for supervisor pages
+    LASS = 1 << 27  # linear-address-space separation (SDM Vol. 3A §2.5; needs SMAP: see CpuState)
 
 
 class EFER(enum.IntFlag):
@@ -107,6 +108,7 @@ class PFEC(enum.IntFlag):
 
 
 PF_VECTOR: Final = 14  # #PF (SDM Vol. 3A §6.15)
+SS_VECTOR: Final = 12  # #SS (SDM Vol. 3A §6.15): a LASS violation of a stack access
 
 # CR3 (SDM Vol. 3A §4.5, Table 4-12 and 4-13).
 CR3_PWT: Final = 1 << 3  # only without CR4.PCIDE

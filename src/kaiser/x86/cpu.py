@@ -26,6 +26,7 @@ class CpuFeatures:
     invpcid: bool = True
     la57: bool = True
     gbpages: bool = True  # 1 GiB pages (CPUID.80000001H:EDX[26])
+    lass: bool = False  # linear-address-space separation (CPUID.(EAX=07H,ECX=1):EAX[6])
 
     def __post_init__(self) -> None:
         if not 36 <= self.maxphyaddr <= 52:
@@ -42,6 +43,7 @@ _PCIDE: Final = int(CR4.PCIDE)
 _LA57: Final = int(CR4.LA57)
 _NXE: Final = int(EFER.NXE)
 _AC: Final = int(RFLAGS.AC)
+_LASS: Final = int(CR4.LASS)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class CpuState:
             raise BitsError("the model covers IA-32e paging only: CR0.PG, CR4.PAE and EFER.LME must be set")
         if self.pkru >> 32:
             raise BitsError(f"PKRU={self.pkru:#x} is wider than 32 bits")
+        if self.cr4 & _LASS and not self.cr4 & _SMAP:
+            # Linux enables LASS only beside SMAP (its supervisor data check applies only with
+            # CR4.SMAP=1, SDM Vol. 3A "Linear-Address Pre-Processing", LASS); the model refuses
+            # the combination rather than model a half-enabled LASS.
+            raise BitsError("CR4.LASS needs CR4.SMAP=1 (LASS's supervisor data check rests on SMAP)")
 
     # Named views, so rules read like the SDM.
     @property
@@ -92,6 +99,10 @@ class CpuState:
     @property
     def la57(self) -> bool:
         return bool(self.cr4 & _LA57)
+
+    @property
+    def lass(self) -> bool:
+        return bool(self.cr4 & _LASS)
 
     @property
     def nxe(self) -> bool:

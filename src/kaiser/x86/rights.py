@@ -82,6 +82,39 @@ def smap_blocks(state: CpuState, implicit: bool) -> bool:
     return not (state.ac and state.cpl < 3)
 
 
+def lass_violation(va: int, op: Op, state: CpuState, implicit: bool) -> str | None:
+    """Does linear-address-space separation forbid this access? The reason, or None.
+
+    The check is on bit 63 of the linear address and comes before paging (Intel SDM Vol. 3A,
+    chapter 4 "Paging", "Linear-Address Pre-Processing": "Linear-Address-Space Separation
+    (LASS)"; first in the ISE, chapter "Linear Address Space Separation"). With CR4.LASS=1:
+
+    * a user-mode access (CPL 3, not implicit; data or instruction fetch) to an address with
+      bit 63 = 1 violates LASS;
+    * a supervisor-mode instruction fetch from an address with bit 63 = 0 violates it, whatever
+      EFLAGS.AC;
+    * a supervisor-mode data access to an address with bit 63 = 0 violates it when CR4.SMAP=1
+      and either EFLAGS.AC=0 or the access is an implicit supervisor-mode access (at any CPL;
+      unlike SMAP, AC never excuses an implicit access).
+
+    The fault is #GP(0), or #SS(0) for a stack access; no walk, no A/D, no TLB fill, no CR2
+    (the caller builds it). Software prefetches of a blocked address are dropped (the caller).
+    """
+    if not state.lass:
+        return None
+    upper = bool(va >> 63)
+    if is_user_mode(state, implicit):
+        return "LASS: user-mode access to the upper half (bit 63 = 1)" if upper else None
+    if upper:
+        return None
+    if op is Op.FETCH:
+        return "LASS: supervisor instruction fetch from the lower half (bit 63 = 0)"
+    if state.smap and (implicit or not state.ac):
+        why = "an implicit supervisor access" if implicit else "EFLAGS.AC=0"
+        return f"LASS: supervisor data access to the lower half (bit 63 = 0), {why}"
+    return None
+
+
 def check_access(rights: Rights, leaf: int, op: Op, state: CpuState, implicit: bool) -> AccessCheck:
     """The access-rights decision of SDM §4.6.1 (Table in facts/x86-paging.md §2.2) and the
     protection-key rule of §4.6.2, for the combined `rights` and the `leaf` entry."""

@@ -47,7 +47,7 @@ from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.geometry import mode_for
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.physmem import PhysicalMemory
-from kaiser.x86.rights import Op, Rights, access_error_bits, check_access
+from kaiser.x86.rights import Op, Rights, access_error_bits, check_access, lass_violation
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, CacheGeometry, TlbGeometry, set_index
 from kaiser.x86.walker import GP_VECTOR, EntryRef, Fault, Translation, translate
 
@@ -531,7 +531,8 @@ class Access:
     `level`: where the translation came from (MISS: a walk). `entry`: the TLB entry used (also
     when its cached rights caused the fault), or the one the walk filled (None if the walk
     faulted). `walk`: the walk made, if any (a miss, or a dirty assist after a hit).
-    `walk_loads`: memory loads that walk made after paging-structure-cache hits.
+    `walk_loads`: memory loads that walk made after paging-structure-cache hits. `dropped`: a
+    software prefetch LASS blocked, which does nothing at all (no lookup, no walk, no fault).
     """
 
     va: int
@@ -541,6 +542,7 @@ class Access:
     fault: Fault | None
     walk: Translation | Fault | None = None
     walk_loads: int = 0
+    dropped: bool = False
     ok: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -563,6 +565,7 @@ _CR4_NEEDS_FEATURE: Final = (
     (CR4.SMAP, "smap"),
     (CR4.PKE, "pku"),
     (CR4.LA57, "la57"),
+    (CR4.LASS, "lass"),
 )
 
 
@@ -608,14 +611,27 @@ class Mmu:
             self.caches.counters = value
 
     # ---- accesses ---------------------------------------------------------------------------
-    def access(self, va: int, op: Op = Op.READ, *, implicit: bool = False) -> Access:
-        """Translate one access, through the TLBs and, on a miss, a walk."""
+    def access(
+        self, va: int, op: Op = Op.READ, *, implicit: bool = False, stack: bool = False, prefetch: bool = False
+    ) -> Access:
+        """Translate one access, through the TLBs and, on a miss, a walk.
+
+        `stack`: a stack access (a LASS violation is #SS(0)). `prefetch`: a software prefetch
+        (PREFETCHh never faults, SDM Vol. 2B): LASS judges it as the explicit access of code at
+        the current CPL, whatever `implicit` says of how its translation is made, and a blocked
+        prefetch is dropped (`Access.dropped`: no lookup, no walk, no fault counted)."""
         state = self.state
         c = self.counters
         fetch = op is Op.FETCH
-        if not mode_for(state.la57).is_canonical(va):  # #GP before any TLB lookup (SDM Vol. 3A §6.15)
+        if prefetch and lass_violation(va, op, state, False) is not None:
+            return Access(va, op, HitLevel.MISS, None, None, dropped=True)
+        if not mode_for(state.la57).is_canonical(va) or lass_violation(va, op, state, implicit) is not None:
+            # #GP (non-canonical, SDM Vol. 3A §6.15) or #GP/#SS (LASS, before paging) before any
+            # TLB lookup: the walker builds the fault without reading a table
             c.faults += 1
-            gp = translate(self.mem, state, va, op, implicit=implicit, features=self.features, set_ad=False)
+            gp = translate(
+                self.mem, state, va, op, implicit=implicit, features=self.features, set_ad=False, stack=stack
+            )
             assert isinstance(gp, Fault)
             return Access(va, op, HitLevel.MISS, None, gp)
         found = self.tlb.lookup(va, op, state)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, describe, entry_phys, pkey_of
+from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, SS_VECTOR, describe, entry_phys, pkey_of
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.geometry import Level, mode_for
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.physmem import PhysicalMemory
-from kaiser.x86.rights import Op, Rights, access_error_bits, check_access, reserved_mask
+from kaiser.x86.rights import Op, Rights, access_error_bits, check_access, lass_violation, reserved_mask
 
 GP_VECTOR = 13
 
@@ -78,8 +78,9 @@ class Translation:
 @hex_fields("cr2", "error_code")
 @dataclass(frozen=True)
 class Fault:
-    """An exception instead of a translation: #PF (vector 14, CR2, error code) or #GP (13) for a
-    non-canonical address. `entry` is the entry at which the walk stopped, if any."""
+    """An exception instead of a translation: #PF (vector 14, CR2, error code), #GP(0) (13) for a
+    non-canonical address or a LASS violation, #SS(0) (12) for a LASS violation of a stack
+    access. `entry` is the entry at which the walk stopped, if any."""
 
     vector: int
     cr2: int | None
@@ -96,6 +97,8 @@ class Fault:
     def describe(self) -> str:
         if self.vector == GP_VECTOR:
             return f"#GP(0): {self.reason}"
+        if self.vector == SS_VECTOR:
+            return f"#SS(0): {self.reason}"
         where = f" at {self.entry.level.entry}[{self.entry.index}]" if self.entry else ""
         error = f"{describe(PFEC, self.error_code)} ({self.error_code:#x})"
         return f"#PF cr2={self.cr2:#018x} error={error}{where}: {self.reason}"
@@ -113,16 +116,22 @@ def translate(
     implicit: bool = False,
     features: CpuFeatures | None = None,
     set_ad: bool = True,
+    stack: bool = False,
 ) -> Translation | Fault:
     """Translate `va` for one access under `state` (SDM Vol. 3A §4.5-4.8).
 
     `implicit` marks a system-structure access (GDT/IDT/TSS...), which is a supervisor access at
-    any CPL (§4.6). With `set_ad=False` the tables are left untouched (a "probe" walk).
+    any CPL (§4.6). `stack` marks a stack access (push, pop, call, SS-relative), whose LASS
+    violation is #SS(0) instead of #GP(0). With `set_ad=False` the tables are left untouched
+    (a "probe" walk).
     """
     features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr)
     mode = mode_for(state.la57)
     if not mode.is_canonical(va):
         return Fault(GP_VECTOR, None, 0, f"non-canonical address {va:#018x}")  # SDM Vol. 3A §6.15 #GP
+    lass = lass_violation(va, op, state, implicit)
+    if lass is not None:  # before paging: no walk, no A/D, no CR2 (rights.lass_violation)
+        return Fault(SS_VECTOR if stack else GP_VECTOR, None, 0, lass)
     access_bits = access_error_bits(op, state, implicit)
     nxe = state.nxe
     table = state.root
