@@ -55,7 +55,7 @@ def parse_size(text: str) -> int:
             return int(t, 16)
         except ValueError:
             pass
-    m = re.fullmatch(r"(\d+)\s*([A-Za-z]*)", t)
+    m = re.fullmatch(r"(\d{1,30})\s*([A-Za-z]*)", t)  # bounded: int() refuses 4,300+ digits with a ValueError
     if not m or m.group(2).lower() not in _UNITS:
         raise WorkloadError(f"size {text!r} is not a size (e.g. 4096, 4KiB, 2MiB, 100MiB, 1GiB)")
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
