@@ -209,8 +209,14 @@ def test_example_spec_has_at_least_100_configurations() -> None:
             '[sweep]\nvariants = ["linux"]\nseeds = [-1]\n[[workload]]\nname = "pipe"\n',
             "sweep.seeds[0]: must be at least 0",
         ),
+        (
+            '[sweep]\nvariants = ["linux"]\n[[workload]]\nname = "syscall-loop"\nknobs = { buffer = "'
+            + "7" * 5000
+            + 'MiB" }\n',
+            "is not a size",
+        ),
     ],
-    ids=["product", "knob-product", "iterations", "seed"],
+    ids=["product", "knob-product", "iterations", "seed", "5000-digit-size"],
 )
 def test_a_spec_asking_for_too_much_is_refused_before_the_work(text: str, expected: str) -> None:
     with pytest.raises(SpecError) as info:
