@@ -298,7 +298,7 @@ def _meta_cpu(meta: dict[str, object] | None) -> dict[str, Fact]:
 
 
 def _release(meta: dict[str, object] | None) -> tuple[int, int] | None:
-    m = re.match(r"(\d+)\.(\d+)", str(meta.get("kernel_version", ""))) if meta else None
+    m = re.match(r"(\d{1,4})\.(\d{1,4})", str(meta.get("kernel_version", ""))) if meta else None  # bounded: int()
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
