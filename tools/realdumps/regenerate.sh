@@ -15,6 +15,8 @@
 #   pti-nokaslr-smp4  pti=on nokaslr, 4 CPUs
 #   la57-pti-nokaslr  pti=on nokaslr on -cpu Haswell,+la57, 1 CPU: 5-level paging
 #   pti-kaslr-smp2    pti=on (KASLR on), 2 CPUs (6.2+: entry areas at random slots)
+#   auto-kaslr        pti=auto (KASLR on), 1 CPU: the global kernel image at a random base
+#   la57-pti-kaslr    pti=on (KASLR on) on -cpu Haswell,+la57, 1 CPU
 #
 # Environment: OUT (default tests/linux/data/real), WORK (build dir, default /tmp/kaiser-realdumps),
 # KVER (kernel release, default the newest installed /boot/vmlinuz-* with headers), QEMU_CPU
@@ -35,7 +37,8 @@ if [ $# -gt 0 ]; then CONFIGS=("$@"); else CONFIGS=("${ALL_CONFIGS[@]}"); fi
 log() { printf 'regenerate: %s\n' "$*" >&2; }
 die() { printf 'regenerate: error: %s\n' "$*" >&2; exit 1; }
 
-MORE_CONFIGS=(auto-nokaslr amd-pti-nokaslr amd-auto-nokaslr pti-emulate pti-nokaslr-smp4 la57-pti-nokaslr pti-kaslr-smp2)
+MORE_CONFIGS=(auto-nokaslr amd-pti-nokaslr amd-auto-nokaslr pti-emulate pti-nokaslr-smp4 la57-pti-nokaslr pti-kaslr-smp2
+              auto-kaslr la57-pti-kaslr)
 config_args() {  # config_args NAME -> "<kernel switches>|<cpus>|<qemu cpu model>"
     case $1 in
         pti-nokaslr) echo "pti=on nokaslr|1|Haswell" ;;
@@ -49,6 +52,8 @@ config_args() {  # config_args NAME -> "<kernel switches>|<cpus>|<qemu cpu model
         pti-nokaslr-smp4) echo "pti=on nokaslr|4|Haswell" ;;
         la57-pti-nokaslr) echo "pti=on nokaslr|1|Haswell,+la57" ;;
         pti-kaslr-smp2) echo "pti=on|2|Haswell" ;;
+        auto-kaslr) echo "|1|Haswell" ;;
+        la57-pti-kaslr) echo "pti=on|1|Haswell,+la57" ;;
         *) die "unknown config '$1' (known: ${ALL_CONFIGS[*]} ${MORE_CONFIGS[*]})" ;;
     esac
 }
