@@ -509,6 +509,6 @@ def show_value(workload: str, key: str, text: str) -> str:
         knob = {k.name: k for k in get_workload(workload).knobs}.get(key)
     except WorkloadError:
         return text
-    if knob is not None and knob.show is format_size and text.isdigit():
+    if knob is not None and knob.show is format_size and text.isdigit() and len(text) <= 30:  # int() digit limit
         return format_size(int(text)) if int(text) else "0"
     return text
