@@ -9,7 +9,10 @@ only problem is the U/S check, the data at the translated physical address reach
 instructions before the fault retires. Nothing is forwarded when the walk stops at a non-present
 entry or a reserved bit (the core has no physical address to load from; L1TF/Foreshadow, which
 does forward from non-present PTEs, is out of scope), on a protection-key fault (Meltdown-PK, out
-of scope), or when the core is fixed (`meltdown_vulnerable=False`, RDCL_NO). The result is
+of scope), when LASS faults the load before paging (#GP(0) from the bit-63 check, Intel SDM Vol.
+3A, chapter 4 "Linear-Address Pre-Processing", LASS: there is no walk, so no physical address to
+forward from -- the LASS series' cover letter: LASS "alone would have mitigated Meltdown"), or when
+the core is fixed (`meltdown_vulnerable=False`, RDCL_NO). The result is
 `MemResult(value, fault, cycles)`: the transient value with the architectural fault attached
 (the lennihein/cpu-emulator shape, shared/STYLE.md).
 
@@ -272,8 +275,10 @@ class Reach:
         where = f"{self.level}[{self.index}] = {self.entry:#018x}"
         if self.user:
             return f"user-accessible leaf at {where}"
-        verdict = "present supervisor leaf" if self.present else "walk stops"
         via = f" [user tables' part: {self.part}]" if self.part else ""
+        if self.index < 0:  # a fault before paging (LASS): no entry was read
+            return f"no walk: {self.reason}{via}"
+        verdict = "present supervisor leaf" if self.present else "walk stops"
         return f"{verdict} at {where}: {self.reason}{via}"
 
     def as_dict(self) -> dict[str, object]:
@@ -364,6 +369,7 @@ class MeltdownResult:
             "accuracy": self.accuracy,
             "leaked": self.correct > 0,
             "vulnerable_core": self.vulnerable,
+            "lass": self.config.lass_active,
             "pcid": self.config.pcid,
             "la57": self.config.la57,
             "kaslr": self.config.kaslr,

@@ -19,6 +19,11 @@ Two probes (`PROBES`):
   (CCS 2016). A walk that stops at a non-present entry fills nothing, and the Mmu treats it as a
   page-fault walk (it drops the paging-structure-cache entries for the address: extra
   invalidation, which SDM §4.10.3.1 allows), so an unmapped probe always walks from the root.
+* Under LASS (CR4.LASS, `--lass`) both probes of a kernel address end before the TLB lookup: a
+  user-mode access to the upper half violates LASS before paging (Intel SDM Vol. 3A, chapter 4
+  "Linear-Address Pre-Processing", LASS), so the prefetch is dropped (`Access.dropped`) and the
+  load faults #GP(0); neither walks nor looks up a TLB, so every kernel address costs the same
+  (`ProbeCosts.no_lookup`) and timing tells the attacker nothing.
 * `load`: one faulting user load (fault suppressed, e.g. by TSX, as in DrK). A TLB entry with
   supervisor rights faults without a walk and is then invalidated (SDM §4.10.4.1); a walk that
   reaches a present supervisor leaf faults without filling the TLB (our Mmu caches only
@@ -64,6 +69,7 @@ from kaiser.linux.layout import (
     TiB,
 )
 from kaiser.linux.variants import get_variant
+from kaiser.x86.bits import PF_VECTOR
 from kaiser.x86.events import replay_reference
 from kaiser.x86.rights import Op
 from kaiser.x86.tlb import Access, HitLevel, Mmu
@@ -90,11 +96,16 @@ class ProbeCosts:
     # charged before every walk, which starts only after the STLB lookup missed
     walk_load: float = 12.0  # each paging-structure entry a walk reads: an L2 hit, 12 cycles (perf.md
     # §1, Skylake L2 latency); PSC hits save loads (`Access.walk_loads` counts only those made)
+    no_lookup: float = 0.0  # a probe that ends before the TLB lookup (a #GP, a prefetch LASS drops)
+    # [u: chosen; any constant carries no information]
     fault_suppress: float = 60.0  # `load` only: a suppressed #PF (TSX abort), constant [u: chosen;
     # it carries no information, only adds to the timer's proportional jitter]
 
     def access(self, a: Access) -> float:
-        """Cycles of one translation: a TLB hit (L1 or STLB), or an STLB miss and the walk's loads."""
+        """Cycles of one translation: a TLB hit (L1 or STLB), or an STLB miss and the walk's loads;
+        nothing looked up (a dropped prefetch, a #GP before paging): `no_lookup`."""
+        if a.dropped or (a.fault is not None and a.fault.vector != PF_VECTOR):
+            return self.no_lookup
         if a.walk is None:
             return self.l1_tlb_hit if a.level is HitLevel.L1 else self.stlb_hit
         return self.stlb_hit + self.walk_load * a.walk_loads
@@ -147,7 +158,7 @@ class ProbeCore:
         if mmu.state.cpl != 3:
             mmu.set_registers(cpl=3)
         if self.config.probe == "prefetch":
-            return sum(costs.access(mmu.access(va, Op.READ, implicit=True)) for _ in range(2))
+            return sum(costs.access(mmu.access(va, Op.READ, implicit=True, prefetch=True)) for _ in range(2))
         access = mmu.access(va, Op.READ)
         return costs.access(access) + (costs.fault_suppress if access.fault is not None else 0.0)
 
@@ -283,6 +294,7 @@ class KaslrRun:
     la57: bool
     ram: int
     outcomes: list[RegionOutcome]
+    lass: bool = False  # CR4.LASS was set (`KernelConfig.lass_active`)
     syscalls: int = 0
     probes: int = 0
     seconds: float = 0.0
@@ -297,6 +309,7 @@ class KaslrRun:
             "probe": self.probe,
             "pcid": self.pcid,
             "la57": self.la57,
+            "lass": self.lass,
             "regions": [o.as_dict() for o in self.outcomes],
             "syscalls": self.syscalls,
             "probes": self.probes,
@@ -387,6 +400,7 @@ def run_kaslr(
         la57=la57,
         ram=ram,
         outcomes=[RegionOutcome(g.region, truth[g.region], g) for g in guesses],
+        lass=config.lass_active,
         syscalls=core.syscalls,
         probes=core.probes,
         seconds=time.perf_counter() - started,

@@ -15,7 +15,7 @@ from rich.table import Table
 from kaiser.attacks.cache import QUIET
 from kaiser.attacks.core import REGIONS, AttackError, MeltdownResult, run_meltdown
 from kaiser.attacks.meltdown import AttackParams
-from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
+from kaiser.cli.machine import CpusOption, LassOption, PtiOption, VendorOption, VsyscallOption, lass_vsyscall
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console, emit_json, fail, parse_int, progress_bar, variant_or_all
 from kaiser.linux.variants import get_variant
@@ -54,7 +54,8 @@ def _single(result: MeltdownResult) -> Panel:
         "machine",
         f"{result.variant}, {'5' if cfg.la57 else '4'}-level, PCID {'on' if cfg.pcid else 'off'}, "
         f"KASLR {'on' if cfg.kaslr else 'off'}, seed {cfg.seed}, "
-        f"core {'vulnerable' if result.vulnerable else 'fixed (no Meltdown)'}",
+        f"core {'vulnerable' if result.vulnerable else 'fixed (no Meltdown)'}"
+        + (", LASS" if cfg.lass_active else (", LASS CPU, off (vsyscall=emulate)" if cfg.lass else "")),
     )
     grid.add_row("secret", f"{len(result.secret.data)} bytes in {result.region} at {result.secret.va:#x}")
     grid.add_row("user walk", result.reach.describe())
@@ -81,7 +82,8 @@ def _matrix(results: list[MeltdownResult], regions: list[str]) -> Table:
     table = Table(
         title=f"Meltdown, {len(first.secret.data)}-byte secret, {'5' if cfg.la57 else '4'}-level, "
         f"PCID {'on' if cfg.pcid else 'off'}, seed {cfg.seed}, core "
-        f"{'vulnerable' if first.vulnerable else 'fixed'}: bytes recovered / planted, and the entry "
+        f"{'vulnerable' if first.vulnerable else 'fixed'}{', LASS' if cfg.lass_active else ''}: bytes recovered / "
+        "planted, and the entry "
         "of the attacker's walk that decided it",
         title_justify="left",
     )
@@ -118,10 +120,13 @@ def short_why(result: MeltdownResult) -> str:
     reach = result.reach
     if reach.present:
         return f"{reach.level} present" + (f" ({reach.part})" if reach.part else "")
+    if reach.index < 0:  # faulted before paging
+        return "LASS #GP, no walk" if reach.reason.startswith("LASS") else "no walk"
     return f"{reach.level}[{reach.index}] not present"
 
 
 def meltdown_command(
+    ctx: typer.Context,
     variant: Annotated[str, typer.Option("--variant", "-v", help="Variant name, or 'all'.")] = "all",
     target: Annotated[
         str | None, typer.Option("--target", help="Kernel virtual address to plant the secret at and attack.")
@@ -144,6 +149,7 @@ def meltdown_command(
     vendor: VendorOption = "intel",
     vsyscall: VsyscallOption = "emulate",
     cpus: CpusOption = 2,
+    lass: LassOption = False,
     max_rounds: Annotated[
         int, typer.Option("--max-rounds", min=1, max=ROUNDS_MAX, help="Flush+Reload rounds per byte at most.")
     ] = 12,
@@ -163,6 +169,7 @@ def meltdown_command(
     except ValueError as exc:
         fail(f"--max-rounds: {exc}")
     noise = QUIET if quiet_timer else None
+    vsyscall = lass_vsyscall(ctx, lass, vsyscall)
     runs = [(v, r) for v in variants for r in regions]
     results: list[MeltdownResult] = []
     with progress_bar(disable=json_out or len(runs) * length < 64) as bar:
@@ -185,6 +192,7 @@ def meltdown_command(
                         vendor=vendor,
                         vsyscall=vsyscall,
                         ncpus=cpus,
+                        lass=lass,
                         params=params,
                         noise=noise,
                         progress=lambda n: bar.advance(task, n),

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from kaiser.attacks.timing import PROBES, REGIONS, KaslrSummary, run_seeds
-from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
+from kaiser.cli.machine import CpusOption, LassOption, PtiOption, VendorOption, VsyscallOption, lass_vsyscall
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console, emit_json, fail, progress_bar, variant_or_all
 from kaiser.linux.variants import get_variant
@@ -71,6 +71,7 @@ def _table(summaries: list[KaslrSummary], seeds: list[int]) -> Table:
 
 
 def kaslr_command(
+    ctx: typer.Context,
     variant: Annotated[str, typer.Option("--variant", "-v", help="Variant name, or 'all'.")] = "linux",
     seeds: Annotated[
         int, typer.Option("--seeds", "-n", min=1, max=SEEDS_MAX, help="Number of seeded KASLR layouts.")
@@ -88,6 +89,7 @@ def kaslr_command(
     vendor: VendorOption = "intel",
     vsyscall: VsyscallOption = "emulate",
     cpus: CpusOption = 2,
+    lass: LassOption = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Find the randomized kernel bases from user mode by TLB timing; score the guesses per layout.
@@ -100,6 +102,7 @@ def kaslr_command(
     variants = variant_or_all(variant)
     if probe not in PROBES:
         fail(f"--probe {probe!r} is not one of {', '.join(PROBES)}")
+    vsyscall = lass_vsyscall(ctx, lass, vsyscall)
     seed_list = list(range(first_seed, first_seed + seeds))
     summaries: list[KaslrSummary] = []
     with progress_bar(disable=json_out) as bar:
@@ -118,6 +121,7 @@ def kaslr_command(
                     vendor=vendor,
                     vsyscall=vsyscall,
                     ncpus=cpus,
+                    lass=lass,
                     progress=lambda _region: bar.advance(task, 1),
                 )
             )

@@ -7,6 +7,10 @@ them into a `KernelConfig` (`machine_config`): ``--pti on|auto``, ``--vendor int
   linux-kpti.md §3.3); ``--pti on`` always isolates and never makes the image global.
 * ``--vendor``: Intel maps the entry area's debug-store page; AMD is K8 (no global image).
 * ``--vsyscall``: only ``emulate`` maps the vsyscall page (vsyscall_64.c).
+* ``--lass`` (attack meltdown, attack kaslr): a CPU with LASS, and CR4.LASS set at boot. Linux
+  turns LASS off with ``vsyscall=emulate`` (`KernelConfig.lass_active`), so with ``--lass`` the
+  ``--vsyscall`` default is ``xonly`` (Linux's default since 5.x); ``--lass --vsyscall emulate``
+  shows the LASS CPU with LASS off, as Linux boots it (`lass_vsyscall`).
 
 `kaiser compare` takes the same options with no default: each one given overrides what the dump
 shows (`kaiser.linux.compare.switches_for`).
@@ -37,6 +41,12 @@ VsyscallOption = Annotated[
     str, typer.Option("--vsyscall", callback=choice(*VSYSCALL_MODES), help="vsyscall= mode: emulate, xonly or none.")
 ]
 CpusOption = Annotated[int, typer.Option("--cpus", min=1, max=MAX_CPUS, help="Number of CPUs.")]
+LassOption = Annotated[
+    bool,
+    typer.Option(
+        "--lass", help="A CPU with LASS, set in CR4 (vsyscall default becomes xonly; emulate turns LASS off)."
+    ),
+]
 
 # compare: the same, with no default (what the dump shows)
 PtiOrDump = Annotated[
@@ -56,6 +66,15 @@ CpusOrDump = Annotated[
 ]
 
 
+def lass_vsyscall(ctx: typer.Context, lass: bool, vsyscall: str) -> str:
+    """The vsyscall mode to boot with: ``xonly`` when ``--lass`` is given and ``--vsyscall`` is
+    not (LASS would be off under the ``emulate`` default), else ``vsyscall`` as given."""
+    source = ctx.get_parameter_source("vsyscall")  # typer 0.2x vendors click: compare by name
+    if lass and getattr(source, "name", None) == "DEFAULT":
+        return "xonly"
+    return vsyscall
+
+
 def machine_config(variant: str, **switches: Any) -> KernelConfig:
     """The `KernelConfig` of a command's options (`cpus` is `ncpus`); a contradiction is a
     one-line error (exit 2)."""
@@ -71,11 +90,13 @@ __all__ = [
     "MODEL_SWITCHES",
     "CpusOption",
     "CpusOrDump",
+    "LassOption",
     "PtiOption",
     "PtiOrDump",
     "VendorOption",
     "VendorOrDump",
     "VsyscallOption",
     "VsyscallOrDump",
+    "lass_vsyscall",
     "machine_config",
 ]

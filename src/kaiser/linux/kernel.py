@@ -72,6 +72,9 @@ class KernelConfig:
     espfix_page: int | None = None  # espfix_64.c page_random (0..2047): where the espfix page lands
     cea_slots: tuple[int, ...] | None = None  # per-CPU entry-area slot of each CPU (6.2+ randomizes them)
     tss_phys: tuple[int, ...] | None = None  # physical address of each CPU's cpu_tss_rw page
+    # A CPU with LASS (CPUID.(EAX=07H,ECX=1):EAX[6]); the kernel sets CR4.LASS unless the
+    # vsyscall mode forbids it (`lass_active`).
+    lass: bool = False
 
     def __post_init__(self) -> None:
         get_variant(self.variant)
@@ -93,6 +96,15 @@ class KernelConfig:
                 raise ValueError(f"{name} needs {self.ncpus} distinct values (one per CPU), not {value}")
         if self.tss_phys is not None and any(pa % PAGE_SIZE or not PAGE_SIZE <= pa < self.ram for pa in self.tss_phys):
             raise ValueError(f"tss_phys {self.tss_phys}: each must be a page inside RAM above page 0")
+
+    @property
+    def lass_active(self) -> bool:
+        """Does the kernel set CR4.LASS? Linux's LASS series (6.19) clears X86_FEATURE_LASS when
+        vsyscall=emulate: emulation reads the vsyscall page (0xffffffffff600000, upper half)
+        from user mode, which LASS forbids. With xonly (and none) LASS stays on, and a user call
+        into the vsyscall page is then a #GP(0) from the LASS check, not a #PF, so the XONLY
+        emulation moves into the #GP handler (facts/successors.md, LASS)."""
+        return self.lass and self.vsyscall != "emulate"
 
     @property
     def isolates(self) -> bool:
@@ -663,4 +675,5 @@ class Kernel:
             | CR4.SMEP
             | CR4.SMAP
             | (CR4.LA57 if self.config.la57 else 0)
+            | (CR4.LASS if self.config.lass_active else 0)
         )

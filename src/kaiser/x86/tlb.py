@@ -594,7 +594,8 @@ class Mmu:
     ) -> None:
         self.mem = mem
         self.state = state
-        self.features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr)
+        # by default the core has what its initial state uses (LASS is off in CpuFeatures' default)
+        self.features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr, lass=state.lass)
         self.tlb = tlb or Tlb(geometry)
         self._counters = TlbCounters()
         self.caches = Caches(caches, self._counters) if caches is not None else None
