@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer._click.exceptions import BadParameter, NoArgsIsHelpError, UsageError  # typer vendors click
@@ -81,6 +81,26 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from kaiser import __version__
+
+        typer.echo(f"kaiser {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print kaiser's version and exit."),
+    ] = False,
+) -> None:
+    """The options of `kaiser` itself (the help text is the app's)."""
+
+
 app.command("demo")(demo_command)
 app.command("walk")(walk_command)
 app.command("verify")(verify_command)

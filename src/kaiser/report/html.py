@@ -14,7 +14,6 @@ import html
 import statistics
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 
 from kaiser.report.load import BASELINE, STANDARD_METRICS, Results, Row
 from kaiser.report.plots import Figure, figures, variant_order
@@ -73,10 +72,9 @@ def esc(value: object) -> str:
 
 
 def kaiser_version() -> str:
-    try:
-        return metadata.version("kaiser")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    from kaiser import __version__  # the one source: pyproject.toml's version, via the package metadata
+
+    return __version__
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
