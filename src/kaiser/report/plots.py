@@ -284,8 +284,9 @@ def overhead_vs_knob(res: Results, knob: str) -> Figure | None:
             order = [v for v in values if v in pts]
             xs = [pos[v] for v in order]
             ys = [statistics.fmean(pts[v]) for v in order]
-            lo = [y - min(pts[v]) for v, y in zip(order, ys, strict=True)]
-            hi = [max(pts[v]) - y for v, y in zip(order, ys, strict=True)]
+            # fmean can round a hair outside [min, max]: matplotlib refuses a negative error bar
+            lo = [max(0.0, y - min(pts[v])) for v, y in zip(order, ys, strict=True)]
+            hi = [max(0.0, max(pts[v]) - y) for v, y in zip(order, ys, strict=True)]
             style = {"color": colour(variant), "markersize": 4, **line_style(pcid), **marker(pcid)}
             top.errorbar(xs, ys, yerr=(lo, hi) if any(lo) or any(hi) else None, capsize=2, **style)
             if variant not in shown:
