@@ -184,7 +184,7 @@ def llc_read(
     return 4
 
 
-@_jit
+@_inline
 def stream(
     CT: np.ndarray,
     CS: np.ndarray,
