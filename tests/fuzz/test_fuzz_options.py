@@ -146,7 +146,7 @@ class Case:
         return "kaiser " + " ".join(repr(a) if not a or " " in a else a for a in self.args)
 
 
-NASTY = ["", " ", "junk-fuzz-value", "[/x]", "[bold]x", "\x1b[2J", "ü" * 3, "x" * 300, "a\tb", "=", "%s%n"]
+NASTY = ["", " ", "junk-fuzz-value", "[/x]", "[bold]x", "\x1b[2J", "ü" * 3, "zq" * 150, "a\tb", "=", "%s%n"]
 
 
 def _bad_numbers(opt: Opt, rng: random.Random) -> list[str]:
