@@ -90,6 +90,14 @@ def replay_command(
     plot: Annotated[
         Path | None, typer.Option("--plot", parser=plot_file, help="Draw cycles and overhead per variant (PNG).")
     ] = None,
+    kernel_side: Annotated[
+        str,
+        typer.Option(
+            "--kernel-side",
+            callback=choice("recorded", "modelled"),
+            help="System call bodies: recorded (Debian 6.1's, where a recording exists) or modelled.",
+        ),
+    ] = "modelled",
 ) -> None:
     """Replay a real program's memory trace, with its system calls, on each variant and price it."""
     check_trace_files(trace, syscalls)
@@ -106,7 +114,15 @@ def replay_command(
     with reader_errors():
         strace = read_strace(syscalls, skip_bad=skip_bad) if syscalls else None
         if json_out:
-            result = replay_trace(trace, configs, path=chosen, skip_bad=skip_bad, strace=strace, max_events=limit)
+            result = replay_trace(
+                trace,
+                configs,
+                path=chosen,
+                skip_bad=skip_bad,
+                strace=strace,
+                max_events=limit,
+                kernel_side=kernel_side,
+            )
         else:
             with Progress(
                 TextColumn(f"replaying on {len(configs)} configurations"),
@@ -122,7 +138,14 @@ def replay_command(
                     bar.update(task, completed=done, total=total)
 
                 result = replay_trace(
-                    trace, configs, path=chosen, skip_bad=skip_bad, strace=strace, max_events=limit, progress=tick
+                    trace,
+                    configs,
+                    path=chosen,
+                    skip_bad=skip_bad,
+                    strace=strace,
+                    max_events=limit,
+                    progress=tick,
+                    kernel_side=kernel_side,
                 )
     if plot is not None:
         plot_costs(result, plot)
@@ -164,6 +187,10 @@ def print_result(r: TraceReplay) -> None:
         f"({s['modifies']:,} modify, {s['page_crossings']:,} page-crossing)"
         f"{bad}; {r.seconds:.2f} s, {rate / 1e6:.1f} M references/s replayed (path: {r.results[0].path})"
     )
+    sides = r.results[0].kernel_side if r.results else {}
+    for side in ("recorded", "modelled"):
+        names = sorted(n for n, s in sides.items() if s == side)
+        console.print(f"kernel side {side}: {', '.join(names) if names else 'none'}")
     unmodelled = r.results[0].unmodelled if r.results else {}
     if unmodelled:
         console.print(f"generic kernel body for: {', '.join(f'{k}x{v}' for k, v in sorted(unmodelled.items()))}")

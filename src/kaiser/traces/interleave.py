@@ -31,6 +31,7 @@ front, without a second pass over the file.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 import warnings
@@ -116,9 +117,13 @@ def _entry_hook() -> Callable[..., None] | None:
 class EntrySyscalls:
     """The syscall hook on `kaiser.linux.entry.EntryModel` (see the module docstring)."""
 
-    def __init__(self, kernel: Kernel, task: Task) -> None:
+    def __init__(self, kernel: Kernel, task: Task, kernel_side: str = "modelled") -> None:
         self.kernel = kernel
         self.em = EntryModel(kernel)
+        if kernel_side == "recorded":  # bodies from the shipped recordings where one exists
+            from kaiser.record.replay import RecordedSide
+
+            self.em.kernel_side = RecordedSide(self.em)
         self._state = self.em.start(task)
         self.em.return_to_user()
         self._prologue = self.em.out.array()
@@ -262,6 +267,7 @@ class TraceResult:
     cycles: dict[str, float] | None
     unmodelled: dict[str, int]
     seconds: float = 0.0  # replay time of this configuration (excludes reading the file)
+    kernel_side: dict[str, str] = field(default_factory=dict)  # model syscall -> recorded|modelled
 
     @property
     def total_cycles(self) -> float | None:
@@ -282,6 +288,7 @@ class TraceResult:
             "cycles": self.cycles,
             "unmodelled_syscalls": self.unmodelled,
             "replay_seconds": self.seconds,
+            "kernel_side": self.kernel_side,
         }
 
 
@@ -374,6 +381,9 @@ class ConfigReplay:
             self.engine.sync_back()
         cycles = _price(self.counters, self.hook.ops)
         unmodelled = dict(getattr(self.hook, "unmodelled", {}))
+        em = getattr(self.hook, "em", None)
+        recorded = em.recorded_calls if isinstance(em, EntryModel) else {}
+        sides = {n: ("recorded" if n in recorded else "modelled") for n in self.hook.ops.syscalls_by_name}
         return TraceResult(
             self.variant,
             self.pcid,
@@ -388,6 +398,7 @@ class ConfigReplay:
             cycles,
             unmodelled,
             self.seconds,
+            sides,
         )
 
 
@@ -526,12 +537,18 @@ def replay_trace(
     hook_factory: Callable[[Kernel, Task], SyscallHook] = EntrySyscalls,
     chunk_bytes: int | None = None,
     seed: int = 0,
+    kernel_side: str = "modelled",
 ) -> TraceReplay:
     """Read `trace` once, chunk by chunk, and replay every chunk on every (variant, pcid) of
     `configs`. `path`: "engine" (default when importable) or "reference" (slow: warns).
     `max_events`: replay only the first that many user events (a slice, e.g. for the reference
     path; `refs` then counts events, and the stats say `sliced`).
-    `progress(bytes_read, bytes_total)` after each chunk."""
+    `progress(bytes_read, bytes_total)` after each chunk. `kernel_side="recorded"`: the default
+    hook's syscall bodies from the shipped recordings where one exists (kaiser.record.replay)."""
+    if kernel_side == "recorded" and hook_factory is EntrySyscalls:
+        hook_factory = functools.partial(EntrySyscalls, kernel_side="recorded")
+    elif kernel_side not in ("recorded", "modelled"):
+        raise ValueError(f"unknown kernel side {kernel_side!r}; use 'recorded' or 'modelled'")
     path = path or ("engine" if engine_available() else "reference")
     if path == "reference" and (max_events is None or max_events > 2_000_000):
         warnings.warn(
