@@ -68,6 +68,7 @@ _WHY: Final = {
     core.WHY_INVPCID_CANONICAL: "INVPCID type 0 for non-canonical address {a:#x}",
     core.WHY_PHYS_ALIGN: "physical address {a:#x} is not 8-byte aligned",
     core.WHY_PHYS_RANGE: "physical address outside RAM (size {size:#x})",
+    core.WHY_CR4_LASS_SMAP: "MOV to CR4 {a:#x} sets LASS without SMAP",
 }
 
 
@@ -84,6 +85,7 @@ def _features_bits(features: CpuFeatures) -> int:
         (core.F_PKU, features.pku),
         (core.F_LA57, features.la57),
         (core.F_INVPCID, features.invpcid),
+        (core.F_LASS, features.lass),
     ):
         if on:
             bits |= flag
@@ -108,7 +110,7 @@ class Engine:
         caches: CacheHierarchy | None = None,
     ) -> None:
         self.mem = mem
-        self.features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr)
+        self.features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr, lass=state.lass)  # as Mmu
         self.geometry = tlb.geometry if tlb is not None else geometry
         self.hierarchy = caches
         self.counters = TlbCounters()

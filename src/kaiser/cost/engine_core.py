@@ -36,6 +36,7 @@ from kaiser.cost.engine_cache import access as cache_access
 from kaiser.cost.engine_rules import (
     ADDR_MASK_52,
     CR4_LA57,
+    CR4_LASS,
     CR4_PAE,
     CR4_PCIDE,
     CR4_PGE,
@@ -53,6 +54,7 @@ from kaiser.cost.engine_rules import (
     G,
     P,
     check_access,
+    lass_blocks,
     through,
 )
 
@@ -74,7 +76,7 @@ OWN_GLOBAL: Final = 1 << 16
 GROUP_I, GROUP_D, GROUP_S = 0, 1, 2
 
 # CPUID features (bits of M[M_FEATURES]).
-F_PCID, F_SMEP, F_SMAP, F_PKU, F_LA57, F_INVPCID = (1 << i for i in range(6))
+F_PCID, F_SMEP, F_SMAP, F_PKU, F_LA57, F_INVPCID, F_LASS = (1 << i for i in range(7))
 
 # Counter indices: the fields of `kaiser.x86.tlb.TlbCounters`, in order (checked at import by
 # `kaiser.cost.engine`); the cache counters (indices from 32) are `engine_cache`'s.
@@ -166,7 +168,8 @@ OK, ERR_GP, ERR_UD, ERR_PHYS, ERR_CPL, ERR_KIND = range(6)
     WHY_INVPCID_CANONICAL,
     WHY_PHYS_ALIGN,
     WHY_PHYS_RANGE,
-) = range(14)
+    WHY_CR4_LASS_SMAP,
+) = range(15)
 
 # Walk outcomes.
 W_OK, W_FAULT, W_PHYS = 0, 1, 2
@@ -641,6 +644,9 @@ def replay(
             if not is_canonical(a, va_bits):  # #GP before any TLB lookup (SDM Vol. 3A §6.15)
                 C[C_FAULTS] += 1
                 continue
+            if lass_blocks(a, kind, cpl, implicit, ST[ST_CR4], M[M_RFLAGS]):  # type: ignore[arg-type]  # LASS: #GP/#SS before paging
+                C[C_FAULTS] += 1
+                continue
             cr4 = ST[ST_CR4]
             pcid = ST[ST_CR3] & 0xFFF if cr4 & CR4_PCIDE else 0
             pge = (cr4 & CR4_PGE) != 0
@@ -790,8 +796,11 @@ def replay(
                 or (a & CR4_SMAP and not features & F_SMAP)
                 or (a & CR4_PKE and not features & F_PKU)
                 or (a & CR4_LA57 and not features & F_LA57)
+                or (a & CR4_LASS and not features & F_LASS)
             ):
                 return ERR_GP, n, WHY_CR4_FEATURE
+            if a & CR4_LASS and not a & CR4_SMAP:
+                return ERR_GP, n, WHY_CR4_LASS_SMAP
             if not a & CR4_PAE:
                 return ERR_GP, n, WHY_CR4_PAE
             if (old ^ a) & CR4_LA57:

@@ -58,6 +58,7 @@ CR4_PCIDE: Final = 1 << 17
 CR4_SMEP: Final = 1 << 20
 CR4_SMAP: Final = 1 << 21
 CR4_PKE: Final = 1 << 22
+CR4_LASS: Final = 1 << 27
 EFER_NXE: Final = 1 << 11
 RFLAGS_AC: Final = 1 << 18
 
@@ -102,6 +103,24 @@ def smap_blocks(cr4: int, rflags: int, cpl: int) -> bool:
     if not cr4 & CR4_SMAP:
         return False
     return not (rflags & RFLAGS_AC and cpl < 3)
+
+
+@_jit
+def lass_blocks(va: int, op: int, cpl: int, implicit: bool, cr4: int, rflags: int) -> bool:
+    """`kaiser.x86.rights.lass_violation` on the int64 address (bit 63 set: negative): with
+    CR4.LASS, a user-mode access to the upper half, a supervisor fetch from the lower half, and a
+    supervisor data access to the lower half with SMAP and (AC=0 or implicit) fault before paging
+    (Intel SDM Vol. 3A, chapter 4 "Linear-Address Pre-Processing", LASS)."""
+    if not cr4 & CR4_LASS:
+        return False
+    upper = va < 0
+    if cpl == 3 and not implicit:
+        return upper
+    if upper:
+        return False
+    if op == OP_FETCH:
+        return True
+    return (cr4 & CR4_SMAP) != 0 and (implicit or not rflags & RFLAGS_AC)
 
 
 @_jit

@@ -787,6 +787,8 @@ class Mmu:
         for bit, feature in _CR4_NEEDS_FEATURE:
             if value & bit and not getattr(self.features, feature):
                 raise GeneralProtection(f"MOV to CR4 {value:#x}: CR4.{bit.name} is reserved without CPUID {feature}")
+        if value & CR4.LASS and not value & CR4.SMAP:  # the model's rule (CpuState)
+            raise GeneralProtection(f"MOV to CR4 {value:#x} sets LASS without SMAP")
         if not value & CR4.PAE:
             raise GeneralProtection("MOV to CR4 clearing PAE in IA-32e mode")
         if (old ^ value) & CR4.LA57:
