@@ -17,6 +17,7 @@ import typer
 
 from kaiser.cli.bench_engine import engine_command
 from kaiser.cli.bench_replay import replay_bench_command
+from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
 from kaiser.cli.options import choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, fail, print_table, progress_bar
 from kaiser.cost.machines import MACHINES, get_machine
@@ -59,10 +60,17 @@ def memory_command(
     variant: VariantOpt = None,
     pcid: Annotated[bool, typer.Option("--pcid/--no-pcid", help="CPU with PCID.")] = True,
     la57: Annotated[bool, typer.Option("--la57/--4level", help="5-level or 4-level paging.")] = False,
+    pti: PtiOption = "auto",
+    vendor: VendorOption = "intel",
+    vsyscall: VsyscallOption = "emulate",
+    cpus: CpusOption = 2,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Page-table memory per process and shared, per variant, for a typical ~22 MiB process."""
-    rows = [measure(name, pcid=pcid, la57=la57) for name in chosen_variants(variant)]
+    rows = [
+        measure(name, pcid=pcid, la57=la57, pti=pti, vendor=vendor, vsyscall=vsyscall, ncpus=cpus)
+        for name in chosen_variants(variant)
+    ]
     if json_out:
         emit_json([r.as_dict() for r in rows])
         return
@@ -121,6 +129,7 @@ def run_bench(
     caches: CacheHierarchy | None = None,
     params: CostParams = SKYLAKE,
     kernel_side: str = "modelled",
+    switches: dict[str, Any] | None = None,
 ) -> list[Comparison]:
     """Every chosen variant at every PCID setting, with nopti baselines, behind a progress bar;
     `caches`: the data caches (None: none), priced with `params`; `kernel_side`: system call
@@ -128,6 +137,8 @@ def run_bench(
     total = len(pcids) * (1 + len([v for v in variants if v != BASELINE]))
     kw: dict[str, Any] = {"iterations": iterations, "warmup": warmup, "path": path, "params": params}
     kw["kernel_side"] = kernel_side
+    if switches:
+        kw["switches"] = switches
     if caches is not None:
         kw["caches"] = caches
     with progress_bar(disable=not show_progress) as bar:
@@ -347,8 +358,12 @@ def bench_callback(
             help="System call bodies: recorded (Debian 6.1's, where a recording exists) or modelled.",
         ),
     ] = "modelled",
+    pti: PtiOption = "auto",
+    vendor: VendorOption = "intel",
+    vsyscall: VsyscallOption = "emulate",
 ) -> None:
-    """Replay a workload on each variant, price it, and compare with nopti at the same work."""
+    """Replay a workload on each variant, price it, and compare with nopti at the same work
+    (one CPU; --pti/--vendor/--vsyscall as in kaiser dump)."""
     if ctx.invoked_subcommand is not None:
         return
     names = [n for n in chosen_variants(variant) if n != BASELINE] if variant else list(ISOLATING)
@@ -380,7 +395,8 @@ def bench_callback(
     latencies = caches or (m.latencies if m else None)
     caches = hierarchy.name if hierarchy else None
     rows = run_bench(
-        names, workload, pcids, settings, iterations, warmup, path, not json_out, hierarchy, params, kernel_side
+        names, workload, pcids, settings, iterations, warmup, path, not json_out, hierarchy, params, kernel_side,
+        switches={"pti": pti, "vendor": vendor, "vsyscall": vsyscall},
     )  # fmt: skip
     title = f"{workload}: {wl.describe(knobs)}"
     if plot is not None:

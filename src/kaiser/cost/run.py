@@ -156,18 +156,21 @@ def run(
     geometry: TlbGeometry = DEFAULT_GEOMETRY,
     caches: CacheHierarchy | None = None,
     kernel_side: str = "modelled",
+    switches: dict[str, Any] | None = None,
 ) -> RunResult:
     """Boot, compile, replay, price. `variant` may be a registry name or a `Variant` object.
     `kernel_side="recorded"`: system call bodies from the shipped recordings where one exists
     (kaiser.record.replay), the entry and exit paths still the variant's own.
     With `caches`, references are priced by the cache level that served them, at the latencies
-    in `params` (the caller picks them: `kaiser.cost.params.for_caches`, or a machine's)."""
+    in `params` (the caller picks them: `kaiser.cost.params.for_caches`, or a machine's).
+    `switches`: further `KernelConfig` switches (pti, vendor, vsyscall; kaiser.cli.machine)."""
     wl = get_workload(workload) if isinstance(workload, str) else workload
     knobs = wl.resolve(settings)
     name = variant if isinstance(variant, str) else variant.name
     config = KernelConfig(
-        name if isinstance(variant, str) else "linux", pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, ncpus=1
-    )
+        name if isinstance(variant, str) else "linux", pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, ncpus=1,
+        **(switches or {}),
+    )  # fmt: skip
     kernel = Kernel.boot(config, variant=None if isinstance(variant, str) else variant)
     em = EntryModel(kernel)
     side = None

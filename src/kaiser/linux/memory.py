@@ -8,6 +8,7 @@ the user half would cost as many frames again as the process's own user page tab
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.mm import populate_typical
@@ -54,9 +55,10 @@ def user_half_tables(pt: PageTable) -> int:
     return count
 
 
-def measure(variant: str, *, pcid: bool = True, la57: bool = False, seed: int = 0) -> MemoryRow:
-    """Boot `variant`, run one typical process, and count page-table frames by owner."""
-    kernel = Kernel.boot(KernelConfig(variant=variant, pcid=pcid, la57=la57, seed=seed))
+def measure(variant: str, *, pcid: bool = True, la57: bool = False, seed: int = 0, **switches: Any) -> MemoryRow:
+    """Boot `variant`, run one typical process, and count page-table frames by owner (`switches`:
+    further `KernelConfig` switches -- pti, vendor, vsyscall, ncpus)."""
+    kernel = Kernel.boot(KernelConfig(variant=variant, pcid=pcid, la57=la57, seed=seed, **switches))
     task = kernel.spawn()
     populate_typical(task.mm)
     by_tag = kernel.mem.stats().page_table_by_tag
