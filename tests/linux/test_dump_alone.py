@@ -283,3 +283,34 @@ def test_cmdline_and_cpuinfo_fill_in_what_the_dump_cannot_tell(tmp_path: Path) -
     assert json.loads(text.output)["model"]["pti"] == "on"
     missing = runner.invoke(app, ["compare", str(alone), "--cpuinfo", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "nope" in missing.output
+
+
+# ---- the machine switches, the same on every command that boots a kernel -------------------------
+BOOTING = (["dump"], ["audit"], ["attack", "meltdown"], ["attack", "kaslr"], ["run"], ["bench"], ["bench", "memory"])
+
+
+@pytest.mark.parametrize("command", BOOTING, ids=" ".join)
+def test_every_booting_command_takes_the_machine_switches(command: list[str]) -> None:
+    out = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    for option in ("--pti", "--vendor", "--vsyscall"):
+        assert option in out.output, (command, option)
+    bad = runner.invoke(app, [*command, "--pti", "off"])
+    assert bad.exit_code == 2 and "off" in bad.output
+
+
+def test_dump_switches_change_the_tables() -> None:
+    def user_classes(*args: str) -> set[str]:
+        out = runner.invoke(app, ["dump", "--table", "current_user", "--no-pcid", *args])
+        assert out.exit_code == 0, out.output
+        return set(summarize(parse_ptdump(out.output)))
+
+    assert "kernel_text" in user_classes()  # pti=auto, Intel, no PCID: the global image (§3.3)
+    assert "kernel_text" not in user_classes("--pti", "on")
+    assert "kernel_text" not in user_classes("--pti", "on", "--vendor", "amd")  # K8
+    assert "vsyscall" not in user_classes("--vsyscall", "xonly")
+    cpus = runner.invoke(app, ["dump", "--table", "current_user", "--cpus", "3"])
+    assert summarize(parse_ptdump(cpus.output))["tss_percpu"].count == 3
+    # pti=auto on AMD (no Meltdown bug): no isolation, so there is no current_user file at all
+    amd = runner.invoke(app, ["dump", "--table", "current_user", "--vendor", "amd"])
+    assert amd.exit_code == 2 and "no user page tables" in amd.output
