@@ -326,3 +326,19 @@ def test_the_checker_catches_what_it_should() -> None:
     assert check(Case(("walk", "0x400000", "--json"), ("--json",))) == "exit 0, not 2"
     assert "does not name" in (check(Case(("verify", "--cases", "0"), ("--seed",))) or "")
     assert check(Case(("verify", "--cases", "0"), ("--cases",))) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["bench", "engine", "--foo"], "bench engine: no such option: --foo (try 'kaiser bench engine --help')"),
+        (["verify", "--cases", "0"], "verify: --cases 0: Input should be greater than or equal to 1"),
+        (["dump", "--out", ""], "dump: --out '': empty path (try 'kaiser dump --help')"),
+        (["sweep"], "sweep: missing argument 'spec'"),
+    ],
+)
+def test_the_one_line_names_the_command_the_option_and_the_value(args: list[str], line: str) -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        assert ROOT.main(args, prog_name="kaiser", standalone_mode=False) == 2
+    assert out.getvalue().startswith(f"kaiser: error: {line}"), out.getvalue()

@@ -56,7 +56,7 @@ class KaiserGroup(TyperGroup):
             sys.stderr.write(exc.format_message() + "\n")
             code = 2
         except UsageError as exc:
-            code = _one_line(usage_line(exc), exc.exit_code)
+            code = _one_line(usage_line(exc, argv), exc.exit_code)
         except typer.Abort:
             code = _one_line("aborted", 130)
         except USER_ERRORS as exc:
@@ -129,19 +129,35 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def usage_line(exc: UsageError) -> str:
+def usage_line(exc: UsageError, argv: Sequence[str] = ()) -> str:
     """A click usage error (bad option value, unknown option, missing argument) as one line that
-    names the command and the option, with a --help hint: click's own boxed usage text is several
-    lines and hides which command complained."""
+    names the command, the option and the value given (the last one, as click keeps the last),
+    with a --help hint: click's own boxed usage text is several lines and hides which command
+    complained."""
     path = exc.ctx.command_path if exc.ctx is not None else "kaiser"
     where = path.removeprefix("kaiser").strip()
     if type(exc) is BadParameter and exc.param is not None:
         name = max(exc.param.opts, key=len) if exc.param.opts else exc.param.get_error_hint()
-        detail = f"{name}: {exc.message}"
+        given = None if exc.param.multiple else _given(argv, exc.param.opts)  # a list's message names the item
+        shown = "" if given is None or len(given) > 60 else f" {given!r}" if not given.strip() else f" {given}"
+        detail = f"{name}{shown}: {exc.message}"
     else:
         detail = exc.format_message()
     detail = " ".join(detail.split()).rstrip(".")
     return f"{where + ': ' if where else ''}{detail[:1].lower()}{detail[1:]} (try '{path} --help')"
+
+
+def _given(argv: Sequence[str], opts: Sequence[str]) -> str | None:
+    """The value given last to an option spelled `opts` in `argv` (`--opt V` or `--opt=V`)."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg in opts and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif "=" in arg and arg.split("=", 1)[0] in opts:
+            found = arg.split("=", 1)[1]
+    return found
 
 
 def run(argv: Sequence[str] | None = None) -> int:
