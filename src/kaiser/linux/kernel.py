@@ -340,19 +340,19 @@ class Kernel:
         pte_page = mem.alloc(FrameKind.PAGE_TABLE, "espfix pte")
         stack_page = mem.alloc(FrameKind.DATA, "espfix")
         for n in range(ESPFIX_PUD_CLONES):
-            mem.write_u64(pud_slot + 8 * n, pmd_page | upper)
+            kpt.set_entry(pud_slot + 8 * n, pmd_page | upper, depth)
         for n in range(ESPFIX_PMD_CLONES):
-            mem.write_u64(pmd_page + 8 * n, pte_page | upper)
+            kpt.set_entry(pmd_page + 8 * n, pte_page | upper, depth + 1)
         first = kpt.levels[-1].index(self.espfix_va)
         for n in range(ESPFIX_PTE_CLONES):
-            mem.write_u64(pte_page + 8 * (first + n * 16), stack_page | leaf)
+            kpt.set_entry(pte_page + 8 * (first + n * 16), stack_page | leaf, depth + 2)
 
     def _set_vsyscall_pgtable_user_bits(self, pt: PageTable) -> None:
         """OR USER into every upper-level entry above the vsyscall PTE (vsyscall_64.c, §3.3)."""
         for depth in range(len(pt.levels) - 1):
             slot = pt.entry_slot(VSYSCALL_ADDR, depth)
             if slot is not None:
-                self.mem.write_u64(slot, self.mem.read_u64(slot) | int(PTE.US))
+                pt.set_entry(slot, self.mem.read_u64(slot) | int(PTE.US), depth)
 
     def _cea_slot_order(self) -> list[int]:
         """Per-CPU entry-area slots: CPU n at slot n before 6.2 and without KASLR; a random unique
@@ -417,7 +417,7 @@ class Kernel:
                     for page in range(piece.pages):
                         slot_pa = kpt.entry_slot(va + page * PAGE_SIZE, leaf_depth, create=True)
                         assert slot_pa is not None
-                        mem.write_u64(slot_pa, PAGE_NONE)
+                        kpt.set_entry(slot_pa, PAGE_NONE, leaf_depth)
                 elif piece.kind is not Kind.GUARD:
                     assert piece.backing is not None
                     kpt.map(va, percpu_pa + piece.backing * PAGE_SIZE, piece.pages * PAGE_SIZE, flags[piece.kind])
@@ -531,10 +531,14 @@ class Kernel:
         """`pgd_alloc()`: a PGD (pair) whose kernel halves are copied from init_mm (clone_pgd_range)."""
         pair = self._alloc_pgd_pair(self.mem, self.init.kernel_pt.mode, self.variant, f"pid{mm.pid}")
         for index in range(256, 512):
-            self.mem.write_u64(pair.kernel_pgd + 8 * index, self.mem.read_u64(self.init.kernel_pgd + 8 * index))
+            pair.kernel_pt.set_entry(
+                pair.kernel_pgd + 8 * index, self.mem.read_u64(self.init.kernel_pgd + 8 * index), 0
+            )
             if pair.user_pt is not None:
                 assert self.init.user_pgd is not None
-                self.mem.write_u64(pair.user_pt.root + 8 * index, self.mem.read_u64(self.init.user_pgd + 8 * index))
+                pair.user_pt.set_entry(
+                    pair.user_pt.root + 8 * index, self.mem.read_u64(self.init.user_pgd + 8 * index), 0
+                )
         if pair.user_pt is not None:
             kpt, upt = pair.kernel_pt, pair.user_pt
             nx = self.variant.kernel_copy_marks_user_nx
@@ -595,7 +599,7 @@ class Kernel:
         for page in range(va, va + THREAD_SIZE, PAGE_SIZE):  # vunmap keeps the tables
             slot = kpt.entry_slot(page, leaf_depth)
             assert slot is not None
-            self.mem.write_u64(slot, 0)
+            kpt.set_entry(slot, 0, leaf_depth)
         if self.variant.maps(Part.TASK_STACKS):
             assert self.init.user_pt is not None
             pti.kaiser_remove_mapping(self.init.user_pt, va, THREAD_SIZE)
@@ -653,7 +657,7 @@ class Kernel:
             kpt.unmap(self.layout.ldt_base, mm.ldt_pages * PAGE_SIZE)  # free_ldt_pgtables()
             if mm.pgd.user_pt is not None:
                 index = kpt.levels[0].index(self.layout.ldt_base)
-                self.mem.write_u64(mm.pgd.user_pt.root + 8 * index, 0)
+                mm.pgd.user_pt.set_entry(mm.pgd.user_pt.root + 8 * index, 0, 0)
         mm.ldt_pa = mm.ldt_entries = 0
 
     # ---- CR3 -----------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def pti_set_user_pgtbl(kernel_pt: PageTable, user_pt: PageTable, index: int, val
     """
     if not pgdp_maps_userspace(kernel_pt, index) or value & PTE.SW1:  # SW1 = _PAGE_NOPTISHADOW (2025)
         return value
-    user_pt.mem.write_u64(user_pt.root + 8 * index, value)
+    user_pt.set_entry(user_pt.root + 8 * index, value, 0)
     if value & PTE.P and value & PTE.US:
         return value | int(PTE.NX) if nx else value & ~int(PTE.US)
     return value
@@ -57,7 +57,7 @@ def pti_clone_pgd(kernel_pt: PageTable, user_pt: PageTable, va: int) -> None:
     value = kernel_pt.mem.read_u64(kernel_pt.root + 8 * index)
     if not value & PTE.P:
         raise PagingError(f"pti_clone_pgd: kernel top-level entry for {va:#018x} is not present")
-    user_pt.mem.write_u64(user_pt.root + 8 * index, value)
+    user_pt.set_entry(user_pt.root + 8 * index, value, 0)
 
 
 def pti_clone_p4d(kernel_pt: PageTable, user_pt: PageTable, va: int) -> None:
@@ -69,7 +69,7 @@ def pti_clone_p4d(kernel_pt: PageTable, user_pt: PageTable, va: int) -> None:
         raise PagingError(f"pti_clone_p4d: kernel entry for {va:#018x} is not present")
     uslot = user_pt.entry_slot(va, depth, create=True)
     assert uslot is not None
-    user_pt.mem.write_u64(uslot, kernel_pt.mem.read_u64(kslot))
+    user_pt.set_entry(uslot, kernel_pt.mem.read_u64(kslot), depth)
 
 
 def pti_clone_pgtable(
@@ -102,10 +102,10 @@ def pti_clone_pgtable(
         if kpmd & PTE.PS or level == "pmd":
             if set_global and kpmd & PTE.PS:
                 kpmd |= int(PTE.G)
-                mem.write_u64(kpmd_slot, kpmd)  # type: ignore[arg-type]
+                kernel_pt.set_entry(kpmd_slot, kpmd, pmd_depth)  # type: ignore[arg-type]
             uslot = user_pt.entry_slot(addr, pmd_depth, create=True)
             assert uslot is not None
-            mem.write_u64(uslot, kpmd & ~clear)
+            user_pt.set_entry(uslot, kpmd & ~clear, pmd_depth)
             cloned += 1
             addr = (addr | (PMD_SIZE - 1)) + 1
             continue
@@ -114,12 +114,12 @@ def pti_clone_pgtable(
         if kpte & PTE.P:
             if set_global:
                 kpte |= int(PTE.G)
-                mem.write_u64(kpte_slot, kpte)
+                kernel_pt.set_entry(kpte_slot, kpte, len(kernel_pt.levels) - 1)
             uslot = user_pt.entry_slot(addr, len(user_pt.levels) - 1, create=True)
             assert uslot is not None
             if mem.read_u64(uslot) & PTE.US:
                 raise PagingError(f"pti_clone_pgtable: user PTE for {addr:#018x} is already a user mapping")
-            mem.write_u64(uslot, kpte & ~clear)
+            user_pt.set_entry(uslot, kpte & ~clear, len(user_pt.levels) - 1)
             cloned += 1
         addr += PAGE_SIZE
     return cloned
@@ -152,4 +152,4 @@ def kaiser_remove_mapping(user_pt: PageTable, start: int, size: int) -> None:
     for va in range(start & ~(PAGE_SIZE - 1), start + size, PAGE_SIZE):
         slot = user_pt.entry_slot(va, leaf_depth)
         if slot is not None:
-            user_pt.mem.write_u64(slot, 0)
+            user_pt.set_entry(slot, 0, leaf_depth)

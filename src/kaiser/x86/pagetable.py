@@ -114,12 +114,25 @@ class PageTable:
         self._destroyed = False
 
     def _write(self, slot: int, value: int, depth: int) -> None:
-        """Every entry write goes through here, so top-level writes can be mirrored (and undone)."""
+        """Every entry write goes through here, so top-level writes can be mirrored (and undone).
+
+        The one door: map/unmap/protect/split use it, and code outside this class (Linux's boot,
+        PTI's clones, `pgd_alloc`'s copy of the kernel half) reaches it through `set_entry`. Only
+        the MMU's own A/D updates (kaiser.x86.walker, SDM §4.8) write entries elsewhere."""
         if self._journal is not None:
             self._journal.writes.append((slot, self.mem.read_u64(slot), depth))
         if depth == 0 and self.root_hook is not None:
             value = self.root_hook((slot - self.root) // 8, value)
         self.mem.write_u64(slot, value)
+
+    def set_entry(self, slot: int, value: int, depth: int) -> None:
+        """Write `value` into the entry at physical address `slot`, a table at `depth` of this tree
+        (0: the top level, where `root_hook` sees it). For callers that build tables by hand
+        (espfix's aliases, PTI's clones); inside a map/unmap/protect the write is journaled too."""
+        self._check_live()
+        if not 0 <= depth < len(self.levels):
+            raise PagingError(f"entry {slot:#x}: depth {depth} is not 0..{len(self.levels) - 1}")
+        self._write(slot, value, depth)
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[None]:
@@ -386,8 +399,8 @@ class PageTable:
         else:
             child_flags = flags | (int(PTE_PAT_4K) if pat else 0)  # 2 MiB -> 4 KiB: PAT moves to bit 7
         new = self._new_table()
-        offsets = np.arange(512, dtype=np.uint64) * np.uint64(child.span)
-        self.mem.table(new)[:] = (np.uint64(base_pa) + offsets) | np.uint64(child_flags)
+        for index in range(512):
+            self._write(new + 8 * index, (base_pa + index * child.span) | child_flags, depth + 1)
         table_entry = new | self._table_flags(va)
         self._write(slot, table_entry, depth)
         return table_entry
