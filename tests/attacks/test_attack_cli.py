@@ -62,10 +62,10 @@ def test_exit_status_is_1_only_when_an_isolating_variant_leaks(variant: str, reg
         (["--target", "0x10", "--secret-in", "vmalloc"], "either --target or --secret-in"),
         (["--target", "0xzz"], "--target '0xzz' is not a number"),
         (["--target", "0x1000"], "is not a kernel address"),
-        (["--length", "0"], "attack meltdown: --length: "),
-        (["--length", "4097"], "attack meltdown: --length: "),
+        (["--length", "0"], "attack meltdown: --length 0: "),
+        (["--length", "4097"], "attack meltdown: --length 4097: "),
         (["--max-rounds", "0"], "--max-rounds"),
-        (["--seed", "-1"], "attack meltdown: --seed: "),
+        (["--seed", "-1"], "attack meltdown: --seed -1: "),
         (["--variant", "nopti", "--target", "0xffffc00000000000"], "nothing is mapped at 0xffffc00000000000"),
     ],
 )
