@@ -156,6 +156,9 @@ def test_bench_reports_recorded_kernel_pages() -> None:
     modelled = CliRunner().invoke(
         app, ["bench", "-w", "syscall-loop", "--set", "syscall=close", "-v", "linux", "--no-pcid", "-n", "5", "--json"]
     )
-    assert json.loads(modelled.stdout)["kernel_side"] == {"close": "modelled"}
+    mdoc = json.loads(modelled.stdout)
+    assert mdoc["kernel_side"] == {"close": "modelled"}
+    assert mdoc["kernel_pages"]["close"] == {**pages, "kernel_side": "modelled"}
+    assert pages["kernel_side"] == "recorded"
     bad = CliRunner().invoke(app, ["bench", "--kernel-side", "invented"])
     assert bad.exit_code == 2

@@ -229,13 +229,11 @@ def print_kernel_side(rows: list[Comparison]) -> None:
     if not rows:
         return
     r = rows[0].result
-    recorded = [n for n, s in r.kernel_side.items() if s == "recorded"]
     modelled = [n for n, s in r.kernel_side.items() if s == "modelled"]
-    for name in recorded:
-        p = r.kernel_pages[name]
+    for name, p in r.kernel_pages.items():
         console.print(
-            f"kernel side of {name}: recorded ({p['recording']}): {p['code_4k']} code and "
-            f"{p['data_4k']} data 4 KiB pages a call"
+            f"{name}: the real kernel's body ({p['recording']}) is {p['code_4k']} code and "
+            f"{p['data_4k']} data 4 KiB pages a call; priced here: {p['kernel_side']}"
         )
     console.print(f"kernel side modelled (linux/entry.py): {', '.join(modelled) if modelled else 'none'}")
 

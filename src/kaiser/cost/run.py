@@ -25,6 +25,7 @@ from kaiser.cost.workloads import Workload, get_workload
 from kaiser.linux.entry import EntryModel, OpCounts
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.variants import Variant
+from kaiser.record.replay import RecordedSide, pages_report
 from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import replay_reference
@@ -82,7 +83,7 @@ class RunResult:
     cycles: Cycles
     params: CostParams = field(repr=False, default=SKYLAKE)
     kernel_side: dict[str, str] = field(default_factory=dict)  # transition -> recorded|modelled
-    kernel_pages: dict[str, dict[str, Any]] = field(default_factory=dict)  # recorded syscall -> pages
+    kernel_pages: dict[str, dict[str, Any]] = field(default_factory=dict)  # a recording's pages, per syscall
 
     @property
     def per_op(self) -> float:
@@ -173,11 +174,8 @@ def run(
     )  # fmt: skip
     kernel = Kernel.boot(config, variant=None if isinstance(variant, str) else variant)
     em = EntryModel(kernel)
-    side = None
     if kernel_side == "recorded":
-        from kaiser.record.replay import RecordedSide
-
-        side = em.kernel_side = RecordedSide(em)
+        em.kernel_side = RecordedSide(em)
     elif kernel_side != "modelled":
         raise ValueError(f"unknown kernel side {kernel_side!r}; use 'recorded' or 'modelled'")
     state = wl.setup(em, knobs)
@@ -207,7 +205,7 @@ def run(
         price(counters, em.ops, params, caches=caches is not None),
         params,
         transition_sides(em, em.ops),
-        side.pages_report(sorted(em.recorded_calls)) if side is not None else {},
+        pages_report(sorted(em.ops.syscalls_by_name), set(em.recorded_calls)),
     )
 
 

@@ -256,14 +256,23 @@ class RecordedSide:
         self.em.ops.kernel_refs += n
         return n
 
-    def pages_report(self, names: list[str]) -> dict[str, dict[str, object]]:
-        """Per recorded syscall: the distinct 4 KiB pages of its body (code, data), the file it
-        came from, and the references the model had no place for."""
-        out: dict[str, dict[str, object]] = {}
-        for name in names:
-            b = self.body(name)
-            if b is None:
-                continue
-            code, data = b.pages()
-            out[name] = {"code_4k": code, "data_4k": data, "recording": b.recording, "dropped_refs": b.dropped}
-        return out
+
+def pages_report(names: list[str], recorded: set[str], kernel: str = DEFAULT_KERNEL) -> dict[str, dict[str, object]]:
+    """Per syscall of `names` that has a recording: the distinct 4 KiB pages of the recorded body
+    a call (code, data), the file, the references the model has no place for, and whether the
+    run priced that body (`kernel_side`: "recorded" for the names in `recorded`) or entry.py's."""
+    out: dict[str, dict[str, object]] = {}
+    for name in names:
+        path = recording_path(kernel, name)
+        if path is None:
+            continue
+        b = load_body(str(path), name)
+        code, data = b.pages()
+        out[name] = {
+            "code_4k": code,
+            "data_4k": data,
+            "recording": b.recording,
+            "dropped_refs": b.dropped,
+            "kernel_side": "recorded" if name in recorded else "modelled",
+        }
+    return out
