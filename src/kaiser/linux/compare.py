@@ -185,6 +185,8 @@ def switches_for(
     kaslr = bool(pick("kaslr", None, cmd, default=True, why="no base in the dump"))
     la57_v = bool(pick("la57", la57, cpu, default=False, why="4-level"))
     ncpus = int(pick("ncpus", cpus, cpu, default=2, why="no entry area in the dump"))  # type: ignore[call-overload]
+    if ncpus > 64:  # KernelConfig's limit: the others' entry areas and TSS clones will differ
+        facts["cpus_cap"] = Fact("cpus_cap", 64, f"the model boots 64 of the {ncpus} CPUs", "assumed")
     vsys = str(pick("vsyscall", vsyscall, cmd, default="none", why="no fixmap in the dump"))
     ram_default = _qemu_ram(str(meta.get("qemu_command", ""))) if meta else None
     if ram_default is not None and not 256 * MiB <= ram_default <= MODEL_RAM_MAX:
