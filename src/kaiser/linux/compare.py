@@ -566,12 +566,11 @@ EXPLANATIONS: Final[dict[tuple[str, str], Explanation]] = {
     ),
     # ---- region bounds (where ptdump prints the markers) ------------------------------------------
     ("marker:Low Kernel Mapping", "placement"): Explanation(
-        "KASLR: page_offset_base is random per boot. Without KASLR both bases are 0xffff888000000000, "
-        "but the marker is printed at the first break at or above it (§6.3): in the kernel tables "
-        "after the real 4K page 0 (0xffff888000001000) and after the model's first 2M page "
-        "(0xffff888000200000); in the user tables at the first break in the direct map's mostly empty "
-        "PMD page: 0xffff888000200000 in the real ones, the PMD of the per-CPU TSS clone in the "
-        "model's (see tss_percpu/placement)."
+        "the marker is printed at the first break at or above page_offset_base (§6.3; the model takes "
+        "the base from the dump): in the kernel tables the real direct map's page 0 is a 4K page, so "
+        "the break comes at +4K (0xffff888000001000), the model's first page is 2M (+2M). With the "
+        "base not aligned (a damaged dump) it is KASLR's random page_offset_base.",
+        category="contents",
     ),
     ("marker:vmalloc() Area", "placement"): Explanation("KASLR: vmalloc_base is random per boot."),
     ("marker:Vmemmap", "placement"): Explanation("KASLR: vmemmap_base is random per boot."),
