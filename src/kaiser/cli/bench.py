@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from kaiser.cli.bench_engine import engine_command
+from kaiser.cli.bench_published import published_command
 from kaiser.cli.bench_replay import replay_bench_command
 from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
 from kaiser.cli.options import choice, plot_file, variant_names
@@ -440,3 +441,4 @@ def bench_callback(
 
 bench_app.command("engine")(engine_command)
 bench_app.command("replay")(replay_bench_command)
+bench_app.command("published")(published_command)

@@ -1,0 +1,76 @@
+"""`kaiser bench published`: the cost model run on every published KPTI figure of the facts,
+with the ratio model/published and whether the figure was fitted or is predicted
+(kaiser.cost.published)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, cast
+
+import typer
+
+from kaiser.cli.options import choice, plot_file
+from kaiser.cli.output import Col, console, emit_json, print_table, progress_bar
+from kaiser.cost.run import Path as ReplayPath
+
+
+def published_command(
+    json_out: Annotated[bool, typer.Option("--json", help='Print JSON: {"rows": [...], "summary": {...}}.')] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", parser=plot_file, help="Draw model vs published (log-log, 1.5x band) into this PNG."),
+    ] = None,
+    path: Annotated[
+        str | None,
+        typer.Option(
+            "--path",
+            callback=choice("engine", "reference"),
+            help="Replay path: engine or reference (default: engine if available).",
+        ),
+    ] = None,
+) -> None:
+    """Run the model on every published KPTI figure (facts/performance.md §3, §5): published
+    value, model value, ratio, and role (fit: a FIT parameter was set from it; else predicted)."""
+    from kaiser.cost import published as pub
+
+    with progress_bar(disable=json_out) as bar:
+        task = bar.add_task("running", total=len(pub.FIGURES))
+
+        def tick(label: str) -> None:
+            bar.update(task, description=f"running {label[:30]}")
+            bar.advance(task)
+
+        rows = pub.published_rows(cast("ReplayPath | None", path), progress=tick)
+    if plot is not None:
+        pub.plot(rows, plot)
+    s = pub.summary(rows)
+    if json_out:
+        emit_json({"rows": rows, "summary": s, "plot": str(plot) if plot else None})
+        return
+    cols = [
+        Col("#", justify="right"),
+        Col("figure (source: configuration; metric)", whole=False),
+        Col("published", justify="right"),
+        Col("model", justify="right"),
+        Col("ratio", justify="right"),
+        Col("role"),
+    ]
+    cells = []
+    notes = []
+    for i, r in enumerate(rows, 1):
+        c = pub.table_cells(r)
+        cells.append([str(i), f"{c[0]}: {c[1]}; {c[2]}", c[3], c[4], c[5], c[6]])
+        notes.append(f"{i}. {c[7]}" + (f"; {r['why']}" if r["runs"] and r["why"] else ""))
+    print_table(cols, cells, title="the model against published KPTI figures")
+    console.print("run on (machine or caches and clock), or why not run:", highlight=False)
+    for note in notes:
+        console.print(note, highlight=False)
+    off = [r for r in rows if r["role"] == "predicted" and r["model"] is not None and not pub.within(r["ratio"])]
+    console.print(
+        f"{s['rows']} figures: {s['fit']} fit, {s['predicted_run']} predicted and run, {s['not_run']} not run; "
+        f"{s['predicted_within_1_5x']} of {s['predicted_run']} predictions within 1.5x"
+        + ("; outside: " + ", ".join(f"{r['ratio']:.2f}" for r in off) if off else "")
+        + f". {pub.ITERATIONS} measured iterations after {pub.WARMUP} warm-up per run (docs/cost.md)."
+    )
+    if plot is not None:
+        console.print(f"plot written to {plot}")
