@@ -21,6 +21,12 @@ copies a reference `Tlb` in (so both paths can start from the same warm state) a
 Data caches: with `caches=` a `CacheHierarchy`, the engine keeps the hierarchy's arrays
 (`kaiser.cost.engine_cache`) and `load_caches`/`store_caches` copy a reference
 `kaiser.x86.cache.Caches` in and out the same way; without, they cost one test per access.
+
+Counters: the engine adds up its counters as one int64 array (`counter_array()`, in the order of
+`engine_core.COUNTER_NAMES`, which is `TlbCounters`' field order) and builds named ones only when
+asked: `counters` (the total) and `replay`'s return value are `TlbCounters`; `step` returns the
+call's counters as an array and names nothing, so small batches cost a few microseconds a call
+(`kaiser bench engine` reports `per_call_us`).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ if tuple(f.name for f in dataclasses.fields(TlbCounters)) != core.COUNTER_NAMES:
     raise ImportError("kaiser.cost.engine_core.COUNTER_NAMES no longer matches TlbCounters")
 
 _MAX_SHIFTS: Final = core.S_FIELDS - core.S_SHIFT0
+_WRITE_PHYS: Final = int(Ev.WRITE_PHYS)  # a plain int: numpy compares it faster than the enum
 _WHY: Final = {
     core.WHY_CR3_RESERVED: "MOV to CR3 {a:#x} sets reserved bits (62:MAXPHYADDR)",
     core.WHY_CR3_NOFLUSH: "MOV to CR3 {a:#x}: bit 63 is reserved with CR4.PCIDE=0",
@@ -70,6 +77,11 @@ _WHY: Final = {
     core.WHY_PHYS_RANGE: "physical address outside RAM (size {size:#x})",
     core.WHY_CR4_LASS_SMAP: "MOV to CR4 {a:#x} sets LASS without SMAP",
 }
+
+
+def named_counters(counts: np.ndarray) -> TlbCounters:
+    """The `TlbCounters` an engine counter array (`Engine.step`, `Engine.counter_array`) holds."""
+    return TlbCounters(*counts.tolist())
 
 
 class EngineError(ValueError):
@@ -113,7 +125,11 @@ class Engine:
         self.features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr, lass=state.lass)  # as Mmu
         self.geometry = tlb.geometry if tlb is not None else geometry
         self.hierarchy = caches
-        self.counters = TlbCounters()
+        n_counters = len(core.COUNTER_NAMES)
+        self._total = np.zeros(n_counters, np.int64)  # every counter since the start, added up
+        self._C = np.zeros(n_counters, np.int64)  # one call's counters (the compiled loop adds)
+        # Scratch for the walk, one int64 per paging level: written before read within a walk.
+        self._WV, self._PR, self._WA = (np.zeros(8, np.int64) for _ in range(3))
         self._cr0, self._efer, self._rflags, self._pkru = state.cr0, state.efer, state.rflags, state.pkru
         self._build_layout()
         self._build_caches()
@@ -379,7 +395,10 @@ class Engine:
         if self._frames is None:
             self.reload_memory()
         assert self._frames is not None
-        writes = events["a"][events["kind"] == Ev.WRITE_PHYS]
+        is_write = events["kind"] == _WRITE_PHYS
+        if not np.count_nonzero(is_write):  # the common case, checked cheaply
+            return
+        writes = events["a"][is_write]
         writes = writes[writes < np.uint64(self.mem.size)]
         if not len(writes):
             return
@@ -409,18 +428,39 @@ class Engine:
             if r is not None:
                 mem.table(pfn * PAGE_SIZE)[:] = self._frames[r].view(np.uint64)
 
+    # ---- counters -----------------------------------------------------------------------------
+    @property
+    def counters(self) -> TlbCounters:
+        """Every counter since the engine was built (or last set), named: a new `TlbCounters`."""
+        return named_counters(self._total)
+
+    @counters.setter
+    def counters(self, value: TlbCounters) -> None:
+        self._total[:] = dataclasses.astuple(value)
+
+    def counter_array(self) -> np.ndarray:
+        """Every counter since the start as a copy of the engine's int64 array (COUNTER_NAMES)."""
+        return self._total.copy()
+
     # ---- replay -------------------------------------------------------------------------------
     def replay(self, events: np.ndarray, *, sync: bool = True) -> TlbCounters:
         """Replay `events` as `replay_reference` would on an `Mmu` in the same state; returns the
         counters this replay added. Raises what the reference raises at the same event, with the
         state (counters, TLBs, memory) as the reference leaves it there."""
+        return named_counters(self.step(events, sync=sync))
+
+    def step(self, events: np.ndarray, *, sync: bool = True) -> np.ndarray:
+        """`replay` with the counters this replay added as a new int64 array (in the order of
+        `engine_core.COUNTER_NAMES`; `named_counters` names them): the cheap call for small
+        batches, most of all with `sync=False`."""
         if events.dtype != EVENT_DTYPE:
             raise TypeError(f"events must be an EVENT_DTYPE array, not {events.dtype}")
         if sync:
             self.reload_memory()
         self._ensure_rows(events)
         assert self._frames is not None
-        C = np.zeros(len(core.COUNTER_NAMES), np.int64)
+        C = self._C
+        C[:] = 0
         outcome, stop, why = core.replay(
             events,
             self.T,
@@ -436,9 +476,9 @@ class Engine:
             self.M,
             self.ST,
             C,
-            np.zeros(8, np.int64),
-            np.zeros(8, np.int64),
-            np.zeros(8, np.int64),
+            self._WV,
+            self._PR,
+            self._WA,
             self.CT,
             self.CS,
             self.CP,
@@ -446,8 +486,8 @@ class Engine:
             self.CH,
             self.STR,
         )
-        done = TlbCounters(*(int(x) for x in C))
-        self.counters = TlbCounters(**{k: v + getattr(done, k) for k, v in self.counters.as_dict().items()})
+        done = C.copy()
+        self._total += done
         if self._new_pfns:
             done_ev = events[: int(stop)]
             written = done_ev["a"][done_ev["kind"] == Ev.WRITE_PHYS] >> np.uint64(12)
