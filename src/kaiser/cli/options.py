@@ -10,6 +10,8 @@ bad value is a one-line error with exit status 2 (`app.KaiserGroup`) before any 
   files are `kaiser.inputs`' job.
 * Names: `variant_name` / `variant_names` (an empty string is not "the default"), `non_empty`,
   `choice(...)`, `scheduler_address`.
+
+Messages do not repeat the value: `app.usage_line` prints it after the option's name.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _absolute(text: str | Path) -> Path:
     try:
         return Path(text).expanduser().resolve(strict=False)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise typer.BadParameter(f"{text}: {exc}") from None
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _file_problem(path: Path) -> str | None:
@@ -84,7 +86,7 @@ def output_file(value: str | Path) -> Path:
     """Parser of an option naming a file to write (`--out`, `-o`)."""
     problem = _file_problem(_absolute(value))
     if problem:
-        raise typer.BadParameter(f"{value}: {problem}")
+        raise typer.BadParameter(problem)
     return Path(value)
 
 
@@ -92,7 +94,7 @@ def plot_file(value: str | Path) -> Path:
     """Parser of `--plot FILE`: a writable file whose suffix names an image format."""
     _absolute(value)  # an empty name first
     if Path(value).suffix.lower() not in PLOT_SUFFIXES:
-        raise typer.BadParameter(f"{value}: the file name must end in {', '.join(PLOT_SUFFIXES)}")
+        raise typer.BadParameter(f"the file name must end in {', '.join(PLOT_SUFFIXES)}")
     return output_file(value)
 
 
@@ -102,17 +104,17 @@ def output_dir(value: str | Path) -> Path:
     path = _absolute(value)
     top = _pseudo(path)
     if top is not None:
-        raise typer.BadParameter(f"{value}: is under {top}, not a place to write files")
+        raise typer.BadParameter(f"is under {top}, not a place to write files")
     try:
         probe = path
         while not probe.exists():
             probe = probe.parent
         if not probe.is_dir():
-            raise typer.BadParameter(f"{value}: {probe} is not a directory")
+            raise typer.BadParameter(f"{probe} is not a directory")
         if not os.access(probe, os.W_OK | os.X_OK):
-            raise typer.BadParameter(f"{value}: directory {probe} is not writable")
+            raise typer.BadParameter(f"directory {probe} is not writable")
     except OSError as exc:
-        raise typer.BadParameter(f"{value}: {exc.strerror or exc}") from None
+        raise typer.BadParameter(str(exc.strerror or exc)) from None
     return Path(value)
 
 
@@ -146,7 +148,7 @@ def choice(*choices: str) -> Callable[[str | None], str | None]:
 
     def check(value: str | None) -> str | None:
         if value is not None and value not in choices:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+            raise typer.BadParameter(f"not one of {', '.join(choices)}")
         return value
 
     return check
@@ -163,5 +165,5 @@ def scheduler_address(value: str | None) -> str | None:
         return None
     m = _SCHEDULER.fullmatch(value)
     if m is None or not 1 <= int(m.group(3)) <= 65535:
-        raise typer.BadParameter(f"{value!r} is not a scheduler address (tcp://HOST:PORT)")
+        raise typer.BadParameter("not a scheduler address (tcp://HOST:PORT)")
     return value
