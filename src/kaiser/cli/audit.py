@@ -17,7 +17,6 @@ import typer
 from kaiser.cli.dump import boot_with_process
 from kaiser.cli.machine import MODEL_SWITCHES, CpusOption, PtiOption, VendorOption, VsyscallOption, machine_config
 from kaiser.cli.options import SEED_MAX, choice, variant_name
-from kaiser.cli.options import SEED_MAX, choice, variant_name
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.inputs import InputError
 from kaiser.linux.audit import POLICY_MODES, TABLE_KINDS, AuditReport, audit_dump, audit_model, policy_for
@@ -39,7 +38,6 @@ def report_json(report: AuditReport) -> dict[str, Any]:
         "view": report.view,
         "policy": {
             "variant": report.policy.variant,
-            "mode": report.policy.mode,
             "mode": report.policy.mode,
             "allowed": sorted(report.policy.allowed),
             "global_ok": sorted(report.policy.global_ok),
