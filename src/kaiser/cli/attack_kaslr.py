@@ -57,7 +57,8 @@ def _cell(summary: KaslrSummary, region: str) -> str:
 def _table(summaries: list[KaslrSummary], seeds: list[int]) -> Table:
     first = summaries[0]
     table = Table(
-        title=f"KASLR by {first.probe} timing, PCID {'on' if first.pcid else 'off'}, seeds "
+        title=f"KASLR by {first.probe} timing{', LASS' if first.runs and first.runs[0].lass else ''}, "
+        f"PCID {'on' if first.pcid else 'off'}, seeds "
         f"{seeds[0]}..{seeds[-1]}: layouts whose base the attacker guessed right / layouts",
         title_justify="left",
     )
