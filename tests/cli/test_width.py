@@ -123,6 +123,7 @@ TABLES = [
     ("verify", ["verify", "--cases", "20"], False),
 ]
 VOLATILE = {"verify": r"\b(time|cases/s)\b", "replay": r"lines, .*events|references/s replayed"}
+EVERY_LINE = r"."  # timings in every row (bench engine): only the width and ellipsis checks apply
 
 
 @pytest.mark.parametrize("width", [80, 60])
@@ -143,11 +144,13 @@ def test_table_fits_without_cutting_a_number(
         ["attack", "meltdown", "--variant", "all"],
         ["attack", "kaslr", "--seeds", "1"],
         ["demo", "--verify-cases", "20"],
+        ["bench", "engine", "--n-refs", "20000"],
     ],
-    ids=["audit two-pgd", "bench", "meltdown", "kaslr", "demo"],
+    ids=["audit two-pgd", "bench", "meltdown", "kaslr", "demo", "bench engine"],
 )
 def test_slow_table_fits(args: list[str], width: int, short_paths: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    check_fits(args, width, monkeypatch, with_json=False)
+    volatile = EVERY_LINE if args[:2] == ["bench", "engine"] else None
+    check_fits(args, width, monkeypatch, with_json=False, volatile=volatile)
 
 
 def test_replay_fits_and_names_each_variant_once(

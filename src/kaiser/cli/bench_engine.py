@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from kaiser.cli.options import SEED_MAX, choice
-from kaiser.cli.output import console, emit_json
+from kaiser.cli.output import Col, console, emit_json, print_table
 from kaiser.x86.cache_geometry import HIERARCHIES
 
 # CHOSEN: fewer references time the timer rather than the engine; more than 50 M events (20 bytes
@@ -44,39 +43,27 @@ def engine_command(
     with console.status("compiling (first run only), then replaying both paths..."):
         r = bench_engine(n_refs=n_refs, seed=seed, caches=caches)
     eng, ref = r["engine"], r["reference"]
-    table = Table(title=f"replay engine vs reference path ({r['variant']}, seed {seed})")
-    for col in ("path", "references", "seconds", "refs/s (wall)", "refs/s (CPU)"):
-        table.add_column(col, justify="right" if col != "path" else "left")
-    table.add_row(
-        "engine (numba)",
-        f"{eng['references']:,}",
-        f"{eng['seconds_best']:.3f}",
-        f"{eng['refs_per_second'] / 1e6:.1f} M",
-        f"{eng['refs_per_cpu_second'] / 1e6:.1f} M",
-    )
-    table.add_row(
-        "reference (Python)",
-        f"{ref['references']:,}",
-        f"{ref['seconds']:.3f}",
-        f"{ref['refs_per_second'] / 1e3:.1f} k",
-        f"{ref['refs_per_cpu_second'] / 1e3:.1f} k",
-    )
     wc = r["with_caches"]
-    table.add_row(
-        "engine + caches",
-        f"{wc['engine']['references']:,}",
-        f"{wc['engine']['seconds_best']:.3f}",
-        f"{wc['engine']['refs_per_second'] / 1e6:.1f} M",
-        f"{wc['engine']['refs_per_cpu_second'] / 1e6:.1f} M",
+
+    def row(name: str, got: dict[str, float], seconds: str, scale: float, unit: str) -> list[str]:
+        return [
+            name,
+            f"{got['references']:,}",
+            f"{got[seconds]:.3f}",
+            f"{got['refs_per_second'] / scale:.1f} {unit}",
+            f"{got['refs_per_cpu_second'] / scale:.1f} {unit}",
+        ]
+
+    print_table(
+        [Col("path"), *(Col(c, justify="right") for c in ("references", "seconds", "refs/s (wall)", "refs/s (CPU)"))],
+        [
+            row("engine (numba)", eng, "seconds_best", 1e6, "M"),
+            row("reference (Python)", ref, "seconds", 1e3, "k"),
+            row("engine + caches", wc["engine"], "seconds_best", 1e6, "M"),
+            row("reference + caches", wc["reference"], "seconds", 1e3, "k"),
+        ],
+        title=f"replay engine vs reference path ({r['variant']}, seed {seed})",
     )
-    table.add_row(
-        "reference + caches",
-        f"{wc['reference']['references']:,}",
-        f"{wc['reference']['seconds']:.3f}",
-        f"{wc['reference']['refs_per_second'] / 1e3:.1f} k",
-        f"{wc['reference']['refs_per_cpu_second'] / 1e3:.1f} k",
-    )
-    console.print(table)
     s = r["stream"]
     console.print(
         f"ratio {r['ratio']:.0f}x (CPU {r['ratio_cpu']:.0f}x); counters agree on the shared slice: "

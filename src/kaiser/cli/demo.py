@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Column, Table
 
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import Col, console, print_table, rule
@@ -54,8 +53,8 @@ def demo_command(
 def _paging_tour() -> None:
     rule("1. the paging model: walks on a small address space (SDM Vol. 3A §4.5-4.7)")
     mem, pt, _ = build_sample()
-    walks = Table("access", "address", "outcome")
     cr4 = int(CR4.PAE | CR4.PGE | CR4.SMEP | CR4.SMAP)
+    rows = []
     for what, va, op, cpl, ac in TOUR:
         state = CpuState(cr3=pt.cr3(), cr4=cr4, cpl=cpl, rflags=0x2 | (RFLAGS.AC if ac else 0))
         result = translate(mem, state, va, op)
@@ -63,8 +62,8 @@ def _paging_tour() -> None:
             outcome = f"[green]{result.pa:#x}[/] ({format_size(result.page_size)} page)"
         else:
             outcome = f"[red]{result.describe()}[/]"
-        walks.add_row(what, f"{va:#018x}", outcome)
-    console.print(walks)
+        rows.append([what, f"{va:#018x}", outcome])
+    print_table([Col("access", whole=False), Col("address"), Col("outcome", whole=False)], rows)
     stats = mem.stats()
     console.print(
         f"{stats.page_table} page-table frames in sparse RAM: {mem.size >> 30} GiB of RAM costs "
@@ -74,14 +73,14 @@ def _paging_tour() -> None:
 
 def _isolation_tour(seed: int) -> dict[str, Kernel]:
     rule("2. the seven variants: what user mode can reach of the kernel")
-    table = Table(Column("variant", no_wrap=True), *USER_VIEW_HEADERS)
     kernels: dict[str, Kernel] = {}
+    rows = []
     for name in VARIANTS:
         kernel = Kernel.boot(KernelConfig(variant=name, seed=seed))
         kernel.spawn()
         kernels[name] = kernel
-        table.add_row(name, *user_view(kernel).cells())  # the figures docs/variants.md quotes (kaiser.docgen)
-    console.print(table)
+        rows.append([name, *user_view(kernel).cells()])  # the figures docs/variants.md quotes (kaiser.docgen)
+    print_table([Col("variant"), *(Col(h, justify="right") for h in USER_VIEW_HEADERS)], rows)
     linux = kernels["linux"]
     task = next(iter(linux.tasks.values()))
     assert task.mm.pgd.user_pt is not None
@@ -95,7 +94,8 @@ def _isolation_tour(seed: int) -> dict[str, Kernel]:
     if max(len(r.render()) for r in shown) <= console.width:
         lines = [r.render() for r in shown]
     else:  # Linux's lines are 84 columns: the same fields, condensed (every address whole)
-        lines = [_condensed(r) if isinstance(r, RangeLine) else r.render() for r in shown]
+        pad = max(len(_size(r)) for r in shown if isinstance(r, RangeLine))
+        lines = [_condensed(r, pad) if isinstance(r, RangeLine) else r.render() for r in shown]
     console.print(
         "[bold]linux[/], current_user: every present kernel mapping (Linux's ptdump format; "
         "the whole dump: [bold]kaiser dump --variant linux[/]):"
@@ -104,9 +104,13 @@ def _isolation_tour(seed: int) -> dict[str, Kernel]:
     return kernels
 
 
-def _condensed(line: RangeLine) -> str:
+def _size(line: RangeLine) -> str:
     num, unit = size_parts(line.size)
-    return f"0x{line.start:016x}-0x{line.end:016x} {num:>5}{unit} {flag_text(line.flags)} {line.level}"
+    return f"{num}{unit}"
+
+
+def _condensed(line: RangeLine, pad: int) -> str:
+    return f"0x{line.start:016x}-0x{line.end:016x} {_size(line):>{pad}} {flag_text(line.flags)} {line.level}"
 
 
 def _audit_tour(kernels: dict[str, Kernel]) -> None:
@@ -115,27 +119,23 @@ def _audit_tour(kernels: dict[str, Kernel]) -> None:
     from kaiser.linux.audit import audit_model
 
     rule("3. audit: every kernel mapping in the user tables, against two policies")
-    table = Table(
-        Column("variant", no_wrap=True),
-        "kernel mappings by class",
-        Column("findings\nown", justify="right"),
-        Column("findings\nstrict", justify="right"),
-        Column("exit", justify="right"),
-    )
+    rows = []
     for name, kernel in kernels.items():
         task = next(iter(kernel.tasks.values()))
         own, strict = audit_model(kernel, task), audit_model(kernel, task, mode="strict")
         classes = Counter(m.klass for m in strict.mappings)
         summary = ", ".join(f"{k}:{n}" for k, n in sorted(classes.items()))
         colour = "red" if strict.exit_status else "green"
-        table.add_row(
+        rows.append([
             name,
             summary,
             str(len(own.violations)),
             f"[{colour}]{len(strict.violations)}[/]",
             f"[{colour}]{strict.exit_status}[/]",
-        )
-    console.print(table)
+        ])  # fmt: skip
+    cols = [Col("variant"), Col("kernel mappings by class", whole=False)]
+    cols += [Col(h, justify="right") for h in ("findings own", "findings strict", "exit")]
+    print_table(cols, rows)
     console.print(
         "own: against what the variant's design means to map; strict (kaiser audit's default): only what "
         "today's Linux allows in user tables -- every kernel region Meltdown reads below from an isolating "
@@ -148,15 +148,15 @@ def _attack_tour(seed: int) -> None:
     from kaiser.attacks.core import REGIONS, run_meltdown
 
     rule("4. prove: Meltdown against every variant (Flush+Reload, 8 secret bytes per cell)")
-    table = Table("variant", *REGIONS)
+    rows = []
     for name in VARIANTS:
         cells = []
         for region in REGIONS:
             result = run_meltdown(name, region=region, length=8, seed=seed + 1)
             colour = "red" if result.correct else "green"
             cells.append(f"[{colour}]{result.correct}/{len(result.readings)}[/]")
-        table.add_row(name, *cells)
-    console.print(table)
+        rows.append([name, *cells])
+    print_table([Col("variant"), *(Col(r, justify="right") for r in REGIONS)], rows)
     console.print(
         "Bytes recovered by a user-mode attacker that sees only its own load timings. "
         "Details: [bold]kaiser attack meltdown --variant all --secret-in all[/], docs/attacks.md"
@@ -202,10 +202,10 @@ def _price_tour() -> None:
 
 def _memory_tour() -> None:
     rule("6. price: page-table memory")
-    table = Table(Column("variant", no_wrap=True), *MEMORY_HEADERS)
-    for name in VARIANTS:
-        table.add_row(name, *memory_cells(name))
-    console.print(table)
+    print_table(
+        [Col("variant"), *(Col(h, justify="right") for h in MEMORY_HEADERS)],
+        [[name, *memory_cells(name)] for name in VARIANTS],
+    )
 
 
 def _referee_tour(cases: int) -> None:

@@ -160,6 +160,16 @@ def print_table(
             print_blocks(cols, rows, out=out)
             return
         table, compact = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True), True
+    widths: dict[int, int] = {}
+    if compact:  # fixed widths: whole columns as wide as their widest cell, text columns share the rest
+        text = [i for i in keep if not cols[i].whole]
+        spare = width - table_width(needs, keep, 2, 0)
+        for i in keep:
+            widths[i] = needs[i]
+        want = {i: natural[i] - needs[i] for i in text}
+        total = sum(want.values())
+        for i in text:
+            widths[i] += min(want[i], spare * want[i] // total) if total else 0
     for i in keep:
         col = cols[i]
         cells = max((_lines_width(r[i]) if col.whole else _word_width(r[i]) for r in rows), default=0)
@@ -168,6 +178,7 @@ def print_table(
             justify=col.justify,
             no_wrap=col.whole,
             overflow="ellipsis" if col.whole else "fold",  # never used: the widths fit (checked above)
+            width=widths.get(i),
         )
     for row in rows:
         table.add_row(*(row[i] for i in keep))
