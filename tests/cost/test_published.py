@@ -17,11 +17,11 @@ from kaiser.cli.app import app
 from kaiser.cost.machines import get_machine
 from kaiser.cost.model import overhead_percent
 from kaiser.cost.params import SKYLAKE, SOURCES, for_caches
-from kaiser.cost.published import plot
+from kaiser.cost.published import fit_markdown, markdown_table, plot
 from kaiser.cost.run import RunResult, run
 from kaiser.linux.entry import SYSCALLS
 from kaiser.linux.variants import VARIANTS, GlobalPolicy, Part
-from kaiser.x86.cache_geometry import get_hierarchy
+from kaiser.x86.cache_geometry import CacheHierarchy, get_hierarchy
 
 KEYS = ("source", "metric", "published", "model", "ratio", "role")
 
@@ -87,6 +87,7 @@ def _variant(name: str) -> Any:
 
 
 def _recompute(r: dict[str, Any]) -> float | None:
+    caches: CacheHierarchy | None
     if r["machine"]:
         m = get_machine(r["machine"])
         params, caches = m.params(), m.caches
@@ -149,3 +150,12 @@ def test_plot_and_bad_plot_file(rows: list[dict[str, Any]], tmp_path: Path) -> N
     bad = CliRunner().invoke(app, ["bench", "published", "--plot", str(tmp_path / "x.txt")])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_markdown_tables_hold_every_row_and_every_fit(rows: list[dict[str, Any]]) -> None:
+    table = markdown_table(rows).splitlines()
+    assert len(table) == len(rows) + 2
+    for i, (line, r) in enumerate(zip(table[2:], rows, strict=True), 1):
+        assert line.startswith(f"| {i} | ") and f"| {r['role']} |" in line
+    fits = fit_markdown(rows).splitlines()[2:]
+    assert len(fits) == sum(len(r["fit_of"]) for r in rows)

@@ -4,6 +4,7 @@ with the ratio model/published and whether the figure was fitted or is predicted
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -20,6 +21,9 @@ def published_command(
         Path | None,
         typer.Option("--plot", parser=plot_file, help="Draw model vs published (log-log, 1.5x band) into this PNG."),
     ] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the tables of docs/cost.md (FIT parameters, fit/predict).")
+    ] = False,
     path: Annotated[
         str | None,
         typer.Option(
@@ -33,7 +37,7 @@ def published_command(
     value, model value, ratio, and role (fit: a FIT parameter was set from it; else predicted)."""
     from kaiser.cost import published as pub
 
-    with progress_bar(disable=json_out) as bar:
+    with progress_bar(disable=json_out or markdown) as bar:
         task = bar.add_task("running", total=len(pub.FIGURES))
 
         def tick(label: str) -> None:
@@ -44,6 +48,9 @@ def published_command(
     if plot is not None:
         pub.plot(rows, plot)
     s = pub.summary(rows)
+    if markdown:
+        sys.stdout.write(f"{pub.fit_markdown(rows)}\n\n{pub.markdown_table(rows)}\n")
+        return
     if json_out:
         emit_json({"rows": rows, "summary": s, "plot": str(plot) if plot else None})
         return

@@ -22,6 +22,7 @@ Metrics (`kind`), from runs A (and B):
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -365,55 +366,90 @@ COLUMNS: Final = ("source", "configuration", "metric", "published", "model", "ra
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The table of docs/cost.md, from the rows `kaiser bench published --json` prints."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        cells = table_cells(r)
+    lines = ["| # | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for i, r in enumerate(rows, 1):
+        cells = [str(i), *table_cells(r)]
         if r["runs"] and r["why"]:
             cells[-1] += f"; {r['why']}"
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
 
+def fit_markdown(rows: list[dict[str, Any]]) -> str:
+    """docs/cost.md's table of which published figure each FIT parameter was set from."""
+    lines = ["| FIT parameter | set from | published | model |", "|---|---|---|---|"]
+    for r in rows:
+        for name in r["fit_of"]:
+            tag = SOURCES.get(name, "linux/entry.py: the lseek body's cycles (FIT)")
+            figure = f"{r['source'].split(',')[0]}: {r['configuration']}; {r['metric']}"
+            lines.append(f"| `{name}` ({tag.split(':')[0]}) | {figure} | {show(r['published'])} | {show(r['model'])} |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict[str, Any]], file: Any) -> None:
-    """Log-log: model against published for every row the model ran (fit and predicted marked),
-    the y = x line and the 1.5x band; a metric with a zero model value sits on the bottom edge."""
-    from kaiser.report.draw import pyplot
+    """Log-log: model against published for every row the model ran (fit: grey squares, on top;
+    predicted: blue dots), the y = x line and the 1.5x band. Predictions outside the band carry
+    their row number (the table's #), listed with their ratios beside the axes; a model value of
+    0 sits on the bottom edge as a downward triangle."""
+    from kaiser.report.draw import log_ticks, pyplot
 
     plt = pyplot()
-    ran = [r for r in rows if r["model"] is not None]
-    pubs = [r["published"] for r in ran]
-    positive = [r["model"] for r in ran if r["model"] > 0]
-    lo = min(pubs + positive) / 3
-    hi = max(pubs + positive) * 3
-    fig, ax = plt.subplots(figsize=(8, 6.5))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    numbered = [(i, r) for i, r in enumerate(rows, 1) if r["model"] is not None]
+    pubs = [r["published"] for _, r in numbered]
+    positive = [r["model"] for _, r in numbered if r["model"] > 0]
+    lo, hi = min(pubs + positive) / 3, max(pubs + positive) * 3
+    fig = plt.figure(figsize=(10, 6.2))
+    ax = fig.add_axes((0.08, 0.09, 0.55, 0.82))
+    log_ticks(ax, "x", lo, hi)
+    log_ticks(ax, "y", lo, hi)
     xs = [lo, hi]
-    ax.fill_between(xs, [x / WITHIN for x in xs], [x * WITHIN for x in xs], color="#2ca02c", alpha=0.15,
-                    label="within 1.5x")  # fmt: skip
+    ax.fill_between(xs, [x / WITHIN for x in xs], [x * WITHIN for x in xs], color="#2ca02c", alpha=0.18,
+                    lw=0, label="within 1.5x")  # fmt: skip
     ax.plot(xs, xs, color="black", lw=1, label="model = published")
-    for role, mk, col in (("fit", "s", "#7f7f7f"), ("predicted", "o", "#1f77b4")):
-        pts = [(r["published"], r["model"] if r["model"] > 0 else lo) for r in ran if r["role"] == role]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=mk, color=col, zorder=3,
-                       label=f"{role} ({len(pts)})")  # fmt: skip
-    for i, r in enumerate(ran):
-        if r["role"] == "predicted" and not within(r["ratio"]):
-            y = r["model"] if r["model"] > 0 else lo
-            ax.annotate(f"{r['configuration'][:28]} ({r['ratio']:.2f}x)", (r["published"], y), fontsize=6,
-                        xytext=(4, -8 if i % 2 else 4), textcoords="offset points")  # fmt: skip
+    for role, mk, col, z, size in (("predicted", "o", "#1f77b4", 3, 30), ("fit", "s", "#7f7f7f", 4, 45)):
+        pts = [r for _, r in numbered if r["role"] == role]
+        ax.scatter([r["published"] for r in pts if r["model"] > 0], [r["model"] for r in pts if r["model"] > 0],
+                   marker=mk, s=size, color=col, zorder=z, label=f"{role} ({len(pts)})")  # fmt: skip
+        zero = [r["published"] for r in pts if r["model"] <= 0]
+        if zero:
+            ax.scatter(zero, [lo * 1.15] * len(zero), marker="v", s=size, color=col, zorder=z, clip_on=False)
+    outside = [(i, r) for i, r in numbered if r["role"] == "predicted" and not within(r["ratio"])]
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("published value (each row's own unit)")
+    # Each number goes to the first of a few spots (in pixels from its point) not crowding an
+    # earlier number or another point.
+    dots = [ax.transData.transform((r["published"], max(r["model"], lo * 1.15))) for _, r in numbered]
+    taken: list[tuple[float, float]] = []
+    spots = ((6, 2), (6, -11), (-16, 2), (-16, -11), (6, 12), (6, -21), (-16, 12), (-16, -21))
+    for i, r in outside:
+        y = r["model"] if r["model"] > 0 else lo * 1.15
+        px, py = ax.transData.transform((r["published"], y))
+        best = spots[0]
+        for dx, dy in spots:
+            cx, cy = px + dx * 1.67 + 6, py + dy * 1.67 + 5  # label centre at 120 dpi
+            if all(abs(cx - tx) > 18 or abs(cy - ty) > 12 for tx, ty in taken) and all(
+                abs(cx - d[0]) > 10 or abs(cy - d[1]) > 10 for d in dots
+            ):
+                best = (dx, dy)
+                break
+        taken.append((px + best[0] * 1.67 + 6, py + best[1] * 1.67 + 5))
+        ax.annotate(str(i), (r["published"], y), fontsize=7, xytext=best, textcoords="offset points")
+    ax.set_xlabel("published value (each row's own unit: cycles, lseeks/s, us, %, ratio)")
     ax.set_ylabel("model value")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
     s = summary(rows)
     ax.set_title(
         f"kaiser cost model vs published KPTI figures: {s['predicted_within_1_5x']} of "
         f"{s['predicted_run']} predictions within 1.5x",
         fontsize=10,
     )
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
+    lines = ["outside 1.5x (# of `kaiser bench published`):", ""]
+    for i, r in outside:
+        text = f"{i}. {r['source'].split(',')[0]}: {r['configuration']} ({r['metric']})"
+        wrapped = textwrap.wrap(text, 46)
+        lines += [*wrapped[:-1], f"{wrapped[-1]}: {r['ratio']:.2f}x", ""]
+    lines.append("v on the bottom edge: model value 0")
+    fig.text(0.66, 0.91, "\n".join(lines), fontsize=7, va="top", family="monospace")
     fig.savefig(file, dpi=120)
     plt.close(fig)
