@@ -18,7 +18,7 @@ from kaiser.cost.workloads import get_workload
 from kaiser.linux.entry import SYSCALLS, EntryModel
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.variants import VARIANTS
-from kaiser.record.format import FETCH, REGIONS, read_recording
+from kaiser.record.format import FETCH, REGIONS, Transition, read_recording
 from kaiser.record.replay import RecordedSide, _Fold, body_of, recording_path
 from kaiser.x86.cpu import CpuFeatures
 from kaiser.x86.events import Ev
@@ -91,7 +91,7 @@ def test_the_body_touches_the_recordings_distinct_pages(variant: str, name: str)
     # and those are the real call's own: its kernel-text code pages, its data pages outside the
     # entry path's (those the model's entry and exit emit)
     _, records = read_recording(str(recording_path("6.1", name)))
-    calls = [r for r in records if getattr(r, "name", None) == name and not r.switched]
+    calls = [r for r in records if isinstance(r, Transition) and r.name == name and not r.switched]
     real_code = {
         len(
             np.unique(
@@ -110,7 +110,7 @@ def test_body_is_every_kernel_text_instruction(name: str) -> None:
     path = recording_path("6.1", name)
     assert path is not None
     _, records = read_recording(str(path))
-    for t in (r for r in records if getattr(r, "name", None) == name):
+    for t in (r for r in records if isinstance(r, Transition) and r.name == name):
         kept = t.refs[body_of(t)]
         fetched = t.refs[t.refs["op"] == FETCH]
         text = fetched[fetched["region"] == REGIONS.index("kernel_text")]
@@ -162,3 +162,34 @@ def test_bench_reports_recorded_kernel_pages() -> None:
     assert pages["kernel_side"] == "recorded"
     bad = CliRunner().invoke(app, ["bench", "--kernel-side", "invented"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("pcid", [True, False], ids=["pcid", "nopcid"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("workload", ["interrupts", "page-faults"])
+def test_interrupts_and_page_faults_from_user_replay_recorded(workload: str, variant: str, pcid: bool) -> None:
+    """The timer interrupt's and the page fault's recorded bodies, between the variant's own
+    exception entry and exit: the same CR3 writes and faults as the modelled bodies, and the
+    engine agrees with the reference MMU."""
+    streams = {}
+    for side in ("recorded", "modelled"):
+        counts = []
+        for path in ("engine", "reference"):  # a fresh boot each: the replay applies the PTE writes
+            kernel = Kernel.boot(KernelConfig(variant, pcid=pcid, ncpus=1, seed=5))
+            em = EntryModel(kernel)
+            if side == "recorded":
+                em.kernel_side = RecordedSide(em)
+            wl = get_workload(workload)
+            knobs = wl.resolve({"reads": "2", **({"kernel_every": "0"} if workload == "interrupts" else {})})
+            state = wl.setup(em, knobs)
+            wl.iterate(em, state, knobs, 3)
+            events = em.out.array()
+            feats = CpuFeatures(maxphyaddr=kernel.mem.maxphyaddr)
+            counts.append(make_replayer(kernel.mem, em.initial_state(), feats, DEFAULT_GEOMETRY, path)(events))
+        assert counts[0] == counts[1]
+        streams[side] = (events, counts[0], dict(em.recorded_calls))
+    (rec, rc, calls), (mod, mc, _) = streams["recorded"], streams["modelled"]
+    assert calls == ({"interrupt": 3} if workload == "interrupts" else {"page_fault": 3})
+    assert rec["a"][rec["kind"] == Ev.MOV_CR3].tolist() == mod["a"][mod["kind"] == Ev.MOV_CR3].tolist()
+    assert rc.faults == mc.faults  # the page-fault workload's own faulting stores, nothing else
+    assert len(rec) > len(mod)

@@ -354,7 +354,7 @@ def bench_callback(
         typer.Option(
             "--kernel-side",
             callback=choice(*KERNEL_SIDES),
-            help="System call bodies: recorded (Debian 6.1's, where a recording exists) or modelled.",
+            help="Kernel bodies of syscalls, interrupts, page faults: recorded (Debian 6.1's) or modelled.",
         ),
     ] = "modelled",
     pti: PtiOption = "auto",

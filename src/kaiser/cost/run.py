@@ -136,8 +136,8 @@ def transition_sides(em: EntryModel, ops: OpCounts) -> dict[str, str]:
         ("page_fault", ops.exceptions),
         ("context_switch", ops.context_switches),
     ):
-        if count:
-            out[key] = "modelled"
+        if count:  # an interrupt's recorded body is the one from user mode (inside the kernel: modelled)
+            out[key] = "recorded" if key in em.recorded_calls else "modelled"
     return out
 
 
@@ -205,7 +205,7 @@ def run(
         price(counters, em.ops, params, caches=caches is not None),
         params,
         transition_sides(em, em.ops),
-        pages_report(sorted(em.ops.syscalls_by_name), set(em.recorded_calls)),
+        pages_report(sorted(transition_sides(em, em.ops)), set(em.recorded_calls)),
     )
 
 

@@ -438,6 +438,14 @@ class EntryModel:
         for ref in refs:
             self._k(self._resolve(ref, task), ref.op)
 
+    def _recorded_body(self, name: str, task: Task, user_buf: Sequence[int] = ()) -> bool:
+        """Emit `kernel_side`'s body of transition `name` if it has one (then True)."""
+        if self.kernel_side is None or not self.kernel_side.has(name):
+            return False
+        self.kernel_side.emit(name, task, list(user_buf))
+        self.recorded_calls[name] = self.recorded_calls.get(name, 0) + 1
+        return True
+
     def _task(self) -> Task:
         if self.current is None:
             raise EntryModelError("no current task: call start(task) first")
@@ -607,10 +615,8 @@ class EntryModel:
         """`do_syscall_64` → the handler: the table read, the handler's references, and for read/
         write-like calls the copy between `user_buf` and `kernel_buf` pages (one reference each)."""
         task = self._need_kernel(f"{spec.name} body")
-        if self.kernel_side is not None and self.kernel_side.has(spec.name):
+        if self._recorded_body(spec.name, task, user_buf):
             # the recorded body: it has its own dispatch (x64_sys_call) and user copies
-            self.kernel_side.emit(spec.name, task, list(user_buf))
-            self.recorded_calls[spec.name] = self.recorded_calls.get(spec.name, 0) + 1
             self.ops.syscalls += 1
             self.ops.syscalls_by_name[spec.name] = self.ops.syscalls_by_name.get(spec.name, 0) + 1
             self.ops.body_cycles += spec.body_cycles
@@ -702,8 +708,9 @@ class EntryModel:
         task = self._task()
         if self.in_user:
             self._enter_from_user(VECTOR_DEVICE, "asm_common_interrupt")
-            self._refs(IRQ_HANDLER, task)
-            self._k(self._device)
+            if not self._recorded_body("interrupt", task):
+                self._refs(IRQ_HANDLER, task)
+                self._k(self._device)
             self.ops.interrupts += 1
             self._exit_to_user_iret()
             return
@@ -750,7 +757,8 @@ class EntryModel:
         self.out.access(va, Op.WRITE, USER_CPL)  # faults: the PTE is not present
         self.ops.user_refs += 1
         self._enter_from_user(VECTOR_PF, "asm_common_interrupt")
-        self._refs(PAGE_FAULT_HANDLER, task)
+        if not self._recorded_body("page_fault", task):  # the clear_page and the PTE write stay ours
+            self._refs(PAGE_FAULT_HANDLER, task)
         frame = pte_value & 0x000F_FFFF_FFFF_F000
         self._k(self.lay.page_offset_base + frame, Op.WRITE)  # clear_page() through the direct map
         self.out.write_phys(pte_slot, pte_value)  # set_pte_at()

@@ -4,15 +4,19 @@ A recording (record/format.py) is what one real kernel did for each transition. 
 what differs between the designs: the entry and exit paths (entry_64.S or the CEA trampoline or
 our fixed stub), the CR3 values and their writes, PCID, the global bits, the tables themselves
 (linux/entry.py emits all of that per variant). Only the kernel *body* between them comes from
-the recording: every reference made by an instruction in kernel text (not in entry text, not in
+the recording (system calls; a device interrupt from user mode, from the timer recording; a
+user page fault, whose clear_page and PTE write the model still does itself as well): every
+reference made by an instruction in kernel text (not in entry text, not in
 the CPU entry area: those instructions and their data references are the entry path, which the
 model emits itself), mapped by region onto the booted model:
 
-- kernel text and the image's data: by offset from `_text` (the model's image has the same
-  text size to 12 KiB and its entry text at the same 12 MiB offset, linux/layout.py
-  ImageSizes); an offset past the model's window (the real rodata+data+bss are 38 MiB, the
-  model's 14 MiB) is folded into the window modulo its size, then the next free page: one model
-  page per real page, so a call touches exactly as many distinct pages as it did for real.
+- kernel text and the image's data: by offset from `_text` (read-only data, by the kallsyms
+  type r/R of the symbol it is in, onto the model's .rodata, the rest onto .data and .bss). The
+  model's image has the same text size to 12 KiB and its entry text at the same 12 MiB offset
+  (linux/layout.py ImageSizes); an offset past the model's window (the real rodata+data+bss are
+  38 MiB, the model's 14 MiB) is folded into the window modulo its size, then the next free
+  page: one model page per real page, so a call touches exactly as many distinct pages as it
+  did for real.
 - the current task's stack (the THREAD_SIZE-aligned block the call's first stack reference is
   in): by offset to the model task's stack; any other vmalloc page: a fresh 4 KiB page mapped in
   the shared vmalloc area (`VMALLOC_OFFSET` above vmalloc_base).
@@ -29,9 +33,10 @@ Granularity: consecutive references to the same 64-byte line with the same op be
 (the model's granularity is per location, not per instruction: linux/entry.py). That changes no
 TLB counter: the repeat hits the entry the first one filled, with the same rights and A/D bits.
 
-Which call of the recording: of the transitions of that syscall that did not switch tasks, one
-with the most common set of 4 KiB pages (the same choice `kaiser recording info --symbols`
-makes); the stack offset randomized per call (docs/recording.md) moves nothing across a page.
+Which call of the recording: of the transitions of that kind that did not switch tasks, one
+with the most common set of 4 KiB pages (as `kaiser recording info --symbols` chooses), or, when
+no two calls share one (each page fault touches fresh frames), the call of median length; the
+stack offset randomized per call (docs/recording.md) moves nothing across a page.
 """
 
 from __future__ import annotations
@@ -64,9 +69,19 @@ _ENTRY_PATH = (_R["entry_text"], _R["cpu_entry_area"])
 _OP = {FETCH: Op.FETCH, LOAD: Op.READ, STORE: Op.WRITE}
 
 
+# The transitions other than syscalls that have a recording: model name -> (workload of the
+# recording, transition kind, transition name in it). A syscall's is its own name.
+OTHER_TRANSITIONS: Final = {
+    "interrupt": ("timer", "interrupt", "sysvec_apic_timer_interrupt"),  # a device interrupt from user
+    "page_fault": ("page-fault", "exception", "page_fault"),  # a #PF on a fresh anonymous page
+}
+
+
 def recording_path(kernel: str, name: str) -> Path | None:
-    """The shipped pti=on recording of syscall `name` for `kernel` ("6.1", "6.12"), if any."""
-    p = Path(str(resources.files("kaiser.record") / "data" / f"{kernel}-pti-{name}.krec"))
+    """The shipped pti=on recording of transition `name` (a syscall, or a key of
+    OTHER_TRANSITIONS) for `kernel` ("6.1", "6.12"), if any."""
+    workload = OTHER_TRANSITIONS[name][0] if name in OTHER_TRANSITIONS else name
+    p = Path(str(resources.files("kaiser.record") / "data" / f"{kernel}-pti-{workload}.krec"))
     return p if p.is_file() else None
 
 
@@ -81,6 +96,7 @@ class RecordedBody:
     region: np.ndarray
     ranges: dict[str, list[tuple[int, int]]]
     dropped: int  # references of regions the model has no place for
+    readonly: np.ndarray  # per reference: in the image's read-only data (kallsyms type r/R)
 
     def pages(self) -> tuple[int, int]:
         """Distinct 4 KiB (code, data) pages of the body, as recorded."""
@@ -102,18 +118,25 @@ def body_of(t: Transition) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def load_body(path: str, name: str) -> RecordedBody:
-    """The typical call of syscall `name` in the recording at `path` (the module docstring)."""
+    """The typical call of transition `name` in the recording at `path` (the module docstring)."""
     header, records = read_recording(path)
-    calls = [r for r in records if isinstance(r, Transition) and r.kind == "syscall" and r.name == name]
+    kind, tname = OTHER_TRANSITIONS[name][1:] if name in OTHER_TRANSITIONS else ("syscall", name)
+    calls = [r for r in records if isinstance(r, Transition) and r.kind == kind and r.name == tname]
     calls = [t for t in calls if not t.switched]
     if not calls:
-        raise ValueError(f"{path}: no {name} call without a task switch")
+        raise ValueError(f"{path}: no {tname} without a task switch")
     bodies = [t.refs[body_of(t)] for t in calls]
     keys = [hashlib.blake2b(np.unique(b["vaddr"] >> np.uint64(PAGE_4K)).tobytes()).digest() for b in bodies]
-    best = Counter(keys).most_common(1)[0][0]
-    refs = bodies[keys.index(best)]
+    best, count = Counter(keys).most_common(1)[0]
+    # when every call touched other pages (fresh page-fault frames): the call of median length
+    refs = bodies[keys.index(best)] if count > 1 else sorted(bodies, key=len)[len(bodies) // 2]
     keep = ~np.isin(refs["region"], (_R["other"],))
     ranges = Layout.from_header(header["regions"]).ranges
+    syms = sorted((int(a), str(t)) for a, t, _ in header["symbols"])
+    addrs = np.array([a for a, _ in syms], dtype=np.uint64)
+    ro_sym = np.array([t in "rR" for _, t in syms] + [False], dtype=bool)
+    at = np.searchsorted(addrs, refs["vaddr"], side="right") - 1  # the symbol each address is in
+    readonly = (refs["region"] == _R["kernel_data"]) & ro_sym[np.where(at >= 0, at, len(syms))]
     return RecordedBody(
         name,
         Path(path).name,
@@ -122,6 +145,7 @@ def load_body(path: str, name: str) -> RecordedBody:
         refs["region"][keep].copy(),
         {k: list(v) for k, v in ranges.items()},
         int(np.count_nonzero(~keep)),
+        readonly[keep].copy(),
     )
 
 
@@ -162,11 +186,13 @@ class RecordedSide:
         lay = self.em.lay
         k0 = lay.kernel_base >> PAGE_4K
         text_pages = (lay.section("text").end - lay.kernel_base) >> PAGE_4K
-        data_lo = (lay.section("rodata").start - lay.kernel_base) >> PAGE_4K
-        data_pages = (lay.kernel_end >> PAGE_4K) - k0 - data_lo
+        ro_lo = (lay.section("rodata").start - lay.kernel_base) >> PAGE_4K
+        rw_lo = (lay.section("data").start - lay.kernel_base) >> PAGE_4K
         self._text = _Fold(k0, text_pages)
-        self._data = _Fold(k0 + data_lo, data_pages)
-        self._data_lo = data_lo
+        # read-only data onto the model's .rodata, the rest onto its .data and .bss (writable)
+        self._rodata = _Fold(k0 + ro_lo, rw_lo - ro_lo)
+        self._rwdata = _Fold(k0 + rw_lo, (lay.kernel_end >> PAGE_4K) - k0 - rw_lo)
+        self._ro_lo, self._rw_lo = ro_lo, rw_lo
 
     def body(self, name: str) -> RecordedBody | None:
         if name not in self.bodies:
@@ -197,9 +223,21 @@ class RecordedSide:
             self._frames[key] = va
         return va
 
+    def _cea(self, off: int) -> int:
+        """A CPU entry area offset: page 0 the read-only IDT, then CPU 0's area, whose first pages
+        are the GDT, the entry stack and the TSS in Linux (struct cpu_entry_area,
+        arch/x86/include/asm/cpu_entry_area.h) and in the model (kaiser.linux.cea)."""
+        if off < PAGE_SIZE:
+            return self.em.lay.cpu_entry_area_base + off
+        page, low = divmod(off - PAGE_SIZE, PAGE_SIZE)
+        cpu = self.em.cpu
+        piece = ("gdt", "entry stack")[page] if page < 2 else "tss"
+        base = cpu.cea_layout.offset(piece) + (max(page - 2, 0) * PAGE_SIZE)
+        return cpu.cea + base + low
+
     def _map(self, b: RecordedBody, task: Task, user_buf: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Model addresses of `b`'s references (and a mask of those kept)."""
-        em, lay = self.em, self.em.lay
+        em = self.em
         text0 = b.ranges["kernel_text"][0][0]
         stack_refs = b.vaddr[b.region == _R["task_stack"]]
         own = int(stack_refs[0]) // THREAD_SIZE if len(stack_refs) else -1
@@ -208,12 +246,13 @@ class RecordedSide:
         cea0 = b.ranges["cpu_entry_area"][0][0]
         out = np.zeros(len(b.vaddr), dtype=np.uint64)
         keep = np.ones(len(b.vaddr), dtype=bool)
-        for i, (va, reg) in enumerate(zip(b.vaddr.tolist(), b.region.tolist(), strict=True)):
+        for i, (va, reg, ro) in enumerate(zip(b.vaddr.tolist(), b.region.tolist(), b.readonly.tolist(), strict=True)):
             low = va & (PAGE_SIZE - 1)
             if reg in (_R["kernel_text"], _R["entry_text"]):
                 out[i] = (self._text.page((va - text0) >> PAGE_4K) << PAGE_4K) | low
             elif reg == _R["kernel_data"]:
-                out[i] = (self._data.page(((va - text0) >> PAGE_4K) - self._data_lo) << PAGE_4K) | low
+                fold, lo = (self._rodata, self._ro_lo) if ro else (self._rwdata, self._rw_lo)
+                out[i] = (fold.page(((va - text0) >> PAGE_4K) - lo) << PAGE_4K) | low
             elif reg == _R["task_stack"]:
                 if va // THREAD_SIZE == own:
                     out[i] = task.stack + va % THREAD_SIZE
@@ -225,7 +264,7 @@ class RecordedSide:
             elif reg == _R["direct_map"]:
                 out[i] = self._frame((reg, (va - dmap0) >> PAGE_4K)) | low
             elif reg == _R["cpu_entry_area"]:
-                out[i] = lay.cpu_entry_area_base + (va - cea0)
+                out[i] = self._cea(va - cea0)
             elif reg == _R["user"] and user_buf:
                 page = va >> PAGE_4K
                 slot = self._user.setdefault(page, len(self._user))
