@@ -76,3 +76,11 @@ def engine_command(
         f"{'yes' if wc['agree_on_shared_slice'] else 'NO'}; L1D miss rate {wc['stream']['l1d_miss_rate']:.1%}; "
         f"target (25 M/s) {'met' if wc['met'] else 'NOT met'}"
     )
+    pc = r["per_call"]
+    console.print(
+        f"per call ({pc['batch_events']} events, {pc['calls']:,} calls, state kept): "
+        f"{pc['step']['us_best']:.1f} µs (CPU {pc['step']['cpu_us_best']:.1f}) with counters as an array, "
+        f"{pc['replay']['us_best']:.1f} µs (CPU {pc['replay']['cpu_us_best']:.1f}) named; "
+        f"target (< {pc['target_us']:.0f} µs CPU) "
+        f"{'met' if pc['met'] else 'NOT met'}"
+    )
