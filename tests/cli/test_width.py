@@ -145,8 +145,9 @@ def test_table_fits_without_cutting_a_number(
         ["attack", "kaslr", "--seeds", "1"],
         ["demo", "--verify-cases", "20"],
         ["bench", "engine", "--n-refs", "20000"],
+        ["bench", "published"],
     ],
-    ids=["audit two-pgd", "bench", "meltdown", "kaslr", "demo", "bench engine"],
+    ids=["audit two-pgd", "bench", "meltdown", "kaslr", "demo", "bench engine", "bench published"],
 )
 def test_slow_table_fits(args: list[str], width: int, short_paths: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     volatile = EVERY_LINE if args[:2] == ["bench", "engine"] else None

@@ -192,6 +192,8 @@ FIGURES: Final[tuple[Figure, ...]] = (
            (_r("linux", False, "syscall-loop"), _r("nopti", False, "syscall-loop")), rate=50e3,
            why="published 'may be 2%'; the working set per call is not given"),
     # §3: global kernel text without PCID (Atom; no Atom machine: Skylake TLB, no caches).
+    Figure(_ATOM, "Atom, lseek1, no PCID, the base of the two gains below", "lseeks/s", 6.08e6,
+           why="the Atom's part and clock are not given and it has no machine: a rate needs them"),
     Figure(_ATOM, "Atom, lseek1, no PCID: entry text + entry area global vs no global pages", "lseek1 gain %",
            23.9, "gain_percent",
            (_r("linux-entryglobal", False, "null-syscall", _LSEEK), _r("linux-noglobal", False, "null-syscall",
@@ -211,6 +213,10 @@ FIGURES: Final[tuple[Figure, ...]] = (
     Figure("Red Hat article 3307751", "OLTP / netperf, PTI + PCID (8-19 %; mid-range)", "slowdown %", 13.5,
            why="whole applications (databases, netperf) are not modelled workloads"),
     Figure("Red Hat article 3307751", "HPC, PTI + PCID (2-5 %; mid-range)", "slowdown %", 3.5,
+           why="whole applications are not modelled workloads"),
+    Figure("Red Hat article 3307751", "analytics / JVM, PTI + PCID (3-7 %; mid-range)", "slowdown %", 5.0,
+           why="whole applications are not modelled workloads"),
+    Figure("Red Hat article 3307751", "DPDK, PTI + PCID (< 2 %; the bound)", "slowdown %", 2.0,
            why="whole applications are not modelled workloads"),
     # §5: eventfd ping-pong between two threads, Skylake 2.3 GHz KVM guest, before PTI: the PCID
     # series' own gain (nopti). The model's pipe ping-pong stands for it (4 syscalls, 2 switches).
@@ -232,15 +238,23 @@ FIGURES: Final[tuple[Figure, ...]] = (
     Figure("D. Hansen, linux-mm, Dec 2017", "make -j8 kernel build, Skylake 4-core: INVPCID vs deferred CR3 flush",
            "seconds (INVPCID)", 875.36, why="a kernel build is not a modelled workload (its INVPCID ~350 cycles "
            "a page is CITED as the invpcid parameter)"),
+    Figure("D. Hansen, linux-mm, Dec 2017", "same, deferred CR3 flush", "seconds", 880.45,
+           why="a kernel build is not a modelled workload"),
     Figure("N. Amit, RFC 'x86/mm/pti: defer user flush', 2018", "madvise(MADV_DONTNEED) then touch 1 page, Skylake",
            "cycles (2119 -> 1986 deferred)", 2119, why="the model has no madvise-then-touch workload with an "
            "undeferred user flush to compare"),
+    Figure("N. Amit, RFC 'x86/mm/pti: defer user flush', 2018", "same, 10 pages", "cycles (6791 -> 5417 deferred)",
+           6791, why="the model has no madvise-then-touch workload with an undeferred user flush to compare"),
     Figure("FreeBSD review D13985", "Haswell, FreeBSD PTI + PCID / no PTI, getppid() (linux-4.15 stands in)",
            "slowdown (478 / 339 ns)", 478 / 339, "slowdown",
            (_r("linux-4.15", True, "null-syscall", _NULL), _r("nopti", True, "null-syscall", _NULL)),
            caches="haswell", why="FreeBSD's entry path is not Linux's; Haswell caches, Skylake TLB"),
     Figure("B. Gregg, 'Linux Performance 2018'", "MySQL sysbench, AWS c5.9xlarge, 4.14, PTI", "queries/s",
            22795, why="a whole database is not a modelled workload"),
+    Figure("B. Gregg, 'Linux Performance 2018'", "same, no PTI", "queries/s", 31353,
+           why="a whole database is not a modelled workload"),
+    Figure("B. Gregg, 'Linux Performance 2018'", "same: share of cycles in TLB walks, no PTI", "percent", 3.5,
+           why="a whole database is not a modelled workload"),
     Figure("B. Gregg, 'Linux Performance 2018'", "same: share of cycles in TLB walks with PTI", "percent", 19.2,
            why="a whole database is not a modelled workload"),
     Figure("A. Freund, quoted by Data Egret, Jan 2018", "PostgreSQL TPC-H-like, PTI (7-23 %; mid-range)",
