@@ -17,7 +17,7 @@ import pytest
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.mm import Prot
 from kaiser.linux.variants import VARIANTS
-from kaiser.x86.pagetable import PageTable
+from kaiser.x86.pagetable import PageTable, PagingError
 from kaiser.x86.physmem import ENTRIES, PAGE_SIZE, FrameKind, PhysicalMemory
 
 CONFIGS = [(name, pcid, la57) for name, pcid, la57 in itertools.product(VARIANTS, (True, False), (False, True))]
@@ -113,3 +113,29 @@ def test_a_raw_write_is_caught(recorder: Recorder) -> None:
     slot = kernel.init.kernel_pgd + 8 * 300
     kernel.mem.write_u64(slot, kernel.mem.read_u64(slot) ^ int(1 << 63))
     assert len(mismatches(kernel, recorder)) == 1
+
+
+def test_set_entry_is_the_door_with_its_checks() -> None:
+    """set_entry passes top-level writes to the root hook (PTI's mirror), refuses a depth the tree
+    lacks and a destroyed tree."""
+    mem = PhysicalMemory(1 << 30)
+    pt = PageTable(mem)
+    seen: list[tuple[int, int]] = []
+
+    def hook(index: int, value: int) -> int:
+        seen.append((index, value))
+        return value | 1 << 63
+
+    pt.root_hook = hook
+    pt.set_entry(pt.root + 8 * 7, 0x3000 | 1, 0)
+    assert seen == [(7, 0x3001)] and mem.read_u64(pt.root + 8 * 7) == 0x3001 | 1 << 63
+    pt.set_entry(pt.root + 8 * 8, 0x4001, 3)  # below the top level the hook is not asked
+    assert seen == [(7, 0x3001)] and mem.read_u64(pt.root + 8 * 8) == 0x4001
+    with pytest.raises(PagingError, match="depth 4 is not 0..3"):
+        pt.set_entry(pt.root, 0, 4)
+    pt.root_hook = None
+    pt.set_entry(pt.root + 8 * 7, 0, 0)
+    pt.set_entry(pt.root + 8 * 8, 0, 0)
+    pt.destroy()
+    with pytest.raises(PagingError, match="destroyed"):
+        pt.set_entry(pt.root, 0, 0)
