@@ -17,10 +17,11 @@ from kaiser.cli.app import app
 from kaiser.cost.machines import get_machine
 from kaiser.cost.model import overhead_percent
 from kaiser.cost.params import SKYLAKE, SOURCES, for_caches
-from kaiser.cost.published import fit_markdown, markdown_table, plot
+from kaiser.cost.published import fit_markdown, markdown_table
 from kaiser.cost.run import RunResult, run
 from kaiser.linux.entry import SYSCALLS
 from kaiser.linux.variants import VARIANTS, GlobalPolicy, Part
+from kaiser.report.published_plot import plot
 from kaiser.x86.cache_geometry import CacheHierarchy, get_hierarchy
 
 KEYS = ("source", "metric", "published", "model", "ratio", "role")

@@ -46,7 +46,9 @@ def published_command(
 
         rows = pub.published_rows(cast("ReplayPath | None", path), progress=tick)
     if plot is not None:
-        pub.plot(rows, plot)
+        from kaiser.report.published_plot import plot as draw_published  # matplotlib: only when asked
+
+        draw_published(rows, plot)
     s = pub.summary(rows)
     if markdown:
         sys.stdout.write(f"{pub.fit_markdown(rows)}\n\n{pub.markdown_table(rows)}\n")
