@@ -159,16 +159,16 @@ def test_demo_prints_the_generated_figures() -> None:
 
     from rich.console import Console
 
-    from kaiser.cli import demo
+    from kaiser.cli import demo, output
 
     out = Console(file=io.StringIO(), width=200, record=True)
-    original = demo.console
-    demo.console = out
+    original = demo.console, output.console  # the demo's prose, and print_table's tables
+    demo.console = output.console = out
     try:
         demo._isolation_tour(0)
         demo._memory_tour()
     finally:
-        demo.console = original
+        demo.console, output.console = original
     printed = [[c.strip() for c in line.split("│") if c.strip()] for line in out.export_text().splitlines()]
     text = (ROOT / "docs" / "variants.md").read_text(encoding="utf-8")
     rows = [

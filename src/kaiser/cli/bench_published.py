@@ -1,4 +1,4 @@
-"""`kaiser bench published`: the cost model run on every published KPTI figure of the facts,
+"""`kaiser bench published`: the cost model run on every published KPTI figure (docs/cost.md),
 with the ratio model/published and whether the figure was fitted or is predicted
 (kaiser.cost.published)."""
 
@@ -33,8 +33,11 @@ def published_command(
         ),
     ] = None,
 ) -> None:
-    """Run the model on every published KPTI figure (facts/performance.md §3, §5): published
-    value, model value, ratio, and role (fit: a FIT parameter was set from it; else predicted)."""
+    """Run the cost model on every published KPTI figure and compare.
+
+    For each figure (its source, configuration and metric; see docs/cost.md "Fit and predict"):
+    published value, model value, ratio, and role (fit: a FIT parameter was set from it; else
+    predicted). Figures the model cannot run are listed with why."""
     from kaiser.cost import published as pub
 
     with progress_bar(disable=json_out or markdown) as bar:
