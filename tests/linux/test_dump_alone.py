@@ -35,9 +35,11 @@ def _id(path: Path) -> str:
 
 
 def _global_image(boot: Path) -> bool:
-    """pti=auto on a PCID-less Intel CPU (all these QEMU boots lack PCID): the image is global."""
+    """pti=auto on a PCID-less Intel CPU (QEMU's TCG drops PCID; the Bochs boot has it): the image
+    is global."""
     meta = json.loads((boot / "meta.json").read_text())
-    return "pti=on" not in meta["kernel_cmdline"] and bool(meta["guest_cpu"]["flags_of_interest"]["pti"])
+    flags = meta["guest_cpu"]["flags_of_interest"]
+    return "pti=on" not in meta["kernel_cmdline"] and bool(flags["pti"]) and not flags["pcid"]
 
 
 # --pcid for the user views too (the kernel views do not depend on it), except where the dump shows
