@@ -27,6 +27,7 @@ from kaiser.linux.memory import frames_kib, measure
 from kaiser.linux.variants import VARIANTS
 from kaiser.x86.bits import PTE
 from kaiser.x86.geometry import human_size
+from kaiser.x86.pagetable import Leaf
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BLOCK = re.compile(
@@ -65,14 +66,26 @@ def user_view(kernel: Kernel) -> UserView:
     """The kernel half of the first task's user view (its kernel tables under nopti)."""
     task = next(iter(kernel.tasks.values())) if kernel.tasks else kernel.spawn()
     view = task.mm.pgd.user_pt or task.mm.pgd.kernel_pt
-    leaves = list({leaf.pa: leaf for leaf in view.leaves(kernel.layout.kernel_start, once=True)}.values())
+    # one leaf per (frame, size): ESPfix's aliases count once, while a 4 KiB alias of a 2 MiB page's
+    # first frame (the emulated vsyscall page is rodata's first page) does not hide the 2 MiB page
+    leaves = list({(leaf.pa, leaf.size): leaf for leaf in view.leaves(kernel.layout.kernel_start, once=True)}.values())
     return UserView(
         variant=kernel.config.variant,
         leaves=len(leaves),
-        mapped=sum(leaf.size for leaf in leaves),
-        global_bytes=sum(leaf.size for leaf in leaves if leaf.entry & PTE.G),
-        executable=sum(leaf.size for leaf in leaves if not leaf.entry & PTE.NX),
+        mapped=_physical_bytes(leaves),
+        global_bytes=_physical_bytes([leaf for leaf in leaves if leaf.entry & PTE.G]),
+        executable=_physical_bytes([leaf for leaf in leaves if not leaf.entry & PTE.NX]),
     )
+
+
+def _physical_bytes(leaves: list[Leaf]) -> int:
+    """Bytes of physical memory the leaves map, each byte once however many leaves alias it."""
+    total, end = 0, -1
+    for start, stop in sorted((leaf.pa, leaf.pa + leaf.size) for leaf in leaves):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
 
 
 def memory_cells(variant: str) -> list[str]:

@@ -152,7 +152,8 @@ def test_kaiser_add_mapping_makes_private_copies(set_global: bool) -> None:
 @pytest.fixture(scope="module", params=[(False, True), (True, True), (False, False)], ids=["4l-pcid", "5l-pcid", "4l"])
 def linux(request: pytest.FixtureRequest) -> Kernel:
     la57, pcid = request.param
-    return Kernel.boot(KernelConfig(variant="linux", la57=la57, pcid=pcid, seed=5))
+    # vsyscall=emulate: a vsyscall PTE for pti_setup_vsyscall to clone
+    return Kernel.boot(KernelConfig(variant="linux", la57=la57, pcid=pcid, seed=5, vsyscall="emulate"))
 
 
 def test_linux_clones_at_the_levels_pti_c_names(linux: Kernel) -> None:

@@ -147,7 +147,7 @@ def meltdown_command(
     kaslr: Annotated[bool, typer.Option("--kaslr/--nokaslr", help="Randomize the kernel layout.")] = True,
     pti: PtiOption = "auto",
     vendor: VendorOption = "intel",
-    vsyscall: VsyscallOption = "emulate",
+    vsyscall: VsyscallOption = None,
     cpus: CpusOption = 2,
     lass: LassOption = False,
     max_rounds: Annotated[

@@ -88,7 +88,7 @@ def kaslr_command(
     ] = 4,
     pti: PtiOption = "auto",
     vendor: VendorOption = "intel",
-    vsyscall: VsyscallOption = "emulate",
+    vsyscall: VsyscallOption = None,
     cpus: CpusOption = 2,
     lass: LassOption = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -196,7 +196,7 @@ def audit_command(
     ] = 0,
     pti: PtiOption = "auto",
     vendor: VendorOption = "intel",
-    vsyscall: VsyscallOption = "emulate",
+    vsyscall: VsyscallOption = None,
     cpus: CpusOption = 2,
     partial: Annotated[
         bool,

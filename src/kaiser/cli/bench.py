@@ -63,7 +63,7 @@ def memory_command(
     la57: Annotated[bool, typer.Option("--la57/--4level", help="5-level or 4-level paging.")] = False,
     pti: PtiOption = "auto",
     vendor: VendorOption = "intel",
-    vsyscall: VsyscallOption = "emulate",
+    vsyscall: VsyscallOption = None,
     cpus: CpusOption = 2,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -359,7 +359,7 @@ def bench_callback(
     ] = "modelled",
     pti: PtiOption = "auto",
     vendor: VendorOption = "intel",
-    vsyscall: VsyscallOption = "emulate",
+    vsyscall: VsyscallOption = None,
 ) -> None:
     """Replay a workload on each variant, price it, and compare with nopti at the same work
     (one CPU; --pti/--vendor/--vsyscall as in kaiser dump)."""

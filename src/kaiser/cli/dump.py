@@ -177,7 +177,7 @@ def dump_command(
     ] = 0,
     pti: PtiOption = "auto",
     vendor: VendorOption = "intel",
-    vsyscall: VsyscallOption = "emulate",
+    vsyscall: VsyscallOption = None,
     cpus: CpusOption = 2,
     dialect: Annotated[
         str, typer.Option("--dialect", help="generic (Linux 5.6+) or legacy (4.x-5.5) ptdump text.")

@@ -38,7 +38,12 @@ VendorOption = Annotated[
     str, typer.Option("--vendor", callback=choice(*VENDORS), help="CPU vendor: intel or amd (not Meltdown-affected).")
 ]
 VsyscallOption = Annotated[
-    str, typer.Option("--vsyscall", callback=choice(*VSYSCALL_MODES), help="vsyscall= mode: emulate, xonly or none.")
+    str | None,
+    typer.Option(
+        "--vsyscall",
+        callback=choice(*VSYSCALL_MODES),
+        help="vsyscall= mode: emulate, xonly or none (default: the era's Linux default, xonly; 4.15's: emulate).",
+    ),
 ]
 CpusOption = Annotated[int, typer.Option("--cpus", min=1, max=MAX_CPUS, help="Number of CPUs.")]
 LassOption = Annotated[
@@ -66,7 +71,7 @@ CpusOrDump = Annotated[
 ]
 
 
-def lass_vsyscall(ctx: typer.Context, lass: bool, vsyscall: str) -> str:
+def lass_vsyscall(ctx: typer.Context, lass: bool, vsyscall: str | None) -> str | None:
     """The vsyscall mode to boot with: ``xonly`` when ``--lass`` is given and ``--vsyscall`` is
     not (LASS would be off under the ``emulate`` default), else ``vsyscall`` as given."""
     source = ctx.get_parameter_source("vsyscall")  # typer 0.2x vendors click: compare by name

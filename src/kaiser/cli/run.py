@@ -77,7 +77,7 @@ def run_command(
     seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="KASLR and kernel-data seed.")] = 0,
     pti: PtiOption = "auto",
     vendor: VendorOption = "intel",
-    vsyscall: VsyscallOption = "emulate",
+    vsyscall: VsyscallOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
 ) -> None:
     """Run a small real kernel and a user program on Unicorn over the model's page tables.

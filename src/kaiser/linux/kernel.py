@@ -56,7 +56,9 @@ class KernelConfig:
     ram: int = 4 * GiB
     pge: bool = True
     # Build and boot choices that distributions make differently (docs/real-kernel.md):
-    vsyscall: str = "emulate"  # emulate: a USR ro NX page; xonly and none: no PTE at all
+    # emulate: a USR ro NX page; xonly and none: no PTE at all. None: the era's Linux default --
+    # xonly since 5.3 (CONFIG_LEGACY_VSYSCALL_XONLY, commit 625b7b7f79c6), emulate before (the 4.15 era)
+    vsyscall: str | None = None
     cea_random: bool = True  # per-CPU entry areas at random slots under KASLR (6.2+; 6.1: False)
     kaslr_image_size: bool | None = None  # built with RANDOMIZE_BASE (1 GiB image window); None: = kaslr
     fixmap_pages: int = DEFAULT_FIXMAP_PAGES  # __end_of_permanent_fixed_addresses (649 Fedora 4.18, 646 Debian 6.1)
@@ -77,7 +79,9 @@ class KernelConfig:
     lass: bool = False
 
     def __post_init__(self) -> None:
-        get_variant(self.variant)
+        era = get_variant(self.variant).era
+        if self.vsyscall is None:
+            object.__setattr__(self, "vsyscall", "emulate" if era == "4.15" else "xonly")
         if self.vsyscall not in VSYSCALL_MODES:
             raise ValueError(f"vsyscall={self.vsyscall!r} must be one of {', '.join(VSYSCALL_MODES)}")
         if not 1 <= self.ncpus <= 64:
