@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from test_engine import CPUS, GEOMETRIES, Cpu, build_world, make_stream
 
 from kaiser.cost.engine import Engine
+from kaiser.cost.engine_cache import CACHE_COUNTER_NAMES
 from kaiser.x86.cache import Caches
 from kaiser.x86.cache_geometry import HIERARCHIES, CacheGeometryError, CacheHierarchy, CacheLevel
 from kaiser.x86.events import EVENT_DTYPE, Ev, EventBuilder, replay_reference
@@ -64,26 +65,7 @@ NO_PREFETCH = CacheHierarchy(
     streamer_distance=0,
 )
 SMALL = {h.name: h for h in (SMALL_INCLUSIVE, SMALL_VICTIM, NO_PREFETCH)}
-CACHE_FIELDS = (
-    "l1i_hits",
-    "l1i_misses",
-    "l1d_hits",
-    "l1d_misses",
-    "l2_hits",
-    "l2_misses",
-    "llc_hits",
-    "llc_misses",
-    "dram_reads",
-    "pf_nl_issued",
-    "pf_nl_useful",
-    "pf_l2_issued",
-    "pf_l2_useful",
-    "llc_back_invalidations",
-    "walk_loads_l1",
-    "walk_loads_l2",
-    "walk_loads_llc",
-    "walk_loads_dram",
-)
+CACHE_FIELDS = CACHE_COUNTER_NAMES  # the engine's list; it is checked against TlbCounters at import
 
 
 def with_runs(rng: random.Random, events: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from kaiser.cli.bench_engine import engine_command
 from kaiser.cli.bench_published import published_command
 from kaiser.cli.bench_replay import replay_bench_command
 from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
-from kaiser.cli.options import choice, plot_file, variant_names
+from kaiser.cli.options import ReplayPathOption, choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, fail, print_table, progress_bar
 from kaiser.cost.machines import MACHINES, get_machine
 from kaiser.cost.params import CACHE_SOURCES, SKYLAKE, SOURCES, CostParams, for_caches
@@ -313,14 +313,7 @@ def bench_callback(
     warmup: Annotated[
         int, typer.Option("--warmup", min=0, max=ITERATIONS_MAX, help="Iterations replayed before counting.")
     ] = 50,
-    path: Annotated[
-        str | None,
-        typer.Option(
-            "--path",
-            callback=choice("engine", "reference"),
-            help="Replay path: engine or reference (default: engine if available).",
-        ),
-    ] = None,
+    path: ReplayPathOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     plot: Annotated[
         Path | None, typer.Option("--plot", parser=plot_file, help="Draw overhead vs syscall rate into this PNG.")

@@ -10,7 +10,7 @@ from typing import Annotated, cast
 
 import typer
 
-from kaiser.cli.options import choice, plot_file
+from kaiser.cli.options import ReplayPathOption, plot_file
 from kaiser.cli.output import Col, console, emit_json, print_table, progress_bar
 from kaiser.cost.run import Path as ReplayPath
 
@@ -24,14 +24,7 @@ def published_command(
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print the tables of docs/cost.md (FIT parameters, fit/predict).")
     ] = False,
-    path: Annotated[
-        str | None,
-        typer.Option(
-            "--path",
-            callback=choice("engine", "reference"),
-            help="Replay path: engine or reference (default: engine if available).",
-        ),
-    ] = None,
+    path: ReplayPathOption = None,
 ) -> None:
     """Run the cost model on every published KPTI figure and compare.
 

@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final
 
 import typer
 
@@ -167,3 +167,14 @@ def scheduler_address(value: str | None) -> str | None:
     if m is None or not 1 <= int(m.group(3)) <= 65535:
         raise typer.BadParameter("not a scheduler address (tcp://HOST:PORT)")
     return value
+
+
+# `--path engine|reference` of every command that replays events (bench, bench published, replay).
+ReplayPathOption = Annotated[
+    str | None,
+    typer.Option(
+        "--path",
+        callback=choice("engine", "reference"),
+        help="Replay path: engine or reference (default: engine if available).",
+    ),
+]

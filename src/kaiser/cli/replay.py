@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kaiser.cli.options import choice, plot_file, variant_names
+from kaiser.cli.options import ReplayPathOption, choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, err_console, fail, print_table
 from kaiser.inputs import check_input
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
@@ -75,14 +75,7 @@ def replay_command(
         bool | None, typer.Option("--pcid/--no-pcid", help="Only with (or without) PCID; both by default.")
     ] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable lines.")] = False,
-    path: Annotated[
-        str | None,
-        typer.Option(
-            "--path",
-            callback=choice("engine", "reference"),
-            help="engine or reference (default: engine when available).",
-        ),
-    ] = None,
+    path: ReplayPathOption = None,
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, max=LIMIT_MAX, help="Replay only the first N user events.")
     ] = None,
