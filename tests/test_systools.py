@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -140,18 +141,28 @@ def test_script_is_standard_library_only() -> None:
     assert proc.stderr == "systools: unknown group junk (groups: venv, demo, test, record)\n"
 
 
-def test_not_root_for_real(tmp_path: Path) -> None:
+def test_not_root_for_real() -> None:
     """As `nobody`, with a PATH holding no tool: exit 2, one line naming the exact command."""
     python = "/usr/bin/python3"  # Debian's, which `nobody` can run (a pyenv or venv one may be private)
     assert os.access(python, os.X_OK), "this test needs Debian's /usr/bin/python3"
-    (tmp_path / "empty").mkdir()
-    proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, str(SCRIPT), "test"],
-        capture_output=True,
-        text=True,
-        env={"PATH": str(tmp_path / "empty")},
-        executable=shutil.which("setpriv"),
-    )
+    # `nobody` may not enter the checkout or pytest's tmp_path (both can be 0700): run a copy of
+    # the script from a directory it can read
+    public = Path(tempfile.mkdtemp(prefix="kaiser-systools-", dir="/tmp"))
+    try:
+        public.chmod(0o755)
+        script = public / "systools.py"
+        shutil.copyfile(SCRIPT, script)
+        script.chmod(0o644)
+        (public / "empty").mkdir(mode=0o755)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, str(script), "test"],
+            capture_output=True,
+            text=True,
+            env={"PATH": str(public / "empty")},
+            executable=shutil.which("setpriv"),
+        )
+    finally:
+        shutil.rmtree(public)
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
