@@ -1,15 +1,27 @@
 """Start-up stays light: the heavy libraries (numba, dask, matplotlib, Unicorn) are imported only by
 the commands that use them, never by `kaiser` itself nor by any command's --help. Checked in a fresh
-interpreter, since this test process has them all loaded already. (How fast start-up is, is measured
+interpreter, since this test process has them all loaded already. `kaiser --help` imports no command
+module and no numpy at all, yet prints what the fully loaded tree prints; every package's lazy
+exports (kaiser/lazy.py) resolve to the real objects. (How fast start-up is, is measured
 outside the suite: `kaiser --help` CPU seconds, see the commit history; never asserted here.)"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+import types
+from pathlib import Path
 
+import pytest
+import typer
+from typer.core import TyperGroup
+from typer.testing import CliRunner
+
+from kaiser.cli import app as app_module
 from kaiser.cli.app import app
+from kaiser.lazy import _type_checking_imports as lazy_exports_of
 
 HEAVY = ("numba", "dask", "distributed", "matplotlib", "unicorn")
 
@@ -36,11 +48,11 @@ def _loaded(*argvs: list[str]) -> dict[str, list[str]]:
 
 def _commands() -> list[list[str]]:
     """Every command and subcommand path of the CLI (`["bench", "memory"]`, ...)."""
-    paths = [[info.name or ""] for info in app.registered_commands]
-    for group in app.registered_groups:
-        assert group.typer_instance is not None
-        paths += [[group.name or "", info.name or ""] for info in group.typer_instance.registered_commands]
-    assert len(paths) >= 12 and all(all(p) for p in paths)
+    paths: list[list[str]] = []
+    for name, command in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+        paths.append([name])
+        paths += [[name, sub] for sub in getattr(command, "commands", {})]
+    assert len(paths) >= 20 and all(all(p) for p in paths)
     return paths
 
 
@@ -54,3 +66,59 @@ def test_no_command_help_loads_anything_heavy() -> None:
     loaded = _loaded(*argvs)
     assert set(loaded) == {"import"} | {" ".join(a) for a in argvs}
     assert {k: v for k, v in loaded.items() if v} == {}
+
+
+def _root_help() -> str:
+    result = CliRunner().invoke(app_module.app, ["--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_the_root_help_from_summaries_equals_the_loaded_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A summary in COMMANDS that drifts from its command's own help fails here."""
+    lazy = _root_help()
+    # typer's own format_help: the listing asks get_command for every command, which loads it
+    monkeypatch.setattr(app_module.KaiserGroup, "format_help", TyperGroup.format_help)
+    loaded = _root_help()
+    assert "bench" in lazy and lazy == loaded
+
+
+def test_every_command_loads_under_its_name() -> None:
+    for name in app_module.COMMANDS:
+        command = app_module.load_command(name)
+        assert command.name == name
+        assert command.help, name
+
+
+def test_help_imports_no_command_module_nor_numpy() -> None:
+    code = (
+        "import sys\n"
+        "from kaiser.cli.app import run\n"
+        "status = run(['--help'])\n"
+        "heavy = sorted(m for m in sys.modules if m == 'numpy' or m.startswith(('kaiser.cli.', 'kaiser.linux')))\n"
+        "print(status, heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 ['kaiser.cli.app', 'kaiser.cli.output']"
+
+
+def test_a_command_still_reports_bad_input_in_one_line() -> None:
+    """The user errors are imported at report time; a bad variant still exits 2 in one line."""
+    result = CliRunner().invoke(app_module.app, ["dump", "--variant", "nosuch"])
+    assert result.exit_code == 2
+    assert "nosuch" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("package", ["x86", "attacks", "report", "referee", "sweep", "realcode"])
+def test_lazy_exports_resolve_to_the_defining_modules(package: str) -> None:
+    module = importlib.import_module(f"kaiser.{package}")
+    where = lazy_exports_of(Path(str(module.__file__)))
+    assert module.__all__ and where
+    for name in module.__all__:  # lazy or imported at once (report's `load`, named as its module)
+        value = getattr(module, name)
+        assert name in dir(module) and not isinstance(value, types.ModuleType), name
+        if name in where:
+            assert value is getattr(importlib.import_module(where[name]), name)
+    missing = "no_such_export"
+    with pytest.raises(AttributeError, match="no attribute"):
+        getattr(module, missing)

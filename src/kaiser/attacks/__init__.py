@@ -7,23 +7,29 @@ planted secret and the experiment `run_meltdown()`.
 
 from __future__ import annotations
 
-from kaiser.attacks.cache import DataCache, Hit, Timer, TimerNoise
-from kaiser.attacks.core import (
-    REGIONS,
-    AttackError,
-    Core,
-    MeltdownResult,
-    MemResult,
-    Process,
-    Reach,
-    Secret,
-    explain,
-    plant_at,
-    plant_secret,
-    run_meltdown,
-    transient_source,
-)
-from kaiser.attacks.meltdown import AttackParams, ByteReading, Calibration, MeltdownAttacker, Sigsegv, UserPort
+from typing import TYPE_CHECKING
+
+from kaiser.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from kaiser.attacks.cache import DataCache, Hit, Timer, TimerNoise
+    from kaiser.attacks.core import (
+        REGIONS,
+        AttackError,
+        Core,
+        MeltdownResult,
+        MemResult,
+        Process,
+        Reach,
+        Secret,
+        explain,
+        plant_at,
+        plant_secret,
+        run_meltdown,
+        transient_source,
+    )
+    from kaiser.attacks.meltdown import AttackParams, ByteReading, Calibration, MeltdownAttacker, Sigsegv, UserPort
+
 
 __all__ = [
     "REGIONS",
@@ -50,3 +56,5 @@ __all__ = [
     "run_meltdown",
     "transient_source",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -28,8 +28,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
-
 DEFAULT_WIDTH = 80  # CHOSEN: the width assumed without a terminal or COLUMNS (a pipe, a CI log)
 
 
@@ -82,6 +80,8 @@ def parse_int(text: str, what: str) -> int:
 
 def variant_or_all(name: str) -> list[str]:
     """`--variant NAME`: that registered variant, or every one for `all`; else a one-line error."""
+    from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant  # not at start-up
+
     if name == "all":
         return list(VARIANTS)
     try:

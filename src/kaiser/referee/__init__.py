@@ -7,9 +7,15 @@ every entry on the walk with `kaiser.x86.walker.translate`. See docs/referee.md.
 
 from __future__ import annotations
 
-from kaiser.referee.cases import Case, Probabilities, generate_case
-from kaiser.referee.machine import Observation, UnicornMachine
-from kaiser.referee.verify import KNOWN_DEVIATIONS, CaseResult, VerifyReport, run_case, run_verify
+from typing import TYPE_CHECKING
+
+from kaiser.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from kaiser.referee.cases import Case, Probabilities, generate_case
+    from kaiser.referee.machine import Observation, UnicornMachine
+    from kaiser.referee.verify import KNOWN_DEVIATIONS, CaseResult, VerifyReport, run_case, run_verify
+
 
 __all__ = [
     "KNOWN_DEVIATIONS",
@@ -23,3 +29,5 @@ __all__ = [
     "run_case",
     "run_verify",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

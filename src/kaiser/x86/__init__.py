@@ -11,13 +11,19 @@ Drive it from a notebook::
 
 from __future__ import annotations
 
-from kaiser.x86.bits import CR0, CR4, EFER, PFEC, PTE, RFLAGS, describe, describe_entry, make_cr3, make_entry
-from kaiser.x86.cpu import CpuFeatures, CpuState
-from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL, AddressError, PagingMode, mode_for
-from kaiser.x86.pagetable import Leaf, PageTable, PagingError
-from kaiser.x86.physmem import FrameKind, PhysicalMemory, PhysMemError
-from kaiser.x86.rights import Op, Rights
-from kaiser.x86.walker import EntryRef, Fault, Translation, translate
+from typing import TYPE_CHECKING
+
+from kaiser.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from kaiser.x86.bits import CR0, CR4, EFER, PFEC, PTE, RFLAGS, describe, describe_entry, make_cr3, make_entry
+    from kaiser.x86.cpu import CpuFeatures, CpuState
+    from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL, AddressError, PagingMode, mode_for
+    from kaiser.x86.pagetable import Leaf, PageTable, PagingError
+    from kaiser.x86.physmem import FrameKind, PhysicalMemory, PhysMemError
+    from kaiser.x86.rights import Op, Rights
+    from kaiser.x86.walker import EntryRef, Fault, Translation, translate
+
 
 __all__ = [
     "CR0",
@@ -50,3 +56,5 @@ __all__ = [
     "mode_for",
     "translate",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)
