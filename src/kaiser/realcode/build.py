@@ -17,6 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+# The MSRs the kernel's WRMSRs name: in globals(), so ASM_CONSTANTS passes them to the assembly.
+from kaiser.x86.bits import (  # noqa: F401
+    MSR_EFER,
+    MSR_GS_BASE,
+    MSR_KERNEL_GS_BASE,
+    MSR_LSTAR,
+    MSR_STAR,
+    MSR_SYSCALL_MASK,
+)
+
 ASM_DIR: Final = Path(__file__).parent / "asm"
 SOURCES: Final = ("kernel.s", "user.s")
 TOOLS: Final = ("as", "ld", "objcopy", "nm")
@@ -42,12 +52,6 @@ GDT: Final = (
     0x00AFFB000000FFFF,  # 0x33 USER_CS (L=1)
 )
 GDT_LIMIT: Final = 8 * len(GDT) - 1
-MSR_EFER: Final = 0xC0000080
-MSR_STAR: Final = 0xC0000081
-MSR_LSTAR: Final = 0xC0000082
-MSR_SYSCALL_MASK: Final = 0xC0000084
-MSR_GS_BASE: Final = 0xC0000101
-MSR_KERNEL_GS_BASE: Final = 0xC0000102
 # syscall_init() before 5.x: TF|DF|IF|IOPL|AC|NT cleared on SYSCALL (arch/x86/kernel/cpu/common.c).
 SYSCALL_MASK: Final = 0x47700
 # x86_hw_tss is packed: reserved1 (u32), sp0, sp1, sp2 (asm/processor.h). cpu_tss_rw is the

@@ -27,32 +27,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc, UcError
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, Uc, UcError
 from unicorn.x86_const import (
     UC_X86_INS_SYSCALL,
     UC_X86_REG_CR0,
-    UC_X86_REG_CR2,
     UC_X86_REG_CR3,
     UC_X86_REG_CR4,
     UC_X86_REG_CS,
     UC_X86_REG_EFLAGS,
     UC_X86_REG_FS_BASE,
     UC_X86_REG_GS_BASE,
-    UC_X86_REG_R8,
-    UC_X86_REG_R9,
-    UC_X86_REG_R10,
     UC_X86_REG_R11,
-    UC_X86_REG_R12,
-    UC_X86_REG_R13,
-    UC_X86_REG_R14,
-    UC_X86_REG_R15,
     UC_X86_REG_RAX,
-    UC_X86_REG_RBP,
-    UC_X86_REG_RBX,
     UC_X86_REG_RCX,
-    UC_X86_REG_RDI,
-    UC_X86_REG_RDX,
     UC_X86_REG_RIP,
     UC_X86_REG_RSI,
     UC_X86_REG_RSP,
@@ -62,34 +49,25 @@ from unicorn.x86_const import (
 from kaiser.linux.kernel import THREAD_SIZE
 from kaiser.realcode import build
 from kaiser.realcode.loader import Loaded
-from kaiser.referee.machine import CPU_MODEL
-from kaiser.x86.bits import CR0, EFER
+from kaiser.referee.unicorn_cpu import GPRS, ExceptionTrap, flush_tlb, new_cpu, write_frames
+from kaiser.x86.bits import (
+    BP_VECTOR,
+    CR0,
+    EFER,
+    MSR_EFER,
+    MSR_KERNEL_GS_BASE,
+    MSR_LSTAR,
+    MSR_STAR,
+    MSR_SYSCALL_MASK,
+    PF_VECTOR,
+)
 
-PF_VECTOR = 14
-BP_VECTOR = 3
 SYSCALL_LEN = 2  # 0F 05
 NOFLUSH = 1 << 63
 MAX_TRANSITIONS = 64
 INSN_BUDGET = 20_000  # per emu_start; the whole run executes a few hundred instructions
-# mov reg, %cr3 is [REX] 0F 22 /r; ModRM.rm (+ REX.B) names the source (SDM Vol. 2B MOV CR).
-GPRS = (
-    UC_X86_REG_RAX,
-    UC_X86_REG_RCX,
-    UC_X86_REG_RDX,
-    UC_X86_REG_RBX,
-    UC_X86_REG_RSP,
-    UC_X86_REG_RBP,
-    UC_X86_REG_RSI,
-    UC_X86_REG_RDI,
-    UC_X86_REG_R8,
-    UC_X86_REG_R9,
-    UC_X86_REG_R10,
-    UC_X86_REG_R11,
-    UC_X86_REG_R12,
-    UC_X86_REG_R13,
-    UC_X86_REG_R14,
-    UC_X86_REG_R15,
-)
+# mov reg, %cr3 is [REX] 0F 22 /r; ModRM.rm (+ REX.B) names the source (SDM Vol. 2B MOV CR): an
+# index into GPRS.
 CR0_BOOT = int(CR0.PE | CR0.PG | CR0.WP) | 1 << 4 | 1 << 5 | 1 << 1  # + ET, NE, MP as Linux runs
 
 
@@ -177,18 +155,9 @@ class Outcome:
 
 def _load_memory(uc: Uc, loaded: Loaded) -> None:
     """Copy every frame our model has storage for (page tables, image, per-CPU, user) into
-    Unicorn's RAM, coalescing contiguous runs. Untouched frames read as zero in both."""
+    Unicorn's RAM. Untouched frames read as zero in both."""
     mem = loaded.kernel.mem
-    frames = mem.touched_frames()
-    i = 0
-    while i < len(frames):
-        j = i
-        while j + 1 < len(frames) and frames[j + 1] == frames[j] + build.PAGE:
-            j += 1
-        start = frames[i]
-        length = frames[j] + build.PAGE - start
-        uc.mem_write(start, mem.read_bytes(start, length))
-        i = j + 1
+    write_frames(uc, mem.touched_frames(), mem.read_bytes)
 
 
 def _cr3_source(code: bytes) -> int:
@@ -209,9 +178,7 @@ class RealMachine:
         self._deferred_cr3: int | None = None
         image = loaded.image
         self.symbols = image.symbols
-        uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        uc.ctl_set_cpu_model(CPU_MODEL)
-        uc.mem_map(0, loaded.kernel.config.ram)
+        uc = new_cpu(loaded.kernel.config.ram)
         _load_memory(uc, loaded)
         self.uc = uc
         self.out = Outcome()
@@ -229,7 +196,7 @@ class RealMachine:
         sysretq = image.symbol("syscall_sysretq")
         uc.hook_add(UC_HOOK_CODE, self._on_sysret, None, sysretq, sysretq)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
-        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self._trap = ExceptionTrap(uc)
 
     # ---- symbols ---------------------------------------------------------------------------
     def _code_at(self, va: int, length: int) -> bytes:
@@ -267,7 +234,7 @@ class RealMachine:
     def _on_iretq(self, uc: Uc, _address: int, _size: int, _data: object) -> None:
         if self._deferred_cr3 is not None:
             uc.reg_write(UC_X86_REG_CR3, self._deferred_cr3)
-            uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+            flush_tlb(uc)
             self._deferred_cr3 = None
 
     def _on_cpl0_ready(self, uc: Uc, _address: int, _size: int, _data: object) -> None:
@@ -281,18 +248,6 @@ class RealMachine:
         self._syscall_rip = int(uc.reg_read(UC_X86_REG_RIP))  # the SYSCALL instruction itself
         uc.emu_stop()
 
-    def _on_interrupt(self, uc: Uc, vector: int, _data: object) -> None:
-        rip = int(uc.reg_read(UC_X86_REG_RIP))
-        self._fault = Fault(
-            vector=vector,
-            rip=rip,
-            cr2=int(uc.reg_read(UC_X86_REG_CR2)),
-            cr3=int(uc.reg_read(UC_X86_REG_CR3)),
-            cpl=int(uc.reg_read(UC_X86_REG_CS)) & 3,
-            where=self.where(rip),
-        )
-        uc.emu_stop()
-
     # ---- the transitions our model performs ----------------------------------------------------
     def _perform_syscall(self, rip: int) -> int:
         """SYSCALL (SDM Vol. 2B): returns the new RIP (IA32_LSTAR)."""
@@ -303,13 +258,13 @@ class RealMachine:
         rflags = int(uc.reg_read(UC_X86_REG_EFLAGS))
         cr3 = int(uc.reg_read(UC_X86_REG_CR3))
         fs_base, gs_base = int(uc.reg_read(UC_X86_REG_FS_BASE)), int(uc.reg_read(UC_X86_REG_GS_BASE))
-        kernel_gs = int(uc.msr_read(build.MSR_KERNEL_GS_BASE))
-        efer = int(uc.msr_read(build.MSR_EFER))
+        kernel_gs = int(uc.msr_read(MSR_KERNEL_GS_BASE))
+        efer = int(uc.msr_read(MSR_EFER))
         if not efer & EFER.SCE:
             raise RuntimeError("SYSCALL with EFER.SCE clear would #UD")
-        star = int(uc.msr_read(build.MSR_STAR))
-        lstar = int(uc.msr_read(build.MSR_LSTAR))
-        fmask = int(uc.msr_read(build.MSR_SYSCALL_MASK))
+        star = int(uc.msr_read(MSR_STAR))
+        lstar = int(uc.msr_read(MSR_LSTAR))
+        fmask = int(uc.msr_read(MSR_SYSCALL_MASK))
         uc.context_restore(self._cpl0)  # CPL 0, flat CS/SS the kernel loaded; no stale exception
         kernel_cs = (star >> 32) & 0xFFFC
         if int(uc.reg_read(UC_X86_REG_CS)) != kernel_cs or int(uc.reg_read(UC_X86_REG_SS)) != kernel_cs + 8:
@@ -321,27 +276,31 @@ class RealMachine:
         uc.reg_write(UC_X86_REG_EFLAGS, rflags & ~fmask)
         uc.reg_write(UC_X86_REG_FS_BASE, fs_base)
         uc.reg_write(UC_X86_REG_GS_BASE, gs_base)
-        uc.msr_write(build.MSR_KERNEL_GS_BASE, kernel_gs)
+        uc.msr_write(MSR_KERNEL_GS_BASE, kernel_gs)
         uc.reg_write(UC_X86_REG_CR3, cr3)  # SYSCALL does not touch CR3: put the live one back
-        uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        flush_tlb(uc)
         self.out.syscalls_entered += 1
         return lstar
 
     # ---- the run -------------------------------------------------------------------------------------
     def _emulate(self, begin: int) -> None:
-        self._fault = None
+        self._trap.reset()
         self._syscall_rip = None
         try:
             self.uc.emu_start(begin, 0, count=INSN_BUDGET)
         except UcError as exc:
             self.out.error = f"{exc} at {self.where(int(self.uc.reg_read(UC_X86_REG_RIP)))}"
+        trap = self._trap.trap
+        self._fault = None
+        if trap is not None:
+            self._fault = Fault(trap.vector, trap.rip, trap.cr2, trap.cr3, trap.cpl, self.where(trap.rip))
 
     def run(self) -> Outcome:
         started = time.perf_counter()
         uc, loaded, out = self.uc, self.loaded, self.out
         # The boot loader's state: IA-32e paging on the task's kernel CR3, RSP on its stack.
         uc.reg_write(UC_X86_REG_CR4, loaded.kernel.cr4())
-        uc.msr_write(build.MSR_EFER, int(EFER.LME | EFER.LMA | EFER.NXE))
+        uc.msr_write(MSR_EFER, int(EFER.LME | EFER.LMA | EFER.NXE))
         uc.reg_write(UC_X86_REG_CR3, loaded.kernel_cr3)
         uc.reg_write(UC_X86_REG_CR0, CR0_BOOT)
         uc.reg_write(UC_X86_REG_RSP, loaded.task.stack + THREAD_SIZE)
@@ -386,7 +345,7 @@ class RealMachine:
         uc = self.uc
         uc.context_restore(self._cpl0)
         uc.reg_write(UC_X86_REG_CR3, cr3)
-        uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        flush_tlb(uc)
         uc.reg_write(UC_X86_REG_RSI, va)
         self._emulate(self.loaded.image.symbol("kaiser_probe"))
         fault = self._fault

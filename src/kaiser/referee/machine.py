@@ -1,22 +1,18 @@
 """Run one case on Unicorn (QEMU's TCG x86 MMU) and report what it observably did.
 
-Unicorn maps *physical* memory (`mem_map`) and runs at *virtual* addresses once CR0.PG is set
-(facts/x86-paging.md §3). Exceptions are not delivered through the IDT: `UC_HOOK_INTR` sees the
-vector, CR2 is readable, the error code is not. One `Uc` is reused: each case restores a CPU
-context saved before any exception (QEMU otherwise remembers the #PF and turns the next one into
-#DF), flushes the softmmu TLB and rewrites CR3 (which flushes again, QEMU `cpu_x86_update_cr3`).
+The CPU is referee/unicorn_cpu.py's (the one realcode runs on too). One `Uc` is reused: each case
+restores a CPU context saved before any exception (QEMU otherwise remembers the #PF and turns the
+next one into #DF), flushes the softmmu TLB and rewrites CR3 (which flushes again, QEMU
+`cpu_x86_update_cr3`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, Uc, UcError
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn import UcError
 from unicorn.x86_const import (
-    UC_CPU_X86_ICELAKE_SERVER,
     UC_X86_REG_CR0,
-    UC_X86_REG_CR2,
     UC_X86_REG_CR3,
     UC_X86_REG_CR4,
     UC_X86_REG_EFLAGS,
@@ -28,22 +24,19 @@ from unicorn.x86_const import (
     UC_X86_REG_RCX,
     UC_X86_REG_RDI,
     UC_X86_REG_RDX,
-    UC_X86_REG_RIP,
     UC_X86_REG_RSI,
     UC_X86_REG_RSP,
 )
 
 from kaiser.referee import layout
 from kaiser.referee.cases import CR0_ET, Case
-from kaiser.x86.bits import CR0, CR4, EFER
+from kaiser.referee.unicorn_cpu import ExceptionTrap, flush_tlb, new_cpu
+from kaiser.x86.bits import BP_VECTOR, CR0, CR4, EFER, MSR_EFER
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.rights import Op
 
-MSR_EFER = 0xC0000080
-BP_VECTOR = 3  # int3: the access finished and the next instruction trapped
 _ZERO_PAGE = bytes(layout.PAGE)
 _HARNESS = layout.harness_frames()
-CPU_MODEL = UC_CPU_X86_ICELAKE_SERVER
 
 
 @dataclass(frozen=True)
@@ -83,14 +76,10 @@ class UnicornMachine:
     """A reusable Unicorn x86-64 CPU with the referee's harness loaded."""
 
     def __init__(self) -> None:
-        uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        # The default model (qemu64) lacks SMAP and PKU: QEMU's cpu_x86_update_cr4 then silently clears
-        # CR4.SMAP/PKE on a guest `mov cr4`. Icelake-Server has SMEP, SMAP, PKU, LA57 and 1 GiB pages.
-        uc.ctl_set_cpu_model(CPU_MODEL)
-        uc.mem_map(0, layout.RAM_SIZE)
+        uc = new_cpu(layout.RAM_SIZE)
         for pa, data in _HARNESS.items():
             uc.mem_write(pa, data)
-        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self._trap = ExceptionTrap(uc)  # the first exception; an int3 when the access completed
         uc.reg_write(UC_X86_REG_GDTR, (0, layout.GDT, layout.GDT_LIMIT, 0))
         # Enter IA-32e paging with a harness-only root (H_PML4[0] -> harness PDPT).
         uc.reg_write(UC_X86_REG_CR4, int(CR4.PAE))
@@ -100,16 +89,6 @@ class UnicornMachine:
         self.uc = uc
         self._context = uc.context_save()  # CPL 0, no exception pending
         self._written: set[int] = set()
-        self._vector: int | None = None
-        self._rip = 0
-        self._cr2 = 0
-
-    def _on_interrupt(self, uc: Uc, vector: int, _data: object) -> None:
-        if self._vector is None:
-            self._vector = vector
-            self._rip = int(uc.reg_read(UC_X86_REG_RIP))
-            self._cr2 = int(uc.reg_read(UC_X86_REG_CR2))
-        uc.emu_stop()
 
     def _load_frames(self, frames: dict[int, bytes]) -> None:
         uc = self.uc
@@ -127,7 +106,7 @@ class UnicornMachine:
         uc = self.uc
         uc.context_restore(self._context)
         self._load_frames(frames)
-        uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        flush_tlb(uc)
         # CR4.PKE stays on until the harness has run WRPKRU (it #UDs without PKE); the harness then
         # loads the case's CR4 itself (`mov cr4, r14`), so PKRU can be hostile while PKE=0.
         uc.reg_write(UC_X86_REG_CR4, state.cr4 | int(CR4.PKE))
@@ -147,7 +126,7 @@ class UnicornMachine:
             (UC_X86_REG_RSP, layout.KSTACK_FRAME),
         ):
             uc.reg_write(reg, value)
-        self._vector = None
+        self._trap.reset()
         error = None
         try:
             uc.emu_start(layout.K_ENTRY, layout.K_UNTIL)
@@ -157,11 +136,12 @@ class UnicornMachine:
         for pa in _HARNESS:
             if after[pa] != _HARNESS[pa]:
                 self._written.add(pa)  # a stray write hit the harness: rewrite it next time
-        completed = error is None and self._vector == BP_VECTOR and self._rip == stop_address(case)
+        trap = self._trap.trap
+        completed = error is None and trap is not None and trap.vector == BP_VECTOR and trap.rip == stop_address(case)
         return Observation(
-            vector=self._vector,
-            rip=self._rip,
-            cr2=self._cr2,
+            vector=None if trap is None else trap.vector,
+            rip=0 if trap is None else trap.rip,
+            cr2=0 if trap is None else trap.cr2,
             rdi=int(uc.reg_read(UC_X86_REG_RDI)),
             rax=int(uc.reg_read(UC_X86_REG_RAX)),
             error=error,

@@ -108,7 +108,16 @@ class PFEC(enum.IntFlag):
 
 
 PF_VECTOR: Final = 14  # #PF (SDM Vol. 3A §6.15)
+BP_VECTOR: Final = 3  # #BP, raised by INT3 (SDM Vol. 3A §6.15)
 SS_VECTOR: Final = 12  # #SS (SDM Vol. 3A §6.15): a LASS violation of a stack access
+
+# Architectural MSRs (SDM Vol. 4 Table 2-2).
+MSR_EFER: Final = 0xC0000080
+MSR_STAR: Final = 0xC0000081  # SYSCALL/SYSRET segment selectors
+MSR_LSTAR: Final = 0xC0000082  # the 64-bit SYSCALL entry point
+MSR_SYSCALL_MASK: Final = 0xC0000084  # IA32_FMASK: RFLAGS bits SYSCALL clears
+MSR_GS_BASE: Final = 0xC0000101
+MSR_KERNEL_GS_BASE: Final = 0xC0000102  # swapped with GS.base by SWAPGS
 
 # CR3 (SDM Vol. 3A §4.5, Table 4-12 and 4-13).
 CR3_PWT: Final = 1 << 3  # only without CR4.PCIDE
