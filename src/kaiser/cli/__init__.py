@@ -1,0 +1,1 @@
+"""The `kaiser` command line: typer commands over the API (docs/architecture.md)."""

@@ -78,4 +78,5 @@ def measure(variant: str, *, pcid: bool = True, la57: bool = False, seed: int = 
 
 
 def frames_kib(frames: int) -> int:
+    """A frame count in KiB."""
     return frames * PAGE_SIZE // 1024

@@ -141,6 +141,7 @@ _OBJECTS: dict[str, bytes] = {}
 
 
 def source_text(name: str) -> str:
+    """The text of the assembly source `asm/<name>`."""
     return (ASM_DIR / name).read_text()
 
 

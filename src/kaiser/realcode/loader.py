@@ -46,6 +46,7 @@ def variant_names() -> list[str]:
 
 
 def resolve_variant(name: str) -> Variant:
+    """A registered variant by name, or the deliberately broken one."""
     return broken_variant() if name == BROKEN_VARIANT else get_variant(name)
 
 
@@ -114,6 +115,7 @@ def _phys_of(kernel: Kernel, task: Task, va: int) -> int:
 
 
 def load(kernel: Kernel, task: Task, variant: Variant, seed: int = 0) -> Loaded:
+    """Load the realcode kernel and user program into `kernel`'s memory for `task` under `variant`."""
     lay, cpu, mem = kernel.layout, kernel.cpus[0], kernel.mem
     trampoline = uses_trampoline(variant)
     stub = cpu.cea_layout.trampoline

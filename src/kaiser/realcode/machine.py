@@ -113,6 +113,8 @@ class Fault:
 
 @dataclass(frozen=True)
 class SyscallResult:
+    """One system call the user program made: what it asked, expected and got back (None: not returned)."""
+
     name: str
     nr: int
     arg: int

@@ -46,6 +46,8 @@ class Job:
 
 @dataclass(frozen=True)
 class BootFiles:
+    """The files one QEMU boot writes (plugin log, info channel, console) and its command line."""
+
     raw: Path
     info: Path
     console: Path

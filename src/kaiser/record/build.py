@@ -37,6 +37,8 @@ class BuildError(RuntimeError):
 
 
 def cache_dir() -> Path:
+    """Where built plugins, guests and unpacked kernels are kept ($KAISER_CACHE, else
+    $XDG_CACHE_HOME/kaiser or ~/.cache/kaiser, then record/)."""
     root = os.environ.get("KAISER_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kaiser"
     )

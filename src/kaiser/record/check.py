@@ -171,6 +171,8 @@ def model_side(kind: str) -> UserCr3Side:
 
 @dataclass(frozen=True)
 class Comparison:
+    """One transition kind's CR3 writes and user-CR3 references, real against the model's."""
+
     kind: str
     calls: int
     real: UserCr3Side

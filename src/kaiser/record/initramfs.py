@@ -21,14 +21,17 @@ class Entry:
 
 
 def file(name: str, data: bytes, perm: int = 0o644) -> Entry:
+    """A regular file of the archive."""
     return Entry(name, stat.S_IFREG | perm, data)
 
 
 def directory(name: str, perm: int = 0o755) -> Entry:
+    """A directory of the archive."""
     return Entry(name, stat.S_IFDIR | perm)
 
 
 def chardev(name: str, major: int, minor: int, perm: int = 0o600) -> Entry:
+    """A character device node of the archive (major, minor as in Documentation/admin-guide/devices.txt)."""
     return Entry(name, stat.S_IFCHR | perm, rdev=(major, minor))
 
 

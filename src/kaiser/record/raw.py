@@ -182,6 +182,8 @@ def _refs(recs: np.ndarray, layout: Layout, phys: bool) -> np.ndarray:
 
 @dataclass
 class JobResult:
+    """What one recording job wrote: the file and how many transitions, user runs and references it holds."""
+
     path: Path
     transitions: int
     user_runs: int

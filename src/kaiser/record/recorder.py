@@ -18,6 +18,8 @@ from kaiser.record.raw import JobResult, RawError, guest_layout, jobs, parse_inf
 
 @dataclass(frozen=True)
 class Workload:
+    """A workload the guest init runs between its markers: name, what it does, its shipped call count and ARG."""
+
     name: str
     what: str
     shipped_calls: int  # --calls of the shipped recordings (kaiser record --all)
@@ -58,6 +60,7 @@ def data_dir() -> Path:
 
 
 def shipped_name(kernel: str, pti: bool, workload: str) -> str:
+    """The file name of a shipped recording: KERNEL-pti|nopti-WORKLOAD.krec."""
     return f"{kernel}-{'pti' if pti else 'nopti'}-{workload}.krec"
 
 

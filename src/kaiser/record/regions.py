@@ -27,6 +27,8 @@ PAGE_2M: Final = 21
 
 @dataclass(frozen=True)
 class Symbol:
+    """One /proc/kallsyms line: address, type letter and name."""
+
     address: int
     type: str
     name: str

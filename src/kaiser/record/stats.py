@@ -99,6 +99,8 @@ def transition_metrics(refs: np.ndarray) -> dict[str, Any]:
 
 
 def kind_of(t: Transition) -> str:
+    """The kind a recorded transition counts under: context_switch, interrupt, or its own name
+    (a syscall's, or page_fault)."""
     if t.switched:
         return "context_switch"
     if t.kind == "interrupt":

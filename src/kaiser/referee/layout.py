@@ -75,6 +75,8 @@ def _code(at: int, base: int, code: bytes, image: bytearray) -> None:
 
 
 def kernel_code() -> bytes:
+    """The harness's CPL-0 code page: entry, CR4 load, dispatch to the case's access stage, the
+    accesses, iretq to user."""
     image = bytearray(b"\xcc" * PAGE)
     _code(K_ENTRY, KCODE, bytes.fromhex("0f01ef"), image)
     _code(K_SET_CR4, KCODE, bytes.fromhex("410f22e6"), image)
@@ -87,6 +89,7 @@ def kernel_code() -> bytes:
 
 
 def user_code() -> bytes:
+    """The harness's CPL-3 code page: the user load, store and fetch stages, each followed by int3."""
     image = bytearray(b"\xcc" * PAGE)
     _code(U_LOAD, UCODE, bytes.fromhex("488b3bcc"), image)
     _code(U_STORE, UCODE, bytes.fromhex("488933cc"), image)

@@ -71,6 +71,7 @@ class PathVerdict:
 
 
 def classify_path(case: Case) -> PathVerdict:
+    """Which kind of walk `case` takes (user or supervisor path, where it stops), for the report's tallies."""
     levels = len(mode_for(case.la57).levels)
     user = True
     for depth, slot in enumerate(case.walk_slots):

@@ -68,22 +68,26 @@ SCRIPT = """
 
 
 def esc(value: object) -> str:
+    """`value` as HTML text, quotes escaped."""
     return html.escape(str(value), quote=True)
 
 
 def kaiser_version() -> str:
+    """The version the page names."""
     from kaiser import __version__  # the one source: pyproject.toml's version, via the package metadata
 
     return __version__
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
+    """A number with thousands separators and `digits` decimals; '-' for None or NaN."""
     if value is None or value != value:  # None or NaN
         return "-"
     return f"{value:,.{digits}f}"
 
 
 def signed_pct(value: float | None) -> str:
+    """A signed percentage with one decimal; '-' for None or NaN."""
     return "-" if value is None or value != value else f"{value:+.1f}%"
 
 
@@ -110,6 +114,7 @@ def table(
 
 
 def image(key: str, title: str, caption: str, png: bytes) -> str:
+    """A figure: the PNG inline as a data: URL, with its title and caption."""
     data = base64.b64encode(png).decode("ascii")
     return (
         f'<figure id="fig-{esc(key)}"><img src="data:image/png;base64,{data}" alt="{esc(title)}">'
@@ -162,6 +167,7 @@ def _sorted(res: Results) -> list[Row]:
 
 
 def bench_tables(res: Results) -> list[str]:
+    """The HTML tables of a bench run: cost and TLB counters per variant and PCID."""
     rows = _sorted(res)
     cols = ["variant", "PCID", "cycles/op", "overhead", "iTLB miss", "dTLB miss", "STLB miss", "walks"]
     cols += ["walk loads", "CR3 wr", "of which flush", "INVLPG/INVPCID", "syscalls/s"]
@@ -237,6 +243,7 @@ def _mean(rows: list[Row], key: str) -> float | None:
 
 
 def sweep_tables(res: Results) -> list[str]:
+    """The HTML tables of a sweep: one per variant and PCID setting, a row per configuration."""
     rows = _sorted(res)
     groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
@@ -290,6 +297,7 @@ def sweep_tables(res: Results) -> list[str]:
 
 # ---- the page ------------------------------------------------------------------------------------
 def default_title(res: Results) -> str:
+    """The page title when none is given: the workloads of a bench, the size of a sweep."""
     if res.kind == "bench":
         return f"kaiser bench report: {', '.join(res.workloads)}"
     return f"kaiser sweep report: {len(res.rows)} configurations"

@@ -154,6 +154,7 @@ def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str, path: P
 
 
 def load_bench(path: Path) -> Results:
+    """Read a `kaiser bench --json` file (ReportError naming the file and the place otherwise)."""
     text = _read_text(path)
     if not text.strip():
         raise ReportError(f"{path}: empty file (expected `kaiser bench --json` output)")
@@ -368,6 +369,7 @@ def _sweep_metrics(v: dict[str, float], clock_ghz: float) -> dict[str, float]:
 
 
 def load_sweep(path: Path) -> Results:
+    """Read a sweep's results.csv (or its output directory) into rows priced as `kaiser sweep` prices them."""
     from kaiser.cost.params import SKYLAKE  # what `kaiser sweep` prices with
 
     text = _read_text(path)

@@ -78,6 +78,7 @@ def slug(structure: CacheGeometry) -> str:
 
 
 def structures(geometry: TlbGeometry) -> dict[str, CacheGeometry]:
+    """Every TLB structure of `geometry` by its slug (the names a spec's sizes use)."""
     return {slug(s): s for group in GROUPS for s in getattr(geometry, group)}
 
 

@@ -191,6 +191,7 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV text, with every column any row has."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns(rows), lineterminator="\n")
     writer.writeheader()
@@ -200,5 +201,6 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    """A results.csv as rows of strings."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

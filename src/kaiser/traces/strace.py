@@ -81,6 +81,8 @@ class StraceCall:
 
 @dataclass(frozen=True)
 class StraceSignal:
+    """A `--- SIGNAL {...} ---` line: which process got which signal, when, on which line."""
+
     pid: int | None
     signal: str
     time: float | None
@@ -89,6 +91,8 @@ class StraceSignal:
 
 @dataclass(frozen=True)
 class StraceExit:
+    """A `+++ exited with N +++` or `+++ killed by SIG +++` line."""
+
     pid: int | None
     code: int | None  # exit status, or None when killed
     signal: str | None

@@ -155,6 +155,8 @@ HIERARCHIES: Final = {h.name: h for h in (SKYLAKE_CLIENT, SKYLAKE_SP, HASWELL, S
 
 
 class UnknownHierarchy(KeyError):
+    """No cache hierarchy of that name (the message lists the known ones)."""
+
     def __str__(self) -> str:
         return str(self.args[0])
 

@@ -90,6 +90,7 @@ FIVE_LEVEL = PagingMode("5-level", (PML5, P4D, PDPT, PD, PT))
 
 
 def mode_for(la57: bool) -> PagingMode:
+    """The paging mode: 5-level with LA57, else 4-level."""
     return FIVE_LEVEL if la57 else FOUR_LEVEL
 
 

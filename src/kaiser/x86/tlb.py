@@ -513,11 +513,15 @@ class CpuException(Exception):
 
 
 class GeneralProtection(CpuException):
+    """#GP(0): a general-protection fault (LASS, a non-canonical address)."""
+
     vector = GP_VECTOR
     mnemonic = "#GP(0)"
 
 
 class InvalidOpcode(CpuException):
+    """#UD: an invalid opcode (e.g. INVPCID without CR4.PCIDE support)."""
+
     vector = UD_VECTOR
     mnemonic = "#UD"
 
