@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kaiser.cli.app import app
-from kaiser.linux.ptdump import parse_ptdump_file
+from kaiser.linux.ptdump_parse import parse_ptdump_file
 from kaiser.linux.ptquery import diff_dumps
 
 REAL = Path(__file__).parents[1] / "linux" / "data" / "real" / "6.1.0-56-amd64-pti-nokaslr"

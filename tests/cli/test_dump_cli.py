@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kaiser.cli.app import app
-from kaiser.linux.ptdump import parse_ptdump, range_lines, render_records
+from kaiser.linux.ptdump_parse import parse_ptdump, range_lines, render_records
 
 runner = CliRunner()
 

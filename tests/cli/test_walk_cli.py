@@ -92,7 +92,7 @@ def test_variant_walk_agrees_with_the_dump_of_the_same_boot() -> None:
     """Every present range of `kaiser dump -v linux` (user tables) starts a successful kernel-mode
     walk of the user PGD; the direct map, absent from the user tables, is present in the kernel
     PGD (PTI), and the walk names the PGD it used."""
-    from kaiser.linux.ptdump import parse_ptdump, range_lines
+    from kaiser.linux.ptdump_parse import parse_ptdump, range_lines
 
     dump = runner.invoke(app, ["dump", "--variant", "linux", "--seed", "7"]).output
     present = [r for r in range_lines(parse_ptdump(dump)) if r.present and r.start >= 1 << 63]

@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kaiser.linux.ptdump import LEVEL_NAMES, RangeLine, Record, range_lines
+from kaiser.linux.ptdump import LEVEL_NAMES
+from kaiser.linux.ptdump_parse import RangeLine, Record, range_lines
 from kaiser.x86.bits import PTE
 from kaiser.x86.geometry import FOUR_LEVEL, PagingMode
 from kaiser.x86.pagetable import PageTable

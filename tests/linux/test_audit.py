@@ -12,7 +12,8 @@ from ptdump_support import SAMPLES, sample_blocks
 from kaiser.cli.dump import boot_with_process, dump_text
 from kaiser.linux.audit import CLASSES, audit_dump, audit_model, audit_text, infer_layout, policy_for
 from kaiser.linux.kernel import Kernel, Task
-from kaiser.linux.ptdump import parse_ptdump, ptdump, range_lines, render_records
+from kaiser.linux.ptdump import ptdump
+from kaiser.linux.ptdump_parse import parse_ptdump, range_lines, render_records
 from kaiser.linux.variants import VARIANTS
 from kaiser.x86.bits import PAGE_KERNEL, PTE
 

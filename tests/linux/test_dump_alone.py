@@ -23,7 +23,7 @@ from kaiser.inputs import InputError
 from kaiser.linux.compare import ClassSummary, compare_dump, compare_file, diff_summaries, summarize
 from kaiser.linux.dumpinfo import read_dump
 from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.linux.ptdump import parse_ptdump
+from kaiser.linux.ptdump_parse import parse_ptdump
 
 REAL = Path(__file__).parent / "data" / "real"
 FILES = sorted(REAL.glob("*/*.txt"))

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from kaiser.inputs import InputError
 from kaiser.linux.layout import make_layout
-from kaiser.linux.ptdump import (
+from kaiser.linux.ptdump import ptdump
+from kaiser.linux.ptdump_parse import (
     MarkerLine,
     PtdumpParseError,
     RangeLine,
@@ -20,7 +21,6 @@ from kaiser.linux.ptdump import (
     dump_gaps,
     parse_ptdump,
     parse_ptdump_file,
-    ptdump,
     range_lines,
     render_records,
 )

@@ -9,15 +9,8 @@ import pytest
 from ptdump_support import SAMPLES, build_from_records, sample_blocks
 
 from kaiser.linux.layout import Marker
-from kaiser.linux.ptdump import (
-    MarkerLine,
-    RangeLine,
-    SkipLine,
-    parse_ptdump,
-    ptdump,
-    range_lines,
-    render_records,
-)
+from kaiser.linux.ptdump import ptdump
+from kaiser.linux.ptdump_parse import MarkerLine, RangeLine, SkipLine, parse_ptdump, range_lines, render_records
 
 SAMPLE_FILES = sorted(SAMPLES.glob("0*.txt"))
 _TS = re.compile(r"^\[\s*\d+\.\d+\] ")

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kaiser.linux.ptdump import RangeLine, parse_ptdump, parse_ptdump_file, render_records
+from kaiser.linux.ptdump_parse import RangeLine, parse_ptdump, parse_ptdump_file, render_records
 from kaiser.linux.ptquery import (
     QueryError,
     RightsFilter,

@@ -24,7 +24,7 @@ from kaiser.linux.compare import (
     summarize,
     table_of,
 )
-from kaiser.linux.ptdump import SkipLine, parse_ptdump, range_lines, render_records
+from kaiser.linux.ptdump_parse import SkipLine, parse_ptdump, range_lines, render_records
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = Path(__file__).parent / "data" / "real"

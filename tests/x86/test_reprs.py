@@ -62,7 +62,7 @@ def test_page_table_leaves_print_hex() -> None:
 def linux_results() -> Iterator[tuple[object, tuple[int, ...]]]:
     from kaiser.cli.dump import boot_with_process, dump_text
     from kaiser.linux.audit import audit_model
-    from kaiser.linux.ptdump import parse_ptdump, range_lines
+    from kaiser.linux.ptdump_parse import parse_ptdump, range_lines
     from kaiser.linux.ptquery import diff_dumps, find_aliases
 
     kernel, task = boot_with_process("kaiser-rfc", pcid=True, la57=False, kaslr=True, seed=3)
@@ -99,7 +99,7 @@ def test_compare_results_print_hex() -> None:
     from pathlib import Path
 
     from kaiser.linux.compare import compare_dump
-    from kaiser.linux.ptdump import parse_ptdump_file
+    from kaiser.linux.ptdump_parse import parse_ptdump_file
 
     path = Path(__file__).parents[1] / "linux" / "data" / "real" / "6.1.0-56-amd64-pti-kaslr" / "current_user.txt"
     report = compare_dump(parse_ptdump_file(path), path, "linux")

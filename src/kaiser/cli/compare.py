@@ -17,7 +17,8 @@ from kaiser.cli.options import SEED_MAX, variant_name
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.inputs import InputError, read_text
 from kaiser.linux.compare import ClassSummary, CompareReport, compare_dump
-from kaiser.linux.ptdump import dump_gaps, parse_ptdump_file, size_parts
+from kaiser.linux.ptdump import size_parts
+from kaiser.linux.ptdump_parse import dump_gaps, parse_ptdump_file
 from kaiser.linux.variants import UnknownVariant
 
 

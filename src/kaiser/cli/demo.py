@@ -12,7 +12,8 @@ from kaiser.cli.verify import VERIFY_MAX
 from kaiser.docgen import MEMORY_HEADERS, USER_VIEW_HEADERS, memory_cells, user_view
 from kaiser.linux.audit import flag_text
 from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.linux.ptdump import MarkerLine, RangeLine, parse_ptdump, ptdump, size_parts
+from kaiser.linux.ptdump import ptdump, size_parts
+from kaiser.linux.ptdump_parse import MarkerLine, RangeLine, parse_ptdump
 from kaiser.linux.variants import VARIANTS
 from kaiser.sample import build_sample
 from kaiser.x86.bits import CR4, RFLAGS

@@ -1,7 +1,7 @@
 """`kaiser diff A B`: what changed between two page-table dumps, region by region.
 
 Both files are ptdump text (ours from `kaiser dump`, or a real machine's
-/sys/kernel/debug/page_tables/*), read by `kaiser.linux.ptdump.parse_ptdump_file`. The changes
+/sys/kernel/debug/page_tables/*), read by `kaiser.linux.ptdump_parse.parse_ptdump_file`. The changes
 come from `kaiser.linux.ptquery.diff_dumps`: ranges that appeared in B, vanished from A, changed
 rights or only changed page size.
 
@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from kaiser.cli.output import Col, console, emit_json, print_table
-from kaiser.linux.ptdump import parse_ptdump_file
+from kaiser.linux.ptdump_parse import parse_ptdump_file
 from kaiser.linux.ptquery import DumpDiff, diff_dumps, size_text
 
 

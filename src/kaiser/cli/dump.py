@@ -14,7 +14,8 @@ from kaiser.cli.options import SEED_MAX, output_file, variant_name
 from kaiser.cli.output import Col, console, err_console, fail, json_text, parse_int, print_table
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.mm import Prot
-from kaiser.linux.ptdump import DIALECTS, FLAG_FIELD_WIDTH, RangeLine, marker_text, parse_ptdump, ptdump, ptdump_wide
+from kaiser.linux.ptdump import DIALECTS, FLAG_FIELD_WIDTH, marker_text, ptdump, ptdump_wide
+from kaiser.linux.ptdump_parse import RangeLine, parse_ptdump
 from kaiser.linux.ptquery import Alias, QueryError, RightsFilter, find_aliases, parse_range, select_ranges, size_text
 from kaiser.linux.variants import UnknownVariant
 from kaiser.x86.pagetable import PageTable

@@ -65,16 +65,8 @@ from kaiser.linux.layout import (
     Layout,
     TiB,
 )
-from kaiser.linux.ptdump import (
-    MarkerLine,
-    RangeLine,
-    Record,
-    SkipLine,
-    dump_gaps,
-    parse_ptdump,
-    ptdump,
-    range_lines,
-)
+from kaiser.linux.ptdump import ptdump
+from kaiser.linux.ptdump_parse import MarkerLine, RangeLine, Record, SkipLine, dump_gaps, parse_ptdump, range_lines
 from kaiser.linux.variants import VARIANTS, get_variant
 from kaiser.x86.bits import PTE, entry_phys
 from kaiser.x86.hexrepr import hex_fields

@@ -51,7 +51,8 @@ from kaiser.linux.layout import (
     ImageSizes,
 )
 from kaiser.linux.mm import Prot
-from kaiser.linux.ptdump import Dialect, MarkerLine, Record, parse_ptdump, ptdump, size_parts
+from kaiser.linux.ptdump import Dialect, ptdump, size_parts
+from kaiser.linux.ptdump_parse import MarkerLine, Record, parse_ptdump
 from kaiser.linux.variants import get_variant
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.physmem import PhysMemError
@@ -772,7 +773,7 @@ def _named(path: Path) -> bool:
 
 def compare_file(path: str | Path, variant: str = "linux", **kw: object) -> CompareReport:
     """`compare_dump` of a file (`PtdumpParseError` on malformed text)."""
-    from kaiser.linux.ptdump import parse_ptdump_file
+    from kaiser.linux.ptdump_parse import parse_ptdump_file
 
     path = Path(path)
     return compare_dump(parse_ptdump_file(path), path, variant, **kw)  # type: ignore[arg-type]

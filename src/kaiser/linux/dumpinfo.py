@@ -51,7 +51,7 @@ from kaiser.linux.layout import (
     VSYSCALL_ADDR,
     ImageSizes,
 )
-from kaiser.linux.ptdump import MarkerLine, RangeLine, Record, range_lines
+from kaiser.linux.ptdump_parse import MarkerLine, RangeLine, Record, range_lines
 
 MiB: Final = 1 << 20
 CEA_BASE: Final = (CPU_ENTRY_AREA_PGD << P4D_SHIFT) % TOP

@@ -21,7 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from kaiser.linux.ptdump import TOP, RangeLine, Record, SkipLine, size_parts
+from kaiser.linux.ptdump import TOP, size_parts
+from kaiser.linux.ptdump_parse import RangeLine, Record, SkipLine
 from kaiser.x86.pagetable import PageTable
 
 RIGHT_FLAGS: Final = {"w": "RW", "u": "USR", "g": "GLB"}  # x is "not NX"
