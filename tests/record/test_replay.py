@@ -153,10 +153,16 @@ def test_bench_reports_recorded_kernel_pages() -> None:
     walks = run["counters"]["walks_i"] + run["counters"]["walks_d"]
     assert run["walks"]["total"] == walks > 0  # no PCID: the exit flushes the user side
     assert run["walks"]["per_syscall"] == walks / run["ops"]["syscalls"]
-    modelled = CliRunner().invoke(
-        app, ["bench", "-w", "syscall-loop", "--set", "syscall=close", "-v", "linux", "--no-pcid", "-n", "5", "--json"]
-    )
+    rw = run["recorded_walks"]  # the walks of the recorded transitions alone: part of the run's
+    assert rw["transitions"] == run["ops"]["recorded_syscalls"] == run["ops"]["syscalls"]
+    assert 0 < rw["per_transition"] * rw["transitions"] <= walks
+    args = ["bench", "-w", "syscall-loop", "--set", "syscall=close", "-v", "linux", "--no-pcid", "-n", "5", "--json"]
+    default = json.loads(CliRunner().invoke(app, args).stdout)  # recorded is the default
+    assert default["kernel_side"] == {"close": "recorded"}
+    assert default["runs"][0]["cycles"]["total"] != 0
+    modelled = CliRunner().invoke(app, [*args, "--kernel-side", "modelled"])
     mdoc = json.loads(modelled.stdout)
+    assert mdoc["runs"][0]["recorded_walks"] is None
     assert mdoc["kernel_side"] == {"close": "modelled"}
     assert mdoc["kernel_pages"]["close"] == {**pages, "kernel_side": "modelled"}
     assert pages["kernel_side"] == "recorded"

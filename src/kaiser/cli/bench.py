@@ -129,7 +129,7 @@ def run_bench(
     show_progress: bool = True,
     caches: CacheHierarchy | None = None,
     params: CostParams = SKYLAKE,
-    kernel_side: str = "modelled",
+    kernel_side: str = "recorded",
     switches: dict[str, Any] | None = None,
 ) -> list[Comparison]:
     """Every chosen variant at every PCID setting, with nopti baselines, behind a progress bar;
@@ -237,6 +237,13 @@ def print_kernel_side(rows: list[Comparison]) -> None:
             f"{p['data_4k']} data 4 KiB pages a call; priced here: {p['kernel_side']}"
         )
     console.print(f"kernel side modelled (linux/entry.py): {', '.join(modelled) if modelled else 'none'}")
+    walks = [
+        f"{c.result.variant} {'PCID' if c.result.pcid else 'no PCID'} {w['per_transition']:.1f}"
+        for c in rows
+        if (w := c.result.recorded_walks()) is not None
+    ]
+    if walks:
+        console.print("page walks a recorded transition (entry, body, exit): " + ", ".join(walks), highlight=False)
 
 
 def print_cache_table(rows: list[Comparison], caches: str) -> None:
@@ -349,7 +356,7 @@ def bench_callback(
             callback=choice(*KERNEL_SIDES),
             help="Kernel bodies of syscalls, interrupts, page faults: recorded (Debian 6.1's) or modelled.",
         ),
-    ] = "modelled",
+    ] = "recorded",
     pti: PtiOption = "auto",
     vendor: VendorOption = "intel",
     vsyscall: VsyscallOption = None,

@@ -90,7 +90,7 @@ def replay_command(
             callback=choice("recorded", "modelled"),
             help="System call bodies: recorded (Debian 6.1's, where a recording exists) or modelled.",
         ),
-    ] = "modelled",
+    ] = "recorded",
 ) -> None:
     """Replay a real program's memory trace, with its system calls, on each variant and price it."""
     check_trace_files(trace, syscalls)

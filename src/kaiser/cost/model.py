@@ -13,6 +13,17 @@ LLC, DRAM) instead of `mem_ref` and `walk_load_extra`; a walk costs `walk_base -
 its loads (so a hot walk of one L1 load still costs `walk_base`), and `dram_bandwidth` adds the
 time by which moving every line read from DRAM (prefetches too) at `dram_bytes_per_cycle`
 exceeds the latency-priced DRAM accesses.
+
+A transition whose kernel side came from a recording (`--kernel-side recorded`, OpCounts'
+`recorded_*`) is priced as hardware runs it: the real kernel's instructions at `kernel_cpi`
+cycles each (an out-of-order core overlaps its L1 hits, so its references cost nothing on top),
+plus what the instructions cannot hide: the TLB (STLB hits and walks, from the counters as for
+every reference), the CR3 writes and invalidations, and with a cache hierarchy every reference of
+it that missed L1, at the latency of the level that served it (CHOSEN: misses are not overlapped
+with each other, the kernel's loads mostly chasing pointers). `recorded` are the counters of those
+transitions' events alone (kaiser.cost.run replays them apart); without them every recorded
+reference is taken as an L1 hit. Such a transition is charged no `syscall_sysret`, `swapgs`,
+`interrupt_entry_exit` or `page_fault`: the instructions are that work.
 """
 
 from __future__ import annotations
@@ -61,17 +72,34 @@ def _cache_terms(c: TlbCounters, p: CostParams) -> tuple[float, float, float]:
     return walk_loads, refs, excess
 
 
-def price(c: TlbCounters, ops: OpCounts, p: CostParams = SKYLAKE, *, caches: bool = False) -> Cycles:
+def _l1_hits(c: TlbCounters) -> int:
+    """Demand references served by L1I/L1D (page-walk loads not counted)."""
+    return c.l1i_hits + c.l1d_hits - c.walk_loads_l1
+
+
+def price(
+    c: TlbCounters,
+    ops: OpCounts,
+    p: CostParams = SKYLAKE,
+    *,
+    caches: bool = False,
+    recorded: TlbCounters | None = None,
+) -> Cycles:
     """Cycles of a replayed stream with counters `c` and compiled operations `ops`; `caches`:
-    the replay had a cache hierarchy (price references by the level that served them)."""
+    the replay had a cache hierarchy (price references by the level that served them);
+    `recorded`: the counters of the recorded transitions' events (the module docstring)."""
     flushing = c.cr3_writes - c.cr3_noflush
     extra_loads = max(0, c.walk_loads - c.walks)
     if caches:
         walk_loads, refs, excess = _cache_terms(c, p)
         translation = c.stlb_hits * p.stlb_hit + c.walks * (p.walk_base - p.l1_hit) + walk_loads
+        # the recorded transitions' L1 hits are inside their instructions' cycles
+        hidden = _l1_hits(recorded) if recorded is not None else ops.recorded_refs
+        refs -= hidden * p.l1_hit
     else:
         translation = c.stlb_hits * p.stlb_hit + c.walks * p.walk_base + extra_loads * p.walk_load_extra
-        refs = (ops.user_refs + ops.kernel_refs) * p.mem_ref
+        refs = (ops.user_refs + ops.kernel_refs - ops.recorded_refs) * p.mem_ref
+    rec_entries = ops.recorded_syscalls + ops.recorded_interrupts + ops.recorded_exceptions
     terms = {
         "translation": translation,
         "cr3": c.cr3_noflush * p.cr3_write_noflush + flushing * p.cr3_write_flush,
@@ -79,10 +107,14 @@ def price(c: TlbCounters, ops: OpCounts, p: CostParams = SKYLAKE, *, caches: boo
         + c.invpcid * p.invpcid
         + (c.cr4_flush_all + c.cr4_flush_pcid) * p.cr4_write,
         "memory_refs": refs,
-        "entry_exit": ops.syscalls * p.syscall_sysret
-        + ops.user_entries * 2 * p.swapgs
-        + (ops.interrupts + ops.nmis + ops.exceptions) * p.interrupt_entry_exit,
-        "kernel_work": ops.body_cycles + ops.exceptions * p.page_fault + ops.context_switches * p.context_switch,
+        "entry_exit": (ops.syscalls - ops.recorded_syscalls) * p.syscall_sysret
+        + (ops.user_entries - rec_entries) * 2 * p.swapgs
+        + (ops.interrupts + ops.nmis + ops.exceptions - ops.recorded_interrupts - ops.recorded_exceptions)
+        * p.interrupt_entry_exit,
+        "kernel_work": ops.body_cycles
+        + (ops.exceptions - ops.recorded_exceptions) * p.page_fault
+        + ops.context_switches * p.context_switch,
+        "recorded_kernel": ops.recorded_instructions * p.kernel_cpi,
         "user_work": ops.work_cycles,
     }
     if caches:

@@ -12,6 +12,7 @@ can be imported, else the reference path.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,46 @@ def make_replayer(
     return lambda events: replay_reference(mmu, events)
 
 
+def make_stepper(
+    mem: PhysicalMemory,
+    state: CpuState,
+    features: CpuFeatures,
+    geometry: TlbGeometry,
+    path: Path,
+    caches: CacheHierarchy | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """`make_replayer` for many small batches: each call returns the counters it added as an
+    int64 array in `TlbCounters`' field order (the engine's `step`, its memory copy kept between
+    calls: nothing edits `mem` from Python meanwhile)."""
+    if path == "engine":
+        from kaiser.cost.engine import Engine
+
+        engine = Engine(mem, state, features, geometry, caches=caches)
+        return lambda events: engine.step(events, sync=False)
+    replay = make_replayer(mem, state, features, geometry, path, caches)
+    return lambda events: np.array(dataclasses.astuple(replay(events)), dtype=np.int64)
+
+
+def replay_split(
+    step: Callable[[np.ndarray], np.ndarray], events: np.ndarray, spans: list[tuple[int, int]]
+) -> tuple[TlbCounters, TlbCounters]:
+    """Replay `events` in order, batch by batch at the bounds of `spans` (sorted, disjoint
+    [start, end) ranges): (every counter, the counters of the events inside `spans`)."""
+    total = np.zeros(len(dataclasses.fields(TlbCounters)), dtype=np.int64)
+    inside = total.copy()
+    pos = 0
+    for start, end in spans:
+        if start > pos:
+            total += step(events[pos:start])
+        got = step(events[start:end])
+        total += got
+        inside += got
+        pos = end
+    if pos < len(events):
+        total += step(events[pos:])
+    return TlbCounters(*total.tolist()), TlbCounters(*inside.tolist())
+
+
 @dataclass
 class RunResult:
     """Counts, operations and cycles of the measured iterations of one run."""
@@ -84,6 +125,19 @@ class RunResult:
     params: CostParams = field(repr=False, default=SKYLAKE)
     kernel_side: dict[str, str] = field(default_factory=dict)  # transition -> recorded|modelled
     kernel_pages: dict[str, dict[str, Any]] = field(default_factory=dict)  # a recording's pages, per syscall
+    recorded_counters: TlbCounters | None = None  # of the recorded transitions' events alone
+
+    @property
+    def recorded_transitions(self) -> int:
+        o = self.ops
+        return o.recorded_syscalls + o.recorded_interrupts + o.recorded_exceptions
+
+    def recorded_walks(self) -> dict[str, float] | None:
+        """Page walks a recorded transition (its entry path, body and exit), or None without any."""
+        n, c = self.recorded_transitions, self.recorded_counters
+        if not n or c is None:
+            return None
+        return {"transitions": n, "per_transition": c.walks / n, "itlb": c.walks_i / n, "dtlb": c.walks_d / n}
 
     @property
     def per_op(self) -> float:
@@ -117,6 +171,7 @@ class RunResult:
             "syscalls_per_second": self.syscall_rate,
             "kernel_side": self.kernel_side,
             "kernel_pages": self.kernel_pages,
+            "recorded_walks": self.recorded_walks(),
             "walks": {
                 "total": self.counters.walks,
                 "per_syscall": self.per_syscall(self.counters.walks),
@@ -156,12 +211,14 @@ def run(
     seed: int = 0,
     geometry: TlbGeometry = DEFAULT_GEOMETRY,
     caches: CacheHierarchy | None = None,
-    kernel_side: str = "modelled",
+    kernel_side: str = "recorded",
     switches: dict[str, Any] | None = None,
 ) -> RunResult:
     """Boot, compile, replay, price. `variant` may be a registry name or a `Variant` object.
-    `kernel_side="recorded"`: system call bodies from the shipped recordings where one exists
-    (kaiser.record.replay), the entry and exit paths still the variant's own.
+    `kernel_side="recorded"` (the default): system call, user interrupt and user page-fault
+    bodies from the shipped recordings where one exists (kaiser.record.replay), the entry and
+    exit paths still the variant's own, priced as the recorded instructions (kaiser.cost.model);
+    `"modelled"`: linux/entry.py's hand-placed references for every transition.
     With `caches`, references are priced by the cache level that served them, at the latencies
     in `params` (the caller picks them: `kaiser.cost.params.for_caches`, or a machine's).
     `switches`: further `KernelConfig` switches (pti, vendor, vsyscall; kaiser.cli.machine)."""
@@ -184,14 +241,22 @@ def run(
     warm_events = em.out.array()
     em.out = type(em.out)()
     em.ops = OpCounts()
+    em.recorded_spans = []
     wl.iterate(em, state, knobs, iterations)
     events = em.out.array()
     features = CpuFeatures(maxphyaddr=kernel.mem.maxphyaddr)
     path = path or default_path()
-    replay = make_replayer(kernel.mem, em.initial_state(), features, geometry, path, caches)
-    if len(warm_events):
-        replay(warm_events)
-    counters = replay(events)
+    recorded: TlbCounters | None = None
+    if em.recorded_spans:  # the recorded transitions' counters apart: their misses, their walks
+        step = make_stepper(kernel.mem, em.initial_state(), features, geometry, path, caches)
+        if len(warm_events):
+            step(warm_events)
+        counters, recorded = replay_split(step, events, em.recorded_spans)
+    else:
+        replay = make_replayer(kernel.mem, em.initial_state(), features, geometry, path, caches)
+        if len(warm_events):
+            replay(warm_events)
+        counters = replay(events)
     return RunResult(
         name,
         pcid,
@@ -202,10 +267,11 @@ def run(
         len(events),
         counters,
         em.ops,
-        price(counters, em.ops, params, caches=caches is not None),
+        price(counters, em.ops, params, caches=caches is not None, recorded=recorded),
         params,
         transition_sides(em, em.ops),
         pages_report(sorted(transition_sides(em, em.ops)), set(em.recorded_calls)),
+        recorded,
     )
 
 

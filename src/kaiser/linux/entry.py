@@ -148,6 +148,9 @@ class SyscallSpec:
     body_cycles: float
     copy: Copy = Copy.NONE
     kernel_source: str = ""  # what the kernel-side references stand for
+    # Cycles beyond the recorded kernel side's instructions (`--kernel-side recorded`), 0 but for
+    # the FIT of lseek (below): the recording's instructions are the call's own work.
+    recorded_cycles: float = 0.0
 
 
 _STACK_FRAME = (_w(Obj.STACK, 0x200), _r(Obj.STACK, 0x200))  # C call frames under pt_regs
@@ -165,6 +168,7 @@ _FILE_IO_REFS = (
 )
 # pipe_read() and pipe_write() reach the pipe the same way: the fd, its file, fs/pipe.c.
 _PIPE_OPEN = (_f("fs/read_write.c"), *_STACK_FRAME, _r(Obj.FILES, 0x100), _r(Obj.FILE, 0x0), _f("fs/pipe.c"))
+LSEEK_RECORDED_CYCLES: Final = 417.5  # FIT: Hansen's lseek1 (see SYSCALLS["lseek"])
 # The bodies. body_cycles are CHOSEN (docs/cost.md): getppid/getpid/close from Garloff's 140-cycle
 # null-call round trip (performance.md §3) minus the modelled entry/exit; lseek so that nopti runs
 # will-it-scale lseek1 at Hansen's 5.2 M/s at the model's 3.0 GHz (§3: FIT); read/write/pipe CHOSEN.
@@ -195,6 +199,10 @@ SYSCALLS: Final = {
             ),
             418.0,
             kernel_source="lseek(fd, 0, SEEK_SET) on a tmpfs file: fdget_pos, generic_file_llseek",
+            # FIT (recorded side): nopti lseek1 = Hansen's 5.2 M/s at the model's 3.0 GHz (577
+            # cycles) with the recorded 6.1 lseek's instructions at kernel_cpi: what his 2017
+            # kernel and machine spent beyond them (docs/cost.md, "Fit and predict")
+            recorded_cycles=LSEEK_RECORDED_CYCLES,
         ),
         SyscallSpec(
             "read",
@@ -297,6 +305,13 @@ class OpCounts:
     user_refs: int = 0
     kernel_refs: int = 0
     work_cycles: float = 0.0  # user computation without memory references (workload knob)
+    # Transitions whose kernel side came from a recording (`kernel_side`): priced as the real
+    # kernel's instructions at `kernel_cpi` (kaiser.cost.model), not per reference and per event.
+    recorded_instructions: int = 0  # the recording's kernel instructions of those transitions
+    recorded_refs: int = 0  # kernel references emitted for them (entry path and body): in `kernel_refs`
+    recorded_syscalls: int = 0
+    recorded_interrupts: int = 0  # device interrupts from user mode
+    recorded_exceptions: int = 0  # page faults
 
     def add(self, other: OpCounts) -> None:
         for name, value in vars(other).items():
@@ -317,6 +332,11 @@ class KernelSide(Protocol):
     def has(self, name: str) -> bool: ...
 
     def emit(self, name: str, task: Task, user_buf: list[int] | None = None) -> int: ...
+
+    def instructions(self, name: str, *, pti: bool) -> int:
+        """The recorded kernel's instructions for one `name` transition, entry and exit included
+        (of the pti=on recording when `pti`, else of the nopti one)."""
+        ...
 
 
 class EntryModelError(RuntimeError):
@@ -353,6 +373,11 @@ class EntryModel:
         self._device = self._alloc(1, "device")
         self.kernel_side: KernelSide | None = None  # recorded bodies (None: every call modelled)
         self.recorded_calls: dict[str, int] = {}  # syscalls whose body came from `kernel_side`
+        # Event index ranges [start, end) of `out` priced as recorded instructions (the entry path,
+        # body and exit of each recorded transition): the cost model's split of the cache counters.
+        self.recorded_spans: list[tuple[int, int]] = []
+        self._entry_span: tuple[int, int, int] | None = None  # the last entry: start, end, kernel refs
+        self._exit_covered = False  # the current syscall's body was recorded: so is its exit
 
     # ---- addresses -----------------------------------------------------------------------------
     def _alloc(self, pages: int, tag: str) -> int:
@@ -439,12 +464,47 @@ class EntryModel:
             self._k(self._resolve(ref, task), ref.op)
 
     def _recorded_body(self, name: str, task: Task, user_buf: Sequence[int] = ()) -> bool:
-        """Emit `kernel_side`'s body of transition `name` if it has one (then True)."""
+        """Emit `kernel_side`'s body of transition `name` if it has one (then True), and count the
+        transition's entry (the last one, just made) and body as recorded."""
         if self.kernel_side is None or not self.kernel_side.has(name):
             return False
+        start, refs0 = len(self.out), self.ops.kernel_refs
         self.kernel_side.emit(name, task, list(user_buf))
         self.recorded_calls[name] = self.recorded_calls.get(name, 0) + 1
+        if self._entry_span is not None:
+            s, e, n = self._entry_span
+            self._cover(s, e, n)
+            self._entry_span = None
+        self._cover(start, len(self.out), self.ops.kernel_refs - refs0)
+        self.ops.recorded_instructions += self.kernel_side.instructions(name, pti=self.isolating)
+        self._exit_covered = True
         return True
+
+    def _cover(self, start: int, end: int, refs: int) -> None:
+        """Events [start, end) are part of a recorded transition (merged with the last range)."""
+        if end <= start:
+            return
+        spans = self.recorded_spans
+        if spans and spans[-1][1] == start:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+        self.ops.recorded_refs += refs
+
+    def _mark(self) -> tuple[int, int]:
+        return len(self.out), self.ops.kernel_refs
+
+    def _entered(self, mark: tuple[int, int]) -> None:
+        """An entry from user mode ended: remember its events for `_recorded_body`."""
+        self._entry_span = (mark[0], len(self.out), self.ops.kernel_refs - mark[1])
+        self._exit_covered = False
+
+    def _exited(self, mark: tuple[int, int]) -> None:
+        """An exit to user mode ended: covered when its transition's body was recorded."""
+        if self._exit_covered:
+            self._cover(mark[0], len(self.out), self.ops.kernel_refs - mark[1])
+        self._exit_covered = False
+        self._entry_span = None
 
     def _task(self) -> Task:
         if self.current is None:
@@ -555,6 +615,7 @@ class EntryModel:
     def syscall_entry(self) -> Task:
         """From SYSCALL to the C handler, per variant."""
         task = self._need_user("SYSCALL")
+        mark = self._mark()
         self.in_user = False
         self.ops.user_entries += 1
         top = self.stack_top(task)
@@ -580,15 +641,18 @@ class EntryModel:
         self._k(top - 8, Op.WRITE)  # build pt_regs: user SS/RSP/flags/CS/RIP ...
         self._k(top - PT_REGS_SIZE, Op.WRITE)  # ... down to the GPRs
         self._k(self.text("do_syscall_64"), Op.FETCH)
+        self._entered(mark)
         return task
 
     def syscall_exit(self) -> None:
         """SYSRET path: restore registers, (PTI) move to the trampoline stack, switch CR3, sysretq."""
         task = self._need_kernel("SYSRET")
+        mark = self._mark()
         top = self.stack_top(task)
         self._k(self.entry_text("syscall_return_via_sysret"), Op.FETCH)
         self._k(top - PT_REGS_SIZE)  # pop the GPRs
         self._return_to_user(task, iret=False)
+        self._exited(mark)
 
     def _return_to_user(self, task: Task, *, iret: bool) -> None:
         """The common tail of SYSRET and IRET to user (entry_64.S, §4.3 steps 4-5)."""
@@ -616,10 +680,12 @@ class EntryModel:
         write-like calls the copy between `user_buf` and `kernel_buf` pages (one reference each)."""
         task = self._need_kernel(f"{spec.name} body")
         if self._recorded_body(spec.name, task, user_buf):
-            # the recorded body: it has its own dispatch (x64_sys_call) and user copies
+            # the recorded body: it has its own dispatch (x64_sys_call) and user copies, and its
+            # instructions are its work (OpCounts.recorded_instructions)
             self.ops.syscalls += 1
+            self.ops.recorded_syscalls += 1
             self.ops.syscalls_by_name[spec.name] = self.ops.syscalls_by_name.get(spec.name, 0) + 1
-            self.ops.body_cycles += spec.body_cycles
+            self.ops.body_cycles += spec.recorded_cycles
             return
         self._k(self.lay.section("rodata").start + RODATA_SYS_CALL_TABLE + 8 * spec.nr)
         self._refs(spec.refs, task)
@@ -707,12 +773,18 @@ class EntryModel:
         CR3 change (the kernel CR3 is already loaded), frame on the current stack."""
         task = self._task()
         if self.in_user:
+            mark = self._mark()
             self._enter_from_user(VECTOR_DEVICE, "asm_common_interrupt")
-            if not self._recorded_body("interrupt", task):
+            self._entered(mark)
+            if self._recorded_body("interrupt", task):
+                self.ops.recorded_interrupts += 1
+            else:
                 self._refs(IRQ_HANDLER, task)
                 self._k(self._device)
             self.ops.interrupts += 1
+            mark = self._mark()
             self._exit_to_user_iret()
+            self._exited(mark)
             return
         top = self.stack_top(task) - PT_REGS_SIZE - 0x400  # interrupted kernel frame
         self._k(self.lay.cpu_entry_area_base + 16 * VECTOR_DEVICE, implicit=True)
@@ -756,14 +828,23 @@ class EntryModel:
         task = self._need_user("a user page fault")
         self.out.access(va, Op.WRITE, USER_CPL)  # faults: the PTE is not present
         self.ops.user_refs += 1
+        mark = self._mark()
         self._enter_from_user(VECTOR_PF, "asm_common_interrupt")
-        if not self._recorded_body("page_fault", task):  # the clear_page and the PTE write stay ours
+        self._entered(mark)
+        recorded = self._recorded_body("page_fault", task)  # the clear_page and the PTE write stay ours
+        if not recorded:
             self._refs(PAGE_FAULT_HANDLER, task)
+        mark = self._mark()
         frame = pte_value & 0x000F_FFFF_FFFF_F000
         self._k(self.lay.page_offset_base + frame, Op.WRITE)  # clear_page() through the direct map
         self.out.write_phys(pte_slot, pte_value)  # set_pte_at()
+        if recorded:  # the recorded handler's instructions did this work
+            self.ops.recorded_exceptions += 1
+            self._cover(mark[0], len(self.out), self.ops.kernel_refs - mark[1])
         self.ops.exceptions += 1
+        mark = self._mark()
         self._exit_to_user_iret()
+        self._exited(mark)
         self.out.access(va, Op.WRITE, USER_CPL)  # the retried store
         self.ops.user_refs += 1
 

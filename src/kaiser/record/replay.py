@@ -77,11 +77,12 @@ OTHER_TRANSITIONS: Final = {
 }
 
 
-def recording_path(kernel: str, name: str) -> Path | None:
-    """The shipped pti=on recording of transition `name` (a syscall, or a key of
-    OTHER_TRANSITIONS) for `kernel` ("6.1", "6.12"), if any."""
+def recording_path(kernel: str, name: str, *, pti: bool = True) -> Path | None:
+    """The shipped pti=on (or with `pti=False` the nopti) recording of transition `name` (a
+    syscall, or a key of OTHER_TRANSITIONS) for `kernel` ("6.1", "6.12"), if any."""
     workload = OTHER_TRANSITIONS[name][0] if name in OTHER_TRANSITIONS else name
-    p = Path(str(resources.files("kaiser.record") / "data" / f"{kernel}-pti-{workload}.krec"))
+    switch = "pti" if pti else "nopti"
+    p = Path(str(resources.files("kaiser.record") / "data" / f"{kernel}-{switch}-{workload}.krec"))
     return p if p.is_file() else None
 
 
@@ -97,6 +98,7 @@ class RecordedBody:
     ranges: dict[str, list[tuple[int, int]]]
     dropped: int  # references of regions the model has no place for
     readonly: np.ndarray  # per reference: in the image's read-only data (kallsyms type r/R)
+    instructions: int = 0  # of the whole transition as recorded: entry path, body and exit
 
     def pages(self) -> tuple[int, int]:
         """Distinct 4 KiB (code, data) pages of the body, as recorded."""
@@ -129,7 +131,9 @@ def load_body(path: str, name: str) -> RecordedBody:
     keys = [hashlib.blake2b(np.unique(b["vaddr"] >> np.uint64(PAGE_4K)).tobytes()).digest() for b in bodies]
     best, count = Counter(keys).most_common(1)[0]
     # when every call touched other pages (fresh page-fault frames): the call of median length
-    refs = bodies[keys.index(best)] if count > 1 else sorted(bodies, key=len)[len(bodies) // 2]
+    pick = keys.index(best) if count > 1 else sorted(range(len(bodies)), key=lambda i: len(bodies[i]))[len(bodies) // 2]
+    refs = bodies[pick]
+    instructions = int(np.count_nonzero(calls[pick].refs["op"] == FETCH))  # the plugin logs each one
     keep = ~np.isin(refs["region"], (_R["other"],))
     ranges = Layout.from_header(header["regions"]).ranges
     syms = sorted((int(a), str(t)) for a, t, _ in header["symbols"])
@@ -146,6 +150,7 @@ def load_body(path: str, name: str) -> RecordedBody:
         {k: list(v) for k, v in ranges.items()},
         int(np.count_nonzero(~keep)),
         readonly[keep].copy(),
+        instructions,
     )
 
 
@@ -181,6 +186,9 @@ class RecordedSide:
     _frames: dict[tuple[int, int], int] = field(default_factory=dict)
     _vmalloc_next: int = 0
     _user: dict[int, int] = field(default_factory=dict)
+    # (name, task pid, user pages) -> the line-merged (address, op) events: a call's mapping is the
+    # same every time once its pages have their model frames
+    _emitted: dict[tuple[str, int, tuple[int, ...]], list[tuple[int, Op]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         lay = self.em.lay
@@ -202,6 +210,18 @@ class RecordedSide:
 
     def has(self, name: str) -> bool:
         return self.body(name) is not None
+
+    def instructions(self, name: str, *, pti: bool) -> int:
+        """The recorded kernel's instructions for one `name` transition, entry path included: of
+        the pti=on recording when `pti`, else of the nopti one (its entry has no CR3 switch); the
+        pti=on count when there is no nopti recording."""
+        path = None if pti else recording_path(self.kernel, name, pti=False)
+        if path is None:
+            b = self.body(name)
+            if b is None:
+                raise KeyError(name)
+            return b.instructions
+        return load_body(str(path), name).instructions
 
     # ---- addresses -------------------------------------------------------------------------------
     def _frame(self, key: tuple[int, int]) -> int:
@@ -285,15 +305,19 @@ class RecordedSide:
     def emit(self, name: str, task: Task, user_buf: list[int] | None = None) -> int:
         """Append `name`'s recorded body to the model's stream (kernel mode, whatever CR3 the
         variant's entry left loaded); the number of events emitted."""
-        va, op = self.mapped(name, task, user_buf)
-        line = va >> np.uint64(LINE)
-        new = np.ones(len(va), dtype=bool)
-        new[1:] = (line[1:] != line[:-1]) | (op[1:] != op[:-1])
-        for a, o in zip(va[new].tolist(), op[new].tolist(), strict=True):
-            self.em.out.access(a, _OP[o], 0)
-        n = int(np.count_nonzero(new))
-        self.em.ops.kernel_refs += n
-        return n
+        key = (name, task.pid, tuple(user_buf or ()))
+        events = self._emitted.get(key)
+        if events is None:
+            va, op = self.mapped(name, task, user_buf)
+            line = va >> np.uint64(LINE)
+            new = np.ones(len(va), dtype=bool)
+            new[1:] = (line[1:] != line[:-1]) | (op[1:] != op[:-1])
+            events = self._emitted[key] = [(a, _OP[o]) for a, o in zip(va[new].tolist(), op[new].tolist(), strict=True)]
+        out = self.em.out
+        for a, o in events:
+            out.access(a, o, 0)
+        self.em.ops.kernel_refs += len(events)
+        return len(events)
 
 
 def pages_report(names: list[str], recorded: set[str], kernel: str = DEFAULT_KERNEL) -> dict[str, dict[str, object]]:
