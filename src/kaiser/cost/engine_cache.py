@@ -80,7 +80,7 @@ FIRST: Final = 32  # index of the first cache counter (after the 32 TLB counters
 ) = range(FIRST, FIRST + 18)
 
 _NO_NRT: Final[dict[str, Any]] = {"_nrt": False}
-_jit = numba.njit(cache=True, **_NO_NRT)
+_jit = numba.njit(cache=True, nogil=True, **_NO_NRT)  # nogil: multireplay runs configurations on threads
 _inline = numba.njit(cache=True, inline="always", **_NO_NRT)
 
 

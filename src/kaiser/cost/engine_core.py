@@ -177,7 +177,7 @@ W_OK, W_FAULT, W_PHYS = 0, 1, 2
 # No reference counting (`_nrt=False`): the loop allocates nothing, and numba's NRT would
 # otherwise pay an atomic incref/decref for every array passed to every helper.
 _NO_NRT: Final[dict[str, Any]] = {"_nrt": False}  # a numba flag its type stubs do not list
-_jit = numba.njit(cache=True, **_NO_NRT)
+_jit = numba.njit(cache=True, nogil=True, **_NO_NRT)  # nogil: multireplay runs configurations on threads
 _inline = numba.njit(cache=True, inline="always", **_NO_NRT)
 
 
