@@ -74,6 +74,10 @@ _OP = {FETCH: Op.FETCH, LOAD: Op.READ, STORE: Op.WRITE}
 OTHER_TRANSITIONS: Final = {
     "interrupt": ("timer", "interrupt", "sysvec_apic_timer_interrupt"),  # a device interrupt from user
     "page_fault": ("page-fault", "exception", "page_fault"),  # a #PF on a fresh anonymous page
+    # the pipe ping-pong's calls that did not switch tasks (the switch itself stays modelled:
+    # docs/recording.md, "What the replay takes")
+    "pipe_write": ("pipe", "syscall", "write"),
+    "pipe_read": ("pipe", "syscall", "read"),
 }
 
 
@@ -228,7 +232,8 @@ class RecordedSide:
         """A fresh direct-map page for real page `key` (region, page), the same one every call."""
         va = self._frames.get(key)
         if va is None:
-            pa = self.em.kernel.mem.alloc(FrameKind.DATA, "recorded kernel object")
+            # a kernel allocation (GFP_KERNEL: nonsensitive under asi, the ASI RFC's default)
+            pa = self.em.kernel.alloc_kernel_pages(1, "recorded kernel object")
             va = self._frames[key] = self.em.lay.page_offset_base + pa
         return va
 
