@@ -19,15 +19,12 @@ import re
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from kaiser.api.exposure import MEMORY_HEADERS, USER_VIEW_HEADERS, memory_cells, user_view
 from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.linux.memory import frames_kib, measure
 from kaiser.linux.variants import VARIANTS
-from kaiser.x86.bits import PTE
 from kaiser.x86.geometry import human_size
-from kaiser.x86.pagetable import Leaf
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BLOCK = re.compile(
@@ -36,67 +33,6 @@ BLOCK = re.compile(
     r"(<!-- end generated: (?P=name) -->)",
     re.DOTALL,
 )
-
-
-@dataclass(frozen=True)
-class UserView:
-    """What one process's user page tables hold of the kernel: each shared table and each frame
-    counted once (ESPfix's 65,536 aliases of one page are one 4 KiB leaf)."""
-
-    variant: str
-    leaves: int
-    mapped: int
-    global_bytes: int
-    executable: int
-
-    def cells(self) -> list[str]:
-        return [
-            str(self.leaves),
-            human_size(self.mapped),
-            human_size(self.global_bytes) if self.global_bytes else "0",
-            human_size(self.executable) if self.executable else "0",
-        ]
-
-
-USER_VIEW_HEADERS = ("kernel leaves in user tables", "memory mapped", "global", "of which executable")
-MEMORY_HEADERS = ("per process", "PTI part", "full shadow instead", "PTI tables (shared)")
-
-
-def user_view(kernel: Kernel) -> UserView:
-    """The kernel half of the first task's user view (its kernel tables under nopti)."""
-    task = next(iter(kernel.tasks.values())) if kernel.tasks else kernel.spawn()
-    view = task.mm.pgd.user_pt or task.mm.pgd.kernel_pt
-    # one leaf per (frame, size): ESPfix's aliases count once, while a 4 KiB alias of a 2 MiB page's
-    # first frame (the emulated vsyscall page is rodata's first page) does not hide the 2 MiB page
-    leaves = list({(leaf.pa, leaf.size): leaf for leaf in view.leaves(kernel.layout.kernel_start, once=True)}.values())
-    return UserView(
-        variant=kernel.config.variant,
-        leaves=len(leaves),
-        mapped=_physical_bytes(leaves),
-        global_bytes=_physical_bytes([leaf for leaf in leaves if leaf.entry & PTE.G]),
-        executable=_physical_bytes([leaf for leaf in leaves if not leaf.entry & PTE.NX]),
-    )
-
-
-def _physical_bytes(leaves: list[Leaf]) -> int:
-    """Bytes of physical memory the leaves map, each byte once however many leaves alias it."""
-    total, end = 0, -1
-    for start, stop in sorted((leaf.pa, leaf.pa + leaf.size) for leaf in leaves):
-        if stop > end:
-            total += stop - max(start, end)
-            end = stop
-    return total
-
-
-def memory_cells(variant: str) -> list[str]:
-    """`kaiser demo`'s page-table memory row of one variant (one typical process, 4-level, PCID)."""
-    r = measure(variant)
-    return [
-        f"{frames_kib(r.process_tables)} KiB",
-        f"+{frames_kib(r.process_pti_extra)} KiB",
-        f"+{frames_kib(r.full_duplication_extra)} KiB",
-        f"{frames_kib(r.shared_pti_tables)} KiB",
-    ]
 
 
 def _markdown(headers: tuple[str, ...], rows: list[list[str]]) -> str:

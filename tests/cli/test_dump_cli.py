@@ -32,11 +32,15 @@ def test_current_user_shows_the_entry_pmd_and_current_kernel_the_direct_map() ->
     assert "USR RW" in kernel and "USR RW" not in init
 
 
-def test_nopti_has_no_current_user() -> None:
-    result = runner.invoke(app, ["dump", "--variant", "nopti", "--table", "current_user"])
-    assert result.exit_code == 2
-    assert "no user page tables" in result.output
-    assert runner.invoke(app, ["dump", "--variant", "nopti", "--table", "current_kernel"]).exit_code == 0
+def test_nopti_current_user_is_the_kernel_pgd() -> None:
+    """Linux walks the kernel PGD for current_user when PTI is off (dump_pagetables.c), and the file
+    is there (CONFIG_PAGE_TABLE_ISOLATION=y): the same text as current_kernel."""
+    user = runner.invoke(app, ["dump", "--variant", "nopti", "--table", "current_user"])
+    kernel = runner.invoke(app, ["dump", "--variant", "nopti", "--table", "current_kernel"])
+    assert user.exit_code == kernel.exit_code == 0
+    assert user.output == kernel.output
+    isolated = runner.invoke(app, ["dump", "--variant", "linux", "--table", "current_user"])
+    assert isolated.exit_code == 0 and isolated.output != runner.invoke(app, ["dump", "-t", "current_kernel"]).output
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from ptdump_support import SAMPLES, sample_blocks
 
-from kaiser.cli.dump import boot_with_process, dump_text
+from kaiser.api.process import boot_process
+from kaiser.api.tables import dump_text
 from kaiser.linux.audit import CLASSES, audit_dump, audit_model, audit_text, infer_layout, policy_for
 from kaiser.linux.kernel import Kernel, Task
 from kaiser.linux.ptdump import ptdump
@@ -24,7 +25,7 @@ MiB = 1 << 20
 def boot(
     variant: str, *, pcid: bool = True, la57: bool = False, kaslr: bool = True, seed: int = 0, **machine: Any
 ) -> tuple[Kernel, Task]:
-    return boot_with_process(variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, **machine)
+    return boot_process(variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, **machine)
 
 
 @pytest.mark.parametrize("la57", [False, True], ids=["4level", "5level"])

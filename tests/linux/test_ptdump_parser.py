@@ -246,8 +246,9 @@ def test_real_dumps_are_whole_and_lose_it_with_any_line(path: Path) -> None:
 @pytest.mark.parametrize("la57", [False, True])
 @pytest.mark.parametrize("dialect", ["generic", "legacy"])
 def test_model_dumps_are_whole(variant: str, la57: bool, dialect: str) -> None:
-    from kaiser.cli.dump import boot_with_process, dump_text
+    from kaiser.api.process import boot_process
+    from kaiser.api.tables import dump_text
 
-    kernel, task = boot_with_process(variant, pcid=True, la57=la57, kaslr=True, seed=3)
+    kernel, task = boot_process(variant, pcid=True, la57=la57, kaslr=True, seed=3)
     for table in ("kernel", "current_kernel", "current_user"):
         assert dump_gaps(parse_ptdump(dump_text(kernel, task, table, dialect=dialect))) == [], table

@@ -72,9 +72,9 @@ def test_every_alias_of_the_booted_kernel_translates_to_its_frame() -> None:
     """The walker agrees: each listed virtual address of each alias maps that physical memory;
     the entry area's views (IDT's read-only alias of the kernel image, GDT/TSS of per-CPU data
     in the direct map) are among them."""
-    from kaiser.cli.dump import boot_with_process
+    from kaiser.api.process import boot_process
 
-    kernel, task = boot_with_process("linux", pcid=False, la57=False, kaslr=True, seed=5)
+    kernel, task = boot_process("linux", pcid=False, la57=False, kaslr=True, seed=5)
     pt = task.mm.pgd.kernel_pt
     state = CpuState(cr3=pt.cr3(), cr4=int(CR4.PAE | CR4.PGE), cpl=0)
     found = find_aliases(pt)

@@ -60,12 +60,13 @@ def test_page_table_leaves_print_hex() -> None:
 
 
 def linux_results() -> Iterator[tuple[object, tuple[int, ...]]]:
-    from kaiser.cli.dump import boot_with_process, dump_text
+    from kaiser.api.process import boot_process
+    from kaiser.api.tables import dump_text
     from kaiser.linux.audit import audit_model
     from kaiser.linux.ptdump_parse import parse_ptdump, range_lines
     from kaiser.linux.ptquery import diff_dumps, find_aliases
 
-    kernel, task = boot_with_process("kaiser-rfc", pcid=True, la57=False, kaslr=True, seed=3)
+    kernel, task = boot_process("kaiser-rfc", pcid=True, la57=False, kaslr=True, seed=3)
     report = audit_model(kernel, task)
     yield report, tuple(start for _, start, _ in report.regions[:4])
     for m in report.mappings:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kaiser.cli.dump import boot_with_process
+from kaiser.api.process import boot_process
 from kaiser.cli.machine import MODEL_SWITCHES, CpusOption, PtiOption, VendorOption, VsyscallOption, machine_config
 from kaiser.cli.options import SEED_MAX, choice, variant_name
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
@@ -225,7 +225,7 @@ def audit_command(
     else:
         config = machine_config(name, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, pti=pti, vendor=vendor,
                                 vsyscall=vsyscall, cpus=cpus)  # fmt: skip
-        kernel, task = boot_with_process(name, **{k: getattr(config, k) for k in MODEL_SWITCHES})
+        kernel, task = boot_process(name, **{k: getattr(config, k) for k in MODEL_SWITCHES})
         report = audit_model(kernel, task, mode=policy_mode)
     if json_out:
         emit_json(report_json(report))

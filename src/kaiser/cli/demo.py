@@ -6,14 +6,21 @@ from typing import Annotated
 
 import typer
 
+from kaiser.api.exposure import (
+    MEMORY_HEADERS,
+    USER_VIEW_HEADERS,
+    audit_summary,
+    exposed_kernel_lines,
+    memory_cells,
+    user_view,
+)
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import Col, console, print_table, rule
 from kaiser.cli.verify import VERIFY_MAX
-from kaiser.docgen import MEMORY_HEADERS, USER_VIEW_HEADERS, memory_cells, user_view
 from kaiser.linux.audit import flag_text
 from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.linux.ptdump import ptdump, size_parts
-from kaiser.linux.ptdump_parse import MarkerLine, RangeLine, parse_ptdump
+from kaiser.linux.ptdump import size_parts
+from kaiser.linux.ptdump_parse import RangeLine
 from kaiser.linux.variants import VARIANTS
 from kaiser.sample import build_sample
 from kaiser.x86.bits import CR4, RFLAGS
@@ -80,18 +87,10 @@ def _isolation_tour(seed: int) -> dict[str, Kernel]:
         kernel = Kernel.boot(KernelConfig(variant=name, seed=seed))
         kernel.spawn()
         kernels[name] = kernel
-        rows.append([name, *user_view(kernel).cells()])  # the figures docs/variants.md quotes (kaiser.docgen)
+        rows.append([name, *user_view(kernel).cells()])  # the figures docs/variants.md quotes (via kaiser.docgen)
     print_table([Col("variant"), *(Col(h, justify="right") for h in USER_VIEW_HEADERS)], rows)
     linux = kernels["linux"]
-    task = next(iter(linux.tasks.values()))
-    assert task.mm.pgd.user_pt is not None
-    text = ptdump(task.mm.pgd.user_pt, linux.layout.markers)
-    shown = []
-    for record in parse_ptdump(text, "linux current_user"):
-        marker = isinstance(record, MarkerLine) and record.name not in ("User Space", "Kernel Space")
-        kernel_range = isinstance(record, RangeLine) and record.present and record.start >= linux.layout.kernel_start
-        if marker or kernel_range:
-            shown.append(record)
+    shown = exposed_kernel_lines(linux, next(iter(linux.tasks.values())))
     if max(len(r.render()) for r in shown) <= console.width:
         lines = [r.render() for r in shown]
     else:  # Linux's lines are 84 columns: the same fields, condensed (every address whole)
@@ -115,24 +114,17 @@ def _condensed(line: RangeLine, pad: int) -> str:
 
 
 def _audit_tour(kernels: dict[str, Kernel]) -> None:
-    from collections import Counter
-
-    from kaiser.linux.audit import audit_model
-
     rule("3. audit: every kernel mapping in the user tables, against two policies")
     rows = []
     for name, kernel in kernels.items():
-        task = next(iter(kernel.tasks.values()))
-        own, strict = audit_model(kernel, task), audit_model(kernel, task, mode="strict")
-        classes = Counter(m.klass for m in strict.mappings)
-        summary = ", ".join(f"{k}:{n}" for k, n in sorted(classes.items()))
-        colour = "red" if strict.exit_status else "green"
+        s = audit_summary(kernel, next(iter(kernel.tasks.values())))
+        colour = "red" if s.exit_status else "green"
         rows.append([
             name,
-            summary,
-            str(len(own.violations)),
-            f"[{colour}]{len(strict.violations)}[/]",
-            f"[{colour}]{strict.exit_status}[/]",
+            ", ".join(f"{k}:{n}" for k, n in s.classes.items()),
+            str(s.own_findings),
+            f"[{colour}]{s.strict_findings}[/]",
+            f"[{colour}]{s.exit_status}[/]",
         ])  # fmt: skip
     cols = [Col("variant"), Col("kernel mappings by class", whole=False)]
     cols += [Col(h, justify="right") for h in ("findings own", "findings strict", "exit")]

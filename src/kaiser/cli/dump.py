@@ -5,67 +5,20 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, cast
 
 import typer
 
+from kaiser.api.process import boot_process
+from kaiser.api.tables import dump_text, dump_tree
 from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
 from kaiser.cli.options import SEED_MAX, output_file, variant_name
 from kaiser.cli.output import Col, console, err_console, fail, json_text, parse_int, print_table
-from kaiser.linux.kernel import Kernel, KernelConfig, Task
-from kaiser.linux.mm import Prot
-from kaiser.linux.ptdump import DIALECTS, FLAG_FIELD_WIDTH, marker_text, ptdump, ptdump_wide
+from kaiser.linux.debugfs import TABLES
+from kaiser.linux.ptdump import DIALECTS, FLAG_FIELD_WIDTH, Dialect, marker_text
 from kaiser.linux.ptdump_parse import RangeLine, parse_ptdump
 from kaiser.linux.ptquery import Alias, QueryError, RightsFilter, find_aliases, parse_range, select_ranges, size_text
 from kaiser.linux.variants import UnknownVariant
-from kaiser.x86.pagetable import PageTable
-
-TABLES = ("kernel", "current_kernel", "current_user")  # debugfs page_tables/ files (facts §6.1)
-
-
-def boot_with_process(
-    variant: str, *, pcid: bool, la57: bool, kaslr: bool, seed: int, **machine: Any
-) -> tuple[Kernel, Task]:
-    """Boot `variant` and start one realistic process: an ELF image, heap, stack and vDSO (exec),
-    plus a 1 MiB anonymous mapping and a read-only 64 KiB one. `machine` holds the other
-    `KernelConfig` switches (pti, vendor, vsyscall, ncpus; `kaiser.cli.machine`). `UnknownVariant`
-    for a bad name, `ValueError` for contradicting switches."""
-    kernel = Kernel.boot(KernelConfig(variant=variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, **machine))
-    task = kernel.spawn()
-    task.mm.mmap(1 << 20, Prot.READ | Prot.WRITE, name="anon")
-    task.mm.mmap(64 << 10, Prot.READ, name="ro data")
-    task.mm.brk(task.mm.brk_start + (132 << 10))
-    return kernel, task
-
-
-def dump_text(kernel: Kernel, task: Task, table: str, *, wide: bool = False, dialect: str = "generic") -> str:
-    """The text of one debugfs file for `task` (`kernel`: init_mm's kernel PGD). `ValueError` for a
-    table the machine does not have (`current_user` without PTI, as Linux has no such file)."""
-    if table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
-    if dialect not in DIALECTS:
-        raise ValueError(f"unknown dialect {dialect!r}; known: {', '.join(DIALECTS)}")
-    pair = kernel.init if table == "kernel" else task.mm.pgd
-    pt = pair.kernel_pt if table != "current_user" else pair.user_pt
-    if pt is None:
-        raise ValueError(f"variant {kernel.variant.name} has no user page tables: there is no current_user without PTI")
-    markers = kernel.layout.markers
-    if not wide:
-        return ptdump(pt, markers, dialect=dialect)  # type: ignore[arg-type]
-    if dialect != "generic":
-        raise ValueError("--wide prints the generic (5.6+) dialect only")
-    kcr3, ucr3 = kernel.cr3_pair(task)
-    cr3s = {"kernel": kcr3} if ucr3 is None else {"kernel": kcr3, "user": ucr3}
-    return ptdump_wide(pt, markers, cr3s=cr3s, live="user" if table == "current_user" else "kernel")
-
-
-def dump_tree(kernel: Kernel, task: Task, table: str) -> PageTable:
-    """The tree behind one debugfs file (see `dump_text`)."""
-    pair = kernel.init if table == "kernel" else task.mm.pgd
-    pt = pair.kernel_pt if table != "current_user" else pair.user_pt
-    if pt is None:
-        raise ValueError(f"variant {kernel.variant.name} has no user page tables: there is no current_user without PTI")
-    return pt
 
 
 def _line_json(line: RangeLine) -> dict[str, object]:
@@ -165,7 +118,12 @@ def dump_command(
         str, typer.Option("--variant", "-v", callback=variant_name, help="Isolation variant (see docs/variants.md).")
     ] = "linux",
     table: Annotated[
-        str, typer.Option("--table", "-t", help="kernel (init_mm), current_kernel or current_user.")
+        str,
+        typer.Option(
+            "--table",
+            "-t",
+            help="kernel (init_mm), current_kernel or current_user (without PTI: the kernel PGD, as in Linux).",
+        ),
     ] = "current_user",
     wide: Annotated[
         bool, typer.Option("--wide", help="Add physical ranges, effective user/kernel rights and both CR3 values.")
@@ -225,10 +183,10 @@ def dump_command(
     if aliases and out is not None and not json_out:
         fail("--out with --aliases needs --json (the aliases table goes to the terminal)")
     try:
-        kernel, task = boot_with_process(
+        kernel, task = boot_process(
             variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, pti=pti, vendor=vendor, vsyscall=vsyscall, ncpus=cpus
         )
-        text = dump_text(kernel, task, table, wide=wide, dialect=dialect)
+        text = dump_text(kernel, task, table, wide=wide, dialect=cast(Dialect, dialect))
     except (UnknownVariant, ValueError) as exc:
         fail(str(exc))
     if aliases:

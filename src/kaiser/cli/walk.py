@@ -127,10 +127,10 @@ def walk_command(
         state = CpuState(cr3=pt.cr3(), cr4=int(cr4), rflags=rflags, cpl=3 if user else 0)
         where = "the sample space"
     else:
-        from kaiser.cli.dump import boot_with_process
+        from kaiser.api.process import boot_process
 
         try:
-            kernel, task = boot_with_process(variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed)
+            kernel, task = boot_process(variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed)
         except UnknownVariant as exc:
             fail(f"--variant: {exc}")
         which = pgd or ("user" if user else "kernel")

@@ -37,6 +37,7 @@ from kaiser.linux.audit import (
     policy_for,
     skipped_by_region,
 )
+from kaiser.linux.debugfs import TABLES, spawn_reader, table_tree
 from kaiser.linux.dumpinfo import MODEL_RAM_MAX, Fact, read_dump
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.layout import (
@@ -50,7 +51,6 @@ from kaiser.linux.layout import (
     Bases,
     ImageSizes,
 )
-from kaiser.linux.mm import Prot
 from kaiser.linux.ptdump import Dialect, ptdump, size_parts
 from kaiser.linux.ptdump_parse import MarkerLine, Record, parse_ptdump
 from kaiser.linux.variants import get_variant
@@ -59,7 +59,6 @@ from kaiser.x86.physmem import PhysMemError
 
 MiB: Final = 1 << 20
 GiB: Final = 1 << 30
-TABLES: Final = ("kernel", "current_kernel", "current_user")
 KINDS: Final = ("only-real", "only-model", "size", "count", "flags", "levels", "placement")
 CPU_ENTRY_AREA_BASE: Final = (CPU_ENTRY_AREA_PGD << P4D_SHIFT) % TOP
 
@@ -373,13 +372,9 @@ def _marker_starts(records: Sequence[Record]) -> list[tuple[str, int]]:
 
 
 def boot_model(sw: ModelSwitches, *, ldt: bool) -> tuple[Kernel, Task]:
-    """The model booted with `sw`, one process running (with an LDT when `ldt`)."""
+    """The model booted with `sw`, the debugfs reader running (with an LDT when `ldt`)."""
     kernel = Kernel.boot(sw)
-    task = kernel.spawn()
-    task.mm.mmap(1 << 20, Prot.READ | Prot.WRITE, name="anon")
-    if ldt:
-        task.mm.modify_ldt()
-    return kernel, task
+    return kernel, spawn_reader(kernel, ldt=ldt)
 
 
 def boot_aligned(sw: ModelSwitches, *, ldt: bool) -> tuple[ModelSwitches, Kernel, Task]:
@@ -419,15 +414,9 @@ def boot_aligned(sw: ModelSwitches, *, ldt: bool) -> tuple[ModelSwitches, Kernel
 
 
 def model_text(kernel: Kernel, task: Task, table: str, dialect: Dialect = "generic") -> str:
-    """The model's text of debugfs `table` in `dialect`; `current_user` without PTI is the kernel
-    PGD, as Linux's walker falls back to it when PTI is off at run time."""
-    if table == "kernel":
-        pt = kernel.init.kernel_pt
-    elif table == "current_kernel" or task.mm.pgd.user_pt is None:
-        pt = task.mm.pgd.kernel_pt
-    else:
-        pt = task.mm.pgd.user_pt
-    return ptdump(pt, kernel.layout.markers, dialect=dialect)
+    """The model's text of debugfs `table` in `dialect` (`kaiser.linux.debugfs.table_tree`:
+    `current_user` without PTI is the kernel PGD, as in Linux)."""
+    return ptdump(table_tree(kernel, task, table), kernel.layout.markers, dialect=dialect)
 
 
 # ---- per-class summaries ---------------------------------------------------------------------

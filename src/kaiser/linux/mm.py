@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kaiser.x86.bits import PTE
 from kaiser.x86.pagetable import PageTable
@@ -18,8 +18,38 @@ from kaiser.x86.physmem import PAGE_SIZE
 
 LDT_ENTRIES, LDT_ENTRY_SIZE = 8192, 8  # asm/ldt.h: an LDT slot holds 64 KiB of descriptors (§7.5)
 
-if TYPE_CHECKING:
-    from kaiser.linux.kernel import Kernel
+
+class PgdTables(Protocol):
+    """An mm's top-level tables as the mm uses them (`kaiser.linux.kernel.PgdPair` is one)."""
+
+    kernel_pt: PageTable
+    user_pt: PageTable | None
+
+    @property
+    def kernel_pgd(self) -> int: ...
+
+
+class MmKernel(Protocol):
+    """What an mm asks of its kernel (`kaiser.linux.kernel.Kernel` is one): its PGDs, user frames
+    and LDT mapping. A protocol rather than an import, so mm.py does not import kernel.py, which
+    builds `Mm`s (no import cycle, not even for the type checker)."""
+
+    @property
+    def user_top(self) -> int: ...
+
+    def new_pgd(self, mm: Mm) -> PgdTables: ...
+
+    def free_pgd(self, mm: Mm) -> None: ...
+
+    def alloc_user_frames(self, pid: int, count: int) -> int: ...
+
+    def get_user_frame(self, pa: int) -> None: ...
+
+    def put_user_frame(self, pa: int) -> None: ...
+
+    def frame_shared(self, pa: int) -> bool: ...
+
+    def map_ldt(self, mm: Mm, entries: int) -> None: ...
 
 
 class Prot(enum.IntFlag):
@@ -78,7 +108,7 @@ MMAP_BASE = 0x7F0000000000  # top-down mmap area start (arch/x86/mm/mmap.c, with
 class Mm:
     """One process: its VMAs and page tables (a kernel PGD and, under isolation, a user PGD)."""
 
-    def __init__(self, kernel: Kernel, pid: int) -> None:
+    def __init__(self, kernel: MmKernel, pid: int) -> None:
         self.kernel = kernel
         self.pid = pid
         self.vmas: list[Vma] = []
