@@ -22,14 +22,9 @@ from kaiser.x86.bits import PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE
 Era = Literal["modern", "4.15"]
 ERAS: Final = ("modern", "4.15")
 
-KiB: Final = 1 << 10
-MiB: Final = 1 << 20
-GiB: Final = 1 << 30
-TiB: Final = 1 << 40
 TOP: Final = 1 << 64  # exclusive end of the address space
 
 # ---- constants (facts/linux-kpti.md §1; sources as cited there) ----------------------------
-PAGE_SIZE: Final = 4 * KiB
 PMD_SIZE: Final = 2 * MiB
 PUD_SIZE: Final = 1 * GiB
 P4D_SHIFT: Final = 39  # asm/pgtable_64_types.h (P4D_SHIFT = 39 in 5-level; PGDIR_SHIFT = 39 in 4-level)

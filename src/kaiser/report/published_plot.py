@@ -13,7 +13,8 @@ from kaiser.report.draw import log_ticks, pyplot
 
 def plot(rows: list[dict[str, Any]], file: Any) -> None:
     """Log-log: model against published for every row the model ran (fit: grey squares, on top;
-    predicted: blue dots), the y = x line and the 1.5x band. Predictions outside the band carry
+    predicted: blue dots; the recorded kernel side's values), the same runs with the modelled
+    kernel side as hollow red circles, the y = x line and the 1.5x band. Predictions outside the band carry
     their row number (the table's #), listed with their ratios beside the axes; a model value of
     0 sits on the bottom edge as a downward triangle."""
     plt = pyplot()
@@ -36,6 +37,10 @@ def plot(rows: list[dict[str, Any]], file: Any) -> None:
         zero = [r["published"] for r in pts if r["model"] <= 0]
         if zero:
             ax.scatter(zero, [lo * 1.15] * len(zero), marker="v", s=size, color=col, zorder=z, clip_on=False)
+    mod = [r for _, r in numbered if r.get("modelled", {}).get("model")]  # the modelled kernel side's values
+    ax.scatter([r["published"] for r in mod], [r["modelled"]["model"] for r in mod], marker="o", s=22,
+               facecolors="none", edgecolors="#d62728", lw=0.8, zorder=2,
+               label=f"modelled kernel side ({len(mod)})")  # fmt: skip
     outside = [(i, r) for i, r in numbered if r["role"] == "predicted" and not within(r["ratio"])]
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
@@ -64,8 +69,9 @@ def plot(rows: list[dict[str, Any]], file: Any) -> None:
     s = summary(rows)
     ax.set_title(
         f"kaiser cost model vs published KPTI figures: {s['predicted_within_1_5x']} of "
-        f"{s['predicted_run']} predictions within 1.5x",
-        fontsize=10,
+        f"{s['predicted_run']} predictions within 1.5x (modelled kernel side: "
+        f"{s['modelled_predicted_within_1_5x']} of {s['modelled_predicted_run']})",
+        fontsize=9,
     )
     lines = ["outside 1.5x (# of `kaiser bench published`):", ""]
     for i, r in outside:

@@ -7,6 +7,15 @@ Names: SDM entry names plus the Linux level names used by ptdump (`pgd p4d pud p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+# Binary size units and the 4 KiB page, defined here once for every layer (IEC 80000-13 prefixes;
+# SDM Vol. 3A §4.5: a 4-KByte page is the smallest translation, its offset bits 11:0).
+KiB: Final = 1 << 10
+MiB: Final = 1 << 20
+GiB: Final = 1 << 30
+TiB: Final = 1 << 40
+PAGE_SIZE: Final = 4 * KiB
 
 
 class AddressError(ValueError):

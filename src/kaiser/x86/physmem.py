@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PAGE_SIZE = 4096
+from kaiser.x86.geometry import PAGE_SIZE
+
 ENTRIES = 512
 MIN_MAXPHYADDR = 36  # the range CpuFeatures accepts (SDM §4.1.4: at most 52)
 MAX_MAXPHYADDR = 52
