@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from kaiser.x86.bits import PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE
+from kaiser.x86.geometry import PAGE_SIZE, GiB, KiB, MiB, TiB
 
 Era = Literal["modern", "4.15"]
 ERAS: Final = ("modern", "4.15")
