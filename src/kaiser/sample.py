@@ -9,12 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kaiser.x86.bits import PTE
-from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL
+from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL, GiB, MiB
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import FrameKind, PhysicalMemory
-
-GiB = 1 << 30
-MiB = 1 << 20
 
 
 @dataclass(frozen=True)

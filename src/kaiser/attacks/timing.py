@@ -71,13 +71,13 @@ from kaiser.linux.layout import (
 from kaiser.linux.variants import get_variant
 from kaiser.x86.bits import PF_VECTOR
 from kaiser.x86.events import replay_reference
+from kaiser.x86.geometry import GiB
 from kaiser.x86.rights import Op
 from kaiser.x86.tlb import Access, HitLevel, Mmu
 
 PROBES: Final = ("prefetch", "load")
 REGIONS: Final = ("text", "direct_map", "vmalloc", "vmemmap")
 VICTIM_SYSCALL: Final = "getppid"  # a cheap call, as the EntryBleed PoC's syscall(104) (getgid)
-GiB: Final = 1 << 30
 
 
 @dataclass(frozen=True)

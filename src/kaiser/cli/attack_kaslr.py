@@ -12,8 +12,8 @@ from kaiser.cli.machine import CpusOption, LassOption, PtiOption, VendorOption, 
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console, emit_json, fail, progress_bar, variant_or_all
 from kaiser.linux.variants import get_variant
+from kaiser.x86.geometry import GiB
 
-GiB = 1 << 30
 SEEDS_MAX = 1000  # CHOSEN: layouts per variant; 20 already separates every variant (docs/kaslr.md)
 RAM_GIB_MAX = 64  # CHOSEN: the direct map the attacker scans grows with RAM
 

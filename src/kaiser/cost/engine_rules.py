@@ -18,6 +18,8 @@ from typing import Final
 
 import numba
 
+from kaiser.x86.bits import PKEY_SHIFT as PKEY_SHIFT  # engine_core reads it from here; one definition
+
 # Bits of an entry (SDM Vol. 3A §4.5, Tables 4-14..4-20), as int64 (XD is the sign bit).
 P: Final = 1 << 0
 RW: Final = 1 << 1
@@ -28,7 +30,6 @@ PS: Final = 1 << 7
 G: Final = 1 << 8
 NX: Final = -(1 << 63)  # bit 63 as int64
 ADDR_MASK_52: Final = ((1 << 52) - 1) & ~0xFFF  # bits 51:12
-PKEY_SHIFT: Final = 59
 
 # Rights bits.
 R_USER: Final = 1

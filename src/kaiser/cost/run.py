@@ -25,7 +25,7 @@ from kaiser.cost.params import SKYLAKE, CostParams
 from kaiser.cost.workloads import Workload, get_workload
 from kaiser.linux.entry import EntryModel, OpCounts
 from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.linux.variants import Variant
+from kaiser.linux.variants import BASELINE, Variant
 from kaiser.record.replay import RecordedSide, pages_report
 from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
@@ -35,7 +35,6 @@ from kaiser.x86.tlb import Mmu, TlbCounters
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
 
 Path = Literal["engine", "reference"]
-BASELINE = "nopti"
 
 
 def engine_available() -> bool:

@@ -57,8 +57,10 @@ from kaiser.linux.layout import (
     LDT_PGD_ENTRY_MODERN,
     MODULES_END,
     P4D_SIZE,
+    PAGE_SIZE,
     PMD_SIZE,
     START_KERNEL_MAP,
+    THREAD_SIZE,
     TOP,
     VMALLOC_SIZE_TB,
     VSYSCALL_ADDR,
@@ -72,8 +74,6 @@ from kaiser.x86.bits import PTE, entry_phys
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.pagetable import PageTable
 
-PAGE_SIZE: Final = 4096
-THREAD_SIZE: Final = 16 << 10  # x86-64 kernel stack (asm/page_64_types.h, KASAN off)
 ENTRY_TEXT_MAX_PMDS: Final = 2  # entry text is tens of KiB: it can straddle one PMD boundary at most
 PERCPU_MAX: Final = 64 << 10  # KAISER's user-mapped per-CPU section is a few pages per CPU (§7.1)
 

@@ -49,7 +49,9 @@ from kaiser.linux.layout import (
     START_KERNEL_MAP,
     TOP,
     Bases,
+    GiB,
     ImageSizes,
+    MiB,
 )
 from kaiser.linux.ptdump import Dialect, ptdump, size_parts
 from kaiser.linux.ptdump_parse import MarkerLine, Record, parse_ptdump
@@ -57,8 +59,6 @@ from kaiser.linux.variants import get_variant
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.physmem import PhysMemError
 
-MiB: Final = 1 << 20
-GiB: Final = 1 << 30
 KINDS: Final = ("only-real", "only-model", "size", "count", "flags", "levels", "placement")
 CPU_ENTRY_AREA_BASE: Final = (CPU_ENTRY_AREA_PGD << P4D_SHIFT) % TOP
 

@@ -50,10 +50,10 @@ from kaiser.linux.layout import (
     VMEMMAP_BASE,
     VSYSCALL_ADDR,
     ImageSizes,
+    MiB,
 )
 from kaiser.linux.ptdump_parse import MarkerLine, RangeLine, Record, range_lines
 
-MiB: Final = 1 << 20
 CEA_BASE: Final = (CPU_ENTRY_AREA_PGD << P4D_SHIFT) % TOP
 ESPFIX_BASE: Final = (ESPFIX_PGD_ENTRY << P4D_SHIFT) % TOP
 FIXED_TEXT: Final = START_KERNEL_MAP + LOAD_PHYSICAL_ADDR  # _text without KASLR

@@ -17,10 +17,13 @@ from kaiser.linux.cea import PAGE_NONE, PERCPU_PAGES, PERCPU_TSS, CeaLayout, Kin
 from kaiser.linux.layout import (
     DEFAULT_FIXMAP_PAGES,
     FIXADDR_TOP,
+    THREAD_SIZE,
     VSYSCALL_ADDR,
     Bases,
+    GiB,
     ImageSizes,
     Layout,
+    MiB,
     make_layout,
 )
 from kaiser.linux.mm import LDT_ENTRIES, Mm, ProgramImage
@@ -30,9 +33,6 @@ from kaiser.x86.geometry import PagingMode, mode_for
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory
 
-GiB = 1 << 30
-MiB = 1 << 20
-THREAD_SIZE = 16 << 10  # x86-64 kernel stack, 4 pages (asm/page_64_types.h with KASAN off)
 PAGE_KERNEL_VVAR = int(PAGE_KERNEL_RO | PTE.US)  # __PAGE_KERNEL_VVAR: the emulated vsyscall page (§3.3)
 FIX_IO_PAGES = 515  # fixmap index of the two RW PCD I/O pages (APIC, IO-APIC): FIXADDR_TOP - 515 pages
 # espfix_64.c: 64-byte ministacks, 64 a page; page_random spans 2^(P4D_SHIFT - PAGE_SHIFT - 16) pages.

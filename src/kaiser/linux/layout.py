@@ -27,6 +27,7 @@ TOP: Final = 1 << 64  # exclusive end of the address space
 
 # ---- constants (facts/linux-kpti.md §1; sources as cited there) ----------------------------
 PMD_SIZE: Final = 2 * MiB
+THREAD_SIZE: Final = 16 * KiB  # x86-64 kernel stack, 4 pages (asm/page_64_types.h with KASAN off)
 PUD_SIZE: Final = 1 * GiB
 P4D_SHIFT: Final = 39  # asm/pgtable_64_types.h (P4D_SHIFT = 39 in 5-level; PGDIR_SHIFT = 39 in 4-level)
 P4D_SIZE: Final = 1 << P4D_SHIFT  # 512 GiB

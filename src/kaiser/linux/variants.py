@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from kaiser.x86.bits import PTE
+
+# The variant every isolation overhead is measured against (no PTI: Linux with pti=off), named
+# once for the cost model, traces, sweeps and reports.
+BASELINE: Final = "nopti"
 
 
 class Level(enum.Enum):

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-BASELINE = "nopti"
+from kaiser.linux.variants import BASELINE
+
 NOPTI_COLOUR = "#7f7f7f"
 # One colour per isolating variant, in registry order (kaiser.linux.variants.VARIANTS).
 VARIANT_COLOURS = {

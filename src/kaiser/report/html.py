@@ -15,7 +15,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from kaiser.report.load import BASELINE, STANDARD_METRICS, Results, Row
+from kaiser.linux.variants import BASELINE
+from kaiser.report.load import STANDARD_METRICS, Results, Row
 from kaiser.report.plots import Figure, figures, variant_order
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"

@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 from kaiser.inputs import InputError, check_input, read_bytes, read_text
 
-BASELINE = "nopti"
 RESULTS_CSV = "results.csv"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_LIMIT = 16 << 20  # CHOSEN: a sweep's own plots are ~100 KiB; a larger "PNG" is not one of them

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kaiser.cost.model import overhead_percent, rate_per_second
+from kaiser.linux.variants import BASELINE
 from kaiser.report import draw
 from kaiser.report.draw import REFERENCE, SWEEP_WORK, RateCurve, colour, line_style, marker, order_key, pcid_label
-from kaiser.report.load import BASELINE, CYCLE_TERMS, NOT_SWEPT, STANDARD_METRICS, Results, Row, show_value
+from kaiser.report.load import CYCLE_TERMS, NOT_SWEPT, STANDARD_METRICS, Results, Row, show_value
 
 DPI = 100
 TERM_COLOURS = ("#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f", "#e5c494")  # not variant colours

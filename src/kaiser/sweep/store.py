@@ -32,9 +32,9 @@ from typing import Any
 
 from kaiser.cost.model import overhead_percent, rate_per_second
 from kaiser.inputs import InputError, check_input, read_bytes
+from kaiser.linux.variants import BASELINE
 from kaiser.sweep.spec import Config
 
-BASELINE = "nopti"
 TMP_PREFIX = ".tmp-"
 CHECKSUM = "sha256"
 RESULT_LIMIT = 16 << 20  # CHOSEN: a result record is a few KiB; larger is not one of ours

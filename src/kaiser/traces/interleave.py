@@ -45,6 +45,7 @@ import numpy as np
 from kaiser.linux.entry import SYSCALLS, Copy, EntryModel, Obj, OpCounts, Ref, SyscallSpec
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.mm import Prot
+from kaiser.linux.variants import BASELINE
 from kaiser.traces.lackey import USER_TOP, LackeyReader, SyscallSite, TraceError
 from kaiser.traces.strace import StraceCall, StraceLog
 from kaiser.x86.cpu import CpuFeatures, CpuState
@@ -54,7 +55,6 @@ from kaiser.x86.rights import Op
 from kaiser.x86.tlb import Mmu, TlbCounters
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
 
-BASELINE: Final = "nopti"
 PAGE_CACHE_PAGES: Final = 64  # kernel pages read()/write() copy from/to, cycled (like `kaiser bench read`)
 # Unmodelled calls (mmap, openat, brk, ...): the handler's text page, a stack frame and the task.
 # CHOSEN: the model has no per-call data for them; the same in every variant, so it moves absolute

@@ -39,9 +39,9 @@ import numpy as np
 
 from kaiser.inputs import open_input
 from kaiser.x86.events import EVENT_DTYPE, Ev
+from kaiser.x86.geometry import PAGE_SIZE
 
 PAGE_SHIFT: Final = 12
-PAGE_SIZE: Final = 1 << PAGE_SHIFT
 MAX_SIZE: Final = PAGE_SIZE  # a record larger than a page is garbled (lackey's are <= 64 bytes)
 CHUNK_BYTES: Final = 4 << 20  # bytes read per chunk
 MAX_EVENTS: Final = 1 << 19  # events per scan call (a chunk may take several calls)

@@ -40,7 +40,7 @@ from typing import Final
 
 import numpy as np
 
-from kaiser.x86.bits import CR3_NOFLUSH, CR3_PCID_MASK, CR4, PF_VECTOR, PTE, entry_phys
+from kaiser.x86.bits import CR3_NOFLUSH, CR3_PCID_MASK, CR4, PF_VECTOR, PKEY_SHIFT, PTE, entry_phys
 from kaiser.x86.cache import KIND_DATA, KIND_FETCH, KIND_WALK, Caches
 from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
@@ -52,7 +52,6 @@ from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, CacheGeometry, TlbGeometry
 from kaiser.x86.walker import GP_VECTOR, EntryRef, Fault, Translation, translate
 
 UD_VECTOR: Final = 6
-PKEY_SHIFT: Final = 59
 # Paging-structure caches by the shift of the level they cache (SDM §4.10.3.1 names).
 PSC_NAMES: Final = {48: "pml5e", 39: "pml4e", 30: "pdpte", 21: "pde"}
 
