@@ -8,7 +8,7 @@ from isolation_support import RecordingPort, imported_modules, names_used
 
 import kaiser.attacks.meltdown as attacker_module
 from kaiser.attacks.core import Core, Process
-from kaiser.attacks.meltdown import AttackParams, MeltdownAttacker, Sigsegv
+from kaiser.attacks.meltdown import MeltdownAttacker, MeltdownParams, Sigsegv
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.x86.cpu import CpuState
 
@@ -54,7 +54,7 @@ def test_attacker_uses_only_the_port_and_the_gadget_returns_no_value() -> None:
     kcr3, _ = kernel.cr3_pair(task)
     core = Core(kernel.mem, CpuState(cr3=kcr3, cr4=kernel.cr4(), cpl=3), seed=3)
     port = GadgetRecordingPort(Process(core, task, kernel.user_top))
-    attacker = MeltdownAttacker(port, AttackParams(max_rounds=3))  # type: ignore[arg-type]
+    attacker = MeltdownAttacker(port, MeltdownParams(max_rounds=3))  # type: ignore[arg-type]
     secret_va = kernel.layout.page_offset_base + 0x200000
     attacker.read(secret_va, 2)
     assert port.used <= PORT_API

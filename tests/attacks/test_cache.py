@@ -11,8 +11,8 @@ from kaiser.attacks.cache import (
     SKYLAKE_L1D,
     SKYLAKE_L2,
     SKYLAKE_L3,
-    CacheGeometry,
     DataCache,
+    DataCacheLevel,
     Hit,
     Timer,
     TimerNoise,
@@ -35,7 +35,7 @@ def test_a_miss_fills_every_level_and_clflush_empties_them() -> None:
 
 
 def test_lru_evicts_the_least_recently_used_way_of_a_set() -> None:
-    cache = DataCache((CacheGeometry("L1", 2 * LINE, 2, 4),), spatial_prefetch=False)  # 1 set, 2 ways
+    cache = DataCache((DataCacheLevel("L1", 2 * LINE, 2, 4),), spatial_prefetch=False)  # 1 set, 2 ways
     a, b, c = 0, 64, 128
     cache.access(a)
     cache.access(b)

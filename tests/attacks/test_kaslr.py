@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import kaiser.attacks.kaslr as attacker_module
 from kaiser.attacks.cache import QUIET
-from kaiser.attacks.kaslr import AttackParams, KaslrAttacker
+from kaiser.attacks.kaslr import KaslrAttacker, KaslrParams
 from kaiser.attacks.timing import (
     REGIONS,
     ProbeConfig,
@@ -153,7 +153,7 @@ def test_attacker_uses_only_the_port_and_gets_only_cycles() -> None:
     kernel = Kernel.boot(config)
     core = ProbeCore(kernel, kernel.spawn(), ProbeConfig(), seed=2)
     port = RecordingPort(Process(core))
-    attacker = KaslrAttacker(port, public_knowledge(config), AttackParams())
+    attacker = KaslrAttacker(port, public_knowledge(config), KaslrParams())
     guess = attacker.find_text()
     assert port.used <= PORT_API
     assert isinstance(port.probe(kernel.layout.kernel_base), int)

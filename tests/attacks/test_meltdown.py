@@ -8,7 +8,7 @@ import random
 import pytest
 
 from kaiser.attacks.core import REGIONS, Core, Process, plant_at, run_meltdown
-from kaiser.attacks.meltdown import AttackParams, MeltdownAttacker
+from kaiser.attacks.meltdown import MeltdownAttacker, MeltdownParams
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.variants import VARIANTS
 from kaiser.x86.cpu import CpuState
@@ -109,9 +109,9 @@ def test_result_json_has_the_fields_the_issue_names() -> None:
 
 def test_attack_params_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="stride"):
-        AttackParams(stride=100)
+        MeltdownParams(stride=100)
     with pytest.raises(ValueError, match="min_votes"):
-        AttackParams(max_rounds=2, min_votes=3)
+        MeltdownParams(max_rounds=2, min_votes=3)
 
 
 @pytest.mark.slow

@@ -28,13 +28,13 @@ if TYPE_CHECKING:
         run_meltdown,
         transient_source,
     )
-    from kaiser.attacks.meltdown import AttackParams, ByteReading, Calibration, MeltdownAttacker, Sigsegv, UserPort
+    from kaiser.attacks.meltdown import ByteReading, Calibration, MeltdownAttacker, MeltdownParams, Sigsegv, UserPort
 
 
 __all__ = [
     "REGIONS",
     "AttackError",
-    "AttackParams",
+    "MeltdownParams",
     "ByteReading",
     "Calibration",
     "Core",

@@ -30,7 +30,7 @@ class Hit(enum.IntEnum):
 
 
 @dataclass(frozen=True)
-class CacheGeometry:
+class DataCacheLevel:
     """One cache level: total bytes, ways, load-to-use latency in cycles."""
 
     name: str
@@ -53,9 +53,9 @@ class CacheGeometry:
 # Sizes/ways: Skylake client (i7-6700): L1D 32 KiB 8-way, L2 256 KiB 4-way, L3 8 MiB 16-way
 # (Intel Optimization Manual 248966, the Skylake microarchitecture's cache-parameters table
 # [u: not in facts/performance.md]).
-SKYLAKE_L1D: Final = CacheGeometry("L1D", 32 << 10, 8, 4)
-SKYLAKE_L2: Final = CacheGeometry("L2", 256 << 10, 4, 12)
-SKYLAKE_L3: Final = CacheGeometry("L3", 8 << 20, 16, 44)
+SKYLAKE_L1D: Final = DataCacheLevel("L1D", 32 << 10, 8, 4)
+SKYLAKE_L2: Final = DataCacheLevel("L2", 256 << 10, 4, 12)
+SKYLAKE_L3: Final = DataCacheLevel("L3", 8 << 20, 16, 44)
 # DRAM: ~96 ns unloaded on Skylake-SP (AnandTech, "Skylake-SP vs EPYC", LMBench random load,
 # 2017) ~= 200 cycles at 2.1 GHz [u: one secondary measurement; a parameter, not a fact].
 DRAM_LATENCY: Final = 200
@@ -83,7 +83,7 @@ QUIET: Final = TimerNoise(jitter_abs=0.0, jitter_rel=0.0, interrupt_rate=0.0, sh
 class _Level:
     """One set-associative level with true LRU: each set is a list of line numbers, MRU first."""
 
-    def __init__(self, geometry: CacheGeometry) -> None:
+    def __init__(self, geometry: DataCacheLevel) -> None:
         self.geometry = geometry
         self.mask = geometry.sets - 1
         self.ways = geometry.ways
@@ -127,7 +127,7 @@ class DataCache:
 
     def __init__(
         self,
-        levels: tuple[CacheGeometry, ...] = (SKYLAKE_L1D, SKYLAKE_L2, SKYLAKE_L3),
+        levels: tuple[DataCacheLevel, ...] = (SKYLAKE_L1D, SKYLAKE_L2, SKYLAKE_L3),
         dram_latency: int = DRAM_LATENCY,
         *,
         spatial_prefetch: bool = True,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kaiser.attacks.cache import DataCache, Hit, Timer, TimerNoise
-from kaiser.attacks.meltdown import AttackParams, ByteReading, Calibration, MeltdownAttacker, Sigsegv
+from kaiser.attacks.meltdown import ByteReading, Calibration, MeltdownAttacker, MeltdownParams, Sigsegv
 from kaiser.linux.kernel import THREAD_SIZE, Kernel, KernelConfig, Task
 from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, entry_phys
 from kaiser.x86.cpu import CpuState
@@ -393,7 +393,7 @@ def run_meltdown(
     pcid: bool = True,
     la57: bool = False,
     kaslr: bool = True,
-    params: AttackParams | None = None,
+    params: MeltdownParams | None = None,
     noise: TimerNoise | None = None,
     progress: Callable[[int], None] | None = None,
     **machine: Any,

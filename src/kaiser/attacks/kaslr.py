@@ -77,7 +77,7 @@ class Knowledge:
 
 
 @dataclass(frozen=True)
-class AttackParams:
+class KaslrParams:
     """Knobs of the attack program."""
 
     reps: int = 2  # probes per address in the text scan (each after a system call); median taken
@@ -123,10 +123,10 @@ def _robust_sd(values: list[float]) -> float:
 class KaslrAttacker:
     """Prefetch/TLB timing KASLR break, driven only through a `ProbePort`."""
 
-    def __init__(self, port: ProbePort, knowledge: Knowledge, params: AttackParams | None = None) -> None:
+    def __init__(self, port: ProbePort, knowledge: Knowledge, params: KaslrParams | None = None) -> None:
         self.port = port
         self.k = knowledge
-        self.params = params or AttackParams()
+        self.params = params or KaslrParams()
         self.probes = 0
 
     # ---- measurement ------------------------------------------------------------------------

@@ -59,7 +59,7 @@ class UserPort(Protocol):
 
 
 @dataclass(frozen=True)
-class AttackParams:
+class MeltdownParams:
     """Knobs of the attack program."""
 
     stride: int = 4096
@@ -117,9 +117,9 @@ def reload_order(entries: int = PROBE_ENTRIES) -> list[int]:
 class MeltdownAttacker:
     """Flush+Reload Meltdown, driven only through a `UserPort`."""
 
-    def __init__(self, port: UserPort, params: AttackParams | None = None) -> None:
+    def __init__(self, port: UserPort, params: MeltdownParams | None = None) -> None:
         self.port = port
-        self.params = params or AttackParams()
+        self.params = params or MeltdownParams()
         self.probe = port.mmap(PROBE_ENTRIES * self.params.stride)
         self.scratch = port.mmap(4096)
         self.order = reload_order()

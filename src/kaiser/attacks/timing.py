@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from kaiser.attacks.cache import Timer, TimerNoise
-from kaiser.attacks.kaslr import AttackParams, KaslrAttacker, Knowledge, RegionGuess, RegionSpec
+from kaiser.attacks.kaslr import KaslrAttacker, KaslrParams, Knowledge, RegionGuess, RegionSpec
 from kaiser.linux.entry import (
     ENTRY_TEXT_OFFSETS,
     RODATA_SYS_CALL_TABLE,
@@ -375,7 +375,7 @@ def run_kaslr(
     pcid: bool = True,
     la57: bool = False,
     ram: int = 4 * GiB,
-    params: AttackParams | None = None,
+    params: KaslrParams | None = None,
     costs: ProbeCosts | None = None,
     noise: TimerNoise | None = None,
     regions: tuple[str, ...] = REGIONS,

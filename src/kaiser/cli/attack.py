@@ -14,7 +14,7 @@ from rich.table import Table
 
 from kaiser.attacks.cache import QUIET
 from kaiser.attacks.core import REGIONS, AttackError, MeltdownResult, run_meltdown
-from kaiser.attacks.meltdown import AttackParams
+from kaiser.attacks.meltdown import MeltdownParams
 from kaiser.cli.machine import CpusOption, LassOption, PtiOption, VendorOption, VsyscallOption, lass_vsyscall
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console, emit_json, fail, parse_int, progress_bar, variant_or_all
@@ -165,7 +165,7 @@ def meltdown_command(
     regions = ["target"] if target is not None else _regions(secret_in)
     address = None if target is None else parse_int(target, "--target")
     try:
-        params = AttackParams(max_rounds=max_rounds, min_votes=min(3, max_rounds))
+        params = MeltdownParams(max_rounds=max_rounds, min_votes=min(3, max_rounds))
     except ValueError as exc:
         fail(f"--max-rounds: {exc}")
     noise = QUIET if quiet_timer else None

@@ -13,10 +13,10 @@ from kaiser.linux.variants import UnknownVariant
 
 if TYPE_CHECKING:
     from kaiser.realcode import RunReport
-    from kaiser.realcode.machine import Cr3Write, Fault
+    from kaiser.realcode.machine import Cr3Write, RunTrap
 
 
-def _fault(fault: Fault | None, live: str | None) -> str:
+def _fault(fault: RunTrap | None, live: str | None) -> str:
     if fault is None:
         return "-"
     return f"#{fault.vector} CR2={fault.cr2:#x} ({live or '?'} CR3) at {fault.where}"

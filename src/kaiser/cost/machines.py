@@ -20,12 +20,12 @@ from typing import Final
 from kaiser.cost.params import CACHE_LATENCIES, OUTSTANDING_L2_MISSES, SKYLAKE, CostParams
 from kaiser.x86.cache_geometry import (
     HASWELL,
-    KIB,
-    MIB,
     SKYLAKE_CLIENT,
     SKYLAKE_SP,
     CacheHierarchy,
     CacheLevel,
+    KiB,
+    MiB,
 )
 
 THP_MODES: Final = ("always", "madvise", "never")
@@ -64,15 +64,15 @@ class Machine:
 # Haswell hierarchy with this part's LLC; latencies are Haswell's (CHOSEN: no measurement of
 # this part in the facts).
 BROADWELL_EP: Final = dataclasses.replace(
-    HASWELL, name="broadwell-ep", part="Xeon E5-2667 v4", llc=CacheLevel("LLC", 25 * MIB, 20)
+    HASWELL, name="broadwell-ep", part="Xeon E5-2667 v4", llc=CacheLevel("LLC", 25 * MiB, 20)
 )
 # Haswell-EP, Xeon E5-2658 v3 (12 cores, 30 MiB LLC, 20-way; Intel ARK).
 HASWELL_EP: Final = dataclasses.replace(
-    HASWELL, name="haswell-ep", part="Xeon E5-2658 v3", llc=CacheLevel("LLC", 30 * MIB, 20)
+    HASWELL, name="haswell-ep", part="Xeon E5-2658 v3", llc=CacheLevel("LLC", 30 * MiB, 20)
 )
 # Skylake-SP, Xeon Gold 6161 (22 cores, 30.25 MiB LLC = 22 x 1.375 MiB, 11-way).
 GOLD_6161: Final = dataclasses.replace(
-    SKYLAKE_SP, name="skylake-sp-6161", part="Xeon Gold 6161", llc=CacheLevel("LLC", 22 * 1408 * KIB, 11)
+    SKYLAKE_SP, name="skylake-sp-6161", part="Xeon Gold 6161", llc=CacheLevel("LLC", 22 * 1408 * KiB, 11)
 )
 
 _GARLOFF = "K. Garloff, 'KPTI/IBRS/Retpoline Microbenchmarks' (getppid() round trips)"

@@ -61,7 +61,7 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
-def format_size(n: int) -> str:
+def knob_size_text(n: int) -> str:
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= size and n % size == 0:
             return f"{n // size}{unit}"
@@ -107,7 +107,7 @@ def _bounded(
 
 
 def _size_knob(name: str, default: int, help: str, lo: int, hi: int, multiple: int = 1) -> Knob:
-    return Knob(name, default, _bounded(parse_size, lo, hi, multiple, format_size), help, format_size)
+    return Knob(name, default, _bounded(parse_size, lo, hi, multiple, knob_size_text), help, knob_size_text)
 
 
 def _int_knob(name: str, default: int, help: str, lo: int, hi: int) -> Knob:
@@ -141,7 +141,7 @@ def _page_size(text: str) -> int:
     return size
 
 
-PAGE_SIZE_KNOB = Knob("page_size", 4 * KiB, _page_size, "user buffer page size: 4KiB or 2MiB", format_size)
+PAGE_SIZE_KNOB = Knob("page_size", 4 * KiB, _page_size, "user buffer page size: 4KiB or 2MiB", knob_size_text)
 # Transparent huge pages, as /sys/kernel/mm/transparent_hugepage/enabled (Linux
 # Documentation/admin-guide/mm/transhuge.rst). Debian's kernels default to madvise
 # (CONFIG_TRANSPARENT_HUGEPAGE_MADVISE=y in Debian's config): a malloc'd buffer, which glibc does

@@ -567,7 +567,7 @@ EXPLANATIONS: Final[dict[tuple[str, str], Explanation]] = {
 }
 
 
-def explain(klass: str, kind: str) -> Explanation | None:
+def explanation_for(klass: str, kind: str) -> Explanation | None:
     return EXPLANATIONS.get((klass, kind)) or EXPLANATIONS.get((klass, "*"))
 
 
@@ -668,7 +668,7 @@ def diff_summaries(
 
     def add(klass: str, kind: str, r: str, m: str) -> None:
         blocked = reach_rule(kind, user_view=user_view, isolating=isolating)
-        out.append(Difference(klass, kind, r, m, None if blocked else explain(klass, kind), blocked))
+        out.append(Difference(klass, kind, r, m, None if blocked else explanation_for(klass, kind), blocked))
 
     for klass in sorted(set(real) | set(model)):
         r, m = real.get(klass), model.get(klass)
@@ -718,7 +718,9 @@ def diff_markers(real: Sequence[Record], model: Sequence[Record]) -> list[Differ
         if name in mp and rp[name] != mp[name]:
             klass = f"marker:{name}"
             out.append(
-                Difference(klass, "placement", f"0x{rp[name]:016x}", f"0x{mp[name]:016x}", explain(klass, "placement"))
+                Difference(
+                    klass, "placement", f"0x{rp[name]:016x}", f"0x{mp[name]:016x}", explanation_for(klass, "placement")
+                )
             )
     return out
 
@@ -780,7 +782,7 @@ __all__ = [
     "compare_dump",
     "compare_file",
     "diff_summaries",
-    "explain",
+    "explanation_for",
     "model_text",
     "summarize",
     "switches_for",

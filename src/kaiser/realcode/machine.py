@@ -90,7 +90,7 @@ class Cr3Write:
 
 
 @dataclass(frozen=True)
-class Fault:
+class RunTrap:
     """An exception Unicorn raised (reported by UC_HOOK_INTR, never delivered)."""
 
     vector: int
@@ -143,13 +143,13 @@ class Outcome:
     syscalls_entered: int = 0  # SYSCALL transitions performed
     sysrets: int = 0  # SYSRETQ executed (system calls that came back)
     cr3_writes: list[Cr3Write] = field(default_factory=list)
-    fault: Fault | None = None  # the exception that ended the run
+    fault: RunTrap | None = None  # the exception that ended the run
     user_done: bool = False  # the program reached its final int3 (the kernel load did not fault)
     error: str | None = None
     results: list[SyscallResult] = field(default_factory=list)
     passed: int = 0  # the user program's own count of matching results
     leaked: int | None = None  # what the user's kernel load returned, if it did not fault
-    probe: Fault | None = None  # the CPL-0 probe with the faulting CR3: its fault, if any
+    probe: RunTrap | None = None  # the CPL-0 probe with the faulting CR3: its fault, if any
     probe_value: int | None = None
     deferred_boot_exit: bool = False  # the boot exit's CR3 switch was moved to its IRETQ (see RealMachine)
     seconds: float = 0.0
@@ -185,7 +185,7 @@ class RealMachine:
         self.uc = uc
         self.out = Outcome()
         self._syscall_rip: int | None = None
-        self._fault: Fault | None = None
+        self._fault: RunTrap | None = None
         self._cpl0: Any = None
         self._sites: dict[int, tuple[str, int]] = {}
         for site in image.cr3_write_sites():
@@ -295,7 +295,7 @@ class RealMachine:
         trap = self._trap.trap
         self._fault = None
         if trap is not None:
-            self._fault = Fault(trap.vector, trap.rip, trap.cr2, trap.cr3, trap.cpl, self.where(trap.rip))
+            self._fault = RunTrap(trap.vector, trap.rip, trap.cr2, trap.cr3, trap.cpl, self.where(trap.rip))
 
     def run(self) -> Outcome:
         started = time.perf_counter()

@@ -21,7 +21,7 @@ from typing import Any
 
 from kaiser.linux.variants import UnknownVariant
 from kaiser.realcode.loader import BROKEN_VARIANT, Loaded, boot, variant_names
-from kaiser.realcode.machine import PF_VECTOR, Fault, Outcome, RealMachine
+from kaiser.realcode.machine import PF_VECTOR, Outcome, RealMachine, RunTrap
 
 
 @dataclass
@@ -90,7 +90,7 @@ class RunReport:
         return data
 
 
-def _which_cr3(ld: Loaded, fault: Fault | None) -> str | None:
+def _which_cr3(ld: Loaded, fault: RunTrap | None) -> str | None:
     if fault is None:
         return None
     if ld.user_cr3 is not None and fault.cr3 == ld.user_cr3:
@@ -98,7 +98,7 @@ def _which_cr3(ld: Loaded, fault: Fault | None) -> str | None:
     return "kernel" if fault.cr3 == ld.kernel_cr3 else "other"
 
 
-def _user_read_fault(report: RunReport) -> Fault | None:
+def _user_read_fault(report: RunReport) -> RunTrap | None:
     fault = report.outcome.fault
     if fault is None or fault.vector != PF_VECTOR or fault.cpl != 3:
         return None

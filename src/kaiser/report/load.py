@@ -504,12 +504,12 @@ def _listed(values: list[str]) -> str:
 
 def show_value(workload: str, key: str, text: str) -> str:
     """A configuration value as `kaiser bench --set` spells it (sizes as 4KiB, 2MiB)."""
-    from kaiser.cost.workloads import WorkloadError, format_size, get_workload
+    from kaiser.cost.workloads import WorkloadError, get_workload, knob_size_text
 
     try:
         knob = {k.name: k for k in get_workload(workload).knobs}.get(key)
     except WorkloadError:
         return text
-    if knob is not None and knob.show is format_size and text.isdigit() and len(text) <= 30:  # int() digit limit
-        return format_size(int(text)) if int(text) else "0"
+    if knob is not None and knob.show is knob_size_text and text.isdigit() and len(text) <= 30:  # int() digit limit
+        return knob_size_text(int(text)) if int(text) else "0"
     return text

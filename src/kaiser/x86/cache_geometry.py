@@ -36,6 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from kaiser.x86.geometry import KiB, MiB
+
 LINE_SHIFT: Final = 6  # 64-byte lines in every modelled part (SDM Vol. 3A §11.1, Table 11-1)
 LINE: Final = 1 << LINE_SHIFT
 
@@ -92,9 +94,6 @@ class CacheHierarchy:
         return (self.l1i, self.l1d, self.l2, self.llc)
 
 
-KIB: Final = 1 << 10
-MIB: Final = 1 << 20
-
 # Intel Skylake client, Core i7-6700K (4 cores, 8 MiB LLC). L1I/L1D 32 KiB 8-way, L2 256 KiB
 # 4-way, LLC "up to 2 MB/core, up to 16-way, inclusive": Intel Optimization Reference Manual
 # 248966-045, Skylake client chapter (cache parameters table); the same figures side by side with
@@ -102,10 +101,10 @@ MIB: Final = 1 << 20
 SKYLAKE_CLIENT: Final = CacheHierarchy(
     name="skylake-client",
     part="Core i7-6700K",
-    l1i=CacheLevel("L1I", 32 * KIB, 8),
-    l1d=CacheLevel("L1D", 32 * KIB, 8),
-    l2=CacheLevel("L2", 256 * KIB, 4),
-    llc=CacheLevel("LLC", 8 * MIB, 16),
+    l1i=CacheLevel("L1I", 32 * KiB, 8),
+    l1d=CacheLevel("L1D", 32 * KiB, 8),
+    l2=CacheLevel("L2", 256 * KiB, 4),
+    llc=CacheLevel("LLC", 8 * MiB, 16),
     inclusive_llc=True,
 )
 
@@ -116,10 +115,10 @@ SKYLAKE_CLIENT: Final = CacheHierarchy(
 SKYLAKE_SP: Final = CacheHierarchy(
     name="skylake-sp",
     part="Xeon Platinum 8124M (AWS c5)",
-    l1i=CacheLevel("L1I", 32 * KIB, 8),
-    l1d=CacheLevel("L1D", 32 * KIB, 8),
-    l2=CacheLevel("L2", 1 * MIB, 16),
-    llc=CacheLevel("LLC", 18 * 1408 * KIB, 11),
+    l1i=CacheLevel("L1I", 32 * KiB, 8),
+    l1d=CacheLevel("L1D", 32 * KiB, 8),
+    l2=CacheLevel("L2", 1 * MiB, 16),
+    llc=CacheLevel("LLC", 18 * 1408 * KiB, 11),
     inclusive_llc=False,
 )
 
@@ -129,10 +128,10 @@ SKYLAKE_SP: Final = CacheHierarchy(
 HASWELL: Final = CacheHierarchy(
     name="haswell",
     part="Core i7-4770",
-    l1i=CacheLevel("L1I", 32 * KIB, 8),
-    l1d=CacheLevel("L1D", 32 * KIB, 8),
-    l2=CacheLevel("L2", 256 * KIB, 8),
-    llc=CacheLevel("LLC", 8 * MIB, 16),
+    l1i=CacheLevel("L1I", 32 * KiB, 8),
+    l1d=CacheLevel("L1D", 32 * KiB, 8),
+    l2=CacheLevel("L2", 256 * KiB, 8),
+    llc=CacheLevel("LLC", 8 * MiB, 16),
     inclusive_llc=True,
 )
 
@@ -144,10 +143,10 @@ HASWELL: Final = CacheHierarchy(
 SAPPHIRE_RAPIDS: Final = CacheHierarchy(
     name="sapphire-rapids",
     part="Xeon Platinum 8480+",
-    l1i=CacheLevel("L1I", 32 * KIB, 8),
-    l1d=CacheLevel("L1D", 48 * KIB, 12),
-    l2=CacheLevel("L2", 2 * MIB, 16),
-    llc=CacheLevel("LLC", 56 * 1920 * KIB, 15),
+    l1i=CacheLevel("L1I", 32 * KiB, 8),
+    l1d=CacheLevel("L1D", 48 * KiB, 12),
+    l2=CacheLevel("L2", 2 * MiB, 16),
+    llc=CacheLevel("LLC", 56 * 1920 * KiB, 15),
     inclusive_llc=False,
 )
 
