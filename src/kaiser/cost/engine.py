@@ -22,6 +22,10 @@ Data caches: with `caches=` a `CacheHierarchy`, the engine keeps the hierarchy's
 (`kaiser.cost.engine_cache`) and `load_caches`/`store_caches` copy a reference
 `kaiser.x86.cache.Caches` in and out the same way; without, they cost one test per access.
 
+Nested paging: with `host=` a `kaiser.x86.nested.HostTable`, every walk is two-dimensional as in
+`kaiser.x86.nested.NestedMmu` (`Engine.from_mmu` takes it from a `NestedMmu`); without, the
+host-walk code is one test per walk.
+
 Counters: the engine adds up its counters as one int64 array (`counter_array()`, in the order of
 `engine_core.COUNTER_NAMES`, which is `TlbCounters`' field order) and builds named ones only when
 asked: `counters` (the total) and `replay`'s return value are `TlbCounters`; `step` returns the
@@ -32,6 +36,7 @@ call's counters as an array and names nothing, so small batches cost a few micro
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -45,6 +50,7 @@ from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import EVENT_DTYPE, Ev
 from kaiser.x86.geometry import mode_for
+from kaiser.x86.nested import HostTable, NestedMmu
 from kaiser.x86.physmem import ENTRIES, PAGE_SIZE, PhysicalMemory, PhysMemError
 from kaiser.x86.tlb import (
     GeneralProtection,
@@ -120,8 +126,10 @@ class Engine:
         *,
         tlb: Tlb | None = None,
         caches: CacheHierarchy | None = None,
+        host: HostTable | None = None,
     ) -> None:
         self.mem = mem
+        self.host = host  # nested paging's host table (kaiser.x86.nested), None on bare metal
         self.features = features or CpuFeatures(maxphyaddr=mem.maxphyaddr, lass=state.lass)  # as Mmu
         self.geometry = tlb.geometry if tlb is not None else geometry
         self.hierarchy = caches
@@ -147,7 +155,8 @@ class Engine:
     def from_mmu(cls, mmu: Mmu) -> Engine:
         """An engine starting from `mmu`'s registers, TLB and cache contents and memory."""
         hierarchy = mmu.caches.hierarchy if mmu.caches is not None else None
-        engine = cls(mmu.mem, mmu.state, mmu.features, mmu.tlb.geometry, tlb=mmu.tlb, caches=hierarchy)
+        host = mmu.host if isinstance(mmu, NestedMmu) else None
+        engine = cls(mmu.mem, mmu.state, mmu.features, mmu.tlb.geometry, tlb=mmu.tlb, caches=hierarchy, host=host)
         if mmu.caches is not None:
             engine.load_caches(mmu.caches)
         return engine
@@ -268,7 +277,18 @@ class Engine:
             _features_bits(f),
             mode.va_bits,
             nxe,
+            *self._host_fields(),
         )
+
+    def _host_fields(self) -> tuple[int, ...]:
+        """M_HOST_NLEV, M_HOST_SHIFT, M_HOST_SIZE and the four level bases (zeros: bare metal)."""
+        h = self.host
+        if h is None:
+            return (0,) * (core.M_FIELDS - core.M_HOST_NLEV)
+        bases = h.level_bases
+        if h.end >= 1 << 52 or tuple(39 - 9 * d for d in range(len(bases))) != h.shifts:
+            raise EngineError(f"host table {h} is outside what the engine holds")
+        return (len(bases), h.page_shift, h.guest_size, *bases, *(0,) * (4 - len(bases)))
 
     # ---- CPU state ----------------------------------------------------------------------------
     @property
@@ -497,6 +517,61 @@ class Engine:
         if outcome != core.OK:
             raise self._error(events, int(outcome), int(stop), int(why))
         return done
+
+    def prepare(self, events: np.ndarray) -> None:
+        """Give the engine's copy of memory storage for every frame a `WRITE_PHYS` of `events`
+        writes (what `step` does per call), so that a `stepper` may replay them."""
+        self._ensure_rows(events)
+        self._written.update(self._new_pfns)  # sync_back writes them whether or not written
+
+    def stepper(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The cheapest `step(events, sync=False)`, for a caller stepping one state in many small
+        calls (an attack's system call, then each probe alone, to read the probe's counters): a
+        function of the events that replays them on the engine's copy of memory and returns the
+        counters they added as one scratch array, overwritten by the next call (copy it to keep
+        it); the total (`counters`) counts them too. It skips `step`'s per-call handling of
+        `WRITE_PHYS` to frames `mem` has no storage for: `prepare` arrays that write such frames."""
+        if self._frames is None:
+            self.reload_memory()
+        C, total, replay = self._C, self._total, core.replay
+        fixed = (self.T, self.S, self.GRP, self.BEST, self.Pc, self.PD, self.PSC_OF, self.LV)
+        state = (self.M, self.ST, C, self._WV, self._PR, self._WA, self.CT, self.CS, self.CP, self.CD, self.CH)
+
+        def run(events: np.ndarray) -> np.ndarray:
+            C[:] = 0
+            outcome, stop, why = replay(events, *fixed, self._frames, self._row, *state, self.STR)
+            np.add(total, C, out=total)
+            if outcome != core.OK:
+                raise self._error(events, int(outcome), int(stop), int(why))
+            return C
+
+        return run
+
+    def rounds(self, before: np.ndarray, probe: np.ndarray, vas: np.ndarray, reps: int) -> np.ndarray:
+        """For each address of `vas` in turn, `reps` times: `before` (a system call), then each
+        event of `probe` alone with its address set to that one; the same as those `step`s with
+        `sync=False` one by one, in one compiled call (`engine_core.replay_rounds`). Returns the
+        counters each probe event added, as an int64 array of shape (len(vas), reps, len(probe),
+        counters); `counters` counts everything. `prepare` `before` if it writes new frames."""
+        for events in (before, probe):
+            if events.dtype != EVENT_DTYPE:
+                raise TypeError(f"events must be an EVENT_DTYPE array, not {events.dtype}")
+        if self._frames is None:
+            self.reload_memory()
+        probe = probe.copy()  # its addresses are set per round
+        out = np.zeros((len(vas), reps, len(probe), len(self._total)), np.int64)
+        C = self._C
+        C[:] = 0
+        outcome, stop, why, at, part = core.replay_rounds(
+            before, probe, np.asarray(vas, np.uint64), reps, out,
+            self.T, self.S, self.GRP, self.BEST, self.Pc, self.PD, self.PSC_OF, self.LV, self._frames, self._row,
+            self.M, self.ST, C, self._WV, self._PR, self._WA, self.CT, self.CS, self.CP, self.CD, self.CH, self.STR,
+        )  # fmt: skip
+        self._total += C
+        if outcome != core.OK:
+            events = before if part < 0 else probe[part : part + 1]
+            raise self._error(events, int(outcome), int(stop), int(why))
+        return out
 
     def _error(self, events: np.ndarray, outcome: int, at: int, why: int) -> Exception:
         kind, cpl, aux, a, b = events[at].tolist()

@@ -19,6 +19,10 @@ State is plain int64 arrays:
 * `LV[d]`: the paging mode's level d (shift, PS allowed, reserved masks).
 * `F[row, word]`, `ROW[pfn]`: the engine's copy of physical memory (-1: untouched frame).
 * `M`: fixed machine parameters; `ST`: cr3, cr4, cpl, LRU clock; `C`: the counters.
+* Nested paging (`kaiser.x86.nested`): `M[M_HOST_NLEV]` EPT levels a host walk reads (0: bare
+  metal), `M[M_HOST_B0 + d]` the host-physical base of level d's tables (entry of a
+  guest-physical address: base + 8 * (gpa >> shift), the identity map's layout),
+  `M[M_HOST_SHIFT]` the EPT page shift and `M[M_HOST_SIZE]` the guest RAM it covers.
 * `CT, CS, CP, CD, CH, STR`: the data caches (`kaiser.cost.engine_cache`; `CH[CH_ON] == 0`:
   none). Walk loads reach them from `walk`, completed accesses from `replay`, in the order of
   `kaiser.x86.tlb.Mmu`.
@@ -70,7 +74,8 @@ PD_FIELDS: Final = 6
 LV_SHIFT, LV_LEAF_OK, LV_RSV, LV_RSV_LARGE = range(4)
 LV_FIELDS: Final = 4
 M_CR0, M_EFER, M_RFLAGS, M_PKRU, M_MAXPHYADDR, M_SIZE_PFNS, M_FEATURES, M_VA_BITS, M_NXE = range(9)
-M_FIELDS: Final = 9
+M_HOST_NLEV, M_HOST_SHIFT, M_HOST_SIZE, M_HOST_B0 = range(9, 13)  # M_HOST_B0..+3: EPT level bases
+M_FIELDS: Final = 16
 ST_CR3, ST_CR4, ST_CPL, ST_CLOCK = range(4)
 OWN_GLOBAL: Final = 1 << 16
 GROUP_I, GROUP_D, GROUP_S = 0, 1, 2
@@ -114,7 +119,12 @@ TLB_COUNTER_NAMES: Final = (
     "tlb_entries_dropped",
     "psc_entries_dropped",
 )
-COUNTER_NAMES: Final = TLB_COUNTER_NAMES + CACHE_COUNTER_NAMES
+# Nested paging's counters follow the cache counters (`TlbCounters`' last fields).
+NESTED_COUNTER_NAMES: Final = ("host_walks", "host_walk_loads")
+C_HOST_WALKS, C_HOST_WALK_LOADS = range(
+    len(TLB_COUNTER_NAMES) + len(CACHE_COUNTER_NAMES), len(TLB_COUNTER_NAMES) + len(CACHE_COUNTER_NAMES) + 2
+)
+COUNTER_NAMES: Final = TLB_COUNTER_NAMES + CACHE_COUNTER_NAMES + NESTED_COUNTER_NAMES
 (
     C_ITLB_HITS,
     C_ITLB_MISSES,
@@ -494,6 +504,33 @@ def translate(
 
 
 @_inline
+def host_walk(
+    M: np.ndarray,
+    C: np.ndarray,
+    CT: np.ndarray,
+    CS: np.ndarray,
+    CP: np.ndarray,
+    CD: np.ndarray,
+    CH: np.ndarray,
+    STR: np.ndarray,
+    gpa: int,
+) -> int:
+    """`NestedMmu.host_walk`: one EPT walk of `gpa`, counted, its entries through the data caches
+    (EPT level d's entry for `gpa` at M_HOST_B0+d's base + 8 * (gpa >> shift), SDM Vol. 3C
+    §29.3.2 over the identity map's layout). Returns the host-physical address (the identity),
+    -1 outside guest RAM (the reference raises there)."""
+    if gpa < 0 or gpa >= M[M_HOST_SIZE]:
+        return -1
+    nlev = M[M_HOST_NLEV]
+    C[C_HOST_WALKS] += 1
+    C[C_HOST_WALK_LOADS] += nlev
+    if CH[CH_ON]:
+        for d in range(nlev):
+            cache_access(CT, CS, CP, CD, CH, C, STR, M[M_HOST_B0 + d] + 8 * (gpa >> (39 - 9 * d)), KIND_WALK)
+    return gpa
+
+
+@_inline
 def walk(
     T: np.ndarray,
     S: np.ndarray,
@@ -567,13 +604,25 @@ def walk(
         C[C_PSC_STALE] += 1
     C[C_WALK_LOADS] += n - saved
     C[C_WALK_LOADS_SAVED] += saved
-    if CH[CH_ON]:
+    nested = M[M_HOST_NLEV] > 0
+    if nested:  # NestedMmu._walk: a host walk for each guest table but a combined PSC entry's
+        for d in range(saved, n):
+            if (d > saved or saved == 0) and host_walk(M, C, CT, CS, CP, CD, CH, STR, WA[d] & ~0xFFF) < 0:
+                return -2
+            if CH[CH_ON]:
+                cache_access(CT, CS, CP, CD, CH, C, STR, WA[d], KIND_WALK)
+    elif CH[CH_ON]:
         for d in range(saved, n):
             cache_access(CT, CS, CP, CD, CH, C, STR, WA[d], KIND_WALK)
     if outcome == W_FAULT:
         C[C_FAULTS] += 1
         pf_invalidate(T, Pc, PD, C, va, pcid)
         return -1
+    tshift = shift  # the TLB entry's page: a combined mapping's is the smaller (SDM §29.4.2)
+    if nested:
+        if host_walk(M, C, CT, CS, CP, CD, CH, STR, pa) < 0:
+            return -2
+        tshift = min(shift, M[M_HOST_SHIFT])
     for depth in range(saved, n - 1):  # §4.10.3.1: cache the non-leaf entries used
         p = PSC_OF[LV[depth, LV_SHIFT]]
         if p >= 0:
@@ -583,12 +632,12 @@ def walk(
     own = pcid
     if pge and leaf & G:
         own |= OWN_GLOBAL
-    pfn = pa >> shift
+    pfn = pa >> tshift
     dirty = 1 if leaf & D else 0
     pkey = (leaf >> PKEY_SHIFT) & 0xF
-    tlb_install(T, S, BEST, ST, GROUP_S, va, pcid, pge, shift, pfn, shift, own, rights, dirty, pkey)
+    tlb_install(T, S, BEST, ST, GROUP_S, va, pcid, pge, tshift, pfn, shift, own, rights, dirty, pkey)
     tlb_install(
-        T, S, BEST, ST, GROUP_I if fetch else GROUP_D, va, pcid, pge, shift, pfn, shift, own, rights, dirty, pkey
+        T, S, BEST, ST, GROUP_I if fetch else GROUP_D, va, pcid, pge, tshift, pfn, shift, own, rights, dirty, pkey
     )
     return pa
 
@@ -641,6 +690,8 @@ def replay(
                 return ERR_CPL, n, WHY_NONE
             ST[ST_CPL] = cpl
             implicit = (aux & 1) != 0
+            if aux & 2 and lass_blocks(a, kind, cpl, False, ST[ST_CR4], M[M_RFLAGS]):  # type: ignore[arg-type]
+                continue  # a software prefetch LASS blocks is dropped: no lookup, nothing counted
             if not is_canonical(a, va_bits):  # #GP before any TLB lookup (SDM Vol. 3A §6.15)
                 C[C_FAULTS] += 1
                 continue
@@ -824,3 +875,60 @@ def replay(
         else:
             return ERR_KIND, n, WHY_NONE
     return OK, events.shape[0], WHY_NONE
+
+
+# ---- rounds: a fixed batch, then each probe event alone (the KASLR attack's loop) ---------------
+@_jit
+def replay_rounds(
+    before: np.ndarray,
+    probe: np.ndarray,
+    vas: np.ndarray,
+    reps: int,
+    OUT: np.ndarray,
+    T: np.ndarray,
+    S: np.ndarray,
+    GRP: np.ndarray,
+    BEST: np.ndarray,
+    Pc: np.ndarray,
+    PD: np.ndarray,
+    PSC_OF: np.ndarray,
+    LV: np.ndarray,
+    F: np.ndarray,
+    ROW: np.ndarray,
+    M: np.ndarray,
+    ST: np.ndarray,
+    C: np.ndarray,
+    WV: np.ndarray,
+    PR: np.ndarray,
+    WA: np.ndarray,
+    CT: np.ndarray,
+    CS: np.ndarray,
+    CP: np.ndarray,
+    CD: np.ndarray,
+    CH: np.ndarray,
+    STR: np.ndarray,
+) -> tuple[int, int, int, int, int]:
+    """For each address of `vas`, `reps` times: `replay` of `before`, then of each event of `probe`
+    alone with its address set to that one, that event's counters into `OUT[i, r, j]`; all of
+    them added to `C`. The same as those replays one by one. Returns `replay`'s (outcome, stop,
+    detail) and the round (i * reps + r) and part (-1: `before`, else j) that stopped, if any."""
+    for i in range(vas.shape[0]):
+        for r in range(reps):
+            outcome, stop, why = replay(
+                before, T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, WA, CT, CS, CP, CD, CH, STR
+            )
+            if outcome != OK:
+                return outcome, stop, why, i * reps + r, -1
+            for j in range(probe.shape[0]):
+                probe[j].a = vas[i]
+                out = OUT[i, r, j]
+                out[:] = 0
+                outcome, stop, why = replay(
+                    probe[j : j + 1], T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, out, WV, PR, WA,
+                    CT, CS, CP, CD, CH, STR,
+                )  # fmt: skip
+                for k in range(C.shape[0]):
+                    C[k] += out[k]
+                if outcome != OK:
+                    return outcome, stop, why, i * reps + r, j
+    return OK, 0, WHY_NONE, 0, 0

@@ -472,6 +472,10 @@ class TlbCounters:
     walk_loads_l2: int = 0
     walk_loads_llc: int = 0
     walk_loads_dram: int = 0
+    # Nested paging (kaiser.x86.nested), all 0 on bare metal: host (EPT/NPT) walks and the EPT
+    # entries they read (walk_loads counts the guest entries; both kinds reach the caches as walks).
+    host_walks: int = 0
+    host_walk_loads: int = 0
 
     @property
     def stlb_hits(self) -> int:
