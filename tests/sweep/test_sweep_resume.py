@@ -114,7 +114,9 @@ def resume_and_check(spec: Path, out: Path, before: dict[str, tuple[int, str]]) 
     return {"total": len(ids), "before": len(before), "resumed": len(recomputed)}
 
 
+@pytest.mark.slow  # the 280-configuration kill and resume below runs in every `make test`
 def test_kill_and_resume_two_workers(tmp_path: Path) -> None:
+    """The same kill and resume on a 24-run spec on the reference path."""
     spec = tmp_path / "small.toml"
     spec.write_text(SMALL)
     out = tmp_path / "out"
