@@ -22,7 +22,7 @@ EVENT_DTYPE = np.dtype([("kind", np.uint8), ("cpl", np.uint8), ("aux", np.uint16
 class Ev(enum.IntEnum):
     """Event kinds. `cpl` is the privilege level the event runs at; `aux` and `a`/`b` per kind."""
 
-    READ = 0  # a = linear address; aux bit 0 = implicit supervisor access (GDT/IDT/TSS)
+    READ = 0  # a = linear address; aux: IMPLICIT (GDT/IDT/TSS), PREFETCH (PREFETCHh)
     WRITE = 1  # a = linear address; aux as READ
     FETCH = 2  # a = linear address
     MOV_CR3 = 3  # a = value written (bit 63 = NOFLUSH)
@@ -32,7 +32,12 @@ class Ev(enum.IntEnum):
     WRITE_PHYS = 7  # a = physical address (8-byte aligned), b = value: a page-table edit by the kernel
 
 
-IMPLICIT = 1  # aux flag of READ/WRITE
+IMPLICIT = 1  # aux flag of READ/WRITE: an implicit supervisor access (SDM Vol. 3A §4.6)
+# aux flag of READ: a software prefetch (PREFETCHh, SDM Vol. 2B), `Mmu.access(prefetch=True)`:
+# one LASS blocks (judged as an explicit access at the event's CPL) is dropped before any lookup,
+# counting nothing; otherwise its translation is made as IMPLICIT says, and a walk that stops at a
+# non-present entry is counted and invalidates as a #PF would (none is delivered: it never faults).
+PREFETCH = 2
 _OPS = (Op.READ, Op.WRITE, Op.FETCH)
 
 
@@ -45,8 +50,8 @@ class EventBuilder:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def access(self, va: int, op: Op, cpl: int, *, implicit: bool = False) -> None:
-        self._rows.append((_OPS.index(op), cpl, IMPLICIT if implicit else 0, va, 0))
+    def access(self, va: int, op: Op, cpl: int, *, implicit: bool = False, prefetch: bool = False) -> None:
+        self._rows.append((_OPS.index(op), cpl, (IMPLICIT if implicit else 0) | (PREFETCH if prefetch else 0), va, 0))
 
     def accesses(self, vas: Iterable[int], op: Op, cpl: int) -> None:
         kind = _OPS.index(op)
@@ -81,7 +86,7 @@ def replay_reference(mmu: Mmu, events: np.ndarray) -> TlbCounters:
         if kind <= Ev.FETCH:
             if cpl != mmu.state.cpl:
                 mmu.set_registers(cpl=cpl)
-            mmu.access(a, _OPS[kind], implicit=bool(aux & IMPLICIT))
+            mmu.access(a, _OPS[kind], implicit=bool(aux & IMPLICIT), prefetch=bool(aux & PREFETCH))
             continue
         if mmu.state.cpl != 0:
             mmu.set_registers(cpl=0)
