@@ -122,8 +122,8 @@ def test_the_sweep_writes_the_reports_figures(tmp_path: Path, monkeypatch: pytes
     """kaiser sweep's plots/ are the report's figures of its results.csv, one PNG per figure key,
     and an earlier run's PNGs do not survive (the figures are stubbed: drawing them is tested by
     the report's tests)."""
-    from kaiser.cli.sweep import write_plots
     from kaiser.report import plots
+    from kaiser.report.plots import write_sweep_plots
 
     seen: list[Results] = []
 
@@ -136,7 +136,7 @@ def test_the_sweep_writes_the_reports_figures(tmp_path: Path, monkeypatch: pytes
     shutil.copytree(SWEEP_DIR, out)
     (out / "plots").mkdir()
     (out / "plots" / "bars-syscall-loop.png").write_bytes(b"an old run's plot")
-    written = write_plots(out / "results.csv", out / "plots")
+    written = write_sweep_plots(out / "results.csv", out / "plots")
     assert len(seen) == 1 and len(seen[0].rows) == 24  # the report's loader read the CSV
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["overhead-vs-rate.png", "variant-bars.png"]
     assert [p.read_bytes() for p in written] == [b"\x89PNG overhead-vs-rate", b"\x89PNG variant-bars"]

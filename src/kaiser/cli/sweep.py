@@ -29,25 +29,6 @@ from kaiser.sweep.store import BASELINE, ResultStore, table
 Row = dict[str, Any]
 
 
-# ---- plots -----------------------------------------------------------------------------------------
-def write_plots(results_csv: Path, out: Path) -> list[Path]:
-    """The figures `kaiser report` draws of this sweep (kaiser.report.plots), read back from the
-    results.csv just written, one PNG per figure named by its key (`overhead-vs-reads.png`). The
-    PNGs of an earlier run are removed first: a knob no longer swept leaves no stale plot."""
-    from kaiser.report.load import load_sweep
-    from kaiser.report.plots import figures
-
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):
-        old.unlink()
-    written = []
-    for fig in figures(load_sweep(results_csv)):
-        p = out / f"{fig.key}.png"
-        p.write_bytes(fig.png)
-        written.append(p)
-    return written
-
-
 # ---- the command -----------------------------------------------------------------------------------
 def _progress() -> Progress:
     return Progress(
@@ -103,8 +84,11 @@ def summary_table(rows: list[Row]) -> Table:
 def _finish(spec: Spec, store: ResultStore, plots: bool) -> tuple[list[Row], list[Path]]:
     rows = table(spec.configs, store.load())
     store.write_csv(rows)
-    drawn = write_plots(store.out / "results.csv", store.out / "plots") if plots and rows else []
-    return rows, drawn
+    if not (plots and rows):
+        return rows, []
+    from kaiser.report.plots import write_sweep_plots  # the report's figures (matplotlib): only when drawn
+
+    return rows, write_sweep_plots(store.out / "results.csv", store.out / "plots")
 
 
 WORKERS_MAX = 256  # CHOSEN: more local worker processes than any one machine here has cores

@@ -11,13 +11,14 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kaiser.cost.model import overhead_percent, rate_per_second
 from kaiser.linux.variants import BASELINE
 from kaiser.report import draw
 from kaiser.report.draw import REFERENCE, SWEEP_WORK, RateCurve, colour, line_style, marker, order_key, pcid_label
-from kaiser.report.load import CYCLE_TERMS, NOT_SWEPT, STANDARD_METRICS, Results, Row, show_value
+from kaiser.report.load import CYCLE_TERMS, NOT_SWEPT, STANDARD_METRICS, Results, Row, load_sweep, show_value
 
 DPI = 100
 TERM_COLOURS = ("#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f", "#e5c494")  # not variant colours
@@ -42,7 +43,7 @@ def _png(fig: Any) -> bytes:
     return draw.png_bytes(fig, DPI)
 
 
-__all__ = ["Figure", "colour", "figures", "variant_order"]
+__all__ = ["Figure", "colour", "figures", "variant_order", "write_sweep_plots"]
 
 
 def variant_order(rows: Iterable[Row]) -> list[str]:
@@ -481,3 +482,19 @@ def figures(res: Results) -> list[Figure]:
     found += [overhead_vs_knob(res, knob) for knob in res.swept()]
     found += [variant_bars(res), cycle_breakdown(res)]
     return [f for f in found if f is not None]
+
+
+def write_sweep_plots(results_csv: Path, out: Path) -> list[Path]:
+    """The figures `kaiser report` draws of a sweep (`figures`), read back from its results.csv,
+    one PNG per figure named by its key (`overhead-vs-reads.png`) in `out` (`kaiser sweep`'s
+    plots/). The PNGs of an earlier run are removed first: a knob no longer swept leaves no stale
+    plot."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
+    written = []
+    for fig in figures(load_sweep(results_csv)):
+        p = out / f"{fig.key}.png"
+        p.write_bytes(fig.png)
+        written.append(p)
+    return written
