@@ -32,7 +32,7 @@ def names_used(module: ModuleType) -> set[str]:
 
 
 class RecordingPort:
-    """Wraps a real port (a Process) and records every attribute the attacker asks for."""
+    """Wraps a real port (a UserProcess) and records every attribute the attacker asks for."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner

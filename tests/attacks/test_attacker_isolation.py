@@ -7,7 +7,7 @@ from typing import Any
 from isolation_support import RecordingPort, imported_modules, names_used
 
 import kaiser.attacks.meltdown as attacker_module
-from kaiser.attacks.core import Core, Process
+from kaiser.attacks.core import Core, UserProcess
 from kaiser.attacks.meltdown import MeltdownAttacker, MeltdownParams, Sigsegv
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.x86.cpu import CpuState
@@ -31,7 +31,7 @@ def test_attacker_module_never_names_memory_or_walker_accessors() -> None:
 class GadgetRecordingPort(RecordingPort):
     """A `RecordingPort` that also keeps what each Meltdown gadget returned."""
 
-    def __init__(self, inner: Process) -> None:
+    def __init__(self, inner: UserProcess) -> None:
         super().__init__(inner)
         self.gadget_results: list[Sigsegv | None] = []
 
@@ -53,7 +53,7 @@ def test_attacker_uses_only_the_port_and_the_gadget_returns_no_value() -> None:
     task = kernel.spawn()
     kcr3, _ = kernel.cr3_pair(task)
     core = Core(kernel.mem, CpuState(cr3=kcr3, cr4=kernel.cr4(), cpl=3), seed=3)
-    port = GadgetRecordingPort(Process(core, task, kernel.user_top))
+    port = GadgetRecordingPort(UserProcess(core, task, kernel.user_top))
     attacker = MeltdownAttacker(port, MeltdownParams(max_rounds=3))  # type: ignore[arg-type]
     secret_va = kernel.layout.page_offset_base + 0x200000
     attacker.read(secret_va, 2)
@@ -65,5 +65,5 @@ def test_attacker_uses_only_the_port_and_the_gadget_returns_no_value() -> None:
 
 
 def test_process_hides_its_core_behind_slots() -> None:
-    assert not hasattr(Process, "__dict__") or "__slots__" in Process.__dict__
-    assert set(Process.__slots__) == {"_core", "_task", "_user_top"}  # type: ignore[attr-defined]
+    assert not hasattr(UserProcess, "__dict__") or "__slots__" in UserProcess.__dict__
+    assert set(UserProcess.__slots__) == {"_core", "_task", "_user_top"}  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from kaiser.attacks.timing import (
     ProbeConfig,
     ProbeCore,
     ProbeCosts,
-    Process,
+    ProbeProcess,
     public_knowledge,
     run_kaslr,
     run_seeds,
@@ -152,13 +152,13 @@ def test_attacker_uses_only_the_port_and_gets_only_cycles() -> None:
     config = KernelConfig(variant="linux", seed=2)
     kernel = Kernel.boot(config)
     core = ProbeCore(kernel, kernel.spawn(), ProbeConfig(), seed=2)
-    port = RecordingPort(Process(core))
+    port = RecordingPort(ProbeProcess(core))
     attacker = KaslrAttacker(port, public_knowledge(config), KaslrParams())
     guess = attacker.find_text()
     assert port.used <= PORT_API
     assert isinstance(port.probe(kernel.layout.kernel_base), int)
     assert guess.guess == kernel.layout.kernel_base
-    assert set(Process.__slots__) == {"_core"}
+    assert set(ProbeProcess.__slots__) == {"_core"}
 
 
 # ---- the command ------------------------------------------------------------------------------------------

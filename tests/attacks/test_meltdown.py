@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from kaiser.attacks.core import REGIONS, Core, Process, plant_at, run_meltdown
+from kaiser.attacks.core import REGIONS, Core, UserProcess, plant_at, run_meltdown
 from kaiser.attacks.meltdown import MeltdownAttacker, MeltdownParams
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.variants import VARIANTS
@@ -87,7 +87,7 @@ def test_zero_bytes_are_recovered_as_zeros_only_with_evidence() -> None:
     plant_at(kernel, va, data)
     kcr3, _ = kernel.cr3_pair(task)
     core = Core(kernel.mem, CpuState(cr3=kcr3, cr4=kernel.cr4(), cpl=3), seed=4)
-    attacker = MeltdownAttacker(Process(core, task, kernel.user_top))
+    attacker = MeltdownAttacker(UserProcess(core, task, kernel.user_top))
     readings = attacker.read(va, len(data))
     assert [r.value for r in readings] == list(data)
     assert readings[0].zero_rounds >= readings[0].rounds // 2 + 1

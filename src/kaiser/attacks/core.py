@@ -159,7 +159,7 @@ def sanitize_error_code(addr: int, error_code: int, user_top: int) -> int:
     return error_code | int(PFEC.P) if addr >= user_top else error_code
 
 
-class Process:
+class UserProcess:
     """A user process as its own code sees it: implements `kaiser.attacks.meltdown.UserPort`."""
 
     __slots__ = ("_core", "_task", "_user_top")
@@ -417,7 +417,7 @@ def run_meltdown(
     kcr3, ucr3 = kernel.cr3_pair(attacker_task)
     state = CpuState(cr3=kcr3 if ucr3 is None else ucr3, cr4=kernel.cr4(), cpl=3)
     core = Core(kernel.mem, state, meltdown_vulnerable=vulnerable, seed=seed, noise=noise)
-    attacker = MeltdownAttacker(Process(core, attacker_task, kernel.user_top), params)
+    attacker = MeltdownAttacker(UserProcess(core, attacker_task, kernel.user_top), params)
     readings = attacker.read(secret.va, length, progress)
     return MeltdownResult(
         variant=variant,

@@ -169,7 +169,7 @@ class ProbeCore:
         return cycles
 
 
-class Process:
+class ProbeProcess:
     """The attacker's process as its own code sees it: implements `kaslr.ProbePort`."""
 
     __slots__ = ("_core",)
@@ -389,7 +389,7 @@ def run_kaslr(
     task = kernel.spawn()
     probe_config = ProbeConfig(probe, costs or ProbeCosts(), noise or TimerNoise())
     core = ProbeCore(kernel, task, probe_config, seed)
-    attacker = KaslrAttacker(Process(core), public_knowledge(config), params)
+    attacker = KaslrAttacker(ProbeProcess(core), public_knowledge(config), params)
     guesses = attacker.run(progress, regions=regions)
     truth = true_bases(kernel)
     return KaslrRun(
