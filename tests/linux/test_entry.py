@@ -41,7 +41,7 @@ def test_nopti_makes_no_cr3_writes() -> None:
         assert _cr3s(em) == []
 
 
-@pytest.mark.parametrize("variant", [n for n, v in VARIANTS.items() if v.isolating])
+@pytest.mark.parametrize("variant", [n for n, v in VARIANTS.items() if v.isolating and not v.asi])  # PTI
 def test_cr3_bits_with_pcid(variant: str) -> None:
     em = _model(variant, True)
     kcr3 = em.tlb.cr3 & ~(BIT11 | BIT12)
@@ -58,7 +58,7 @@ def test_cr3_bits_with_pcid(variant: str) -> None:
     assert em.tlb.user_pcid_flush_mask == 0  # ... and the bit is cleared
 
 
-@pytest.mark.parametrize("variant", [n for n, v in VARIANTS.items() if v.isolating])
+@pytest.mark.parametrize("variant", [n for n, v in VARIANTS.items() if v.isolating and not v.asi])  # PTI
 def test_cr3_bits_without_pcid(variant: str) -> None:
     em = _model(variant, False)
     kcr3 = em.tlb.cr3 & ~BIT12
@@ -115,7 +115,7 @@ def test_every_path_replays_without_faults(variant: str, pcid: bool) -> None:
     em.context_switch(first)
     em.syscall_exit()
     mmu = _replay(em)
-    assert mmu.counters.faults == 0
+    assert mmu.counters.faults == em.ops.asi_faults  # none but the ASI faults asi takes
     expected_cr3 = int(np.sum(em.out.array()["kind"] == Ev.MOV_CR3))
     assert mmu.counters.cr3_writes == expected_cr3
 

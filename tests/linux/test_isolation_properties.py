@@ -93,7 +93,7 @@ def check_invariants(kernel: Kernel) -> None:
             k = mem.read_u64(pair.kernel_pgd + 8 * index)
             u = mem.read_u64(pair.user_pt.root + 8 * index)
             assert k & ~int(PTE.NX) == u & ~int(PTE.NX), f"pid {task.pid} slot {index}: {k:#x} vs {u:#x}"
-            if u & PTE.P and u & PTE.US and kernel.variant.kernel_copy_marks_user_nx:
+            if u & PTE.P and u & PTE.US and kernel.variant.kernel_copy_marks_user_nx and not kernel.variant.asi:
                 assert k & PTE.NX, f"pid {task.pid} slot {index}: kernel copy of a user entry lacks NX"
         assert _user_reachable(pair.kernel_pt) == _user_reachable(pair.user_pt)  # (b)
         for va, size in _kernel_leaves_outside(pair.user_pt, user_end, allowed):  # (c)

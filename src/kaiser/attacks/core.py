@@ -49,7 +49,11 @@ from kaiser.x86.walker import Fault, translate
 TRANSIENT_WINDOW_MEAN: Final = 150.0
 TRANSIENT_WINDOW_SD: Final = 30.0
 
-REGIONS: Final = ("direct-map", "kernel-data", "vmalloc")
+REGIONS: Final = ("direct-map", "kernel-data", "vmalloc", "sensitive", "nonsensitive")
+# Regions whose memory is sensitive in ASI's sense (kaiser.linux.asi): a fresh frame no
+# nonsensitive allocation owns, and a process's user page (GFP_USER carries __GFP_SENSITIVE).
+# The other regions hold nonsensitive memory, which the asi variant maps by design.
+SENSITIVE_REGIONS: Final = ("direct-map", "sensitive")
 
 
 class AttackError(ValueError):
@@ -239,7 +243,10 @@ def plant_at(kernel: Kernel, va: int, data: bytes, region: str = "target") -> Se
 def plant_secret(kernel: Kernel, region: str, length: int, rng: random.Random, victim: Task) -> Secret:
     """Random secret bytes in a kernel region, returned with the address the attacker targets:
     `direct-map`: a fresh data frame at its direct-map address; `kernel-data`: inside the image's
-    .data at its kernel-image address; `vmalloc`: in the victim task's vmalloc'd kernel stack."""
+    .data at its kernel-image address; `vmalloc`: in the victim task's vmalloc'd kernel stack;
+    `sensitive`: in a page of the victim's own user memory, at its direct-map alias (GFP_USER:
+    sensitive under ASI); `nonsensitive`: in a kernel allocation (GFP_KERNEL, the ASI RFC's
+    nonsensitive default) at its direct-map address."""
     data = rng.randbytes(length)
     lay = kernel.layout
     if region == "direct-map":
@@ -252,6 +259,16 @@ def plant_secret(kernel: Kernel, region: str, length: int, rng: random.Random, v
     elif region == "vmalloc":
         top_page = victim.stack + THREAD_SIZE - PAGE_SIZE
         va = top_page + rng.randrange((PAGE_SIZE - length) // 8 + 1) * 8
+    elif region in ("sensitive", "nonsensitive"):
+        offset = rng.randrange((PAGE_SIZE - length) // 8 + 1) * 8
+        if region == "sensitive":
+            user = victim.mm.mmap(PAGE_SIZE, name="victim secret")
+            leaf = victim.mm.pt.lookup(user)
+            assert leaf is not None  # populated at mmap (MAP_POPULATE)
+            pa = leaf.pa + (user - leaf.va)
+        else:
+            pa = kernel.alloc_kernel_pages(1, "meltdown secret")
+        va = lay.page_offset_base + pa + offset
     else:
         raise AttackError(f"unknown region {region!r}; known: {', '.join(REGIONS)}")
     return plant_at(kernel, va, data, region)
@@ -330,6 +347,10 @@ class MeltdownResult:
     seconds: float = 0.0
     timer_cycles: int = 0
     cache_hits: dict[str, int] = field(default_factory=dict)
+    # Is this secret one the variant's isolation promises to keep from user mode? Every secret
+    # but under asi, which promises it only for sensitive memory (it maps nonsensitive memory
+    # by design, kaiser.linux.asi).
+    protected: bool = True
 
     @property
     def recovered(self) -> list[int | None]:
@@ -368,6 +389,7 @@ class MeltdownResult:
             "claimed": self.claimed,
             "accuracy": self.accuracy,
             "leaked": self.correct > 0,
+            "protected": self.protected,
             "vulnerable_core": self.vulnerable,
             "lass": self.config.lass_active,
             "pcid": self.config.pcid,
@@ -419,6 +441,11 @@ def run_meltdown(
     core = Core(kernel.mem, state, meltdown_vulnerable=vulnerable, seed=seed, noise=noise)
     attacker = MeltdownAttacker(UserProcess(core, attacker_task, kernel.user_top), params)
     readings = attacker.read(secret.va, length, progress)
+    protected = True
+    if kernel.asi is not None:
+        protected = secret.region in SENSITIVE_REGIONS or (
+            secret.region == "target" and kernel.asi.sensitive_direct_map(secret.va, secret.pa)
+        )
     return MeltdownResult(
         variant=variant,
         region=secret.region,
@@ -431,4 +458,5 @@ def run_meltdown(
         seconds=time.perf_counter() - started,
         timer_cycles=core.cycles,
         cache_hits={h.name: n for h, n in core.cache.stats.hits.items()},
+        protected=protected,
     )

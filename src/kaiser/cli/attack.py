@@ -61,11 +61,12 @@ def _single(result: MeltdownResult) -> Panel:
     grid.add_row("user walk", result.reach.describe())
     grid.add_row("planted", result.secret.data.hex())
     grid.add_row("recovered", _recovered_text(result))
-    style = "red" if result.correct else "green"
+    style = _style(result)
     grid.add_row(
         "result",
         f"[{style}]{result.correct}/{len(result.secret.data)} bytes correct ({result.accuracy:.1%})[/], "
-        f"{result.claimed} claimed",
+        f"{result.claimed} claimed"
+        + ("" if result.protected else f"; nonsensitive memory, which {result.variant} maps by design"),
     )
     cal = result.calibration
     grid.add_row(
@@ -77,6 +78,8 @@ def _single(result: MeltdownResult) -> Panel:
 
 
 def _matrix(results: list[MeltdownResult], regions: list[str]) -> Table:
+    """One row per variant and secret region (a row, not a column, per region: five regions and
+    their reasons do not fit 80 columns side by side)."""
     first = results[0]
     cfg = first.config
     table = Table(
@@ -88,17 +91,17 @@ def _matrix(results: list[MeltdownResult], regions: list[str]) -> Table:
         title_justify="left",
     )
     table.add_column("variant", no_wrap=True)
-    for region in regions:
-        table.add_column(region)
-    by_variant: dict[str, list[MeltdownResult]] = {}
+    table.add_column("secret in", no_wrap=True)
+    table.add_column("read", no_wrap=True, justify="right")
+    table.add_column("why")
+    previous = None
     for r in results:
-        by_variant.setdefault(r.variant, []).append(r)
-    for variant, rows in by_variant.items():
-        cells = []
-        for r in rows:
-            style = "red" if r.correct else "green"
-            cells.append(f"[{style}]{r.correct}/{len(r.secret.data)}[/]\n[dim]{short_why(r)}[/]")
-        table.add_row(variant, *cells)
+        style = _style(r)
+        why = short_why(r) + ("" if r.protected else "; nonsensitive: mapped by design")
+        table.add_row(
+            r.variant if r.variant != previous else "", r.region, f"[{style}]{r.correct}/{len(r.secret.data)}[/]", why
+        )
+        previous = r.variant
     return table
 
 
@@ -106,12 +109,21 @@ LENGTH_MAX = 4096  # one page of secret: Meltdown reads byte by byte, ~1 s per 3
 ROUNDS_MAX = 1000  # CHOSEN: Flush+Reload rounds per byte; the attacker decides within ~10 (docs/attacks.md)
 
 
+def _style(result: MeltdownResult) -> str:
+    """Red: a secret the variant protects was read; yellow: one it maps by design (asi's
+    nonsensitive memory); green: nothing read."""
+    if not result.correct:
+        return "green"
+    return "red" if result.protected else "yellow"
+
+
 def meltdown_leaks(results: list[MeltdownResult]) -> list[str]:
-    """Isolating variants from which at least one secret byte was read, with what was read."""
+    """Isolating variants from which at least one byte of a secret they protect was read, with
+    what was read (asi's nonsensitive memory is mapped by design: not a leak)."""
     return [
         f"{r.variant} {r.region} {r.correct}/{len(r.secret.data)}"
         for r in results
-        if r.correct and get_variant(r.variant).isolating
+        if r.correct and r.protected and get_variant(r.variant).isolating
     ]
 
 

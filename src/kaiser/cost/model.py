@@ -105,12 +105,14 @@ def price(
         "cr3": c.cr3_noflush * p.cr3_write_noflush + flushing * p.cr3_write_flush,
         "invalidation": c.invlpg * p.invlpg
         + c.invpcid * p.invpcid
-        + (c.cr4_flush_all + c.cr4_flush_pcid) * p.cr4_write,
+        + (c.cr4_flush_all + c.cr4_flush_pcid) * p.cr4_write
+        + ops.asi_enters * p.asi_enter_flush,  # asi: the L1D flush of each asi_enter
         "memory_refs": refs,
         "entry_exit": (ops.syscalls - ops.recorded_syscalls) * p.syscall_sysret
         + (ops.user_entries - rec_entries) * 2 * p.swapgs
         + (ops.interrupts + ops.nmis + ops.exceptions - ops.recorded_interrupts - ops.recorded_exceptions)
-        * p.interrupt_entry_exit,
+        * p.interrupt_entry_exit
+        + ops.asi_faults * p.asi_fault,  # asi: the #PF delivery of each ASI fault
         "kernel_work": ops.body_cycles
         + (ops.exceptions - ops.recorded_exceptions) * p.page_fault
         + ops.context_switches * p.context_switch,

@@ -49,6 +49,12 @@ SOURCES: dict[str, str] = {
     "figure found; same in every variant",
     "context_switch": "CHOSEN: schedule()/__switch_to work besides memory references and CR3; no published figure "
     "found; same in every variant",
+    "asi_fault": "CHOSEN: an ASI fault's #PF delivery and return (a kernel access to memory the ASI tables lack, "
+    "then asi_exit), priced as interrupt_entry_exit: the handler only checks the address and switches CR3, "
+    "whose write the replay counts; no published figure (asi variant only)",
+    "asi_enter_flush": "CHOSEN: the L1D flush (MSR_IA32_FLUSH_CMD) and VERW of asi_enter after the full tables "
+    "ran (Shahid 2022, successors.md ASI): ~1 cycle a line for the 512 lines of a 32 KiB L1D plus the MSR "
+    "write, the refill misses not counted; no published figure (asi variant only)",
     # Used only with a cache hierarchy (`kaiser bench --caches NAME`); then `mem_ref` and
     # `walk_load_extra` are not used: every reference and every walk load costs the latency of
     # the level that served it. Values per hierarchy: CACHE_LATENCIES.
@@ -105,6 +111,8 @@ class CostParams:
     interrupt_entry_exit: float = 200.0
     page_fault: float = 1000.0
     context_switch: float = 1500.0
+    asi_fault: float = 200.0
+    asi_enter_flush: float = 600.0
     # The data caches (only with a hierarchy; Skylake-client values, CACHE_LATENCIES).
     l1_hit: float = 4.0
     l2_hit: float = 12.0

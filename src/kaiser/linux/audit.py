@@ -90,6 +90,7 @@ CLASS_DOC: Final[dict[str, str]] = {
     "percpu": "KAISER's user-mapped per-CPU section (RFC, §7.1)",
     "kernel_data": "kernel .data/.bss",
     "direct_map": "direct map of physical memory (§3.5: never in user tables)",
+    "asi_nonsensitive": "direct map of a nonsensitive pageblock (ASI's restricted tables, successors.md)",
     "vmalloc": "vmalloc/ioremap space (§3.5)",
     "vmemmap": "struct page array (§3.5)",
     "efi": "EFI runtime services (only in efi_pgd)",
@@ -121,9 +122,30 @@ _POLICY_TABLE: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
     "kaiser-rfc": (_KAISER, frozenset()),
     "kaiser-global": (_KAISER, _KAISER - {"task_stack", "ldt"}),
     "two-pgd": (_TWO_PGD, _TWO_PGD),
+    # asi (kaiser.linux.asi): what asi_global_init maps plus the nonsensitive pageblocks. The model's
+    # audit allows a direct-map piece only inside a nonsensitive pageblock or a CPU's per-CPU area
+    # (its allowed ranges); a dump cannot tell those from sensitive memory, so a file's direct_map
+    # class is allowed here and only the model proves sensitivity. G where PTI keeps it, and on
+    # kernel text, which a dump cannot tell from the entry-text PMD (every image mapping is identical
+    # in both tables, so a global one survives nothing it should not).
+    "asi": (
+        _CEA_ETC | {"entry_text", "kernel_text", "kernel_data", "fixmap", "percpu", "vmalloc", "vmemmap"}
+        | {"task_stack", "asi_nonsensitive", "direct_map"},
+        frozenset({"cpu_entry_area", "espfix", "entry_text", "kernel_text", "vsyscall"}),
+    ),
 }
-_PART_CLASS: Final = {"task_stacks": "task_stack", "percpu_user_mapped": "percpu"}
-_FINER_THAN_REGION: Final = frozenset({"entry_text", "kernel_text", "tss_percpu", "task_stacks", "percpu_user_mapped"})
+_PART_CLASS: Final = {
+    "task_stacks": "task_stack",
+    "percpu_user_mapped": "percpu",
+    "asi_percpu": "percpu",
+    "asi_nonsensitive": "asi_nonsensitive",
+}
+_FINER_THAN_REGION: Final = frozenset(
+    {"entry_text", "kernel_text", "tss_percpu", "task_stacks", "percpu_user_mapped", "asi_percpu", "asi_nonsensitive"}
+)
+# Variants whose user-mode tables draw a different boundary than PTI's: their strict policy is their
+# own, since Linux's PTI list does not describe them (asi: sensitive vs nonsensitive memory).
+_OWN_STRICT: Final = frozenset({"asi"})
 
 
 @dataclass(frozen=True)
@@ -170,7 +192,9 @@ def policy_for(variant: str, *, pcid: bool = True, mode: str = "variant") -> Pol
     allowed, glb = _classes(name, pcid)
     if name == "linux" and not pcid:
         note = note or "no PCID: kernel text may be cloned (pti=auto)"
-    if mode == "strict" and name != "linux":
+    if mode == "strict" and name in _OWN_STRICT:
+        note = f"strict: {variant}'s boundary is not PTI's; its own policy applies (no sensitive memory mapped)"
+    elif mode == "strict" and name != "linux":
         linux_allowed, linux_glb = _classes("linux", pcid)
         allowed, glb = allowed & linux_allowed, glb & linux_glb
         note = f"strict: {variant}'s own policy, cut down to what today's Linux (the linux variant) allows"

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from kaiser.linux.asi import AsiCpu
 from kaiser.linux.asid import (
     KERN_PCID_MASK,
     PTI_USER_PCID_MASK,
@@ -50,7 +51,7 @@ from kaiser.linux.variants import Entry, Part
 from kaiser.x86.bits import CR3_NOFLUSH, RFLAGS
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.events import EventBuilder
-from kaiser.x86.physmem import PAGE_SIZE, FrameKind
+from kaiser.x86.physmem import PAGE_SIZE
 from kaiser.x86.rights import Op
 
 # ---- where code and data live (CHOSEN offsets; see the module docstring) ---------------------------
@@ -299,6 +300,8 @@ class OpCounts:
     body_cycles: float = 0.0  # sum of SyscallSpec.body_cycles
     interrupts: int = 0  # device interrupts (from user or kernel)
     nmis: int = 0
+    asi_faults: int = 0  # asi: kernel accesses the ASI tables lack, each an asi_exit (kaiser.linux.asi)
+    asi_enters: int = 0  # asi: asi_enter CR3 writes on the way to user mode, each with its flush
     exceptions: int = 0  # page faults
     context_switches: int = 0
     user_entries: int = 0  # kernel entries from user mode (each with one exit): 2 SWAPGS each
@@ -356,7 +359,7 @@ class EntryModel:
         self.variant = kernel.variant
         self.cpu = kernel.cpus[cpu]
         self.lay = kernel.layout
-        self.isolating = kernel.variant.isolating
+        self.isolating = kernel.variant.isolating and not kernel.variant.asi  # asi: no PTI switch
         self.kaiser_era = kernel.variant.maps(Part.TASK_STACKS)
         self.entry = kernel.variant.entry
         self.ids = ids or ContextIds()
@@ -364,12 +367,16 @@ class EntryModel:
             pti=self.isolating, pcid=kernel.config.pcid, invpcid=invpcid, pge=kernel.config.pge, cr4=kernel.cr4()
         )
         self.out = EventBuilder()
+        # asi: the ASI CR3 loaded from the first return to user until an ASI fault (kaiser.linux.asi)
+        self.asi_cpu = AsiCpu(kernel.asi, self.tlb, self.lay.user_end) if kernel.asi is not None else None
         self.ops = OpCounts()
         self.current: Task | None = None
         self.in_user = False
         self._objects: dict[int, TaskObjects] = {}
         self._initial: CpuState | None = None
-        self._pipe = self._alloc(2, "pipe")
+        # the pipe's buffer page is GFP_HIGHUSER (pipe_write's alloc_page), which carries
+        # __GFP_SENSITIVE under ASI; its pipe_inode_info page is modelled with it (CHOSEN)
+        self._pipe = self._alloc(2, "pipe", sensitive=True)
         self._device = self._alloc(1, "device")
         self.kernel_side: KernelSide | None = None  # recorded bodies (None: every call modelled)
         self.recorded_calls: dict[str, int] = {}  # syscalls whose body came from `kernel_side`
@@ -380,8 +387,10 @@ class EntryModel:
         self._exit_covered = False  # the current syscall's body was recorded: so is its exit
 
     # ---- addresses -----------------------------------------------------------------------------
-    def _alloc(self, pages: int, tag: str) -> int:
-        return self.lay.page_offset_base + self.kernel.mem.alloc(FrameKind.DATA, tag, count=pages)
+    def _alloc(self, pages: int, tag: str, *, sensitive: bool = False) -> int:
+        """Direct-map address of a kernel allocation: GFP_KERNEL, or `sensitive` (asi: kept out of
+        the ASI tables, kaiser.linux.asi)."""
+        return self.lay.page_offset_base + self.kernel.alloc_kernel_pages(pages, tag, sensitive=sensitive)
 
     def objects(self, task: Task) -> TaskObjects:
         obj = self._objects.get(task.pid)
@@ -456,8 +465,22 @@ class EntryModel:
     # ---- emitting ------------------------------------------------------------------------------
     def _k(self, va: int, op: Op = Op.READ, *, implicit: bool = False) -> None:
         """A reference made in kernel mode (CPL 0), under whatever CR3 is loaded."""
+        if self.asi_cpu is not None:
+            self._asi_fault_if_unmapped(va, op, implicit=implicit)
         self.out.access(va, op, 0, implicit=implicit)
         self.ops.kernel_refs += 1
+
+    def _asi_fault_if_unmapped(self, va: int, op: Op, *, implicit: bool = False) -> None:
+        """asi: a kernel access the ASI tables lack faults under the ASI CR3 (the access is
+        emitted and walks to its fault), and the ASI fault path's `asi_exit` loads the full
+        tables before it is retried (successors.md ASI: only page faults cause an exit)."""
+        asi = self.asi_cpu
+        assert asi is not None
+        pt = self._task().mm.pgd.user_pt
+        if asi.entered and pt is not None and not asi.maps(pt, va):
+            self.out.access(va, op, 0, implicit=implicit)
+            asi.exit(self.out)
+            self.ops.asi_faults += 1
 
     def _refs(self, refs: Iterable[Ref], task: Task) -> None:
         for ref in refs:
@@ -469,7 +492,7 @@ class EntryModel:
         if self.kernel_side is None or not self.kernel_side.has(name):
             return False
         start, refs0 = len(self.out), self.ops.kernel_refs
-        self.kernel_side.emit(name, task, list(user_buf))
+        self._emit_recorded(name, task, user_buf)
         self.recorded_calls[name] = self.recorded_calls.get(name, 0) + 1
         if self._entry_span is not None:
             s, e, n = self._entry_span
@@ -479,6 +502,26 @@ class EntryModel:
         self.ops.recorded_instructions += self.kernel_side.instructions(name, pti=self.isolating)
         self._exit_covered = True
         return True
+
+    def _emit_recorded(self, name: str, task: Task, user_buf: Sequence[int]) -> None:
+        """`kernel_side.emit`; under asi through a scratch stream whose kernel accesses then pass
+        the ASI check one by one (a recorded body may touch sensitive memory too)."""
+        assert self.kernel_side is not None
+        if self.asi_cpu is None:
+            self.kernel_side.emit(name, task, list(user_buf))
+            return
+        out, self.out = self.out, EventBuilder()
+        try:
+            self.kernel_side.emit(name, task, list(user_buf))
+        finally:
+            scratch, self.out = self.out, out
+        ops = (Op.READ, Op.WRITE, Op.FETCH)
+        for kind, cpl, aux, va, _ in scratch.array().tolist():
+            if kind > 2:
+                raise EntryModelError(f"a recorded body emitted event kind {kind}; only accesses are expected")
+            if cpl == 0:
+                self._asi_fault_if_unmapped(va, ops[kind], implicit=bool(aux))
+            self.out.access(va, ops[kind], cpl, implicit=bool(aux))
 
     def _cover(self, start: int, end: int, refs: int) -> None:
         """Events [start, end) are part of a recorded transition (merged with the last range)."""
@@ -588,6 +631,8 @@ class EntryModel:
         initialize_tlbstate_and_flush(self.tlb, None, self.ids.of(task.pid), task.mm.pgd.kernel_pgd)
         self.current = task
         self.in_user = False
+        if self.asi_cpu is not None:
+            self.asi_cpu.entered = False  # started on the full tables
         self._initial = CpuState(cr3=self.tlb.cr3, cr4=self.kernel.cr4(), rflags=int(RFLAGS.AC | 0x2), cpl=0)
         return self._initial
 
@@ -658,6 +703,8 @@ class EntryModel:
         """The common tail of SYSRET and IRET to user (entry_64.S, §4.3 steps 4-5)."""
         top = self.stack_top(task)
         name = "swapgs_restore_regs_and_return_to_usermode" if iret else "syscall_return_via_sysret"
+        if self.asi_cpu is not None and self.asi_cpu.enter(self.out):  # asi_enter on the way out
+            self.ops.asi_enters += 1
         if not self.isolating:
             self._k(top - 8)  # user RSP (and, for IRET, the frame) straight from pt_regs
         elif self.kaiser_era:  # the IAIK exit: switch on the (user-mapped) task stack, then pop
@@ -857,6 +904,8 @@ class EntryModel:
         self._refs(SCHEDULE, prev)
         self._k(self.objects(nxt).task_struct)
         self._k(self.stack_top(prev) - PT_REGS_SIZE - 0x300, Op.WRITE)  # switch_to pushes callee-saved
+        if self.asi_cpu is not None:  # asi_exit before a context switch, on demand (no fault)
+            self.asi_cpu.exit(self.out)
         if nxt.mm is not prev.mm:
             ctx = self.ids.of(nxt.pid)
             switch_mm_irqs_off(self.tlb, self.out, ctx, nxt.mm.pgd.kernel_pgd)

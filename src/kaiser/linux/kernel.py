@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 
 from kaiser.linux import pti
+from kaiser.linux.asi import Asi, asi_cr3, asi_set_user_pgtbl
 from kaiser.linux.cea import PAGE_NONE, PERCPU_PAGES, PERCPU_TSS, CeaLayout, Kind, cea_layout
 from kaiser.linux.layout import (
     DEFAULT_FIXMAP_PAGES,
@@ -180,6 +181,7 @@ class Kernel:
     _free_stacks: list[int] = field(default_factory=list)
     _next_pid: int = 1
     baseline_frames: int = 0
+    asi: Asi | None = None  # the asi variant's nonsensitive PGD and pageblocks (kaiser.linux.asi)
 
     # ---- boot ------------------------------------------------------------------------------
     @classmethod
@@ -214,6 +216,10 @@ class Kernel:
         if variant.isolating:
             kernel._pti_init()
         kernel._preallocate_stack_tables()
+        if variant.asi:
+            assert init.user_pt is not None
+            percpu = tuple(cpu.percpu_va for cpu in kernel.cpus)
+            kernel.asi = Asi.global_init(init.kernel_pt, init.user_pt, layout, percpu)
         kernel.baseline_frames = mem.stats().page_table
         return kernel
 
@@ -524,6 +530,8 @@ class Kernel:
                 out += [(t.stack, t.stack + THREAD_SIZE, part.value) for t in self.tasks.values()]
             elif part is Part.PERCPU_USER_MAPPED:
                 out += [(c.percpu_va, c.percpu_va + 5 * PAGE_SIZE, part.value) for c in self.cpus]
+        if self.asi is not None:
+            out += self.asi.allowed_ranges()
         return out
 
     # ---- processes -------------------------------------------------------------------------
@@ -543,7 +551,10 @@ class Kernel:
                 pair.user_pt.set_entry(
                     pair.user_pt.root + 8 * index, self.mem.read_u64(self.init.user_pgd + 8 * index), 0
                 )
-        if pair.user_pt is not None:
+        if pair.user_pt is not None and self.variant.asi:
+            apt = pair.user_pt
+            pair.kernel_pt.root_hook = lambda index, value: asi_set_user_pgtbl(apt, index, value)
+        elif pair.user_pt is not None:
             kpt, upt = pair.kernel_pt, pair.user_pt
             nx = self.variant.kernel_copy_marks_user_nx
             kpt.root_hook = lambda index, value: pti.pti_set_user_pgtbl(kpt, upt, index, value, nx=nx)
@@ -559,6 +570,22 @@ class Kernel:
         self.mem.free(mm.pgd.kernel_pgd)
         if mm.pgd.user_pt is not None:
             self.mem.free(mm.pgd.user_pt.root)
+
+    def alloc_kernel_pages(self, count: int, tag: str, *, sensitive: bool = False) -> int:
+        """A kernel allocation of `count` contiguous frames (GFP_KERNEL; `sensitive`:
+        __GFP_SENSITIVE): under asi, nonsensitive ones come from pageblocks the ASI direct map
+        holds (kaiser.linux.asi); otherwise plain frames. Returns the first frame."""
+        if self.asi is not None:
+            return self.asi.alloc(count, tag, sensitive=sensitive)
+        return self.mem.alloc(FrameKind.DATA, tag, count=count)
+
+    def free_kernel_pages(self, pa: int, count: int) -> None:
+        """Give back what `alloc_kernel_pages` returned."""
+        if self.asi is not None:
+            self.asi.free(pa, count)
+            return
+        for i in range(count):
+            self.mem.free(pa + i * PAGE_SIZE)
 
     def alloc_user_frames(self, pid: int, count: int) -> int:
         """`count` contiguous fresh user frames, each with one reference; returns the first."""
@@ -673,6 +700,8 @@ class Kernel:
         kcr3 = make_cr3(task.mm.pgd.kernel_pgd, pcid=kpcid, pcide=pcide)
         if task.mm.pgd.user_pt is None:
             return kcr3, None
+        if self.variant.asi:  # the ASI CR3: bit 12 and the ASI PCID (kaiser.linux.asi)
+            return kcr3, asi_cr3(kcr3, pcid=pcide)
         return kcr3, kcr3 | 1 << 12 | ((1 << 11) if pcide else 0)
 
     def cr4(self) -> int:

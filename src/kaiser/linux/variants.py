@@ -83,6 +83,9 @@ class Variant:
     era: str = "modern"  # which layout era the variant lives in ("modern" or "4.15")
     # KAISER (IAIK) cleared USER in the kernel copy of user PGD entries; v3 and PTI set NX (§3.2, §7.1).
     kernel_copy_marks_user_nx: bool = True
+    # Address Space Isolation (kaiser.linux.asi): the pair's second table is the ASI PGD, the kernel
+    # runs on it until an ASI fault, and no PTI CR3 switch happens at entry (successors.md, ASI).
+    asi: bool = False
 
     def clone_for(self, part: Part) -> Clone | None:
         return next((c for c in self.clones if c.part is part), None)
@@ -193,6 +196,22 @@ VARIANTS: dict[str, Variant] = {
             clones=_MODERN_BASE,
             global_policy=GlobalPolicy.SHARED_ONLY,
             entry=Entry.FIXED_CEA,
+        ),
+        Variant(
+            "asi",
+            "Address Space Isolation (2024-26 series): a global nonsensitive kernel half (image, "
+            "per-CPU data, vmalloc, nonsensitive pageblocks of the direct map), sensitive memory "
+            "never mapped; asi_exit on a fault into sensitive memory, asi_enter on return to user",
+            "successors.md ASI (Jackman et al.)",
+            isolating=True,
+            # asi_clone_p4d of the entry area and espfix (asi_global_init), the LDT slot per mm, the
+            # entry text (part of the image asi_global_init maps); the rest is kaiser.linux.asi's.
+            # CHOSEN: G only on what both tables map, as PTI keeps it: a global sensitive
+            # translation would outlive asi_enter's CR3 write.
+            clones=(*_MODERN_BASE, Clone(Part.ENTRY_TEXT, Level.PMD)),
+            global_policy=GlobalPolicy.SHARED_ONLY,
+            entry=Entry.ENTRY_TEXT,
+            asi=True,
         ),
     )
 }

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kaiser.linux.variants import UnknownVariant
+from kaiser.linux.variants import VARIANTS, UnknownVariant
 from kaiser.realcode.loader import BROKEN_VARIANT, Loaded, boot, variant_names
 from kaiser.realcode.machine import PF_VECTOR, Outcome, RealMachine, RunTrap
 
@@ -160,10 +160,19 @@ def run_variant(
     return report
 
 
+# ASI's kernel stays on the ASI tables at entry (kaiser.linux.asi): the PTI entry code does not apply
+_NO_REAL_ENTRY = frozenset(name for name, v in VARIANTS.items() if v.asi)
+
+
 def run_names(variant: str) -> list[str]:
     """`all` -> every registry variant and the broken debug one; else the one name (validated)."""
     if variant == "all":
-        return variant_names()
+        return [n for n in variant_names() if n not in _NO_REAL_ENTRY]
+    if variant in _NO_REAL_ENTRY:
+        raise UnknownVariant(
+            f"{variant!r} has no real entry code here: kaiser run's is PTI's CR3 switch, and asi's entry "
+            "switches nothing (kaiser bench --variant asi prices its transitions)"
+        )
     if variant not in variant_names():
         raise UnknownVariant(f"unknown variant {variant!r}; known: {', '.join(variant_names())}, all")
     return [variant]
