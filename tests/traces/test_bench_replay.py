@@ -17,7 +17,8 @@ KEYS = {
     "trace", "bytes", "refs", "bad_lines", "events_replayed", "syscalls", "variant", "pcid", "path", "repeats",
     "parse_seconds", "parse_refs_per_second", "parse_mb_per_second", "end_to_end_seconds",
     "end_to_end_refs_per_second", "replay_seconds", "target_refs_per_second", "target_met", "alignment",
-    "strace", "recorded", "note",
+    "strace", "recorded", "note", "workers", "cache", "text_end_to_end_seconds",
+    "text_end_to_end_refs_per_second", "all_configs",
 }  # fmt: skip
 
 
@@ -30,7 +31,9 @@ def reader_refs(trace: Path) -> int:
 
 def test_json_on_the_real_trace(real_trace: tuple[Path, Path]) -> None:
     lackey, strace = real_trace
-    res = runner.invoke(app, ["bench", "replay", str(lackey), "--syscalls", str(strace), "--repeats", "1", "--json"])
+    res = runner.invoke(
+        app, ["bench", "replay", str(lackey), "--syscalls", str(strace), "--repeats", "1", "--workers", "2", "--json"]
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert set(data) == KEYS
@@ -38,15 +41,20 @@ def test_json_on_the_real_trace(real_trace: tuple[Path, Path]) -> None:
     assert data["end_to_end_refs_per_second"] > 0 and data["parse_refs_per_second"] > 0
     assert data["syscalls"] == 77 and data["alignment"]["matched"] == 77
     assert (data["variant"], data["pcid"], data["path"]) == ("linux", True, "engine")
-    assert data["target_refs_per_second"] == 10_000_000 and data["recorded"] is None
+    assert data["target_refs_per_second"] == 25_000_000 and data["recorded"] is None
+    assert data["all_configs"]["counters_equal"] and data["cache"]["used"]
 
 
 def test_table_on_the_real_trace(real_trace: tuple[Path, Path]) -> None:
     lackey, _ = real_trace
-    res = runner.invoke(app, ["bench", "replay", str(lackey), "-v", "kaiser-rfc", "--no-pcid", "--repeats", "1"])
+    res = runner.invoke(
+        app, ["bench", "replay", str(lackey), "-v", "kaiser-rfc", "--no-pcid", "--repeats", "1", "--one", "--no-cache"]
+    )
     assert res.exit_code == 0, res.output
-    for text in ("references", "end to end", "M refs/s", "kaiser-rfc, PCID off, engine path", "target 10 M"):
+    for text in ("references", "end to end", "M refs/s", "kaiser-rfc, PCID off, engine path", "target 25 M"):
         assert text in res.output
+    assert "one pass" not in res.output and "off (--no-cache)" in res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80
 
 
 def test_garbled_trace_names_file_and_line(tmp_path: Path) -> None:
@@ -54,7 +62,7 @@ def test_garbled_trace_names_file_and_line(tmp_path: Path) -> None:
     bad.write_text("I  00400000,2\nnonsense\n")
     res = runner.invoke(app, ["bench", "replay", str(bad)])
     assert res.exit_code == 2 and f"{bad}:2:" in res.output and "Traceback" not in res.output
-    res = runner.invoke(app, ["bench", "replay", str(bad), "--skip-bad", "--repeats", "1", "--json"])
+    res = runner.invoke(app, ["bench", "replay", str(bad), "--skip-bad", "--repeats", "1", "--one", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["bad_lines"] == 1
 
 
@@ -71,7 +79,7 @@ def test_recording_options_need_no_trace(real_trace: tuple[Path, Path]) -> None:
 
 
 def test_without_trace_records_the_builtin_program() -> None:
-    res = runner.invoke(app, ["bench", "replay", "--rounds", "3", "--json"])
+    res = runner.invoke(app, ["bench", "replay", "--rounds", "3", "--one", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["recorded"]["rounds"] == 3 and not data["recorded"]["kept"]

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kaiser.linux.variants import VARIANTS
-from kaiser.traces.interleave import bench_replay_throughput, engine_available, replay_trace
+from kaiser.traces.interleave import engine_available
+from kaiser.traces.multireplay import bench_replay_throughput, replay_trace
 from kaiser.traces.strace import read_strace
 
 ISOLATING = [v for v in VARIANTS if v != "nopti"]
@@ -91,7 +92,7 @@ def test_throughput_report(real_trace: tuple[Path, Path]) -> None:
     """End to end from the file on the engine: what it reports is consistent with the trace and
     with itself. Speed is reported by `kaiser bench replay`, never asserted here."""
     lackey, _ = real_trace
-    r = bench_replay_throughput(lackey, repeats=1)
+    r = bench_replay_throughput(lackey, repeats=1, workers=2)
     print(json.dumps(r, indent=1))
     assert r["refs"] > 500_000 and r["bad_lines"] == 0 and r["syscalls"] == 77
     assert r["path"] == "engine" and r["events_replayed"] >= r["refs"]
@@ -101,3 +102,9 @@ def test_throughput_report(real_trace: tuple[Path, Path]) -> None:
     assert r["parse_mb_per_second"] == pytest.approx(r["bytes"] / r["parse_seconds"] / 1e6)
     assert r["end_to_end_refs_per_second"] == pytest.approx(r["refs"] / r["end_to_end_seconds"])
     assert r["target_met"] == (r["end_to_end_refs_per_second"] >= r["target_refs_per_second"])
+    assert r["cache"]["used"] and r["cache"]["load_seconds"] > 0
+    assert r["text_end_to_end_refs_per_second"] == pytest.approx(r["refs"] / r["text_end_to_end_seconds"])
+    a = r["all_configs"]
+    assert a["configs"] == 2 * len(VARIANTS) and a["workers"] == 2 and a["counters_equal"]
+    assert a["ratio"] == pytest.approx(a["one_pass_seconds"] / a["separate_seconds"])
+    assert a["target_met"] == (a["ratio"] <= a["target_ratio"])

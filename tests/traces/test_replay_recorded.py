@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from kaiser.cli.app import app
 from kaiser.record.replay import recording_path
-from kaiser.traces.interleave import MODELLED_AS, replay_trace
+from kaiser.traces.interleave import MODELLED_AS
+from kaiser.traces.multireplay import replay_trace
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,11 @@
 With TRACE (a valgrind lackey log), that file is measured. Without it, the built-in program
 (`kaiser.traces.record`) is recorded under valgrind lackey (and strace, when installed) into a
 temporary directory (or `--keep DIR`) and measured. The measurement is
-`kaiser.traces.interleave.bench_replay_throughput`: parsing alone, and end to end (boot, read,
-parse, map pages, compile the system calls, replay) on one configuration, best of `--repeats`,
-against the 10 M references/s target.
+`kaiser.traces.multireplay.bench_replay_throughput`, best of `--repeats` each, side by side in one
+process: parsing the text alone, loading the binary cache alone, one configuration end to end
+(boot, decode, map pages, compile the system calls, replay) from the text and from the cache
+(against the 25 M references/s target), and every variant x PCID configuration in one pass on
+--workers threads against as many separate passes (against the 0.6x target), as ratios.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from kaiser.cli.options import output_dir, variant_name
-from kaiser.cli.output import console, emit_json, err_console, fail
-from kaiser.cli.replay import check_trace_files, reader_errors
+from kaiser.cli.output import Col, console, emit_json, err_console, fail, print_table
+from kaiser.cli.replay import CacheOption, WorkersOption, check_trace_files, reader_errors
 from kaiser.linux.variants import UnknownVariant, get_variant
-from kaiser.traces.interleave import bench_replay_throughput, engine_available
+from kaiser.traces.interleave import engine_available
+from kaiser.traces.multireplay import bench_replay_throughput
 from kaiser.traces.record import BENCH_ROUNDS, RecordError, record_trace
 from kaiser.traces.strace import read_strace
 
@@ -64,9 +66,17 @@ def replay_bench_command(
         Path | None,
         typer.Option("--keep", parser=output_dir, help="Record the built-in program's trace into DIR and keep it."),
     ] = None,
+    cache: CacheOption = True,
+    workers: WorkersOption = None,
+    all_configs: Annotated[
+        bool,
+        typer.Option(
+            "--all/--one", help="Also time every variant x PCID configuration in one pass against separate passes."
+        ),
+    ] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Measure replay throughput on a real trace, end to end from the file (target: 10 M references/s)."""
+    """Measure replay throughput on a real trace, end to end from the file (target: 25 M references/s)."""
     try:
         variant = get_variant(variant).name
     except UnknownVariant as exc:
@@ -82,14 +92,21 @@ def replay_bench_command(
     with status or nullcontext():
         if trace is not None:
             check_trace_files(trace, syscalls)
-            result = _measure(trace, syscalls, variant, pcid, repeats, skip_bad, stage)
+            result = _measure(trace, syscalls, variant, pcid, repeats, skip_bad, stage, (cache, workers, all_configs))
         else:
             where: AbstractContextManager[str] = (
                 nullcontext(str(keep)) if keep is not None else tempfile.TemporaryDirectory(prefix="kaiser-bench-")
             )
             with where as directory:
                 result = _record_and_measure(
-                    Path(directory), rounds or BENCH_ROUNDS, variant, pcid, repeats, skip_bad, stage
+                    Path(directory),
+                    rounds or BENCH_ROUNDS,
+                    variant,
+                    pcid,
+                    repeats,
+                    skip_bad,
+                    stage,
+                    (cache, workers, all_configs),
                 )
                 result["recorded"]["kept"] = keep is not None
     if json_out:
@@ -106,11 +123,22 @@ def _measure(
     repeats: int,
     skip_bad: bool,
     stage: Callable[[str], None] | None,
+    how: tuple[bool, int | None, bool],
 ) -> dict[str, Any]:
+    cache, workers, all_configs = how
     with reader_errors():
         log = read_strace(syscalls, skip_bad=skip_bad) if syscalls is not None else None
         out = bench_replay_throughput(
-            trace, variant=variant, pcid=pcid, repeats=repeats, skip_bad=skip_bad, strace=log, stage=stage
+            trace,
+            variant=variant,
+            pcid=pcid,
+            repeats=repeats,
+            skip_bad=skip_bad,
+            strace=log,
+            stage=stage,
+            cache=cache,
+            workers=workers,
+            all_configs_pass=all_configs,
         )
     out["strace"] = str(syscalls) if syscalls is not None else None
     out["recorded"] = None
@@ -125,6 +153,7 @@ def _record_and_measure(
     repeats: int,
     skip_bad: bool,
     stage: Callable[[str], None] | None,
+    how: tuple[bool, int | None, bool],
 ) -> dict[str, Any]:
     """Record the built-in program (with strace when it is installed), then measure its trace."""
     t0 = time.perf_counter()
@@ -133,44 +162,75 @@ def _record_and_measure(
     except RecordError as exc:
         fail(str(exc))
     seconds = time.perf_counter() - t0
-    out = _measure(rec.lackey, rec.strace, variant, pcid, repeats, skip_bad, stage)
+    out = _measure(rec.lackey, rec.strace, variant, pcid, repeats, skip_bad, stage, how)
     out["recorded"] = {"program": "built-in (kaiser.traces.record)", "rounds": rounds, "seconds": seconds}
     return out
 
 
+def _rate(refs_per_second: float) -> str:
+    return f"{refs_per_second / 1e6:.1f} M refs/s"
+
+
+def _met(met: bool) -> str:
+    return "[green]met[/]" if met else "[bold red]NOT met[/]"
+
+
 def print_throughput(r: dict[str, Any]) -> None:
+    """The trace, then one row per measurement: seconds, rate, and its ratio or target."""
     rec = r["recorded"]
-    table = Table(
-        title=f"replay throughput on a real trace, from the file (best of {r['repeats']})",
-        title_justify="left",
-        show_header=False,
-    )
-    table.add_column("", no_wrap=True)
-    table.add_column("", overflow="fold")
     where = r["trace"] if rec is None or rec["kept"] else f"{r['trace']} (temporary, deleted)"
-    table.add_row("trace", where)
+    about = [("trace", where)]
     if rec is not None:
-        table.add_row("recorded", f"built-in program, {rec['rounds']} rounds, in {rec['seconds']:.1f} s")
-    table.add_row("size", f"{r['bytes']:,} bytes ({r['bytes'] / 1e6:.1f} MB)")
-    table.add_row("references", f"{r['refs']:,} ({r['events_replayed']:,} events replayed)")
+        about.append(("recorded", f"built-in program, {rec['rounds']} rounds, in {rec['seconds']:.1f} s"))
+    about.append(("size", f"{r['bytes']:,} bytes ({r['bytes'] / 1e6:.1f} MB)"))
+    about.append(("references", f"{r['refs']:,} ({r['events_replayed']:,} events replayed)"))
     calls = f"{r['syscalls']:,}"
     if r["alignment"] is not None:
         calls += f" ({r['alignment']['matched']:,} matched in the strace log)"
-    table.add_row("system calls", calls)
+    about.append(("system calls", calls))
     if r["bad_lines"]:
-        table.add_row("bad lines", f"{r['bad_lines']:,} skipped")
-    table.add_row(
-        "parse",
-        f"{r['parse_refs_per_second'] / 1e6:.1f} M refs/s, {r['parse_mb_per_second']:.0f} MB/s "
-        f"({r['parse_seconds']:.2f} s)",
+        about.append(("bad lines", f"{r['bad_lines']:,} skipped"))
+    about.append(("replay", f"{r['variant']}, PCID {'on' if r['pcid'] else 'off'}, {r['path']} path"))
+    c = r["cache"]
+    about.append(("binary cache", c["dir"] if c["enabled"] else "off (--no-cache)"))
+    print_table([Col("", whole=True), Col("", whole=False)], about, title=f"replay throughput, best of {r['repeats']}")
+    cols = [Col("measurement", whole=False), Col("seconds", justify="right"), Col("rate", justify="right")]
+    cols.append(Col("vs", whole=False))
+    target = r["target_refs_per_second"]
+    rows = [["parse the text", f"{r['parse_seconds']:.2f}", _rate(r["parse_refs_per_second"]), ""]]
+    if c["load_seconds"] is not None:
+        rows.append(["load the binary cache", f"{c['load_seconds']:.2f}", _rate(c["load_refs_per_second"]), ""])
+    rows.append(
+        [
+            "1 configuration from the text, 1 thread",
+            f"{r['text_end_to_end_seconds']:.2f}",
+            _rate(r["text_end_to_end_refs_per_second"]),
+            "",
+        ]
     )
-    table.add_row(
-        "end to end",
-        f"{r['end_to_end_refs_per_second'] / 1e6:.1f} M refs/s ({r['end_to_end_seconds']:.2f} s, "
-        f"of which replay {r['replay_seconds']:.2f} s)",
+    src = "the cache" if c["used"] else "the text"
+    rows.append(
+        [
+            f"1 configuration from {src}, {r['workers']} thread{'s' if r['workers'] != 1 else ''}",
+            f"{r['end_to_end_seconds']:.2f}",
+            _rate(r["end_to_end_refs_per_second"]),
+            f"target {target / 1e6:g} M: {_met(r['target_met'])}",
+        ]
     )
-    table.add_row("replay", f"{r['variant']}, PCID {'on' if r['pcid'] else 'off'}, {r['path']} path")
-    target = r["target_refs_per_second"] / 1e6
-    table.add_row(f"target {target:g} M refs/s", "[green]met[/]" if r["target_met"] else "[bold red]NOT met[/]")
-    console.print(table)
+    a = r["all_configs"]
+    if a is not None:
+        n = a["configs"]
+        rows.append([f"{n} configurations, {n} separate passes", f"{a['separate_seconds']:.2f}", "", "1.00x"])
+        rows.append(
+            [
+                f"{n} configurations, one pass on {a['workers']} thread{'s' if a['workers'] != 1 else ''}",
+                f"{a['one_pass_seconds']:.2f}",
+                "",
+                f"{a['ratio']:.2f}x (target {a['target_ratio']:g}x: {_met(a['target_met'])})",
+            ]
+        )
+    print_table(cols, rows)
+    if a is not None:
+        same = "[green]the same[/]" if a["counters_equal"] else "[bold red]NOT the same[/]"
+        console.print(f"counters of every configuration, one pass against separate passes: {same}.")
     console.print(f"end to end = {r['note'].partition(' = ')[2]}.")

@@ -3,8 +3,9 @@
 TRACE is valgrind lackey's log (`valgrind --tool=lackey --trace-mem=yes --trace-syscalls=yes
 --log-file=TRACE PROG`); STRACE an strace log of a native run (`strace -f -n -ttt -T -o STRACE
 PROG`), used for native timestamps and to cross-check the system calls (docs/traces.md).
-The file is read once, in chunks; each chunk is replayed on every chosen variant and PCID
-setting (`kaiser.traces.interleave.replay_trace`).
+The file is decoded once, in chunks (from the binary cache of an earlier parse unless
+--no-cache); each chunk is replayed on every chosen variant and PCID setting, the settings spread
+over --workers threads (`kaiser.traces.multireplay.replay_trace`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from kaiser.cli.options import ReplayPathOption, choice, plot_file, variant_name
 from kaiser.cli.output import Col, console, emit_json, err_console, fail, print_table
 from kaiser.inputs import check_input
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
-from kaiser.traces.interleave import BASELINE, TraceReplay, engine_available, replay_trace
+from kaiser.traces.interleave import BASELINE, TraceReplay, engine_available
 from kaiser.traces.lackey import TraceError
+from kaiser.traces.multireplay import WORKERS_MAX, replay_trace
 from kaiser.traces.strace import StraceError, read_strace
 
 
@@ -58,6 +60,20 @@ def reader_errors() -> Iterator[None]:
 
 
 LIMIT_MAX = 1 << 62  # CHOSEN: "no limit" in practice; a bound so that --limit is an int64 everywhere
+CacheOption = Annotated[
+    bool,
+    typer.Option(
+        "--cache/--no-cache",
+        help="Reuse (or write) the binary cache of the parsed trace (kaiser.traces.trace_cache: "
+        "$KAISER_TRACE_CACHE, else $XDG_CACHE_HOME/kaiser/traces, else ~/.cache/kaiser/traces).",
+    ),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", min=1, max=WORKERS_MAX, help="Threads the configurations run on (default: the cores available)."
+    ),
+]
 
 
 def replay_command(
@@ -91,6 +107,8 @@ def replay_command(
             help="System call bodies: recorded (Debian 6.1's, where a recording exists) or modelled.",
         ),
     ] = "recorded",
+    cache: CacheOption = True,
+    workers: WorkersOption = None,
 ) -> None:
     """Replay a real program's memory trace, with its system calls, on each variant and price it."""
     check_trace_files(trace, syscalls)
@@ -115,6 +133,8 @@ def replay_command(
                 strace=strace,
                 max_events=limit,
                 kernel_side=kernel_side,
+                cache=cache,
+                workers=workers,
             )
         else:
             with Progress(
@@ -139,6 +159,8 @@ def replay_command(
                     max_events=limit,
                     progress=tick,
                     kernel_side=kernel_side,
+                    cache=cache,
+                    workers=workers,
                 )
     if plot is not None:
         plot_costs(result, plot)
@@ -178,7 +200,8 @@ def print_result(r: TraceReplay) -> None:
     console.print(
         f"{s['lines']:,} lines, {s['events']:,} events "
         f"({s['modifies']:,} modify, {s['page_crossings']:,} page-crossing)"
-        f"{bad}; {r.seconds:.2f} s, {rate / 1e6:.1f} M references/s replayed (path: {r.results[0].path})"
+        f"{bad}; {r.seconds:.2f} s, {rate / 1e6:.1f} M references/s replayed (path: {r.results[0].path}, "
+        f"{r.workers} thread{'s' if r.workers != 1 else ''}, {'binary cache' if r.cached else 'parsed text'})"
     )
     sides = r.results[0].kernel_side if r.results else {}
     for side in ("recorded", "modelled"):

@@ -31,10 +31,9 @@ front, without a second pass over the file.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import importlib.util
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +45,8 @@ from kaiser.linux.entry import SYSCALLS, Copy, EntryModel, Obj, OpCounts, Ref, S
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.mm import Prot
 from kaiser.linux.variants import BASELINE
-from kaiser.traces.lackey import USER_TOP, LackeyReader, SyscallSite, TraceError
-from kaiser.traces.strace import StraceCall, StraceLog
+from kaiser.traces.lackey import LackeyStats, SyscallSite, TraceError
+from kaiser.traces.strace import StraceCall
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import replay_reference
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind
@@ -313,7 +312,7 @@ class ConfigReplay:
         self.hook = hook_factory(self.kernel, self.task)
         features = CpuFeatures(maxphyaddr=self.kernel.mem.maxphyaddr)
         state = self.hook.initial_state()
-        self.counters = TlbCounters()
+        self._counts = np.zeros(len(dataclasses.fields(TlbCounters)), np.int64)  # TlbCounters' field order
         self.events = self.user_events = self.syscalls = 0
         self.seconds = 0.0
         if path == "engine":
@@ -325,18 +324,22 @@ class ConfigReplay:
             self.engine = None
             self.mmu = Mmu(self.kernel.mem, state, features=features, geometry=geometry)
         self._replay(self.hook.prologue())
-        self.counters = TlbCounters()  # the prologue (boot into user mode) is not counted
+        self._counts[:] = 0  # the prologue (boot into user mode) is not counted
         self.events = 0
+
+    @property
+    def counters(self) -> TlbCounters:
+        """Every counter since the prologue, named."""
+        return TlbCounters(*self._counts.tolist())
 
     def _replay(self, events: np.ndarray) -> None:
         if not len(events):
             return
-        if self.engine is not None:
-            got = self.engine.replay(events, sync=False)
+        if self.engine is not None:  # counters as an array: a few microseconds a call
+            self._counts += self.engine.step(events, sync=False)
         else:
             assert self.mmu is not None
-            got = replay_reference(self.mmu, events)
-        self.counters = _add(self.counters, got)
+            self._counts += np.asarray(dataclasses.astuple(replay_reference(self.mmu, events)), np.int64)
         self.events += len(events)
 
     def feed(self, events: np.ndarray, sites: Sequence[SyscallSite], new_pages: np.ndarray) -> None:
@@ -359,18 +362,14 @@ class ConfigReplay:
             self.space.map(new)
             if self.engine is not None:
                 self.engine.reload_memory()
-        if sites:
-            pieces: list[np.ndarray] = []
-            prev = 0
-            for s in sites:
-                pieces.append(events[prev : s.at])
-                pieces.append(self.hook.syscall_events(s))
-                prev = s.at
-            pieces.append(events[prev:])
-            combined = np.concatenate(pieces)
-        else:
-            combined = events
-        self._replay(combined)
+        # The user events up to each call, the call's kernel events, and so on: replayed piece by
+        # piece in that order (the replay's state carries over; no copy of the chunk is made).
+        prev = 0
+        for s in sites:
+            self._replay(events[prev : s.at])
+            self._replay(self.hook.syscall_events(s))
+            prev = s.at
+        self._replay(events[prev:])
         self.user_events += len(events)
         self.syscalls += len(sites)
         self.hook.ops.user_refs += len(events)
@@ -400,10 +399,6 @@ class ConfigReplay:
             self.seconds,
             sides,
         )
-
-
-def _add(a: TlbCounters, b: TlbCounters) -> TlbCounters:
-    return TlbCounters(**{k: v + getattr(b, k) for k, v in a.as_dict().items()})
 
 
 def _price(counters: TlbCounters, ops: OpCounts) -> dict[str, float] | None:
@@ -499,6 +494,8 @@ class TraceReplay:
     alignment: Alignment | None = None
     strace: dict[str, Any] | None = None
     syscall_names: dict[str, int] = field(default_factory=dict)
+    workers: int = 1  # threads the configurations were replayed on
+    cached: bool = False  # the events came from the binary cache of an earlier parse (trace_cache.py)
 
     def baseline(self, pcid: bool) -> TraceResult | None:
         return next((r for r in self.results if r.variant == BASELINE and r.pcid == pcid), None)
@@ -518,6 +515,8 @@ class TraceReplay:
             "syscalls_by_name": self.syscall_names,
             "seconds": self.seconds,
             "read_seconds": self.read_seconds,
+            "workers": self.workers,
+            "from_cache": self.cached,
             "refs_per_second_end_to_end": refs * len(self.results) / self.seconds if self.seconds else None,
             "alignment": self.alignment.as_dict() if self.alignment else None,
             "strace": self.strace,
@@ -525,94 +524,9 @@ class TraceReplay:
         }
 
 
-def replay_trace(
-    trace: str | Path,
-    configs: Sequence[tuple[str, bool]],
-    *,
-    path: str | None = None,
-    skip_bad: bool = False,
-    strace: StraceLog | None = None,
-    max_events: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    hook_factory: Callable[[Kernel, Task], SyscallHook] = EntrySyscalls,
-    chunk_bytes: int | None = None,
-    seed: int = 0,
-    kernel_side: str = "modelled",
-) -> TraceReplay:
-    """Read `trace` once, chunk by chunk, and replay every chunk on every (variant, pcid) of
-    `configs`. `path`: "engine" (default when importable) or "reference" (slow: warns).
-    `max_events`: replay only the first that many user events (a slice, e.g. for the reference
-    path; `refs` then counts events, and the stats say `sliced`).
-    `progress(bytes_read, bytes_total)` after each chunk. `kernel_side="recorded"`: the default
-    hook's syscall bodies from the shipped recordings where one exists (kaiser.record.replay)."""
-    if kernel_side == "recorded" and hook_factory is EntrySyscalls:
-        hook_factory = functools.partial(EntrySyscalls, kernel_side="recorded")
-    elif kernel_side not in ("recorded", "modelled"):
-        raise ValueError(f"unknown kernel side {kernel_side!r}; use 'recorded' or 'modelled'")
-    path = path or ("engine" if engine_available() else "reference")
-    if path == "reference" and (max_events is None or max_events > 2_000_000):
-        warnings.warn(
-            "replaying on the reference path (the compiled engine is not available): about 10^5 references/s",
-            stacklevel=2,
-        )
-    t0 = time.perf_counter()
-    runs = [ConfigReplay(v, p, path=path, hook_factory=hook_factory, seed=seed) for v, p in configs]
-    top = min((r.kernel.user_top for r in runs), default=USER_TOP)
-    reader = LackeyReader(
-        trace, skip_bad=skip_bad, user_top=top, **({"chunk_bytes": chunk_bytes} if chunk_bytes else {})
-    )
-    total = reader.size()
-    all_sites: list[SyscallSite] = []
-    names: dict[str, int] = {}
-    refs = 0
-    read_s = 0.0
-    t_read = time.perf_counter()
-    for chunk in reader:
-        events, sites, new_pages = chunk.events, chunk.syscalls, chunk.new_pages
-        if max_events is not None and refs + len(events) > max_events:
-            events, sites = _slice(events, sites, max_events - refs)
-            new_pages = np.unique(events["a"] >> np.uint64(12)) if len(events) else new_pages[:0]
-            refs += len(events)
-        elif max_events is not None:
-            refs += len(events)
-        else:
-            refs += chunk.refs
-        read_s += time.perf_counter() - t_read
-        for s in sites:
-            names[s.name] = names.get(s.name, 0) + 1
-        all_sites.extend(sites)
-        for run in runs:
-            try:
-                run.feed(events, sites, new_pages)
-            except TraceError as exc:  # raised as "LINE: why" by the replay, which has no file name
-                raise TraceError(f"{trace}:{exc}") from None
-        if progress:
-            progress(reader.stats.bytes, total)
-        if max_events is not None and refs >= max_events:
-            break
-        t_read = time.perf_counter()
-    require_references(trace, reader)
-    stats = reader.stats.as_dict()
-    stats["refs_replayed"] = refs
-    stats["sliced"] = max_events is not None
-    out = TraceReplay(
-        Path(trace),
-        [r.result(refs) for r in runs],
-        stats,
-        time.perf_counter() - t0,
-        read_s,
-        syscall_names=names,
-    )
-    if strace is not None:
-        out.alignment = align_syscalls(all_sites, strace.calls)
-        out.strace = strace.summary()
-    return out
-
-
-def require_references(trace: str | Path, reader: LackeyReader) -> None:
+def require_references(trace: str | Path, st: LackeyStats) -> None:
     """A trace with no memory reference prices nothing: an empty file, the wrong file, or (with
     skip_bad) a file of bad lines only -- a `TraceError` rather than a table of zeros."""
-    st = reader.stats
     if st.refs:
         return
     if st.bad_lines:
@@ -622,77 +536,7 @@ def require_references(trace: str | Path, reader: LackeyReader) -> None:
     )
 
 
-def _slice(events: np.ndarray, sites: list[SyscallSite], keep: int) -> tuple[np.ndarray, list[SyscallSite]]:
+def slice_chunk(events: np.ndarray, sites: list[SyscallSite], keep: int) -> tuple[np.ndarray, list[SyscallSite]]:
     """The first `keep` events of a chunk and the calls among them."""
     n = min(keep, len(events))
     return events[:n], [s for s in sites if s.at <= n]
-
-
-# ---- throughput ------------------------------------------------------------------------------------------
-# The issue's requirement: a real trace replayed end to end, reading from the file, at this rate.
-REPLAY_TARGET_REFS_PER_SECOND: Final = 10_000_000
-
-
-def bench_replay_throughput(
-    trace: str | Path,
-    *,
-    variant: str = "linux",
-    pcid: bool = True,
-    repeats: int = 2,
-    skip_bad: bool = False,
-    strace: StraceLog | None = None,
-    stage: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """References per second reading `trace` from the file: parsing alone, and parsing plus
-    replay on one configuration with syscalls spliced in (the engine, if importable). Best of
-    `repeats`; the first, untimed, pass compiles (or loads numba's cache). `strace`: cross-checked
-    against the trace's calls (outside the timed part). `stage(description)` before each pass."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, not {repeats}")
-    say = stage or (lambda _: None)
-    reader_best = float("inf")
-    refs = 0
-    bad_lines = 0
-    for k in range(repeats):
-        say(f"parsing, pass {k + 1}/{repeats}")
-        r = LackeyReader(trace, skip_bad=skip_bad)
-        t0 = time.perf_counter()
-        for _chunk in r:
-            pass
-        reader_best = min(reader_best, time.perf_counter() - t0)
-        require_references(trace, r)
-        refs, bad_lines = r.stats.refs, r.stats.bad_lines
-    say("compiling the replay (first run only)")
-    replay_trace(trace, [(variant, pcid)], skip_bad=skip_bad, max_events=100_000)  # warm both paths' caches
-    best: TraceReplay | None = None
-    for k in range(repeats):
-        say(f"end to end on {variant}, PCID {'on' if pcid else 'off'}, pass {k + 1}/{repeats}")
-        got = replay_trace(trace, [(variant, pcid)], skip_bad=skip_bad, strace=strace)
-        if best is None or got.seconds < best.seconds:
-            best = got
-    assert best is not None
-    res = best.results[0]
-    size = Path(trace).stat().st_size
-    rate = refs / best.seconds
-    return {
-        "trace": str(trace),
-        "bytes": size,
-        "refs": refs,
-        "bad_lines": bad_lines,
-        "events_replayed": res.events,
-        "syscalls": res.syscalls,
-        "variant": variant,
-        "pcid": pcid,
-        "path": res.path,
-        "repeats": repeats,
-        "parse_seconds": reader_best,
-        "parse_refs_per_second": refs / reader_best,
-        "parse_mb_per_second": size / reader_best / 1e6,
-        "end_to_end_seconds": best.seconds,
-        "end_to_end_refs_per_second": rate,
-        "replay_seconds": res.seconds,
-        "target_refs_per_second": REPLAY_TARGET_REFS_PER_SECOND,
-        "target_met": rate >= REPLAY_TARGET_REFS_PER_SECOND,
-        "alignment": best.alignment.as_dict() if best.alignment else None,
-        "note": "end to end = boot + read + parse + map pages + compile syscalls + replay, one configuration",
-    }

@@ -42,6 +42,7 @@ from kaiser.x86.events import EVENT_DTYPE, Ev
 from kaiser.x86.geometry import PAGE_SIZE
 
 PAGE_SHIFT: Final = 12
+
 MAX_SIZE: Final = PAGE_SIZE  # a record larger than a page is garbled (lackey's are <= 64 bytes)
 CHUNK_BYTES: Final = 4 << 20  # bytes read per chunk
 MAX_EVENTS: Final = 1 << 19  # events per scan call (a chunk may take several calls)
@@ -51,6 +52,9 @@ SEEN_BITS: Final = 16  # direct-mapped filter of recently seen pages (new-page c
 # no user reference reaches it, so a record at or above it is garbled (or not this machine's).
 USER_TOP: Final = (1 << 47) - PAGE_SIZE
 MAX_LINE: Final = 1 << 20  # CHOSEN: a lackey line is < 40 bytes, a SYSCALL line < 1 KiB; 1 MiB is no trace
+# What the reader makes of a trace: bumped whenever the events, sites or stats it yields for the
+# same bytes change, so that a binary cache of a parse (kaiser.traces.trace_cache) is not reused.
+PARSER_VERSION: Final = 2
 
 # _scan's per-line outcomes and the stats array layout.
 (ST_LINES, ST_FETCH, ST_LOAD, ST_STORE, ST_MODIFY, ST_CROSS, ST_VALGRIND, ST_BLANK, ST_SYSCALL, ST_BAD) = range(10)
@@ -87,6 +91,8 @@ def _scan(
     kind: np.ndarray,
     addr: np.ndarray,
     cpl: np.ndarray,
+    aux: np.ndarray,
+    b: np.ndarray,
     hexv: np.ndarray,
     sysrec: np.ndarray,
     badrec: np.ndarray,
@@ -97,7 +103,8 @@ def _scan(
     top: int = USER_TOP,
 ) -> int:
     """Scan complete lines of buf[pos:end] (end is just past a newline). Writes events into
-    kind/addr/cpl, SYSCALL lines into sysrec (start, end, event index, line index), bad lines into
+    kind/addr/cpl (aux and b zeroed: the buffer is fresh, not cleared), SYSCALL lines into
+    sysrec (start, end, event index, line index), bad lines into
     badrec (first BAD_KEEP, with the reason), candidate new pages into newp. A record reaching
     `top` or above is bad (BAD_HIGH). out = [events, syscalls, bad kept,
     new pages, lines]; returns the position reached (a line boundary): the caller calls again
@@ -177,11 +184,15 @@ def _scan(
                         kind[ne] = kk
                         addr[ne] = a
                         cpl[ne] = 3
+                        aux[ne] = 0
+                        b[ne] = 0
                         ne += 1
                         if cross:
                             kind[ne] = kk
                             addr[ne] = nxt
                             cpl[ne] = 3
+                            aux[ne] = 0
+                            b[ne] = 0
                             ne += 1
                     if cross:
                         stats[ST_CROSS] += 1
@@ -386,8 +397,6 @@ class LackeyReader:
             self.stats.bad_examples.append(message)
 
     def __iter__(self) -> Iterator[LackeyChunk]:
-        events = np.zeros(self.max_events, EVENT_DTYPE)
-        kind, addr, cpl = events["kind"], events["a"], events["cpl"]
         sysrec = np.zeros((4096, 4), np.int64)
         badrec = np.zeros((BAD_KEEP, 4), np.int64)
         newp = np.zeros(self.max_events + 8, np.uint64)
@@ -420,9 +429,11 @@ class LackeyReader:
                 while pos < cut:
                     out[:] = 0
                     out[4] = line_base
+                    # a fresh buffer per scan, yielded as it is (no copy): np.empty, every field written
+                    events = np.empty(self.max_events, EVENT_DTYPE)
                     pos = scan(
-                        buf, pos, cut, kind, addr, cpl, _HEX, sysrec, badrec, self._stat, self._seen, newp, out,
-                        self.user_top,
+                        buf, pos, cut, events["kind"], events["a"], events["cpl"], events["aux"], events["b"], _HEX,
+                        sysrec, badrec, self._stat, self._seen, newp, out, self.user_top,
                     )  # fmt: skip
                     chunk = self._chunk(data, events, sysrec, badrec, newp, out, line_base, index_base)
                     index_base += len(chunk.events)
@@ -484,7 +495,7 @@ class LackeyReader:
         self.stats.syscalls += len(sites)
         self.stats.events += ne
         self._sync_stats()
-        return LackeyChunk(events[:ne].copy(), sites, newp[:nn].copy(), line_base + 1, self.stats.refs - refs_before)
+        return LackeyChunk(events[:ne], sites, newp[:nn].copy(), line_base + 1, self.stats.refs - refs_before)
 
 
 def parse_lackey_bytes(data: bytes) -> np.ndarray:
