@@ -18,7 +18,15 @@ import typer
 from kaiser.cli.bench_engine import engine_command
 from kaiser.cli.bench_published import published_command
 from kaiser.cli.bench_replay import replay_bench_command
-from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
+from kaiser.cli.machine import (
+    CpusOption,
+    HostPageOption,
+    PtiOption,
+    VendorOption,
+    VmOption,
+    VsyscallOption,
+    vm_host_page,
+)
 from kaiser.cli.options import ReplayPathOption, choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, fail, print_table, progress_bar
 from kaiser.cost.machines import MACHINES, get_machine
@@ -131,6 +139,7 @@ def run_bench(
     params: CostParams = SKYLAKE,
     kernel_side: str = "recorded",
     switches: dict[str, Any] | None = None,
+    host_page: str | None = None,
 ) -> list[Comparison]:
     """Every chosen variant at every PCID setting, with nopti baselines, behind a progress bar;
     `caches`: the data caches (None: none), priced with `params`; `kernel_side`: system call
@@ -138,6 +147,8 @@ def run_bench(
     total = len(pcids) * (1 + len([v for v in variants if v != BASELINE]))
     kw: dict[str, Any] = {"iterations": iterations, "warmup": warmup, "path": path, "params": params}
     kw["kernel_side"] = kernel_side
+    if host_page:
+        kw["host_page"] = host_page
     if switches:
         kw["switches"] = switches
     if caches is not None:
@@ -360,9 +371,11 @@ def bench_callback(
     pti: PtiOption = "auto",
     vendor: VendorOption = "intel",
     vsyscall: VsyscallOption = None,
+    vm: VmOption = None,
+    host_page: HostPageOption = None,
 ) -> None:
     """Replay a workload on each variant, price it, and compare with nopti at the same work
-    (one CPU; --pti/--vendor/--vsyscall as in kaiser dump)."""
+    (one CPU; --pti/--vendor/--vsyscall as in kaiser dump; --vm: in a guest, nested paging)."""
     if ctx.invoked_subcommand is not None:
         return
     names = [n for n in chosen_variants(variant) if n != BASELINE] if variant else list(ISOLATING)
@@ -392,10 +405,15 @@ def bench_callback(
     hierarchy = get_hierarchy(caches) if caches else (m.caches if m else None)
     params = for_caches(base, caches) if caches else (m.params() if m else SKYLAKE)
     latencies = caches or (m.latencies if m else None)
+    guest_page = vm_host_page(vm, host_page, m.host_page if m else None)
+    if guest_page and not (m and m.guest):  # --vm on bare metal's parameters: a guest's interrupts exit
+        params = params.with_overrides(vm_exits_per_interrupt=1.0)
+    elif not guest_page and m and m.guest:  # --no-vm on a guest machine: bare metal
+        params = params.with_overrides(vm_exits_per_interrupt=0.0)
     caches = hierarchy.name if hierarchy else None
     rows = run_bench(
         names, workload, pcids, settings, iterations, warmup, path, not json_out, hierarchy, params, kernel_side,
-        switches={"pti": pti, "vendor": vendor, "vsyscall": vsyscall},
+        switches={"pti": pti, "vendor": vendor, "vsyscall": vsyscall}, host_page=guest_page,
     )  # fmt: skip
     title = f"{workload}: {wl.describe(knobs)}"
     if plot is not None:
@@ -413,6 +431,8 @@ def bench_callback(
                 "caches": caches,
                 "cache_sources": CACHE_SOURCES[latencies] if latencies else None,
                 "machine": dataclasses.asdict(m) | {"caches": m.caches.name} if m else None,
+                "vm": guest_page is not None,
+                "host_page": guest_page,
                 "baselines": {("pcid" if r.baseline.pcid else "nopcid"): r.baseline.as_dict() for r in rows},
                 "runs": [r.as_dict() for r in rows],
                 "kernel_side": rows[0].result.kernel_side if rows else {},
@@ -433,7 +453,20 @@ def bench_callback(
     if m:
         console.print(
             f"machine {m.name}: {m.what}; {m.clock_ghz:g} GHz, caches {caches}, THP {knobs.get('thp', '-')}"
-            + (f"; a {m.guest} guest: not modelled, walks are native" if m.guest else "")
+            + (f"; a {m.guest} guest" if m.guest else "")
+        )
+    if guest_page:
+        console.print(
+            f"in a guest: nested paging over {guest_page} host pages (walks two-dimensional; "
+            "guest walk loads / host walk loads per op: "
+            + ", ".join(
+                f"{c.result.variant} {'PCID' if c.result.pcid else 'no PCID'} "
+                f"{c.result.counters.walk_loads / c.result.iterations:.2f}/"
+                f"{c.result.counters.host_walk_loads / c.result.iterations:.2f}"
+                for c in rows
+            )
+            + ")",
+            highlight=False,
         )
     if plot is not None:
         console.print(f"plot written to {plot}")

@@ -7,6 +7,9 @@ them into a `KernelConfig` (`machine_config`): ``--pti on|auto``, ``--vendor int
   linux-kpti.md §3.3); ``--pti on`` always isolates and never makes the image global.
 * ``--vendor``: Intel maps the entry area's debug-store page; AMD is K8 (no global image).
 * ``--vsyscall``: only ``emulate`` maps the vsyscall page (vsyscall_64.c).
+* ``--vm/--no-vm`` and ``--host-page 4k|2m|1g`` (bench): run as a guest with nested paging (EPT/NPT,
+  `kaiser.x86.nested`) over host pages of that size (default 2m, CHOSEN as the machines'); a
+  guest ``--machine`` turns it on, ``--no-vm`` off.
 * ``--lass`` (attack meltdown, attack kaslr): a CPU with LASS, and CR4.LASS set at boot. Linux
   turns LASS off with ``vsyscall=emulate`` (`KernelConfig.lass_active`), so with ``--lass`` the
   ``--vsyscall`` default is ``xonly`` (Linux's default since 5.x); ``--lass --vsyscall emulate``
@@ -25,6 +28,7 @@ import typer
 from kaiser.cli.options import choice
 from kaiser.cli.output import fail
 from kaiser.linux.kernel import PTI_MODES, VENDORS, VSYSCALL_MODES, KernelConfig
+from kaiser.x86.nested import HOST_PAGES
 
 MAX_CPUS = 64  # the model's limit (KernelConfig: one espfix page serves 64 CPUs)
 # the KernelConfig fields these options (and pcid, la57, kaslr, seed) set
@@ -46,6 +50,35 @@ VsyscallOption = Annotated[
     ),
 ]
 CpusOption = Annotated[int, typer.Option("--cpus", min=1, max=MAX_CPUS, help="Number of CPUs.")]
+VmOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--vm/--no-vm",
+        help="Run as a guest with nested paging (EPT/NPT: two-dimensional walks). Default: the machine's.",
+    ),
+]
+HostPageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--host-page",
+        callback=choice(*HOST_PAGES),
+        help="With --vm: the host's page size backing guest RAM, 4k, 2m or 1g (default: the machine's, else 2m).",
+    ),
+]
+DEFAULT_HOST_PAGE = "2m"  # CHOSEN: a KVM host backs guest RAM with transparent huge pages (cost/machines.py)
+
+
+def vm_host_page(vm: bool | None, host_page: str | None, machine_host_page: str | None) -> str | None:
+    """The host page size a bench runs its guest on, or None for bare metal: ``--vm`` or a guest
+    machine turns nested paging on, ``--no-vm`` off; ``--host-page`` without a guest is an error."""
+    on = vm if vm is not None else machine_host_page is not None
+    if not on:
+        if host_page is not None:
+            fail(f"--host-page {host_page}: only for a guest (add --vm or a guest --machine)")
+        return None
+    return host_page or machine_host_page or DEFAULT_HOST_PAGE
+
+
 LassOption = Annotated[
     bool,
     typer.Option(
@@ -95,6 +128,7 @@ __all__ = [
     "MODEL_SWITCHES",
     "CpusOption",
     "CpusOrDump",
+    "HostPageOption",
     "LassOption",
     "PtiOption",
     "PtiOrDump",
@@ -102,6 +136,8 @@ __all__ = [
     "VendorOrDump",
     "VsyscallOption",
     "VsyscallOrDump",
+    "VmOption",
     "lass_vsyscall",
     "machine_config",
+    "vm_host_page",
 ]

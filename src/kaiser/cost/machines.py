@@ -3,12 +3,19 @@
 A `Machine` picks what a user would pick by hand for a known setup: the cache hierarchy
 (`kaiser.x86.cache_geometry`), the clock that turns cycles into seconds, the transparent-huge-page
 mode of its kernel (the workloads' `thp` knob) and whether it ran as a guest. `kaiser bench
---machine NAME` applies it (an explicit `--caches` or `--thp` wins). Each entry names its source;
-what the facts do not say is CHOSEN.
+--machine NAME` applies it (an explicit `--caches`, `--thp`, `--vm/--no-vm` or `--host-page`
+wins). Each entry names its source; what the facts do not say is CHOSEN.
 
-Not modelled yet: running as a guest (nested paging, item 3 of issue 12): `guest` is recorded and
-printed, but the walks stay one-dimensional; the TLB geometry is Skylake's for every machine (the
-only one `kaiser.x86.tlb_geometry` holds).
+A guest (`guest` names the hypervisor) runs with nested paging (`kaiser.x86.nested`: every TLB
+miss a two-dimensional walk over an EPT of `host_page` pages) and its interrupts exit
+(`vm_exits_per_interrupt`, kaiser.cost.params). Every guest here ran on hardware with EPT
+(Haswell and later; Xen HVM uses it as "HAP", KVM and Nitro always) and, being 2017-2018 hosts,
+backed guest RAM with 2 MiB pages: CHOSEN, since none of the sources gives the host's setting
+(a KVM guest's RAM is QEMU's anonymous memory, which QEMU madvises for huge pages, so the host's
+transparent huge pages back it under both the madvise and always settings; Xen's HAP p2m uses
+2 MiB superpages where the domain's memory is contiguous; AWS does not document Nitro's).
+Not modelled: the TLB geometry is Skylake's for every machine (the only one
+`kaiser.x86.tlb_geometry` holds).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from kaiser.x86.cache_geometry import (
     KiB,
     MiB,
 )
+from kaiser.x86.nested import HOST_PAGES
 
 THP_MODES: Final = ("always", "madvise", "never")
 
@@ -38,24 +46,31 @@ class Machine:
     caches: CacheHierarchy
     clock_ghz: float
     thp: str  # /sys/kernel/mm/transparent_hugepage/enabled of its kernel
-    guest: str | None  # hypervisor when it ran as a guest (not modelled yet)
+    guest: str | None  # hypervisor when it ran as a guest (then nested paging: host_page)
     source: str
     latencies: str  # the row of kaiser.cost.params.CACHE_LATENCIES its caches are priced with
+    host_page: str | None = None  # a guest's EPT page size (kaiser.x86.nested.HOST_PAGES)
 
     def __post_init__(self) -> None:
         if self.thp not in THP_MODES:
             raise ValueError(f"{self.name}: THP mode {self.thp!r} is not one of {', '.join(THP_MODES)}")
         if self.latencies not in CACHE_LATENCIES:
             raise ValueError(f"{self.name}: no cache latencies {self.latencies!r}")
+        if (self.guest is None) != (self.host_page is None) or (self.host_page and self.host_page not in HOST_PAGES):
+            raise ValueError(f"{self.name}: a guest needs a host page size ({', '.join(HOST_PAGES)}), bare metal none")
 
     def params(self, base: CostParams = SKYLAKE) -> CostParams:
         """`base` at this machine's clock with its caches' latencies. L1/L2/LLC latencies are in
         cycles and kept; the DRAM latency (given at 3 GHz) is scaled to the clock, since it is
-        mostly nanoseconds (CHOSEN: the LLC-miss part in cycles is small beside it)."""
+        mostly nanoseconds (CHOSEN: the LLC-miss part in cycles is small beside it). A guest's
+        interrupts each exit (params SOURCES, vm_exits_per_interrupt)."""
         lat = dict(CACHE_LATENCIES[self.latencies])
         lat["dram_latency"] = lat["dram_latency"] * self.clock_ghz / 3.0
         return base.with_overrides(
-            clock_ghz=self.clock_ghz, **lat, dram_bytes_per_cycle=OUTSTANDING_L2_MISSES * 64 / lat["dram_latency"]
+            clock_ghz=self.clock_ghz,
+            **lat,
+            dram_bytes_per_cycle=OUTSTANDING_L2_MISSES * 64 / lat["dram_latency"],
+            vm_exits_per_interrupt=1.0 if self.guest else 0.0,
         )
 
 
@@ -98,6 +113,7 @@ MACHINES: Final = {
             "kvm",
             _GARLOFF,
             "skylake-sp",
+            "2m",  # CHOSEN: a KVM host backs guest RAM with transparent huge pages (module docstring)
         ),
         Machine(
             "garloff-xen",
@@ -108,6 +124,7 @@ MACHINES: Final = {
             "xen",
             _GARLOFF,
             "haswell",
+            "2m",  # CHOSEN: Xen HVM with HAP (EPT), 2 MiB p2m superpages (module docstring)
         ),
         Machine(
             "hansen-skylake",
@@ -128,6 +145,7 @@ MACHINES: Final = {
             "nitro (kvm)",  # c5 was the first Nitro (KVM-based) instance type (AWS, Nov 2017)
             "B. Gregg, 'Linux Performance 2018' (MySQL sysbench on c5.9xlarge, 4.14)",
             "skylake-sp",
+            "2m",  # CHOSEN: Nitro is KVM-based; AWS does not document its host pages (module docstring)
         ),
     )
 }

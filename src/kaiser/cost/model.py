@@ -89,7 +89,7 @@ def price(
     the replay had a cache hierarchy (price references by the level that served them);
     `recorded`: the counters of the recorded transitions' events (the module docstring)."""
     flushing = c.cr3_writes - c.cr3_noflush
-    extra_loads = max(0, c.walk_loads - c.walks)
+    extra_loads = max(0, c.walk_loads - c.walks) + c.host_walk_loads  # a nested walk's EPT loads too
     if caches:
         walk_loads, refs, excess = _cache_terms(c, p)
         translation = c.stlb_hits * p.stlb_hit + c.walks * (p.walk_base - p.l1_hit) + walk_loads
@@ -112,6 +112,7 @@ def price(
         + (ops.user_entries - rec_entries) * 2 * p.swapgs
         + (ops.interrupts + ops.nmis + ops.exceptions - ops.recorded_interrupts - ops.recorded_exceptions)
         * p.interrupt_entry_exit
+        + (ops.interrupts + ops.nmis) * p.vm_exits_per_interrupt * p.vm_exit  # in a guest: each exits
         + ops.asi_faults * p.asi_fault,  # asi: the #PF delivery of each ASI fault
         "kernel_work": ops.body_cycles
         + (ops.exceptions - ops.recorded_exceptions) * p.page_fault

@@ -62,6 +62,17 @@ SOURCES: dict[str, str] = {
     "l2_hit": "CITED: L2 load-to-use latency (per hierarchy, CACHE_SOURCES)",
     "llc_hit": "CITED: LLC load-to-use latency (per hierarchy, CACHE_SOURCES)",
     "dram_latency": "CITED [u]: load-to-use latency of a DRAM access at clock_ghz (per hierarchy, CACHE_SOURCES)",
+    # In a guest with nested paging (`kaiser bench --vm`, kaiser.x86.nested): a guest's MOV to CR3 does not exit
+    # with EPT (SDM Vol. 3C §26.1.3: only with "CR3-load exiting", which KVM clears when EPT is on), nor do INVLPG and
+    # INVPCID, so cr3_write_* and invlpg/invpcid price a guest's instructions as on bare metal; its nested walks'
+    # extra loads are counted (host_walk_loads) and priced as walk loads.
+    "vm_exit": "CITED [u]: a VM exit and the re-entry, the hardware round trip with a handler that does nothing: "
+    "1,344-1,376 cycles from VMRUN to back in KVM after #VMEXIT (M. Roth, LKML, Dec 2020, 'KVM: SVM: use "
+    "vmsave/vmload for saving/restoring additional host state', AMD EPYC); 1,360 taken, the handler's own work not "
+    "modelled; Intel's VMX round trip is of the same order (no figure in the facts)",
+    "vm_exits_per_interrupt": "CHOSEN: 1 in a guest (Machine.params), 0 on bare metal: KVM and Xen HVM run guests "
+    "with 'external-interrupt exiting' set (SDM Vol. 3C §25.2, pin-based controls), so each timer or device "
+    "interrupt exits to the host and is injected at the next VM entry",
     "dram_bytes_per_cycle": "CHOSEN: one core's DRAM bandwidth from Little's law, 16 outstanding L2 misses (the "
     "L2 superqueue, Intel Optimization Manual 248966) x 64 B / dram_latency; the time to move every line read "
     "from DRAM (prefetches included) is a lower bound on the DRAM term",
@@ -113,6 +124,9 @@ class CostParams:
     context_switch: float = 1500.0
     asi_fault: float = 200.0
     asi_enter_flush: float = 600.0
+    # A guest (kaiser.x86.nested): the price of a VM exit, and how many an interrupt makes.
+    vm_exit: float = 1360.0
+    vm_exits_per_interrupt: float = 0.0
     # The data caches (only with a hierarchy; Skylake-client values, CACHE_LATENCIES).
     l1_hit: float = 4.0
     l2_hit: float = 12.0

@@ -146,7 +146,7 @@ def _r(variant: str, pcid: bool, workload: str, settings: dict[str, str] | None 
 
 
 def _garloff(machine: str, what: str, nopti: float, pcid: float, nopcid: float, fit: bool) -> list[Figure]:
-    why = "" if fit else "a guest: the model's walks are native (nested paging not modelled)"
+    why = "" if fit else "a guest: nested paging over 2 MiB host pages (CHOSEN, cost/machines.py)"
     return [
         Figure(_GARLOFF, f"{what}, no PTI", "getppid() round trip, cycles", nopti, "cycles",
                (_r("nopti", True, "null-syscall", _NULL),), machine,
@@ -298,6 +298,7 @@ def evaluate(fig: Figure, path: Path | None = None, cache: dict[Any, RunResult] 
                 r = run(
                     variant_of(spec.variant), spec.workload, pcid=spec.pcid, settings=settings, iterations=ITERATIONS,
                     warmup=WARMUP, path=path, params=params, caches=caches, kernel_side=side,
+                    host_page=get_machine(fig.machine).host_page if fig.machine else None,
                 )  # fmt: skip
                 if cache is not None:
                     cache[key] = r

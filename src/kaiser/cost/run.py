@@ -30,6 +30,7 @@ from kaiser.record.replay import RecordedSide, pages_report
 from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import replay_reference
+from kaiser.x86.nested import HostTable, NestedMmu
 from kaiser.x86.physmem import PhysicalMemory
 from kaiser.x86.tlb import Mmu, TlbCounters
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
@@ -52,18 +53,23 @@ def make_replayer(
     geometry: TlbGeometry,
     path: Path,
     caches: CacheHierarchy | None = None,
+    host: HostTable | None = None,
 ) -> Callable[[np.ndarray], TlbCounters]:
     """A function replaying event arrays on one CPU whose TLB (and cache) state persists between
-    calls. `caches`: the data-cache hierarchy, or None for none (every reference an L1D hit)."""
+    calls. `caches`: the data-cache hierarchy, or None for none (every reference an L1D hit);
+    `host`: a guest's nested paging (kaiser.x86.nested), or None for bare metal."""
     if path == "engine":
         from kaiser.cost.engine import Engine
 
-        engine = Engine(mem, state, features, geometry, caches=caches)
+        engine = Engine(mem, state, features, geometry, caches=caches, host=host)
         replay: Callable[[np.ndarray], TlbCounters] = engine.replay
         return replay
     if path != "reference":
         raise ValueError(f"unknown replay path {path!r}; use 'engine' or 'reference'")
-    mmu = Mmu(mem, state, features=features, geometry=geometry, caches=caches)
+    if host is not None:
+        mmu: Mmu = NestedMmu(mem, state, host, features=features, geometry=geometry, caches=caches)
+    else:
+        mmu = Mmu(mem, state, features=features, geometry=geometry, caches=caches)
     return lambda events: replay_reference(mmu, events)
 
 
@@ -74,6 +80,7 @@ def make_stepper(
     geometry: TlbGeometry,
     path: Path,
     caches: CacheHierarchy | None = None,
+    host: HostTable | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """`make_replayer` for many small batches: each call returns the counters it added as an
     int64 array in `TlbCounters`' field order (the engine's `step`, its memory copy kept between
@@ -81,9 +88,9 @@ def make_stepper(
     if path == "engine":
         from kaiser.cost.engine import Engine
 
-        engine = Engine(mem, state, features, geometry, caches=caches)
+        engine = Engine(mem, state, features, geometry, caches=caches, host=host)
         return lambda events: engine.step(events, sync=False)
-    replay = make_replayer(mem, state, features, geometry, path, caches)
+    replay = make_replayer(mem, state, features, geometry, path, caches, host)
     return lambda events: np.array(dataclasses.astuple(replay(events)), dtype=np.int64)
 
 
@@ -125,6 +132,7 @@ class RunResult:
     kernel_side: dict[str, str] = field(default_factory=dict)  # transition -> recorded|modelled
     kernel_pages: dict[str, dict[str, Any]] = field(default_factory=dict)  # a recording's pages, per syscall
     recorded_counters: TlbCounters | None = None  # of the recorded transitions' events alone
+    host_page: str | None = None  # a guest's nested paging: the host page size (None: bare metal)
 
     @property
     def recorded_transitions(self) -> int:
@@ -163,6 +171,8 @@ class RunResult:
             "iterations": self.iterations,
             "path": self.path,
             "events": self.events,
+            "vm": self.host_page is not None,
+            "host_page": self.host_page,
             "counters": self.counters.as_dict(),
             "ops": self.ops.as_dict(),
             "cycles": self.cycles.as_dict(),
@@ -212,6 +222,7 @@ def run(
     caches: CacheHierarchy | None = None,
     kernel_side: str = "recorded",
     switches: dict[str, Any] | None = None,
+    host_page: str | None = None,
 ) -> RunResult:
     """Boot, compile, replay, price. `variant` may be a registry name or a `Variant` object.
     `kernel_side="recorded"` (the default): system call, user interrupt and user page-fault
@@ -220,7 +231,9 @@ def run(
     `"modelled"`: linux/entry.py's hand-placed references for every transition.
     With `caches`, references are priced by the cache level that served them, at the latencies
     in `params` (the caller picks them: `kaiser.cost.params.for_caches`, or a machine's).
-    `switches`: further `KernelConfig` switches (pti, vendor, vsyscall; kaiser.cli.machine)."""
+    `switches`: further `KernelConfig` switches (pti, vendor, vsyscall; kaiser.cli.machine).
+    `host_page` (4k, 2m, 1g): run as a guest with nested paging over an identity EPT of that page
+    size (kaiser.x86.nested); None: bare metal."""
     wl = get_workload(workload) if isinstance(workload, str) else workload
     knobs = wl.resolve(settings)
     name = variant if isinstance(variant, str) else variant.name
@@ -245,14 +258,15 @@ def run(
     events = em.out.array()
     features = CpuFeatures(maxphyaddr=kernel.mem.maxphyaddr)
     path = path or default_path()
+    host = HostTable.build(kernel.mem.size, host_page) if host_page else None
     recorded: TlbCounters | None = None
     if em.recorded_spans:  # the recorded transitions' counters apart: their misses, their walks
-        step = make_stepper(kernel.mem, em.initial_state(), features, geometry, path, caches)
+        step = make_stepper(kernel.mem, em.initial_state(), features, geometry, path, caches, host)
         if len(warm_events):
             step(warm_events)
         counters, recorded = replay_split(step, events, em.recorded_spans)
     else:
-        replay = make_replayer(kernel.mem, em.initial_state(), features, geometry, path, caches)
+        replay = make_replayer(kernel.mem, em.initial_state(), features, geometry, path, caches, host)
         if len(warm_events):
             replay(warm_events)
         counters = replay(events)
@@ -271,6 +285,7 @@ def run(
         transition_sides(em, em.ops),
         pages_report(sorted(transition_sides(em, em.ops)), set(em.recorded_calls)),
         recorded,
+        host_page,
     )
 
 
