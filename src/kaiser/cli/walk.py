@@ -15,14 +15,13 @@ from typing import Annotated
 
 import typer
 
+from kaiser.api.walks import PGDS, process_walk, sample_walk
 from kaiser.cli.output import Col, console, emit_json, fail, parse_int, print_table
 from kaiser.linux.variants import UnknownVariant
-from kaiser.sample import build_sample
-from kaiser.x86.bits import CR4, PFEC, RFLAGS, describe_entry
-from kaiser.x86.cpu import CpuState
+from kaiser.x86.bits import PFEC, describe_entry
 from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL, format_size
 from kaiser.x86.rights import Op
-from kaiser.x86.walker import Fault, Translation, translate
+from kaiser.x86.walker import Fault, Translation
 
 
 def walk_result_json(result: Translation | Fault) -> dict[str, object]:
@@ -72,9 +71,6 @@ def render_walk(result: Translation | Fault, title: str) -> None:
     )
 
 
-PGDS = ("user", "kernel")
-
-
 def walk_command(
     address: Annotated[str, typer.Argument(help="Linear address, e.g. 0x400000.")],
     op: Annotated[str, typer.Option("--op", help="read, write or fetch.")] = "read",
@@ -119,13 +115,9 @@ def walk_command(
         fail(f"--pgd {pgd!r} is not one of user, kernel")
     if pgd is not None and variant is None:
         fail("--pgd needs --variant: the sample space has one tree")
-    rflags = 0x2 | (RFLAGS.AC if ac else 0)
-    smap_smep = (CR4.SMAP if smap else 0) | (CR4.SMEP if smep else 0)
+    switches = {"smap": smap, "smep": smep, "ac": ac, "user": user}
     if variant is None:
-        mem, pt, _ = build_sample(la57)
-        cr4 = CR4.PAE | CR4.PGE | smap_smep | (CR4.LA57 if la57 else 0)
-        state = CpuState(cr3=pt.cr3(), cr4=int(cr4), rflags=rflags, cpl=3 if user else 0)
-        where = "the sample space"
+        walk = sample_walk(va, access, la57=la57, **switches)
     else:
         from kaiser.api.process import boot_process
 
@@ -133,20 +125,11 @@ def walk_command(
             kernel, task = boot_process(variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed)
         except UnknownVariant as exc:
             fail(f"--variant: {exc}")
-        which = pgd or ("user" if user else "kernel")
-        kcr3, ucr3 = kernel.cr3_pair(task)
-        if which == "user" and ucr3 is None:
-            if pgd is None:
-                which = "kernel"  # no isolation: user mode runs on the one PGD
-            else:
-                fail(f"--pgd user: variant {kernel.variant.name} has no user PGD (no isolation)")
-        cr3 = kcr3 if which == "kernel" else ucr3
-        assert cr3 is not None
-        kcr4 = (kernel.cr4() & ~int(CR4.SMAP | CR4.SMEP)) | smap_smep
-        state = CpuState(cr3=cr3, cr4=int(kcr4), rflags=rflags, cpl=3 if user else 0)
-        mem = kernel.mem
-        where = f"{kernel.variant.name}'s {which} PGD (CR3 {cr3:#x}, pid {task.pid})"
-    result = translate(mem, state, va, access)
+        try:
+            walk = process_walk(kernel, task, va, access, pgd=pgd, **switches)
+        except ValueError as exc:
+            fail(str(exc))
+    result, where = walk.result, walk.space
     if json_out:
         emit_json({**walk_result_json(result), "space": where})
         return
