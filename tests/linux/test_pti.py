@@ -4,7 +4,10 @@ Unit checks build a kernel/user PGD pair by hand (8 KiB-aligned, user PGD at +4 
 §3.1) and compare the entries the functions leave with the kernel entries they clone; the booted
 checks look at where each registered clone of a variant landed: shared entries at the named level
 (pti_clone_p4d, pti_clone_pgtable PMD/PTE, the LDT's top-level slot), G as the variant says
-(4.15 clears RW|G on entry text, 4.17+ sets G on the kernel PMD), private copies private.
+(4.15 clears RW|G on entry text, 4.17+ sets G on the kernel PMD), private copies private. The
+registry checks: every part has one spec; each booted part's ranges cover what its clone maps and
+hold something; G only where the part keeps it; derived variants drop exactly what they name;
+`booted_variant` is `pti_check_boottime_disable()` and `KernelConfig.isolates` agrees with it.
 """
 
 from __future__ import annotations
@@ -14,8 +17,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kaiser.linux import pti
+from kaiser.linux.audit import CLASSES
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.layout import VSYSCALL_ADDR
+from kaiser.linux.variants import (
+    VARIANTS,
+    Clone,
+    GlobalPolicy,
+    Level,
+    Part,
+    Variant,
+    booted_variant,
+    derive_variant,
+    get_variant,
+    register_variant,
+)
 from kaiser.x86.bits import PAGE_KERNEL, PTE, entry_phys
 from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL, PagingMode
 from kaiser.x86.pagetable import PageTable, PagingError
@@ -202,3 +218,107 @@ def test_linux_4_15_entry_text_loses_rw_and_global() -> None:
         k = entry(kpt, va, pmd)
         assert k and not k & PTE.G  # no global pages at all in 4.15
         assert entry(upt, va, pmd) == k & ~int(PTE.RW | PTE.G)
+
+
+# ---- the registry of parts (issue 13 item 1: Linux's policy in one place) -----------------------
+
+ISOLATING = [name for name, v in VARIANTS.items() if v.isolating and not getattr(v, "asi", False)]
+
+
+def test_every_part_has_one_spec_naming_real_audit_classes() -> None:
+    assert set(pti.PARTS) == set(Part)
+    for part, spec in pti.PARTS.items():
+        assert spec.part is part and pti.part_named(part.value) is spec
+        assert spec.levels and spec.dump_classes <= set(CLASSES), spec
+        assert spec.audit_class is None or spec.audit_class in spec.dump_classes, spec
+        assert spec.report_name in (spec.audit_class, part.value)
+    assert pti.part_named("no such part") is None
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variants_clone_parts_only_at_levels_their_spec_allows(name: str) -> None:
+    for clone in VARIANTS[name].clones:
+        assert clone.level in pti.PARTS[clone.part].levels, clone
+
+
+def test_register_variant_refuses_duplicates_and_impossible_levels() -> None:
+    linux = get_variant("linux")
+    with pytest.raises(ValueError, match="already registered"):
+        register_variant(linux)
+    bad = derive_variant("linux", "x-bad-level", summary="s", source="test")
+    bad = Variant(**{**bad.__dict__, "clones": (Clone(Part.ESPFIX, Level.PTE),)})
+    with pytest.raises(ValueError, match="cannot be cloned at pte"):
+        register_variant(bad)
+    assert "x-bad-level" not in VARIANTS
+
+
+@given(base=st.sampled_from(list(VARIANTS)), drop=st.sets(st.sampled_from(list(Part))),
+       policy=st.none() | st.sampled_from(list(GlobalPolicy)))  # fmt: skip
+def test_derive_variant_drops_exactly_the_parts_named(base: str, drop: set[Part], policy: GlobalPolicy | None) -> None:
+    parent = get_variant(base)
+    v = derive_variant(base, "x-derived", summary="s", source="test", without=drop, global_policy=policy)
+    assert v.clones == tuple(c for c in parent.clones if c.part not in drop)
+    assert v.global_policy is (policy or parent.global_policy)
+    assert v.registered_name == base and parent.registered_name == base
+    assert "x-derived" not in VARIANTS
+
+
+@given(name=st.sampled_from(list(VARIANTS)), pti_mode=st.sampled_from(["auto", "on"]),
+       vendor=st.sampled_from(["intel", "amd"]))  # fmt: skip
+def test_booted_variant_is_pti_check_boottime_disable(name: str, pti_mode: str, vendor: str) -> None:
+    v = get_variant(name)
+    got = booted_variant(v, pti=pti_mode, vendor=vendor)
+    # pti=auto leaves PTI off on a CPU without X86_BUG_CPU_MELTDOWN (AMD); pti=on always isolates
+    assert got is (VARIANTS["nopti"] if v.isolating and pti_mode == "auto" and vendor == "amd" else v)
+    assert KernelConfig(variant=name, pti=pti_mode, vendor=vendor).isolates == got.isolating
+
+
+@pytest.fixture(scope="module", params=[(n, pcid) for n in ISOLATING for pcid in (True, False)],
+                ids=lambda p: f"{p[0]}-{'pcid' if p[1] else 'nopcid'}")  # fmt: skip
+def booted(request: pytest.FixtureRequest) -> Kernel:
+    name, pcid = request.param
+    kernel = Kernel.boot(KernelConfig(variant=name, pcid=pcid, seed=11, vsyscall="emulate"))
+    task = kernel.spawn()
+    task.mm.modify_ldt(1)
+    return kernel
+
+
+def _user_kernel_leaves(kernel: Kernel) -> list[tuple[int, int, int]]:
+    task = next(iter(kernel.tasks.values()))
+    upt = task.mm.pgd.user_pt
+    assert upt is not None
+    start = kernel.layout.kernel_start
+    return [(leaf.va, leaf.va + leaf.size, int(leaf.entry)) for leaf in upt.leaves(start, once=True)]
+
+
+def test_each_parts_ranges_cover_what_its_clone_maps(booted: Kernel) -> None:
+    ranges = booted.user_allowed_ranges()
+    for lo, hi, _ in _user_kernel_leaves(booted):
+        assert any(a <= lo and hi <= b for a, b, _ in ranges), f"{lo:#x}-{hi:#x} outside every part's ranges"
+    for clone in booted.variant.clones:  # and each part cloned at boot maps something in its ranges
+        spec = pti.PARTS[clone.part]
+        own = [(a, b) for a, b, name in ranges if name == clone.part.value]
+        if own and clone.part is not Part.TASK_STACKS:
+            assert any(a < hi and lo < b for lo, hi, _ in _user_kernel_leaves(booted) for a, b in own), spec.part
+
+
+def test_global_bit_only_where_the_part_keeps_it(booted: Kernel) -> None:
+    policy = booted.variant.global_policy
+    ranges = booted.user_allowed_ranges()
+    for lo, hi, value in _user_kernel_leaves(booted):
+        if not value & PTE.G:
+            continue
+        assert policy not in (GlobalPolicy.NONE, GlobalPolicy.ALL_KERNEL), f"G at {lo:#x} under {policy}"
+        owners = [pti.part_named(name) for a, b, name in ranges if a <= lo and hi <= b]
+        assert any(spec is not None and spec.keeps_global for spec in owners), f"G at {lo:#x}: {owners}"
+
+
+def test_audit_classes_are_the_union_of_the_parts(booted: Kernel) -> None:
+    allowed, glb = booted.variant.audit_classes(pcid=booted.config.pcid)
+    want: set[str] = set()
+    for clone in booted.variant.clones:
+        spec = pti.PARTS[clone.part]
+        if not (spec.pcid_off_only and booted.config.pcid):
+            want |= spec.dump_classes
+    assert allowed == want and glb <= allowed
+    assert (not glb) == (booted.variant.global_policy is GlobalPolicy.NONE)

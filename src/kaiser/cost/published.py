@@ -30,7 +30,7 @@ from kaiser.cost.machines import get_machine
 from kaiser.cost.params import SKYLAKE, SOURCES, CostParams, for_caches
 from kaiser.cost.run import Comparison, Path, RunResult, run
 from kaiser.cost.workloads import get_workload
-from kaiser.linux.variants import VARIANTS, GlobalPolicy, Part, Variant
+from kaiser.linux.variants import GlobalPolicy, Part, Variant, derive_variant
 from kaiser.x86.cache_geometry import CacheHierarchy, get_hierarchy
 
 SIDES: Final = ("recorded", "modelled")  # `model` is the recorded side's (the default), `modelled` entry.py's
@@ -42,9 +42,14 @@ WITHIN: Final = 1.5  # a prediction "agrees" when model/published is within 1/1.
 def _linux_without(policy: GlobalPolicy, name: str) -> Variant:
     """Today's `linux` with its kernel-text clone removed and another global policy: the kernels
     D. Hansen compared in "x86/pti: leave kernel text global for !PCID" (Apr 2018)."""
-    v = VARIANTS["linux"]
-    clones = tuple(c for c in v.clones if c.part is not Part.KERNEL_TEXT)
-    return dataclasses.replace(v, name=name, clones=clones, global_policy=policy)
+    return derive_variant(
+        "linux",
+        name,
+        summary=f"linux without the kernel-text clone, global policy {policy.value}",
+        source='D. Hansen, "x86/pti: leave kernel text global for !PCID" (Apr 2018)',
+        without=(Part.KERNEL_TEXT,),
+        global_policy=policy,
+    )
 
 
 # Variants derived from the registry for the global-page figures (by name in a Figure's runs).

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from kaiser.linux import pti
 from kaiser.linux.kernel import Kernel, Task
 from kaiser.linux.layout import (
     CPU_ENTRY_AREA_PGD,
@@ -69,7 +70,7 @@ from kaiser.linux.layout import (
 )
 from kaiser.linux.ptdump import ptdump
 from kaiser.linux.ptdump_parse import MarkerLine, RangeLine, Record, SkipLine, dump_gaps, parse_ptdump, range_lines
-from kaiser.linux.variants import VARIANTS, get_variant
+from kaiser.linux.variants import get_variant
 from kaiser.x86.bits import PTE, entry_phys
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.pagetable import PageTable
@@ -101,27 +102,13 @@ CLASS_DOC: Final[dict[str, str]] = {
 }
 CLASSES: Final = tuple(CLASS_DOC)
 
-_CEA_ETC: Final = frozenset({"cpu_entry_area", "espfix", "vsyscall", "ldt"})
-_KAISER: Final = frozenset(
-    {"entry_text", "percpu", "tss_percpu", "cpu_entry_area", "espfix", "task_stack", "vsyscall", "ldt"}
-)
-_TWO_PGD: Final = frozenset({
-    "cpu_entry_area", "entry_text", "kernel_text", "kernel_data", "kernel_image", "modules", "fixmap", "vsyscall",
-    "espfix", "efi", "hole",
-})  # fmt: skip
-# (allowed classes, classes that may be global) per variant: §3.3 (linux), §8.2 (fixed-trampoline),
-# §3.6 (linux-4.15: no global pages), §7.1-7.3 (kaiser-rfc: none global; kaiser-global: the
-# always-mapped pages), DESIGN.md (two-pgd: everything under the two shared top-level entries).
-_POLICY_TABLE: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
-    "linux": (
-        _CEA_ETC | {"entry_text", "tss_percpu"},
-        frozenset({"cpu_entry_area", "espfix", "entry_text", "vsyscall"}),
-    ),
-    "fixed-trampoline": (_CEA_ETC, frozenset({"cpu_entry_area", "espfix", "vsyscall"})),
-    "linux-4.15": (_CEA_ETC | {"entry_text"}, frozenset()),
-    "kaiser-rfc": (_KAISER, frozenset()),
-    "kaiser-global": (_KAISER, _KAISER - {"task_stack", "ldt"}),
-    "two-pgd": (_TWO_PGD, _TWO_PGD),
+# A variant's allowed and global classes come from the policy registry: the union over its parts
+# (kaiser.linux.pti.PARTS; Variant.audit_classes), and a model range takes its part's audit class.
+# Not an independent table on purpose: the independent checks are the rules every variant must
+# pass (W+X, USR, global-but-unshared) and `strict`, which holds every design to linux's parts.
+# Designs whose user-mode boundary is not made of PTI's parts give theirs here -- (allowed classes,
+# global classes) -- and the classes of the ranges they name beyond PTI's parts.
+_OWN_POLICY: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
     # asi (kaiser.linux.asi): what asi_global_init maps plus the nonsensitive pageblocks. The model's
     # audit allows a direct-map piece only inside a nonsensitive pageblock or a CPU's per-CPU area
     # (its allowed ranges); a dump cannot tell those from sensitive memory, so a file's direct_map
@@ -129,20 +116,14 @@ _POLICY_TABLE: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
     # kernel text, which a dump cannot tell from the entry-text PMD (every image mapping is identical
     # in both tables, so a global one survives nothing it should not).
     "asi": (
-        _CEA_ETC | {"entry_text", "kernel_text", "kernel_data", "fixmap", "percpu", "vmalloc", "vmemmap"}
+        _ASI_CEA_ETC
+        | {"entry_text", "kernel_text", "kernel_data", "fixmap", "percpu", "vmalloc", "vmemmap"}
         | {"task_stack", "asi_nonsensitive", "direct_map"},
         frozenset({"cpu_entry_area", "espfix", "entry_text", "kernel_text", "vsyscall"}),
     ),
 }
-_PART_CLASS: Final = {
-    "task_stacks": "task_stack",
-    "percpu_user_mapped": "percpu",
-    "asi_percpu": "percpu",
-    "asi_nonsensitive": "asi_nonsensitive",
-}
-_FINER_THAN_REGION: Final = frozenset(
-    {"entry_text", "kernel_text", "tss_percpu", "task_stacks", "percpu_user_mapped", "asi_percpu", "asi_nonsensitive"}
-)
+_RANGE_CLASS: Final[dict[str, str]] = {"asi_percpu": "percpu", "asi_nonsensitive": "asi_nonsensitive"}
+
 # Variants whose user-mode tables draw a different boundary than PTI's: their strict policy is their
 # own, since Linux's PTI list does not describe them (asi: sensitive vs nonsensitive memory).
 _OWN_STRICT: Final = frozenset({"asi"})
@@ -167,16 +148,27 @@ class Policy:
 
 # variant: the variant's own policy (its design's intent: two-pgd may share whole top-level
 # entries). strict: that policy cut down to what today's Linux allows in user tables -- the `linux`
-# row of _POLICY_TABLE (§3.3) -- so no variant's design excuses a mapping Linux would not make,
+# variant's classes (§3.3) -- so no variant's design excuses a mapping Linux would not make,
 # and the audit agrees with `kaiser attack meltdown` about what leaks.
 POLICY_MODES: Final = ("strict", "variant")
 
 
 def _classes(name: str, pcid: bool) -> tuple[frozenset[str], frozenset[str]]:
-    allowed, glb = _POLICY_TABLE[name]
-    if name == "linux" and not pcid:
-        allowed, glb = allowed | {"kernel_text"}, glb | {"kernel_text"}
-    return allowed, glb
+    """(allowed classes, global classes) of the variant `name` (`linux` adds kernel text without PCID)."""
+    return _OWN_POLICY.get(name) or get_variant(name).audit_classes(pcid=pcid)
+
+
+def _range_class(part: str) -> str | None:
+    """The audit class of a model range named `part` where the layout's region cannot name it
+    (None: the region's class)."""
+    spec = pti.part_named(part)
+    return spec.audit_class if spec is not None else _RANGE_CLASS.get(part)
+
+
+def _range_name(part: str) -> str:
+    """How a report names the allowed range of `part`."""
+    spec = pti.part_named(part)
+    return spec.report_name if spec is not None else _RANGE_CLASS.get(part, part)
 
 
 def policy_for(variant: str, *, pcid: bool = True, mode: str = "variant") -> Policy:
@@ -199,9 +191,6 @@ def policy_for(variant: str, *, pcid: bool = True, mode: str = "variant") -> Pol
         allowed, glb = allowed & linux_allowed, glb & linux_glb
         note = f"strict: {variant}'s own policy, cut down to what today's Linux (the linux variant) allows"
     return Policy(variant, allowed, glb, note, mode)
-
-
-assert set(_POLICY_TABLE) | {"nopti"} == set(VARIANTS), "every variant needs an audit policy"
 
 
 # ---- results ---------------------------------------------------------------------------------
@@ -677,7 +666,7 @@ def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None, mode: s
     for p in _split(range_lines(records), bounds, user_end):
         part = p.region
         # pieces the layout's regions cannot name take their part's name
-        klass = _PART_CLASS.get(part, part) if part in _FINER_THAN_REGION else _model_class(layout, p.start)
+        klass = _range_class(part) or _model_class(layout, p.start)
         allowed = bool(part) if isolating else klass in policy.allowed
         if mode == "strict":
             allowed = allowed and klass in policy.allowed
@@ -690,7 +679,7 @@ def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None, mode: s
                 Finding("user-half", d.start, d.end, "user", f"user half differs: kernel {d.kernel} / user {d.user}")
             )
     findings += _global_unshared(kpt, upt, layout) if upt is not None else []
-    regions = tuple((_PART_CLASS.get(part, part), lo, hi) for lo, hi, part in ranges)
+    regions = tuple((_range_name(part), lo, hi) for lo, hi, part in ranges)
     notes: tuple[str, ...] = (f"variant {kernel.variant.name}, {'5' if layout.la57 else '4'}-level, "
              f"PCID {'on' if kernel.config.pcid else 'off'}, KASLR {'on' if layout.kaslr else 'off'}",)  # fmt: skip
     if policy.note:

@@ -28,7 +28,7 @@ from kaiser.linux.layout import (
     make_layout,
 )
 from kaiser.linux.mm import LDT_ENTRIES, Mm, ProgramImage
-from kaiser.linux.variants import Entry, GlobalPolicy, Level, Part, Variant, get_variant
+from kaiser.linux.variants import Entry, GlobalPolicy, Part, Variant, booted_variant, get_variant
 from kaiser.x86.bits import CR4, KERNPG_TABLE, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE, make_cr3
 from kaiser.x86.geometry import PagingMode, mode_for
 from kaiser.x86.pagetable import PageTable
@@ -115,7 +115,7 @@ class KernelConfig:
     def isolates(self) -> bool:
         """Does the kernel isolate? An isolating variant under pti=auto only on a Meltdown-affected
         CPU: pti_check_boottime_disable() leaves PTI off without X86_BUG_CPU_MELTDOWN (AMD)."""
-        return get_variant(self.variant).isolating and (self.pti == "on" or self.vendor == "intel")
+        return booted_variant(get_variant(self.variant), pti=self.pti, vendor=self.vendor).isolating
 
 
 @dataclass
@@ -189,9 +189,7 @@ class Kernel:
         """`variant` boots a design that is not in the registry (e.g. a deliberately broken one);
         by default the registry entry `config.variant` is used."""
         config = config or KernelConfig()
-        variant = variant or get_variant(config.variant)
-        if variant.isolating and config.pti == "auto" and config.vendor != "intel":
-            variant = get_variant("nopti")  # pti=auto without the Meltdown bug: no isolation (pti.c)
+        variant = booted_variant(variant or get_variant(config.variant), pti=config.pti, vendor=config.vendor)
         layout = make_layout(
             config.la57,
             config.kaslr,
@@ -312,7 +310,7 @@ class Kernel:
         if self.config.vsyscall == "emulate":
             vsys_pa = lay.kernel_phys + (lay.section("rodata").start - lay.kernel_base)  # __vsyscall_page
             kpt.map(VSYSCALL_ADDR, vsys_pa, PAGE_SIZE, PAGE_KERNEL_VVAR & ~int(PTE.G) | self._global(two_pgd))
-            self._set_vsyscall_pgtable_user_bits(kpt)
+            pti.set_vsyscall_pgtable_user_bits(kpt)
         # Modules: one loaded module, text RX and data RW NX.
         mod_pa = mem.alloc(FrameKind.DATA, "modules", count=8)
         kpt.map(lay.modules_vaddr, mod_pa, 4 * PAGE_SIZE, int(PAGE_KERNEL_RX & ~PTE.G) | self._global(two_pgd))
@@ -356,13 +354,6 @@ class Kernel:
         first = kpt.levels[-1].index(self.espfix_va)
         for n in range(ESPFIX_PTE_CLONES):
             kpt.set_entry(pte_page + 8 * (first + n * 16), stack_page | leaf, depth + 2)
-
-    def _set_vsyscall_pgtable_user_bits(self, pt: PageTable) -> None:
-        """OR USER into every upper-level entry above the vsyscall PTE (vsyscall_64.c, §3.3)."""
-        for depth in range(len(pt.levels) - 1):
-            slot = pt.entry_slot(VSYSCALL_ADDR, depth)
-            if slot is not None:
-                pt.set_entry(slot, self.mem.read_u64(slot) | int(PTE.US), depth)
 
     def _cea_slot_order(self) -> list[int]:
         """Per-CPU entry-area slots: CPU n at slot n before 6.2 and without KASLR; a random unique
@@ -433,54 +424,26 @@ class Kernel:
                     kpt.map(va, percpu_pa + piece.backing * PAGE_SIZE, piece.pages * PAGE_SIZE, flags[piece.kind])
 
     # ---- PTI: the user tables' kernel half ---------------------------------------------------
-    def _pti_init(self) -> None:
-        """`pti_init()` + `pti_finalize()` for the variant (§3.3; §7.1 for the private RFC copies)."""
-        kpt, upt = self.init.kernel_pt, self.init.user_pt
-        assert upt is not None
-        lay = self.layout
-        g = bool(self._global(True))
-        for clone in self.variant.clones:
-            part = clone.part
-            if part is Part.CPU_ENTRY_AREA:
-                if clone.private:
-                    self._kaiser_map_cea(kpt, upt, g)
-                elif clone.level is Level.PGD:
-                    pti.pti_clone_pgd(kpt, upt, lay.cpu_entry_area_base)
-                else:
-                    pti.pti_clone_p4d(kpt, upt, lay.cpu_entry_area_base)
-            elif part is Part.ESPFIX:
-                pti.pti_clone_p4d(kpt, upt, lay.espfix_base)
-            elif part is Part.ENTRY_TEXT:
-                start, end = lay.entry_text
-                if clone.private:
-                    pti.kaiser_add_mapping(kpt, upt, start, end - start, set_global=g)
-                else:
-                    pti.pti_clone_pgtable(kpt, upt, start, end, "pmd", clear=clone.clear, set_global=g)
-            elif part is Part.TSS_PERCPU:
-                for cpu in self.cpus:  # pti_clone_user_shared(): a private PTE, PAGE_KERNEL minus G
-                    upt.map(
-                        cpu.tss_va, cpu.percpu_pa + PAGE_SIZE, PAGE_SIZE, int(PAGE_KERNEL & ~PTE.G), page_size=PAGE_SIZE
-                    )
-            elif part is Part.VSYSCALL and self.config.vsyscall == "emulate":
-                # pti_setup_vsyscall(): nothing to clone when there is no PTE (xonly, none)
-                pti.pti_clone_pgtable(kpt, upt, VSYSCALL_ADDR, VSYSCALL_ADDR + PAGE_SIZE, "pte")
-                self._set_vsyscall_pgtable_user_bits(upt)
-            elif part is Part.KERNEL_TEXT:
-                if self.kernel_text_shared():  # pti_clone_kernel_text()
-                    pti.pti_clone_pgtable(kpt, upt, lay.kernel_base, lay.section("data").start, "pmd", set_global=g)
-            elif part is Part.FIXMAP_PGD:
-                pti.pti_clone_pgd(kpt, upt, lay.fixaddr_start)
-            elif part is Part.PERCPU_USER_MAPPED:
-                for cpu in self.cpus:  # KAISER's user-mapped per-CPU section at its percpu address
-                    pti.kaiser_add_mapping(kpt, upt, cpu.percpu_va, 5 * PAGE_SIZE, set_global=g)
-            # TASK_STACKS are mapped per process in `fork`; LDT per mm in `map_ldt`.
+    def pti_scope(self) -> pti.PtiScope:
+        """This kernel as PTI's parts see it (kaiser.linux.pti.PtiScope): init_mm's pair, the
+        layout, each CPU's entry and per-CPU areas, the task stacks, the boot choices."""
+        assert self.init.user_pt is not None, "no user tables: the variant does not isolate"
+        pages = self.cea_layout.pages
+        return pti.PtiScope(
+            kernel_pt=self.init.kernel_pt,
+            user_pt=self.init.user_pt,
+            layout=self.layout,
+            cpus=tuple(pti.PtiCpu(c.cea, pages, c.percpu_pa, c.percpu_va, c.tss_va) for c in self.cpus),
+            task_stacks=tuple((t.stack, t.stack + THREAD_SIZE) for t in self.tasks.values()),
+            vsyscall_emulate=self.config.vsyscall == "emulate",
+            kernel_text_shared=self.kernel_text_shared(),
+            global_bit=self._global(True),
+        )
 
-    def _kaiser_map_cea(self, kpt: PageTable, upt: PageTable, g: bool) -> None:
-        lay = self.layout
-        pti.kaiser_add_mapping(kpt, upt, lay.cpu_entry_area_base, PAGE_SIZE, set_global=g)
-        for cpu in self.cpus:
-            for leaf in list(kpt.leaves(cpu.cea, cpu.cea + self.cea_layout.pages * PAGE_SIZE)):
-                pti.kaiser_add_mapping(kpt, upt, leaf.va, leaf.size, set_global=g)
+    def _pti_init(self) -> None:
+        """`pti_init()` + `pti_finalize()`: the variant's clones, each by its part's step in
+        kaiser.linux.pti.PARTS (§3.3; §7.1 for the private RFC copies)."""
+        pti.pti_init(self.pti_scope(), self.variant.clones)
 
     def _preallocate_stack_tables(self) -> None:
         """Tables for the first 2 MiB of task stacks exist from boot (in both trees when stacks are
@@ -492,44 +455,11 @@ class Kernel:
             self.init.user_pt.entry_slot(self._vmalloc_next, leaf, create=True)
 
     def user_allowed_ranges(self) -> list[tuple[int, int, str]]:
-        """Kernel-half ranges the variant may map in user tables: (start, end, part name)."""
-        lay, v = self.layout, self.variant
-        out: list[tuple[int, int, str]] = []
-        top_shift = self.init.kernel_pt.levels[0].shift
-
-        def slot_of(va: int) -> tuple[int, int]:
-            return va & ~((1 << top_shift) - 1), (va & ~((1 << top_shift) - 1)) + (1 << top_shift)
-
-        for clone in v.clones:
-            part = clone.part
-            if part is Part.CPU_ENTRY_AREA:
-                lo, hi = (
-                    slot_of(lay.cpu_entry_area_base)
-                    if clone.level is Level.PGD
-                    else (lay.cpu_entry_area_base, lay.cpu_entry_area_base + (1 << 39))
-                )
-                out.append((lo, hi, part.value))
-            elif part is Part.ESPFIX:
-                out.append((lay.espfix_base, lay.espfix_base + (1 << 39), part.value))
-            elif part is Part.ENTRY_TEXT:
-                lo, hi = lay.entry_text
-                if clone.level is Level.PMD:
-                    lo, hi = lo & ~(2 * MiB - 1), -(-hi // (2 * MiB)) * 2 * MiB
-                out.append((lo, hi, part.value))
-            elif part is Part.TSS_PERCPU:
-                out += [(c.tss_va, c.tss_va + PAGE_SIZE, part.value) for c in self.cpus]
-            elif part is Part.VSYSCALL and self.config.vsyscall == "emulate":
-                out.append((VSYSCALL_ADDR, VSYSCALL_ADDR + PAGE_SIZE, part.value))
-            elif part is Part.LDT:
-                out.append((lay.ldt_base, lay.ldt_end, part.value))
-            elif part is Part.KERNEL_TEXT and self.kernel_text_shared():
-                out.append((lay.kernel_base, lay.section("data").start, part.value))
-            elif part is Part.FIXMAP_PGD:
-                out.append((*slot_of(lay.fixaddr_start), part.value))
-            elif part is Part.TASK_STACKS:
-                out += [(t.stack, t.stack + THREAD_SIZE, part.value) for t in self.tasks.values()]
-            elif part is Part.PERCPU_USER_MAPPED:
-                out += [(c.percpu_va, c.percpu_va + 5 * PAGE_SIZE, part.value) for c in self.cpus]
+        """Kernel-half ranges the variant may map in user tables: (start, end, part name), from
+        each clone's part in kaiser.linux.pti.PARTS; none without isolation."""
+        if self.init.user_pt is None:
+            return []
+        out = pti.user_allowed_ranges(self.pti_scope(), self.variant.clones)
         if self.asi is not None:
             out += self.asi.allowed_ranges()
         return out

@@ -1,45 +1,48 @@
-"""The isolation variants: one registry of data plus a few policy switches, not forks of the code.
+"""The isolation variants: one registry of designs composed of PTI's parts, not forks of the code.
 
-Each variant says what the user ("shadow") tables map of the kernel, at which level the mapping is
-cloned, which flags the user copy drops, and where `_PAGE_GLOBAL` is kept. Sources are sections of
-`shared/facts/linux-kpti.md`; PCID, 4/5-level paging and KASLR are orthogonal machine switches.
+**Where is a variant?** Here. Each variant is a tuple of `Clone`s -- parts of the PTI policy
+registry (`kaiser.linux.pti.PARTS`: how each is cloned, which ranges it allows, its audit class),
+at a level, with the bits the user copy drops -- plus where `_PAGE_GLOBAL` is kept and where the
+SYSCALL entry point lives. Sources are sections of `shared/facts/linux-kpti.md`; PCID, 4/5-level
+paging, KASLR and `pti=on|auto` are orthogonal machine switches (kaiser.linux.kernel.KernelConfig).
+
+Derived and deliberately broken variants (a registered design minus some parts, or with another
+global policy: the cost model's global-page kernels, `kaiser run`'s broken variant) come from
+`derive_variant`, never from editing a clone list elsewhere. A new design registers with
+`register_variant` (kaiser.linux.asi's `asi` plugs in there: its module calls it at import with
+its `Variant`, and this module imports it at the end so that `VARIANTS` is complete).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from kaiser.linux.pti import PARTS, Clone, Level, Part
 from kaiser.x86.bits import PTE
+
+__all__ = [
+    "BASELINE",
+    "VARIANTS",
+    "Clone",
+    "Entry",
+    "GlobalPolicy",
+    "Level",
+    "Part",
+    "UnknownVariant",
+    "Variant",
+    "booted_variant",
+    "derive_variant",
+    "get_variant",
+    "register_variant",
+]
 
 # The variant every isolation overhead is measured against (no PTI: Linux with pti=off), named
 # once for the cost model, traces, sweeps and reports.
 BASELINE: Final = "nopti"
-
-
-class Level(enum.Enum):
-    """The page-table level at which a kernel range is cloned into the user tables (pti.c names)."""
-
-    PGD = "pgd"  # share a whole top-level entry (two-pgd; LDT slot)
-    P4D = "p4d"  # pti_clone_p4d(): share a 512 GiB top-level (4-level) / P4D (5-level) entry
-    PMD = "pmd"  # pti_clone_pgtable(..., PTI_CLONE_PMD): share 2 MiB PMD entries
-    PTE = "pte"  # pti_clone_pgtable(..., PTI_CLONE_PTE) / private 4 KiB copies
-
-
-class Part(enum.Enum):
-    """Kernel pieces a variant may map into the user tables."""
-
-    CPU_ENTRY_AREA = "cpu_entry_area"  # GDT, IDT alias, TSS, entry and IST stacks, per CPU (§3.4)
-    ENTRY_TEXT = "entry_text"  # __entry_text_start..__irqentry_text_end inside kernel text
-    TSS_PERCPU = "tss_percpu"  # the per-CPU cpu_tss_rw page at its percpu (direct-map) address (4.20+)
-    ESPFIX = "espfix"
-    VSYSCALL = "vsyscall"
-    LDT = "ldt"  # per-mm LDT alias, when the process has an LDT
-    KERNEL_TEXT = "kernel_text"  # _text.._etext/__end_rodata_aligned, only where the policy allows
-    FIXMAP_PGD = "fixmap_pgd"  # the whole top-level entry holding fixmap (4-level: image + modules too)
-    TASK_STACKS = "task_stacks"  # every task's kernel stack (KAISER as first posted)
-    PERCPU_USER_MAPPED = "percpu_user_mapped"  # KAISER's per-CPU user-mapped section (TSS, GDT, scratch)
 
 
 class Entry(enum.Enum):
@@ -60,16 +63,6 @@ class GlobalPolicy(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Clone:
-    """One kernel piece mapped into the user tables."""
-
-    part: Part
-    level: Level
-    clear: int = 0  # bits dropped from the user copy (4.15 entry text: RW|GLOBAL)
-    private: bool = False  # private lower-level tables (KAISER RFC) instead of shared ones
-
-
-@dataclass(frozen=True)
 class Variant:
     """An isolation design: data the Linux model reads, plus the few policy switches it needs."""
 
@@ -86,12 +79,36 @@ class Variant:
     # Address Space Isolation (kaiser.linux.asi): the pair's second table is the ASI PGD, the kernel
     # runs on it until an ASI fault, and no PTI CR3 switch happens at entry (successors.md, ASI).
     asi: bool = False
+    derived_from: str = ""  # the registered variant a `derive_variant` design was made from
 
     def clone_for(self, part: Part) -> Clone | None:
+        """The clone of `part`, if the variant maps it."""
         return next((c for c in self.clones if c.part is part), None)
 
     def maps(self, part: Part) -> bool:
+        """Does the variant map `part` into its user tables?"""
         return self.clone_for(part) is not None
+
+    @property
+    def registered_name(self) -> str:
+        """The registry name a `KernelConfig` takes for it: its own, or the one it was derived from."""
+        return self.derived_from or self.name
+
+    def audit_classes(self, *, pcid: bool) -> tuple[frozenset[str], frozenset[str]]:
+        """(classes its user tables may show, classes that may be global there): the union of its
+        parts' `dump_classes`, and of those whose user copy keeps G under the global policy. A
+        `pcid_off_only` part (kernel text) counts only without PCID (§3.3)."""
+        allowed: set[str] = set()
+        glb: set[str] = set()
+        keeps = self.global_policy not in (GlobalPolicy.NONE, GlobalPolicy.ALL_KERNEL)
+        for clone in self.clones:
+            spec = PARTS[clone.part]
+            if spec.pcid_off_only and pcid:
+                continue
+            allowed |= spec.dump_classes
+            if keeps and spec.keeps_global:
+                glb |= spec.dump_classes
+        return frozenset(allowed), frozenset(glb)
 
 
 _MODERN_BASE = (
@@ -227,3 +244,58 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         raise UnknownVariant(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}") from None
+
+
+def register_variant(variant: Variant) -> Variant:
+    """Add a design to the registry: every `--variant all`, the demo and docs/variants.md list it.
+    Its clones must be parts of `kaiser.linux.pti.PARTS` at levels their spec allows."""
+    if variant.name in VARIANTS:
+        raise ValueError(f"variant {variant.name!r} is already registered")
+    _check_clones(variant)
+    VARIANTS[variant.name] = variant
+    return variant
+
+
+def _check_clones(variant: Variant) -> None:
+    for clone in variant.clones:
+        if clone.level not in PARTS[clone.part].levels:
+            raise ValueError(f"{variant.name}: {clone.part.value} cannot be cloned at {clone.level.value}")
+
+
+def derive_variant(
+    base: str,
+    name: str,
+    *,
+    summary: str,
+    source: str,
+    without: Iterable[Part] = (),
+    global_policy: GlobalPolicy | None = None,
+) -> Variant:
+    """A design made from the registered `base`: its clones minus the parts `without`, another
+    global policy if given. Not registered: the cost model's global-page kernels and `kaiser run`'s
+    deliberately broken variant boot it with `Kernel.boot(config, variant=...)`, `config.variant`
+    being its `registered_name`."""
+    parent = get_variant(base)
+    drop = frozenset(without)
+    return dataclasses.replace(
+        parent,
+        name=name,
+        summary=summary,
+        source=source,
+        clones=tuple(c for c in parent.clones if c.part not in drop),
+        global_policy=parent.global_policy if global_policy is None else global_policy,
+        derived_from=parent.name,
+    )
+
+
+def booted_variant(variant: Variant, *, pti: str, vendor: str) -> Variant:
+    """The design the kernel really boots (`pti_check_boottime_disable()`, arch/x86/mm/pti.c):
+    under pti=auto an isolating variant isolates only on a CPU with X86_BUG_CPU_MELTDOWN (Intel
+    here; AMD is not affected), so elsewhere it boots `nopti`."""
+    if variant.isolating and pti == "auto" and vendor != "intel":
+        return VARIANTS["nopti"]
+    return variant
+
+
+for _variant in VARIANTS.values():
+    _check_clones(_variant)

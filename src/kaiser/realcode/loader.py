@@ -10,7 +10,6 @@ written into CPU 0's per-CPU frames, as the kernel's boot would.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import struct
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 from kaiser.linux.kernel import THREAD_SIZE, Kernel, KernelConfig, Task
 from kaiser.linux.mm import ProgramImage
-from kaiser.linux.variants import VARIANTS, Entry, Part, Variant, get_variant
+from kaiser.linux.variants import VARIANTS, Entry, Part, Variant, derive_variant, get_variant
 from kaiser.realcode import build
 from kaiser.realcode.build import PAGE, Image, Switches
 
@@ -30,13 +29,12 @@ USER_STACK_SLACK = 64  # start below the top of the [stack] VMA
 def broken_variant() -> Variant:
     """`linux` without the entry-text clone (and without the kernel-text clone, which would map
     the entry text too when PCID is off): the user tables cannot fetch entry_SYSCALL_64."""
-    base = get_variant(BROKEN_BASE)
-    return dataclasses.replace(
-        base,
-        name=BROKEN_VARIANT,
+    return derive_variant(
+        BROKEN_BASE,
+        BROKEN_VARIANT,
         summary="debug: linux with the entry text left out of the user tables (SYSCALL must fault)",
         source="test-only (kaiser run --variant linux-no-entry-text)",
-        clones=tuple(c for c in base.clones if c.part not in (Part.ENTRY_TEXT, Part.KERNEL_TEXT)),
+        without=(Part.ENTRY_TEXT, Part.KERNEL_TEXT),
     )
 
 
@@ -95,8 +93,9 @@ def boot(
     """Boot the model for `variant_name`, spawn a process and load the realcode image into it
     (`machine`: further `KernelConfig` switches -- pti, vendor, vsyscall; one CPU)."""
     variant = resolve_variant(variant_name)
-    base = BROKEN_BASE if variant.name == BROKEN_VARIANT else variant.name
-    config = KernelConfig(variant=base, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, ncpus=1, **machine)
+    config = KernelConfig(
+        variant=variant.registered_name, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed, ncpus=1, **machine
+    )
     kernel = Kernel.boot(config, variant=variant)
     task = kernel.spawn(ProgramImage(name="realcode"))
     return load(kernel, task, variant, seed)
