@@ -116,9 +116,8 @@ _OWN_POLICY: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
     # kernel text, which a dump cannot tell from the entry-text PMD (every image mapping is identical
     # in both tables, so a global one survives nothing it should not).
     "asi": (
-        _ASI_CEA_ETC
-        | {"entry_text", "kernel_text", "kernel_data", "fixmap", "percpu", "vmalloc", "vmemmap"}
-        | {"task_stack", "asi_nonsensitive", "direct_map"},
+        frozenset({"cpu_entry_area", "espfix", "vsyscall", "ldt", "entry_text", "kernel_text", "kernel_data"})
+        | {"fixmap", "percpu", "vmalloc", "vmemmap", "task_stack", "asi_nonsensitive", "direct_map"},
         frozenset({"cpu_entry_area", "espfix", "entry_text", "kernel_text", "vsyscall"}),
     ),
 }
