@@ -110,3 +110,27 @@ def test_an_error_in_one_configuration_names_the_file(tmp_path: Path) -> None:
     )
     with pytest.raises(TraceError, match=rf"^{trace}:2: system call read's buffer"):
         replay_trace(trace, [("nopti", True), ("linux", True)], workers=2)
+
+
+def test_replay_command_uses_the_cache_and_the_workers(real_trace: tuple[Path, Path]) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from kaiser.cli.app import app
+
+    lackey, _ = real_trace
+    args = ["replay", str(lackey), "-v", "linux", "--workers", "2", "--json"]
+    runs = [json.loads(CliRunner().invoke(app, args).stdout) for _ in range(2)]
+    nocache = json.loads(CliRunner().invoke(app, [*args, "--no-cache"]).stdout)
+    assert [r["from_cache"] for r in (*runs, nocache)] == [False, True, False]
+    assert {r["workers"] for r in (*runs, nocache)} == {2}
+    untimed = [[{k: v for k, v in r.items() if k != "replay_seconds"} for r in run["results"]] for run in runs]
+    assert (
+        untimed[0] == untimed[1] == [{k: v for k, v in r.items() if k != "replay_seconds"} for r in nocache["results"]]
+    )
+    res = CliRunner().invoke(app, ["replay", str(lackey), "--workers", "0"])
+    assert res.exit_code == 2 and res.output.strip().count("\n") == 0 and "--workers" in res.output
+    res = CliRunner().invoke(app, ["replay", str(lackey), "-v", "linux", "--pcid", "--workers", "2"])
+    assert res.exit_code == 0 and "2 threads, binary cache" in res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80

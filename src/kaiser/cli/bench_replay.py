@@ -168,65 +168,76 @@ def _record_and_measure(
 
 
 def _rate(refs_per_second: float) -> str:
-    return f"{refs_per_second / 1e6:.1f} M refs/s"
+    return f"{refs_per_second / 1e6:.1f} M"
 
 
 def _met(met: bool) -> str:
     return "[green]met[/]" if met else "[bold red]NOT met[/]"
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
 def print_throughput(r: dict[str, Any]) -> None:
-    """The trace, then one row per measurement: seconds, rate, and its ratio or target."""
+    """The trace, then one row per measurement: what ran, seconds, rate, and its ratio or target."""
     rec = r["recorded"]
     where = r["trace"] if rec is None or rec["kept"] else f"{r['trace']} (temporary, deleted)"
-    about = [("trace", where)]
+    about = [["trace", where]]
     if rec is not None:
-        about.append(("recorded", f"built-in program, {rec['rounds']} rounds, in {rec['seconds']:.1f} s"))
-    about.append(("size", f"{r['bytes']:,} bytes ({r['bytes'] / 1e6:.1f} MB)"))
-    about.append(("references", f"{r['refs']:,} ({r['events_replayed']:,} events replayed)"))
+        about.append(["recorded", f"built-in program, {rec['rounds']} rounds, in {rec['seconds']:.1f} s"])
+    about.append(["size", f"{r['bytes']:,} bytes ({r['bytes'] / 1e6:.1f} MB)"])
+    about.append(["references", f"{r['refs']:,} ({r['events_replayed']:,} events replayed)"])
     calls = f"{r['syscalls']:,}"
     if r["alignment"] is not None:
         calls += f" ({r['alignment']['matched']:,} matched in the strace log)"
-    about.append(("system calls", calls))
+    about.append(["system calls", calls])
     if r["bad_lines"]:
-        about.append(("bad lines", f"{r['bad_lines']:,} skipped"))
-    about.append(("replay", f"{r['variant']}, PCID {'on' if r['pcid'] else 'off'}, {r['path']} path"))
+        about.append(["bad lines", f"{r['bad_lines']:,} skipped"])
+    about.append(["replay", f"{r['variant']}, PCID {'on' if r['pcid'] else 'off'}, {r['path']} path"])
     c = r["cache"]
-    about.append(("binary cache", c["dir"] if c["enabled"] else "off (--no-cache)"))
-    print_table([Col("", whole=True), Col("", whole=False)], about, title=f"replay throughput, best of {r['repeats']}")
-    cols = [Col("measurement", whole=False), Col("seconds", justify="right"), Col("rate", justify="right")]
-    cols.append(Col("vs", whole=False))
-    target = r["target_refs_per_second"]
+    about.append(["binary cache", c["dir"] if c["enabled"] else "off (--no-cache)"])
+    print_table(
+        [Col("replay throughput", whole=True), Col(f"best of {r['repeats']}", whole=False)],
+        about,
+    )
+    cols = [
+        Col("measurement", whole=False),
+        Col("seconds", justify="right"),
+        Col("refs/s", justify="right"),
+        Col("against", whole=False),
+    ]
+    target = r["target_refs_per_second"] / 1e6
     rows = [["parse the text", f"{r['parse_seconds']:.2f}", _rate(r["parse_refs_per_second"]), ""]]
     if c["load_seconds"] is not None:
-        rows.append(["load the binary cache", f"{c['load_seconds']:.2f}", _rate(c["load_refs_per_second"]), ""])
+        rows.append(["load the cache", f"{c['load_seconds']:.2f}", _rate(c["load_refs_per_second"]), ""])
     rows.append(
         [
-            "1 configuration from the text, 1 thread",
+            "1 config, text, 1 thread",
             f"{r['text_end_to_end_seconds']:.2f}",
             _rate(r["text_end_to_end_refs_per_second"]),
             "",
         ]
     )
-    src = "the cache" if c["used"] else "the text"
+    src = "cache" if c["used"] else "text"
     rows.append(
         [
-            f"1 configuration from {src}, {r['workers']} thread{'s' if r['workers'] != 1 else ''}",
+            f"1 config, {src}, {_threads(r['workers'])}",
             f"{r['end_to_end_seconds']:.2f}",
             _rate(r["end_to_end_refs_per_second"]),
-            f"target {target / 1e6:g} M: {_met(r['target_met'])}",
+            f"{target:g} M: {_met(r['target_met'])}",
         ]
     )
     a = r["all_configs"]
     if a is not None:
         n = a["configs"]
-        rows.append([f"{n} configurations, {n} separate passes", f"{a['separate_seconds']:.2f}", "", "1.00x"])
+        rows.append([f"{n} configs, {n} passes, 1 thread", f"{a['separate_seconds']:.2f}", "", "1.00x"])
         rows.append(
             [
-                f"{n} configurations, one pass on {a['workers']} thread{'s' if a['workers'] != 1 else ''}",
+                f"{n} configs, 1 pass, {_threads(a['workers'])}",
                 f"{a['one_pass_seconds']:.2f}",
                 "",
-                f"{a['ratio']:.2f}x (target {a['target_ratio']:g}x: {_met(a['target_met'])})",
+                f"{a['ratio']:.2f}x; {a['target_ratio']:g}x: {_met(a['target_met'])}",
             ]
         )
     print_table(cols, rows)
