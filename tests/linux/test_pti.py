@@ -23,8 +23,8 @@ from kaiser.linux.layout import VSYSCALL_ADDR
 from kaiser.linux.variants import (
     VARIANTS,
     Clone,
+    CloneLevel,
     GlobalPolicy,
-    Level,
     Part,
     Variant,
     booted_variant,
@@ -246,7 +246,7 @@ def test_register_variant_refuses_duplicates_and_impossible_levels() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_variant(linux)
     bad = derive_variant("linux", "x-bad-level", summary="s", source="test")
-    bad = Variant(**{**bad.__dict__, "clones": (Clone(Part.ESPFIX, Level.PTE),)})
+    bad = Variant(**{**bad.__dict__, "clones": (Clone(Part.ESPFIX, CloneLevel.PTE),)})
     with pytest.raises(ValueError, match="cannot be cloned at pte"):
         register_variant(bad)
     assert "x-bad-level" not in VARIANTS

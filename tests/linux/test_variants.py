@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.linux.variants import VARIANTS, Entry, GlobalPolicy, Level, Part, UnknownVariant, get_variant
+from kaiser.linux.variants import VARIANTS, CloneLevel, Entry, GlobalPolicy, Part, UnknownVariant, get_variant
 from kaiser.x86.bits import ADDR_MASK_52, PTE
 from kaiser.x86.geometry import user_half_end
 
@@ -47,8 +47,8 @@ def test_policy_fields_are_consistent(name: str) -> None:
         assert v.maps(part) == (part in parts)
         assert v.clone_for(part) == next((c for c in v.clones if c.part is part), None)
     for c in v.clones:
-        assert not c.private or c.level is Level.PTE, f"{c}: private copies are 4 KiB PTEs"
-        if c.level is Level.PGD:
+        assert not c.private or c.level is CloneLevel.PTE, f"{c}: private copies are 4 KiB PTEs"
+        if c.level is CloneLevel.PGD:
             assert c.part in (Part.CPU_ENTRY_AREA, Part.FIXMAP_PGD, Part.LDT), c
         assert not c.clear & (int(PTE.P) | ADDR_MASK_52), f"{c}: clear may drop flags only"
     if v.isolating:

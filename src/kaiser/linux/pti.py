@@ -186,7 +186,7 @@ def set_vsyscall_pgtable_user_bits(pt: PageTable) -> None:
 
 
 # ---- the registry of parts ---------------------------------------------------------------------
-class Level(enum.Enum):
+class CloneLevel(enum.Enum):
     """The page-table level at which a kernel range is cloned into the user tables (pti.c names)."""
 
     PGD = "pgd"  # share a whole top-level entry (two-pgd; LDT slot)
@@ -215,7 +215,7 @@ class Clone:
     """One kernel piece mapped into the user tables by a variant: at which level, dropping which bits."""
 
     part: Part
-    level: Level
+    level: CloneLevel
     clear: int = 0  # bits dropped from the user copy (4.15 entry text: RW|GLOBAL)
     private: bool = False  # private lower-level tables (KAISER RFC) instead of shared ones
 
@@ -274,7 +274,7 @@ class PartSpec:
 
     part: Part
     source: str
-    levels: frozenset[Level]
+    levels: frozenset[CloneLevel]
     dump_classes: frozenset[str]
     keeps_global: bool
     clone: Callable[[PtiScope, Clone], None]
@@ -304,7 +304,7 @@ def _clone_cea(scope: PtiScope, clone: Clone) -> None:
         for cpu in scope.cpus:
             for leaf in list(kpt.leaves(cpu.cea, cpu.cea + cpu.cea_pages * PAGE_SIZE)):
                 kaiser_add_mapping(kpt, upt, leaf.va, leaf.size, set_global=g)
-    elif clone.level is Level.PGD:
+    elif clone.level is CloneLevel.PGD:
         pti_clone_pgd(kpt, upt, base)
     else:
         pti_clone_p4d(kpt, upt, base)
@@ -312,7 +312,7 @@ def _clone_cea(scope: PtiScope, clone: Clone) -> None:
 
 def _ranges_cea(scope: PtiScope, clone: Clone) -> Ranges:
     base = scope.layout.cpu_entry_area_base
-    return [scope.top_slot(base) if clone.level is Level.PGD else (base, base + P4D_SPAN)]
+    return [scope.top_slot(base) if clone.level is CloneLevel.PGD else (base, base + P4D_SPAN)]
 
 
 def _clone_espfix(scope: PtiScope, clone: Clone) -> None:
@@ -337,7 +337,7 @@ def _clone_entry_text(scope: PtiScope, clone: Clone) -> None:
 
 def _ranges_entry_text(scope: PtiScope, clone: Clone) -> Ranges:
     lo, hi = scope.layout.entry_text
-    if clone.level is Level.PMD:
+    if clone.level is CloneLevel.PMD:
         lo, hi = lo & ~(PMD_SIZE - 1), -(-hi // PMD_SIZE) * PMD_SIZE
     return [(lo, hi)]
 
@@ -415,7 +415,7 @@ def _ranges_percpu_user_mapped(scope: PtiScope, clone: Clone) -> Ranges:
     return [(cpu.percpu_va, cpu.percpu_va + KAISER_PERCPU_USER_PAGES * PAGE_SIZE) for cpu in scope.cpus]
 
 
-_ALL_LEVELS: Final = frozenset(Level)
+_ALL_LEVELS: Final = frozenset(CloneLevel)
 # What two-pgd's shared fixmap entry holds (4-level: image, modules, fixmap, vsyscall; with 5-level
 # slot 511 holds espfix and EFI too) -- the classes of audit.py's CLASSES under it (DESIGN.md).
 _TOP_SLOT_CLASSES: Final = frozenset({
@@ -427,30 +427,30 @@ PARTS: Final[dict[Part, PartSpec]] = {
     s.part: s
     for s in (
         PartSpec(Part.CPU_ENTRY_AREA, "pti_clone_p4d(CPU_ENTRY_AREA_BASE), §3.3-3.4; RFC §7.1",
-                 _ALL_LEVELS - {Level.PMD}, frozenset({"cpu_entry_area"}), True, _clone_cea, _ranges_cea),
+                 _ALL_LEVELS - {CloneLevel.PMD}, frozenset({"cpu_entry_area"}), True, _clone_cea, _ranges_cea),
         PartSpec(Part.ENTRY_TEXT, "pti_clone_entry_text(), §3.3; 4.15 §3.6; RFC §7.1",
-                 frozenset({Level.PMD, Level.PTE}), frozenset({"entry_text"}), True, _clone_entry_text,
+                 frozenset({CloneLevel.PMD, CloneLevel.PTE}), frozenset({"entry_text"}), True, _clone_entry_text,
                  _ranges_entry_text, audit_class="entry_text"),
         PartSpec(Part.TSS_PERCPU, "pti_clone_user_shared(), 4.20+, §3.3",
-                 frozenset({Level.PTE}), frozenset({"tss_percpu"}), False, _clone_tss, _ranges_tss,
+                 frozenset({CloneLevel.PTE}), frozenset({"tss_percpu"}), False, _clone_tss, _ranges_tss,
                  audit_class="tss_percpu"),
         PartSpec(Part.ESPFIX, "pti_setup_espfix64(), §3.3",
-                 frozenset({Level.P4D}), frozenset({"espfix"}), True, _clone_espfix, _ranges_espfix),
+                 frozenset({CloneLevel.P4D}), frozenset({"espfix"}), True, _clone_espfix, _ranges_espfix),
         PartSpec(Part.VSYSCALL, "pti_setup_vsyscall(), vsyscall=emulate only, §3.3",
-                 frozenset({Level.PTE}), frozenset({"vsyscall"}), True, _clone_vsyscall, _ranges_vsyscall),
+                 frozenset({CloneLevel.PTE}), frozenset({"vsyscall"}), True, _clone_vsyscall, _ranges_vsyscall),
         PartSpec(Part.LDT, "map_ldt_struct(): the LDT slot's top-level entry, per mm, §3.3, §7.5",
-                 frozenset({Level.PGD}), frozenset({"ldt"}), False, _clone_nothing_at_boot, _ranges_ldt,
+                 frozenset({CloneLevel.PGD}), frozenset({"ldt"}), False, _clone_nothing_at_boot, _ranges_ldt,
                  at_boot=False),
         PartSpec(Part.KERNEL_TEXT, "pti_clone_kernel_text(), no PCID and pti=auto only, §3.3",
-                 frozenset({Level.PMD}), frozenset({"kernel_text"}), True, _clone_kernel_text,
+                 frozenset({CloneLevel.PMD}), frozenset({"kernel_text"}), True, _clone_kernel_text,
                  _ranges_kernel_text, audit_class="kernel_text", pcid_off_only=True),
         PartSpec(Part.FIXMAP_PGD, "two-pgd: the fixmap's whole top-level entry (seed, §1.2, §7.3)",
-                 frozenset({Level.PGD}), _TOP_SLOT_CLASSES, True, _clone_fixmap_pgd, _ranges_fixmap_pgd),
+                 frozenset({CloneLevel.PGD}), _TOP_SLOT_CLASSES, True, _clone_fixmap_pgd, _ranges_fixmap_pgd),
         PartSpec(Part.TASK_STACKS, "KAISER RFC: every task's kernel stack, mapped at fork, §7.1",
-                 frozenset({Level.PTE}), frozenset({"task_stack"}), False, _clone_nothing_at_boot,
+                 frozenset({CloneLevel.PTE}), frozenset({"task_stack"}), False, _clone_nothing_at_boot,
                  _ranges_task_stacks, audit_class="task_stack", at_boot=False),
         PartSpec(Part.PERCPU_USER_MAPPED, "KAISER RFC: the per-CPU user-mapped section, §7.1",
-                 frozenset({Level.PTE}), frozenset({"percpu", "tss_percpu"}), True, _clone_percpu_user_mapped,
+                 frozenset({CloneLevel.PTE}), frozenset({"percpu", "tss_percpu"}), True, _clone_percpu_user_mapped,
                  _ranges_percpu_user_mapped, audit_class="percpu"),
     )
 }  # fmt: skip

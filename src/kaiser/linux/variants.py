@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from kaiser.linux.pti import PARTS, Clone, Level, Part
+from kaiser.linux.pti import PARTS, Clone, CloneLevel, Part
 from kaiser.x86.bits import PTE
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
     "Clone",
     "Entry",
     "GlobalPolicy",
-    "Level",
+    "CloneLevel",
     "Part",
     "UnknownVariant",
     "Variant",
@@ -112,21 +112,21 @@ class Variant:
 
 
 _MODERN_BASE = (
-    Clone(Part.CPU_ENTRY_AREA, Level.P4D),
-    Clone(Part.ESPFIX, Level.P4D),
-    Clone(Part.VSYSCALL, Level.PTE),
-    Clone(Part.LDT, Level.PGD),
+    Clone(Part.CPU_ENTRY_AREA, CloneLevel.P4D),
+    Clone(Part.ESPFIX, CloneLevel.P4D),
+    Clone(Part.VSYSCALL, CloneLevel.PTE),
+    Clone(Part.LDT, CloneLevel.PGD),
 )
 
 # KAISER as posted (§7.1): the shadow kernel half is private 4 KiB copies, plus every task stack.
 _KAISER_CLONES = (
-    Clone(Part.ENTRY_TEXT, Level.PTE, private=True),
-    Clone(Part.PERCPU_USER_MAPPED, Level.PTE, private=True),
-    Clone(Part.CPU_ENTRY_AREA, Level.PTE, private=True),
-    Clone(Part.ESPFIX, Level.P4D),
-    Clone(Part.TASK_STACKS, Level.PTE, private=True),
-    Clone(Part.VSYSCALL, Level.PTE),
-    Clone(Part.LDT, Level.PGD),
+    Clone(Part.ENTRY_TEXT, CloneLevel.PTE, private=True),
+    Clone(Part.PERCPU_USER_MAPPED, CloneLevel.PTE, private=True),
+    Clone(Part.CPU_ENTRY_AREA, CloneLevel.PTE, private=True),
+    Clone(Part.ESPFIX, CloneLevel.P4D),
+    Clone(Part.TASK_STACKS, CloneLevel.PTE, private=True),
+    Clone(Part.VSYSCALL, CloneLevel.PTE),
+    Clone(Part.LDT, CloneLevel.PGD),
 )
 
 VARIANTS: dict[str, Variant] = {
@@ -168,7 +168,7 @@ VARIANTS: dict[str, Variant] = {
             "identical in both tables, lower levels shared, trampoline in the entry area, no stacks",
             "seed (Andy), linux-kpti.md §1.2, §7.3",
             isolating=True,
-            clones=(Clone(Part.CPU_ENTRY_AREA, Level.PGD), Clone(Part.FIXMAP_PGD, Level.PGD)),
+            clones=(Clone(Part.CPU_ENTRY_AREA, CloneLevel.PGD), Clone(Part.FIXMAP_PGD, CloneLevel.PGD)),
             global_policy=GlobalPolicy.SHARED_ONLY,
             entry=Entry.CEA_TRAMPOLINE,
         ),
@@ -179,11 +179,11 @@ VARIANTS: dict[str, Variant] = {
             "linux-kpti.md §3.6, §4.3",
             isolating=True,
             clones=(
-                Clone(Part.CPU_ENTRY_AREA, Level.P4D),
-                Clone(Part.ENTRY_TEXT, Level.PMD, clear=int(PTE.RW | PTE.G)),
-                Clone(Part.ESPFIX, Level.P4D),
-                Clone(Part.VSYSCALL, Level.PTE),
-                Clone(Part.LDT, Level.PGD),
+                Clone(Part.CPU_ENTRY_AREA, CloneLevel.P4D),
+                Clone(Part.ENTRY_TEXT, CloneLevel.PMD, clear=int(PTE.RW | PTE.G)),
+                Clone(Part.ESPFIX, CloneLevel.P4D),
+                Clone(Part.VSYSCALL, CloneLevel.PTE),
+                Clone(Part.LDT, CloneLevel.PGD),
             ),
             global_policy=GlobalPolicy.NONE,
             entry=Entry.CEA_TRAMPOLINE,
@@ -197,9 +197,9 @@ VARIANTS: dict[str, Variant] = {
             isolating=True,
             clones=(
                 *_MODERN_BASE,
-                Clone(Part.ENTRY_TEXT, Level.PMD),
-                Clone(Part.TSS_PERCPU, Level.PTE),
-                Clone(Part.KERNEL_TEXT, Level.PMD),  # only when the global policy allows (no PCID)
+                Clone(Part.ENTRY_TEXT, CloneLevel.PMD),
+                Clone(Part.TSS_PERCPU, CloneLevel.PTE),
+                Clone(Part.KERNEL_TEXT, CloneLevel.PMD),  # only when the global policy allows (no PCID)
             ),
             global_policy=GlobalPolicy.SHARED_AND_TEXT_WITHOUT_PCID,
             entry=Entry.ENTRY_TEXT,
@@ -225,7 +225,7 @@ VARIANTS: dict[str, Variant] = {
             # entry text (part of the image asi_global_init maps); the rest is kaiser.linux.asi's.
             # CHOSEN: G only on what both tables map, as PTI keeps it: a global sensitive
             # translation would outlive asi_enter's CR3 write.
-            clones=(*_MODERN_BASE, Clone(Part.ENTRY_TEXT, Level.PMD)),
+            clones=(*_MODERN_BASE, Clone(Part.ENTRY_TEXT, CloneLevel.PMD)),
             global_policy=GlobalPolicy.SHARED_ONLY,
             entry=Entry.ENTRY_TEXT,
             asi=True,
