@@ -7,6 +7,8 @@ paging model (a test checks its imports and the names it uses). What it learns c
 - `syscall()`: make a cheap system call (the "victim" whose entry path warms the TLB);
 - `probe(va)`: `rdtscp; prefetchnta (va); prefetcht2 (va); rdtscp` (or a faulting load whose
   fault is suppressed), returning the measured cycles and nothing else.
+- `rounds(vas, reps)`: the program's measurement loop, those two calls `reps` times per address,
+  in one call (so that a fast machine model can run the loop compiled).
 
 and a `Knowledge` value holding only what is public: the kernel's source and System.map (region
 KASLR ranges and alignments, offsets of symbols from `_text`), `uname` (paging mode, era) and
@@ -49,6 +51,11 @@ class ProbePort(Protocol):
     def syscall(self) -> None: ...
 
     def probe(self, va: int) -> int: ...
+
+    def rounds(self, vas: list[int], reps: int) -> list[list[int]]:
+        """For each of `vas` in turn, `reps` times: `syscall()`, then `probe(va)`: the program's
+        measurement loop, the cycles per address (the same as making those calls one by one)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -130,30 +137,27 @@ class KaslrAttacker:
         self.probes = 0
 
     # ---- measurement ------------------------------------------------------------------------
-    def timed(self, va: int, reps: int) -> float:
-        """Median over `reps` rounds of: a system call, then one timed probe of `va`."""
-        times = []
-        for _ in range(reps):
-            self.port.syscall()
-            times.append(self.port.probe(va))
-        self.probes += reps
-        return statistics.median(times)
+    def timed(self, vas: list[int], reps: int) -> list[float]:
+        """For each of `vas` in turn, the median over `reps` rounds of: a system call, then one
+        timed probe of it."""
+        rounds = self.port.rounds(vas, reps)
+        self.probes += reps * len(vas)
+        return [statistics.median(times) for times in rounds]
 
     def scan(self, addresses: list[int], reps: int) -> tuple[list[int], list[int]]:
         """Probe every address `reps` times; return (fast, slow): those that stand out below or
         above the scan's median, each confirmed by a longer measurement."""
         p = self.params
-        times = {a: self.timed(a, reps) for a in addresses}
+        times = dict(zip(addresses, self.timed(addresses, reps), strict=True))
         if len(times) < 4:
             return [], []
         values = list(times.values())
         med = statistics.median(values)
         margin = max(p.z * _robust_sd(values), p.floor)
+        outliers = [a for a, t in times.items() if abs(t - med) > margin]
         fast, slow = [], []
-        for a, t in times.items():
-            if abs(t - med) <= margin:
-                continue
-            t = self.timed(a, p.confirm_reps)  # a second, longer look: outliers do not survive it
+        # a second, longer look at each outlier: outliers do not survive it
+        for a, t in zip(outliers, self.timed(outliers, p.confirm_reps), strict=True):
             if t < med - margin:
                 fast.append(a)
             elif t > med + margin:

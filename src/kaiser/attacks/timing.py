@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
 
 from kaiser.attacks.cache import Timer, TimerNoise
 from kaiser.attacks.kaslr import KaslrAttacker, KaslrParams, Knowledge, RegionGuess, RegionSpec
@@ -70,14 +72,23 @@ from kaiser.linux.layout import (
 )
 from kaiser.linux.variants import get_variant
 from kaiser.x86.bits import PF_VECTOR
-from kaiser.x86.events import replay_reference
+from kaiser.x86.events import EVENT_DTYPE, IMPLICIT, PREFETCH, Ev, replay_reference
 from kaiser.x86.geometry import GiB
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import Access, HitLevel, Mmu
+from kaiser.x86.tlb import Access, HitLevel, Mmu, Tlb, TlbCounters
+
+if TYPE_CHECKING:
+    from kaiser.cost.engine import Engine
 
 PROBES: Final = ("prefetch", "load")
+PATHS: Final = ("engine", "reference")  # where probes run: the compiled engine or the readable Mmu
 REGIONS: Final = ("text", "direct_map", "vmalloc", "vmemmap")
 VICTIM_SYSCALL: Final = "getppid"  # a cheap call, as the EntryBleed PoC's syscall(104) (getgid)
+# Positions in an engine counter array (`TlbCounters`' field order, which the engine's is).
+_COUNTER: Final = {f.name: i for i, f in enumerate(fields(TlbCounters))}
+_WALKS_I, _WALKS_D, _WALK_LOADS = _COUNTER["walks_i"], _COUNTER["walks_d"], _COUNTER["walk_loads"]
+_ITLB_HITS, _DTLB_HITS = _COUNTER["itlb_hits"], _COUNTER["dtlb_hits"]
+_STLB_HITS_I, _STLB_HITS_D, _FAULTS = _COUNTER["stlb_hits_i"], _COUNTER["stlb_hits_d"], _COUNTER["faults"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,17 @@ class ProbeCosts:
             return self.l1_tlb_hit if a.level is HitLevel.L1 else self.stlb_hit
         return self.stlb_hit + self.walk_load * a.walk_loads
 
+    def counted(self, counts: np.ndarray) -> np.ndarray:
+        """`access`'s price read off the counters each translation added (engine counter arrays
+        along the last axis, in `TlbCounters`' field order): it walked (an STLB miss, or a dirty
+        assist after a hit), or it hit the L1 TLB or the STLB; none of these (a dropped prefetch,
+        a #GP before paging): `no_lookup`. One price per translation, float64."""
+        walked = (counts[..., _WALKS_D] + counts[..., _WALKS_I]) > 0
+        l1 = (counts[..., _DTLB_HITS] + counts[..., _ITLB_HITS]) > 0
+        stlb = (counts[..., _STLB_HITS_D] + counts[..., _STLB_HITS_I]) > 0
+        hit = np.where(l1, self.l1_tlb_hit, np.where(stlb, self.stlb_hit, self.no_lookup))
+        return np.where(walked, self.stlb_hit + self.walk_load * counts[..., _WALK_LOADS], hit)
+
 
 @dataclass(frozen=True)
 class ProbeConfig:
@@ -125,11 +147,21 @@ class ProbeConfig:
 
 
 class ProbeCore:
-    """One logical CPU running the attacker's process: the Mmu, its system call, the timer."""
+    """One logical CPU running the attacker's process: its MMU, its system call, the timer.
 
-    def __init__(self, kernel: Kernel, task: Task, config: ProbeConfig, seed: int) -> None:
+    `path`: where the system calls and probes run -- `engine`, the compiled engine
+    (`kaiser.cost.engine.Engine`) stepped one call and one probe at a time on its own copy of the
+    machine (no copying back between calls), each probe priced from the counters it added
+    (`ProbeCosts.counted`); or `reference`, the readable `Mmu`, each probe priced from its
+    `Access`. Both start from the same warmed-up `Mmu` and time every probe the same (a test
+    checks it). `log`: if a list, every probe appends (va, latency before noise, measured)."""
+
+    def __init__(self, kernel: Kernel, task: Task, config: ProbeConfig, seed: int, *, path: str = "engine") -> None:
+        if path not in PATHS:
+            raise ValueError(f"path {path!r} is not one of {', '.join(PATHS)}")
         self.kernel = kernel
         self.config = config
+        self.path = path
         self.timer = Timer(seed ^ 0x7A51, config.noise)
         model = EntryModel(kernel, 0)
         state = model.start(task)
@@ -146,15 +178,38 @@ class ProbeCore:
         self.syscalls = 0
         self.probes = 0
         self.cycles = 0
+        self.log: list[tuple[int, float, int]] | None = None
+        self.engine: Engine | None = None
+        if path == "engine":
+            from kaiser.cost.engine import Engine  # numba: only when the engine runs
+
+            self.engine = Engine.from_mmu(self.mmu)
+            self.engine.prepare(self._syscall_events)
+            self._step = self.engine.stepper()
+            # The probe as one event, its address set per probe: a prefetch's translation is made
+            # like a supervisor read (IMPLICIT), as `Mmu.access(..., implicit=True, prefetch=True)`.
+            aux = IMPLICIT | PREFETCH if config.probe == "prefetch" else 0
+            self._probe = np.array([(Ev.READ, 3, aux, 0, 0)], dtype=EVENT_DTYPE)
+            self._probe_va = self._probe["a"]
 
     def syscall(self) -> None:
-        replay_reference(self.mmu, self._syscall_events)
-        self.mmu.set_registers(cpl=3)
+        if self.engine is not None:
+            self._step(self._syscall_events)
+        else:
+            replay_reference(self.mmu, self._syscall_events)
+            self.mmu.set_registers(cpl=3)
         self.syscalls += 1
 
     def latency(self, va: int) -> float:
         """Cycles of one probe of `va` before the timer's noise."""
-        mmu, costs = self.mmu, self.config.costs
+        costs = self.config.costs
+        if self.engine is not None:
+            self._probe_va[0] = va
+            if self.config.probe == "prefetch":
+                return sum(float(costs.counted(self._step(self._probe))) for _ in range(2))
+            counts = self._step(self._probe)
+            return float(costs.counted(counts)) + (costs.fault_suppress if counts[_FAULTS] else 0.0)
+        mmu = self.mmu
         if mmu.state.cpl != 3:
             mmu.set_registers(cpl=3)
         if self.config.probe == "prefetch":
@@ -163,10 +218,51 @@ class ProbeCore:
         return costs.access(access) + (costs.fault_suppress if access.fault is not None else 0.0)
 
     def probe(self, va: int) -> int:
-        cycles = self.timer.measure(round(self.latency(va)))
+        latency = self.latency(va)
+        cycles = self.timer.measure(round(latency))
         self.probes += 1
         self.cycles += cycles
+        if self.log is not None:
+            self.log.append((va, latency, cycles))
         return cycles
+
+    def rounds(self, vas: list[int], reps: int) -> list[list[int]]:
+        """For each of `vas` in turn, `reps` times: `syscall()`, then `probe(va)`; the measured
+        cycles per address. On the engine all of it is one compiled call, each probe's latency
+        priced from the counters its translations added."""
+        if self.engine is None or not vas:
+            out = []
+            for va in vas:
+                times = []
+                for _ in range(reps):
+                    self.syscall()
+                    times.append(self.probe(va))
+                out.append(times)
+            return out
+        costs = self.config.costs
+        events = np.repeat(self._probe, 2 if self.config.probe == "prefetch" else 1)
+        counts = self.engine.rounds(self._syscall_events, events, np.array(vas, np.uint64), reps)
+        prices = costs.counted(counts)  # (address, round, translation)
+        if self.config.probe == "prefetch":
+            latencies = prices[..., 0] + prices[..., 1]
+        else:
+            latencies = prices[..., 0] + np.where(counts[..., 0, _FAULTS] > 0, costs.fault_suppress, 0.0)
+        measure, log = self.timer.measure, self.log
+        out = []
+        for va, row in zip(vas, latencies.tolist(), strict=True):
+            times = [measure(round(latency)) for latency in row]
+            if log is not None:
+                log.extend((va, latency, t) for latency, t in zip(row, times, strict=True))
+            out.append(times)
+        n = len(vas) * reps
+        self.syscalls += n
+        self.probes += n
+        self.cycles += sum(map(sum, out))
+        return out
+
+    def tlb(self) -> Tlb:
+        """The TLB state now (the engine's, copied out, on the engine path)."""
+        return self.engine.to_tlb() if self.engine is not None else self.mmu.tlb
 
 
 class ProbeProcess:
@@ -184,6 +280,10 @@ class ProbeProcess:
     def probe(self, va: int) -> int:
         """`rdtscp; probe (va); rdtscp`: the measured cycles, nothing else."""
         return self._core.probe(va)
+
+    def rounds(self, vas: list[int], reps: int) -> list[list[int]]:
+        """For each of `vas` in turn, `reps` times: `syscall()`, then `probe(va)`."""
+        return self._core.rounds(vas, reps)
 
 
 # ---- what the attacker may know -------------------------------------------------------------------
@@ -380,15 +480,19 @@ def run_kaslr(
     noise: TimerNoise | None = None,
     regions: tuple[str, ...] = REGIONS,
     progress: Callable[[str], None] | None = None,
+    path: str = "engine",
+    log: list[tuple[int, float, int]] | None = None,
     **machine: Any,
 ) -> KaslrRun:
-    """Boot `variant` with KASLR, start the attacker's process, let it probe, score its guesses."""
+    """Boot `variant` with KASLR, start the attacker's process, let it probe, score its guesses.
+    `path`: where the probes run (`ProbeCore`); `log`: a list every probe appends to."""
     started = time.perf_counter()
     config = KernelConfig(variant=variant, pcid=pcid, la57=la57, kaslr=True, seed=seed, ram=ram, **machine)
     kernel = Kernel.boot(config)
     task = kernel.spawn()
     probe_config = ProbeConfig(probe, costs or ProbeCosts(), noise or TimerNoise())
-    core = ProbeCore(kernel, task, probe_config, seed)
+    core = ProbeCore(kernel, task, probe_config, seed, path=path)
+    core.log = log
     attacker = KaslrAttacker(ProbeProcess(core), public_knowledge(config), params)
     guesses = attacker.run(progress, regions=regions)
     truth = true_bases(kernel)

@@ -9,8 +9,9 @@ from rich.table import Table
 
 from kaiser.attacks.timing import PROBES, REGIONS, KaslrSummary, run_seeds
 from kaiser.cli.machine import CpusOption, LassOption, PtiOption, VendorOption, VsyscallOption, lass_vsyscall
-from kaiser.cli.options import SEED_MAX
+from kaiser.cli.options import SEED_MAX, ReplayPathOption
 from kaiser.cli.output import console, emit_json, fail, progress_bar, variant_or_all
+from kaiser.cost.run import default_path
 from kaiser.linux.variants import get_variant
 from kaiser.x86.geometry import GiB
 
@@ -91,12 +92,17 @@ def kaslr_command(
     vsyscall: VsyscallOption = None,
     cpus: CpusOption = 2,
     lass: LassOption = False,
+    path: ReplayPathOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Find the randomized kernel bases from user mode by TLB timing; score the guesses per layout.
 
     The bases: kernel text, direct map, vmalloc and vmemmap; the probe times prefetches (or
     faulting loads) after system calls.
+
+    The system calls and probes run on the compiled engine (`--path engine`, the default) or on
+    the readable reference MMU (`--path reference`, about 50 times slower): the same probes, the
+    same timings, the same guesses.
 
     Exit status 1 when the attacker finds a base of an isolating variant (nopti is expected to
     give them all away), else 0."""
@@ -123,6 +129,7 @@ def kaslr_command(
                     vsyscall=vsyscall,
                     ncpus=cpus,
                     lass=lass,
+                    path=path or default_path(),
                     progress=lambda _region: bar.advance(task, 1),
                 )
             )

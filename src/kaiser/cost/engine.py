@@ -552,12 +552,11 @@ class Engine:
         event of `probe` alone with its address set to that one; the same as those `step`s with
         `sync=False` one by one, in one compiled call (`engine_core.replay_rounds`). Returns the
         counters each probe event added, as an int64 array of shape (len(vas), reps, len(probe),
-        counters); `counters` counts everything. `prepare` `before` if it writes new frames."""
+        counters); `counters` counts everything."""
         for events in (before, probe):
             if events.dtype != EVENT_DTYPE:
                 raise TypeError(f"events must be an EVENT_DTYPE array, not {events.dtype}")
-        if self._frames is None:
-            self.reload_memory()
+            self.prepare(events)
         probe = probe.copy()  # its addresses are set per round
         out = np.zeros((len(vas), reps, len(probe), len(self._total)), np.int64)
         C = self._C
