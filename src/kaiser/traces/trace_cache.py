@@ -14,7 +14,7 @@ A changed file (size or mtime), a new parser or different settings miss and re-p
 entry is written, older entries for the same path go (CHOSEN: one entry per trace file, so the
 cache never holds more than one copy of each trace).
 
-Format (CHOSEN: raw little-endian arrays, read with one `np.fromfile` each):
+Format (CHOSEN: raw little-endian arrays, memory-mapped when read):
 - `KEY.events`: one uint64 per event, `a | kind << 62` (user events only: cpl 3, aux and b 0;
   lackey addresses are below `USER_TOP` < 2**47 and kinds are READ/WRITE/FETCH, 0..2);
 - `KEY.pages`: the reader's candidate new pages of every chunk, one after another (uint64);
@@ -285,9 +285,14 @@ def load(trace: Path, key: dict[str, Any], directory: Path | None = None) -> Cac
 
 
 def _read_words(path: Path, n: int) -> np.ndarray:
+    """The file's n words, memory-mapped read-only (no copy: the digest and the unpacking read the
+    page cache directly). Entries are replaced by rename, never rewritten in place, so a mapping
+    stays whole while a newer entry is written."""
     if path.stat().st_size != 8 * n:
         raise CacheMiss(f"{path.name}: size")
-    return np.fromfile(path, np.dtype("<u8"), count=n) if n else np.zeros(0, np.uint64)
+    if not n:
+        return np.zeros(0, np.uint64)
+    return np.asarray(np.memmap(path, np.dtype("<u8"), "r", shape=(n,)))
 
 
 # ---- writing ---------------------------------------------------------------------------------------
