@@ -30,10 +30,7 @@ def _compile(variant: str, pcid: bool, workload: str, n: int = 6) -> tuple[Kerne
     em.kernel_side = RecordedSide(em)
     wl = get_workload(workload)
     knobs = wl.resolve({"reads": "8"})
-    state = wl.setup(em, knobs)
-    em.out = type(em.out)()
-    em.ops = type(em.ops)()
-    em.recorded_spans = []
+    state = wl.setup(em, knobs)  # its events too: they return to user mode on the user CR3
     wl.iterate(em, state, knobs, n)
     return kernel, em
 
@@ -53,12 +50,14 @@ def test_spans_hold_the_recorded_transitions_kernel_events(variant: str, workloa
     assert not np.any(inside & access & (ev["cpl"] != 0))  # no user reference is priced as kernel
     assert int(np.count_nonzero(inside & access)) == em.ops.recorded_refs
     recorded = em.ops.recorded_syscalls + em.ops.recorded_interrupts + em.ops.recorded_exceptions
-    assert recorded == sum(em.recorded_calls.values())
-    if workload != "pipe":  # pipe_read/pipe_write have no recording of their own: modelled
-        assert recorded > 0
-        # every recorded transition from user mode has its CR3 switches (if any) inside a span
-        cr3 = ev["kind"] == Ev.MOV_CR3
-        assert np.count_nonzero(cr3 & inside) == (2 * recorded if em.isolating else 0)
+    assert recorded == sum(n for name, n in em.recorded_calls.items() if name != "context_switch") > 0
+    assert em.ops.recorded_switches == em.recorded_calls.get("context_switch", 0)
+    # every recorded transition from user mode has its CR3 switches (if any) inside a span; the
+    # switch_mm write between a recorded switch's two parts is the model's, outside them
+    cr3 = ev["kind"] == Ev.MOV_CR3
+    assert np.count_nonzero(cr3 & inside) == (2 * recorded if em.isolating else 0)
+    if workload == "pipe":
+        assert em.ops.recorded_switches == em.ops.context_switches > 0
 
 
 @settings(max_examples=12, deadline=None)
@@ -119,3 +118,26 @@ def test_engine_and_reference_price_a_recorded_run_alike(caches: str | None) -> 
         assert r.cycles.terms["memory_refs"] - as_if_all_hit.terms["memory_refs"] == pytest.approx(
             (r.ops.recorded_refs - hidden) * params.l1_hit
         )
+
+
+@pytest.mark.parametrize("pcid", [True, False], ids=["pcid", "nopcid"])
+@pytest.mark.parametrize("variant", ["nopti", "kaiser-rfc", "two-pgd", "linux-4.15", "linux", "fixed-trampoline"])
+def test_a_recorded_context_switch_replays_on_every_variant(variant: str, pcid: bool) -> None:
+    """The pipe recording's switching read, cut at switch_mm: both paths agree, nothing faults,
+    and the CR3 writes (values, order) are those of the modelled switch."""
+    counts = []
+    for path in ("engine", "reference"):  # each on a fresh world: a replay sets A/D bits in memory
+        kernel, em = _compile(variant, pcid, "pipe", 3)
+        assert em.recorded_calls["context_switch"] == em.ops.context_switches == 6
+        feats = CpuFeatures(maxphyaddr=kernel.mem.maxphyaddr)
+        ev = em.out.array()
+        counts.append(make_replayer(kernel.mem, em.initial_state(), feats, DEFAULT_GEOMETRY, path)(ev))
+    assert counts[0] == counts[1] and counts[0].faults == 0
+    modelled_kernel = Kernel.boot(KernelConfig(variant, pcid=pcid, ncpus=1, seed=5))
+    mem = EntryModel(modelled_kernel)
+    wl = get_workload("pipe")
+    knobs = wl.resolve({"reads": "8"})
+    state = wl.setup(mem, knobs)
+    wl.iterate(mem, state, knobs, 3)
+    theirs = mem.out.array()
+    assert ev["a"][ev["kind"] == Ev.MOV_CR3].tolist() == theirs["a"][theirs["kind"] == Ev.MOV_CR3].tolist()

@@ -116,7 +116,7 @@ def price(
         + ops.asi_faults * p.asi_fault,  # asi: the #PF delivery of each ASI fault
         "kernel_work": ops.body_cycles
         + (ops.exceptions - ops.recorded_exceptions) * p.page_fault
-        + ops.context_switches * p.context_switch,
+        + (ops.context_switches - ops.recorded_switches) * p.context_switch,
         "recorded_kernel": ops.recorded_instructions * p.kernel_cpi,
         "user_work": ops.work_cycles,
     }

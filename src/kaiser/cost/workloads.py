@@ -430,7 +430,7 @@ def _pipe_iterate(em: EntryModel, st: LoopState, knobs: dict[str, Any], n: int) 
             em.syscall_body(SYSCALLS["pipe_write"], user_buf=buf, kernel_buf=pipe)
             em.syscall_exit()
             em.syscall_entry()  # read(pipe, buf, 1): empty, sleep
-            em.context_switch(st.tasks[other])
+            em.context_switch(st.tasks[other], blocking="pipe_read")
             em.syscall_body(SYSCALLS["pipe_read"], user_buf=[st.buffers[other].base], kernel_buf=pipe)
             em.syscall_exit()  # the other side returns from its read
 

@@ -315,6 +315,7 @@ class OpCounts:
     recorded_syscalls: int = 0
     recorded_interrupts: int = 0  # device interrupts from user mode
     recorded_exceptions: int = 0  # page faults
+    recorded_switches: int = 0  # context switches inside a recorded switching call (pipe read)
 
     def add(self, other: OpCounts) -> None:
         for name, value in vars(other).items():
@@ -385,6 +386,7 @@ class EntryModel:
         self.recorded_spans: list[tuple[int, int]] = []
         self._entry_span: tuple[int, int, int] | None = None  # the last entry: start, end, kernel refs
         self._exit_covered = False  # the current syscall's body was recorded: so is its exit
+        self._pending_switch: str | None = None  # a recorded switch's second part: this syscall's body
 
     # ---- addresses -----------------------------------------------------------------------------
     def _alloc(self, pages: int, tag: str, *, sensitive: bool = False) -> int:
@@ -522,6 +524,40 @@ class EntryModel:
             if cpl == 0:
                 self._asi_fault_if_unmapped(va, ops[kind], implicit=bool(aux))
             self.out.access(va, ops[kind], cpl, implicit=bool(aux))
+
+    def _recorded_switch_before(self, prev: Task) -> bool:
+        """The first part of the recorded switching call (the blocking read up to switch_mm), with
+        the entry it followed, if `kernel_side` has one (then True)."""
+        side = self.kernel_side
+        if side is None or not side.has("context_switch"):
+            return False
+        if self._entry_span is not None:
+            s, e, n = self._entry_span
+            self._cover(s, e, n)
+            self._entry_span = None
+        start, refs0 = self._mark()
+        side.emit("context_switch:before", prev)
+        self._cover(start, len(self.out), self.ops.kernel_refs - refs0)
+        return True
+
+    def _recorded_switch_after(self, spec: SyscallSpec, task: Task, user_buf: Sequence[int]) -> None:
+        """The second part of the recorded switching call: `task` (the next process) returning
+        through the body of `spec`, the call it was blocked in."""
+        side = self.kernel_side
+        if side is None or spec.name != self._pending_switch:
+            raise EntryModelError(f"{spec.name} body after a recorded switch out of {self._pending_switch}")
+        self._pending_switch = None
+        start, refs0 = self._mark()
+        side.emit("context_switch:after", task, list(user_buf))
+        self._cover(start, len(self.out), self.ops.kernel_refs - refs0)
+        self.ops.recorded_instructions += side.instructions("context_switch", pti=self.isolating)
+        for name in (spec.name, "context_switch"):
+            self.recorded_calls[name] = self.recorded_calls.get(name, 0) + 1
+        self._exit_covered = True
+        self.ops.syscalls += 1
+        self.ops.recorded_syscalls += 1
+        self.ops.syscalls_by_name[spec.name] = self.ops.syscalls_by_name.get(spec.name, 0) + 1
+        self.ops.body_cycles += spec.recorded_cycles
 
     def _cover(self, start: int, end: int, refs: int) -> None:
         """Events [start, end) are part of a recorded transition (merged with the last range)."""
@@ -726,6 +762,9 @@ class EntryModel:
         """`do_syscall_64` → the handler: the table read, the handler's references, and for read/
         write-like calls the copy between `user_buf` and `kernel_buf` pages (one reference each)."""
         task = self._need_kernel(f"{spec.name} body")
+        if self._pending_switch is not None:
+            self._recorded_switch_after(spec, task, user_buf)
+            return
         if self._recorded_body(spec.name, task, user_buf):
             # the recorded body: it has its own dispatch (x64_sys_call) and user copies, and its
             # instructions are its work (OpCounts.recorded_instructions)
@@ -896,22 +935,33 @@ class EntryModel:
         self.ops.user_refs += 1
 
     # ---- context switch ---------------------------------------------------------------------------
-    def context_switch(self, nxt: Task) -> None:
+    def context_switch(self, nxt: Task, *, blocking: str | None = None) -> None:
         """schedule() → context_switch(): scheduler references, `switch_mm_irqs_off` (CR3 to the
         next mm's kernel tables, NOFLUSH when its ASID slot is current), __switch_to on the stacks
-        (and TSS.sp0 for the KAISER era, whose hardware stack is the task stack)."""
+        (and TSS.sp0 for the KAISER era, whose hardware stack is the task stack).
+
+        `blocking`: the system call (entered, body not yet run) that sleeps here and in whose body
+        `nxt` returns (a pipe read): with a `kernel_side` that has a recorded switching call, its
+        references before switch_mm replace the modelled schedule() here and those after it are
+        that call's body; the CR3 write and the KAISER-era TSS.sp0 stay the variant's own."""
         prev = self._need_kernel("context switch")
-        self._refs(SCHEDULE, prev)
-        self._k(self.objects(nxt).task_struct)
-        self._k(self.stack_top(prev) - PT_REGS_SIZE - 0x300, Op.WRITE)  # switch_to pushes callee-saved
+        recorded = blocking is not None and self._recorded_switch_before(prev)
+        if not recorded:
+            self._refs(SCHEDULE, prev)
+            self._k(self.objects(nxt).task_struct)
+            self._k(self.stack_top(prev) - PT_REGS_SIZE - 0x300, Op.WRITE)  # switch_to pushes callee-saved
         if self.asi_cpu is not None:  # asi_exit before a context switch, on demand (no fault)
             self.asi_cpu.exit(self.out)
         if nxt.mm is not prev.mm:
             ctx = self.ids.of(nxt.pid)
             switch_mm_irqs_off(self.tlb, self.out, ctx, nxt.mm.pgd.kernel_pgd)
-        self._k(self.stack_top(nxt) - PT_REGS_SIZE - 0x300)  # and pops the next one's
-        self._k(self.percpu(PERCPU_HOT), Op.WRITE)  # current_task, top_of_stack
+        if not recorded:
+            self._k(self.stack_top(nxt) - PT_REGS_SIZE - 0x300)  # and pops the next one's
+            self._k(self.percpu(PERCPU_HOT), Op.WRITE)  # current_task, top_of_stack
         if self.kaiser_era:
             self._k(self.cpu.tss_va + TSS_SP0, Op.WRITE)
         self.current = nxt
         self.ops.context_switches += 1
+        if recorded:
+            self.ops.recorded_switches += 1
+            self._pending_switch = blocking

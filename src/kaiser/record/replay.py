@@ -79,12 +79,19 @@ OTHER_TRANSITIONS: Final = {
     "pipe_write": ("pipe", "syscall", "write"),
     "pipe_read": ("pipe", "syscall", "read"),
 }
+# A context switch: the pipe recording's read that blocks and returns in the other process,
+# cut at its switch_mm_irqs_off CR3 write into the part before (the blocking read as the first
+# process, schedule) and the part after (the second process's return through its pipe_read).
+SWITCH: Final = ("pipe", "syscall", "read")
+SWITCH_PARTS: Final = ("context_switch:before", "context_switch:after")
 
 
 def recording_path(kernel: str, name: str, *, pti: bool = True) -> Path | None:
     """The shipped pti=on (or with `pti=False` the nopti) recording of transition `name` (a
     syscall, or a key of OTHER_TRANSITIONS) for `kernel` ("6.1", "6.12"), if any."""
-    workload = OTHER_TRANSITIONS[name][0] if name in OTHER_TRANSITIONS else name
+    workload = (
+        SWITCH[0] if name == "context_switch" else OTHER_TRANSITIONS[name][0] if name in OTHER_TRANSITIONS else name
+    )
     switch = "pti" if pti else "nopti"
     p = Path(str(resources.files("kaiser.record") / "data" / f"{kernel}-{switch}-{workload}.krec"))
     return p if p.is_file() else None
@@ -122,6 +129,25 @@ def body_of(t: Transition) -> np.ndarray:
     return (~in_entry) & (refs["op"] != CR3)
 
 
+def _typical(bodies: list[np.ndarray]) -> int:
+    """Index of the call with the most common set of 4 KiB pages, or when every call touched
+    other pages (fresh page-fault frames) the call of median length."""
+    keys = [hashlib.blake2b(np.unique(b["vaddr"] >> np.uint64(PAGE_4K)).tobytes()).digest() for b in bodies]
+    best, count = Counter(keys).most_common(1)[0]
+    return keys.index(best) if count > 1 else sorted(range(len(bodies)), key=lambda i: len(bodies[i]))[len(bodies) // 2]
+
+
+def switch_at(t: Transition) -> int | None:
+    """Where `t`'s switch_mm_irqs_off CR3 write is (its only one outside the entry path), or None."""
+    refs = t.refs
+    fetch = refs["op"] == FETCH
+    idx = np.where(fetch, np.arange(len(refs)), 0)
+    last_fetch = np.maximum.accumulate(idx)
+    in_entry = np.isin(refs["region"], _ENTRY_PATH)[last_fetch]
+    at = np.flatnonzero((refs["op"] == CR3) & ~in_entry)
+    return int(at[0]) if len(at) == 1 else None
+
+
 @functools.lru_cache(maxsize=32)
 def load_body(path: str, name: str) -> RecordedBody:
     """The typical call of transition `name` in the recording at `path` (the module docstring)."""
@@ -132,12 +158,32 @@ def load_body(path: str, name: str) -> RecordedBody:
     if not calls:
         raise ValueError(f"{path}: no {tname} without a task switch")
     bodies = [t.refs[body_of(t)] for t in calls]
-    keys = [hashlib.blake2b(np.unique(b["vaddr"] >> np.uint64(PAGE_4K)).tobytes()).digest() for b in bodies]
-    best, count = Counter(keys).most_common(1)[0]
-    # when every call touched other pages (fresh page-fault frames): the call of median length
-    pick = keys.index(best) if count > 1 else sorted(range(len(bodies)), key=lambda i: len(bodies[i]))[len(bodies) // 2]
-    refs = bodies[pick]
+    pick = _typical(bodies)
     instructions = int(np.count_nonzero(calls[pick].refs["op"] == FETCH))  # the plugin logs each one
+    return _body(header, bodies[pick], name, path, instructions)
+
+
+@functools.lru_cache(maxsize=8)
+def load_switch(path: str) -> tuple[RecordedBody, RecordedBody]:
+    """The typical switching call (SWITCH) of the recording at `path`, cut at its switch_mm CR3
+    write: the body before it and after it (SWITCH_PARTS); the first carries the whole call's
+    instructions, the second none."""
+    header, records = read_recording(path)
+    kind, tname = SWITCH[1:]
+    calls = [r for r in records if isinstance(r, Transition) and r.kind == kind and r.name == tname and r.switched]
+    cut = [(t, k) for t in calls if (k := switch_at(t)) is not None]
+    if not cut:
+        raise ValueError(f"{path}: no {tname} that switches tasks with one switch_mm CR3 write")
+    bodies = [t.refs[body_of(t)] for t, _ in cut]
+    t, k = cut[_typical(bodies)]
+    mask = body_of(t)
+    instructions = int(np.count_nonzero(t.refs["op"] == FETCH))
+    before = _body(header, t.refs[:k][mask[:k]], SWITCH_PARTS[0], path, instructions)
+    return before, _body(header, t.refs[k:][mask[k:]], SWITCH_PARTS[1], path, 0)
+
+
+def _body(header: dict, refs: np.ndarray, name: str, path: str, instructions: int) -> RecordedBody:
+    """A RecordedBody of `refs` (a call's body references) in the recording at `path`."""
     keep = ~np.isin(refs["region"], (_R["other"],))
     ranges = Layout.from_header(header["regions"]).ranges
     syms = sorted((int(a), str(t)) for a, t, _ in header["symbols"])
@@ -208,17 +254,29 @@ class RecordedSide:
 
     def body(self, name: str) -> RecordedBody | None:
         if name not in self.bodies:
-            path = recording_path(self.kernel, name)
-            self.bodies[name] = load_body(str(path), name) if path else None
+            if name in SWITCH_PARTS:
+                path = recording_path(self.kernel, "context_switch")
+                parts = load_switch(str(path)) if path else (None, None)
+                self.bodies.update(zip(SWITCH_PARTS, parts, strict=True))
+            else:
+                path = recording_path(self.kernel, name)
+                self.bodies[name] = load_body(str(path), name) if path else None
         return self.bodies[name]
 
     def has(self, name: str) -> bool:
+        if name == "context_switch":
+            return self.body(SWITCH_PARTS[0]) is not None
         return self.body(name) is not None
 
     def instructions(self, name: str, *, pti: bool) -> int:
         """The recorded kernel's instructions for one `name` transition, entry path included: of
         the pti=on recording when `pti`, else of the nopti one (its entry has no CR3 switch); the
         pti=on count when there is no nopti recording."""
+        if name == "context_switch":
+            path = recording_path(self.kernel, name, pti=pti) or recording_path(self.kernel, name)
+            if path is None:
+                raise KeyError(name)
+            return load_switch(str(path))[0].instructions
         path = None if pti else recording_path(self.kernel, name, pti=False)
         if path is None:
             b = self.body(name)
@@ -232,8 +290,7 @@ class RecordedSide:
         """A fresh direct-map page for real page `key` (region, page), the same one every call."""
         va = self._frames.get(key)
         if va is None:
-            # a kernel allocation (GFP_KERNEL: nonsensitive under asi, the ASI RFC's default)
-            pa = self.em.kernel.alloc_kernel_pages(1, "recorded kernel object")
+            pa = self.em.kernel.mem.alloc(FrameKind.DATA, "recorded kernel object")
             va = self._frames[key] = self.em.lay.page_offset_base + pa
         return va
 
@@ -334,8 +391,15 @@ def pages_report(names: list[str], recorded: set[str], kernel: str = DEFAULT_KER
         path = recording_path(kernel, name)
         if path is None:
             continue
-        b = load_body(str(path), name)
-        code, data = b.pages()
+        if name == "context_switch":  # both parts of the switching call
+            before, after = load_switch(str(path))
+            b = before
+            both = np.concatenate([before.vaddr, after.vaddr]) >> np.uint64(PAGE_4K)
+            fetch = np.concatenate([before.op, after.op]) == FETCH
+            code, data = len(np.unique(both[fetch])), len(np.unique(both[~fetch]))
+        else:
+            b = load_body(str(path), name)
+            code, data = b.pages()
         out[name] = {
             "code_4k": code,
             "data_4k": data,
