@@ -290,7 +290,8 @@ class RecordedSide:
         """A fresh direct-map page for real page `key` (region, page), the same one every call."""
         va = self._frames.get(key)
         if va is None:
-            pa = self.em.kernel.mem.alloc(FrameKind.DATA, "recorded kernel object")
+            # a kernel allocation (GFP_KERNEL: nonsensitive under asi, the ASI RFC's default)
+            pa = self.em.kernel.alloc_kernel_pages(1, "recorded kernel object")
             va = self._frames[key] = self.em.lay.page_offset_base + pa
         return va
 
