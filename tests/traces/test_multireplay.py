@@ -12,9 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kaiser.linux.variants import VARIANTS
-from kaiser.traces.lackey import format_lackey
+from kaiser.traces.interleave import EntrySyscalls
+from kaiser.traces.lackey import SyscallSite, format_lackey
 from kaiser.traces.multireplay import ReplayConfig, all_configs, as_config, replay_trace
+from kaiser.x86.bits import PAGE_KERNEL, PTE
 from kaiser.x86.events import EVENT_DTYPE, Ev
+from kaiser.x86.physmem import PAGE_SIZE, FrameKind
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, CacheGeometry
 
 # A smaller dTLB and STLB than Skylake's: a geometry the replay must honour per configuration.
@@ -134,3 +137,34 @@ def test_replay_command_uses_the_cache_and_the_workers(real_trace: tuple[Path, P
     res = CliRunner().invoke(app, ["replay", str(lackey), "-v", "linux", "--pcid", "--workers", "2"])
     assert res.exit_code == 0 and "2 threads, binary cache" in res.output
     assert max(len(line) for line in res.output.splitlines()) <= 80
+
+
+class MapsWhileCompiling(EntrySyscalls):
+    """A hook that, like the recorded side's vmalloc pages, maps a fresh kernel page while it
+    compiles a call, and reads it in the call's body."""
+
+    def syscall_events(self, site: SyscallSite) -> np.ndarray:
+        k = self.kernel
+        va = k.layout.vmalloc_base + (5 << 30) + site.line * PAGE_SIZE
+        k.init.kernel_pt.map(va, k.mem.alloc(FrameKind.DATA, "test page"), PAGE_SIZE, int(PAGE_KERNEL & ~PTE.G))
+        out = super().syscall_events(site)
+        # in the body: after the switch to the kernel CR3 (isolating variants), else the first write
+        switch = np.flatnonzero(out["kind"] == Ev.MOV_CR3)
+        first = np.flatnonzero((out["cpl"] == 0) & (out["kind"] == Ev.WRITE))
+        at = int(switch[0] if len(switch) else first[0]) + 1
+        ev = np.zeros(1, EVENT_DTYPE)
+        ev["kind"], ev["a"] = Ev.READ, va
+        return np.concatenate([out[:at], ev, out[at:]])
+
+
+def test_kernel_pages_mapped_while_compiling_are_seen_by_the_engine(real_trace: tuple[Path, Path]) -> None:
+    """The engine's copy of memory is taken after the chunk's calls are compiled: a page a call's
+    compilation maps is there for the call, as on the reference path (no fault, same counters)."""
+    lackey, _ = real_trace
+    configs = [("nopti", True), ("linux", True), ("linux-4.15", False)]
+    kw = {"max_events": 80_000, "hook_factory": MapsWhileCompiling, "chunk_bytes": 1 << 18}
+    ref = replay_trace(lackey, configs, path="reference", workers=1, **kw)  # type: ignore[arg-type]
+    eng = replay_trace(lackey, configs, path="engine", workers=2, **kw)  # type: ignore[arg-type]
+    for a, b in zip(ref.results, eng.results, strict=True):
+        assert a.syscalls > 10 and a.counters.faults == 0
+        assert a.counters == b.counters and a.events == b.events

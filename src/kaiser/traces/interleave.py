@@ -356,18 +356,23 @@ class ConfigReplay:
         if extra:
             pages = np.concatenate([pages, np.asarray(extra, np.uint64)])
         new = self.space.missing(pages) if len(pages) else []
-        if new:  # the engine works on its own copy of memory: write it back, edit, take it again
-            if self.engine is not None:
-                self.engine.sync_back()
+        # The engine works on its own copy of memory. It is written back before anything edits
+        # `mem` (mapping the chunk's new pages; compiling its calls, which may map kernel pages:
+        # the recorded side's vmalloc pages) and taken again after, so the replay sees `mem` as
+        # the reference path does. A booted kernel holds a few dozen frames: tens of microseconds.
+        if self.engine is not None:
+            self.engine.sync_back()
+        if new:
             self.space.map(new)
-            if self.engine is not None:
-                self.engine.reload_memory()
+        kernel = [self.hook.syscall_events(s) for s in sites]  # compiled before the replay, in order
+        if self.engine is not None:
+            self.engine.reload_memory()
         # The user events up to each call, the call's kernel events, and so on: replayed piece by
         # piece in that order (the replay's state carries over; no copy of the chunk is made).
         prev = 0
-        for s in sites:
+        for s, k in zip(sites, kernel, strict=True):
             self._replay(events[prev : s.at])
-            self._replay(self.hook.syscall_events(s))
+            self._replay(k)
             prev = s.at
         self._replay(events[prev:])
         self.user_events += len(events)
