@@ -43,6 +43,8 @@ def _summary_json(s: ClassSummary | None) -> dict[str, Any] | None:
 
 
 def compare_json(report: CompareReport) -> dict[str, Any]:
+    """`kaiser compare --json`: the switches and facts the model was booted with, each class on both
+    sides, every difference."""
     sw = report.switches
     return {
         "real": report.source,
@@ -110,6 +112,7 @@ def _plain(value: object) -> object:
 
 
 def render_compare(report: CompareReport) -> None:
+    """Print the report: the model's switches and why, the differences per class, the verdict."""
     out = console
     sw = report.switches
     out.print(

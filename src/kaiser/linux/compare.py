@@ -568,6 +568,7 @@ EXPLANATIONS: Final[dict[tuple[str, str], Explanation]] = {
 
 
 def explanation_for(klass: str, kind: str) -> Explanation | None:
+    """The documented reason for a difference of `kind` in `klass` (a class-wide ``*`` entry if none for the kind)."""
     return EXPLANATIONS.get((klass, kind)) or EXPLANATIONS.get((klass, "*"))
 
 
@@ -616,6 +617,9 @@ class Difference:
 
 @dataclass(frozen=True)
 class CompareReport:
+    """One real dump against the model: the switches the model ran with, both sides' class
+    summaries, the differences and the model's text."""
+
     source: str
     table: str
     ldt: bool

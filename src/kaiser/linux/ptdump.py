@@ -112,10 +112,12 @@ def size_field(start: int, end: int) -> str:
 
 
 def marker_text(name: str) -> str:
+    """A marker line: ``---[ name ]---`` (§6.2)."""
     return f"---[ {name} ]---"
 
 
 def skipped_text(count: int) -> str:
+    """Linux's line for a marker's capped lines: ``... N entries skipped ... `` (§6.3)."""
     return f"... {count} entr{'y' if count == 1 else 'ies'} skipped ... "
 
 

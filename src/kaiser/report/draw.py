@@ -39,6 +39,7 @@ GREGG_POINT = (50e3, 2.0)
 
 
 def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display), imported only when a figure is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,6 +49,7 @@ def pyplot() -> Any:
 
 
 def png_bytes(fig: Any, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (the figure is closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     pyplot().close(fig)
@@ -55,19 +57,23 @@ def png_bytes(fig: Any, dpi: int = 100) -> bytes:
 
 
 def colour(variant: str) -> str:
+    """The variant's colour in every plot (nopti grey, unknown variants black)."""
     return NOPTI_COLOUR if variant == BASELINE else VARIANT_COLOURS.get(variant, "black")
 
 
 def order_key(variant: str) -> int:
+    """Where the variant goes in legends and panels: nopti first, then registry order."""
     order = [BASELINE, *VARIANT_COLOURS]
     return order.index(variant) if variant in order else len(order)
 
 
 def pcid_label(pcid: bool | None) -> str:
+    """The legend text of a PCID setting (None: a result without one)."""
     return "PCID" if pcid else ("no PCID" if pcid is False else "PCID n/a")
 
 
 def line_style(pcid: bool | None) -> dict[str, Any]:
+    """Solid lines with PCID, dashed without."""
     return {"linestyle": "--" if pcid is False else "-", "linewidth": 1.6 if pcid is False else 2.0}
 
 
@@ -119,6 +125,7 @@ def style_legend(pcids: Sequence[bool | None], extra: Sequence[tuple[Any, str]] 
 
 
 def variant_legend(variants: Sequence[str]) -> tuple[list[Any], list[str]]:
+    """Legend handles and labels, one colour swatch per variant in `order_key` order."""
     from matplotlib.lines import Line2D
 
     return [Line2D([], [], color=colour(v), linewidth=3) for v in variants], list(variants)
