@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from itertools import repeat
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class EventBuilder:
 
     def accesses(self, vas: Iterable[int], op: Op, cpl: int) -> None:
         kind = _OPS.index(op)
-        self._rows.extend((kind, cpl, 0, va, 0) for va in vas)
+        self._rows.extend(zip(repeat(kind), repeat(cpl), repeat(0), vas, repeat(0)))  # rows built in C
 
     def mov_cr3(self, value: int) -> None:
         self._rows.append((Ev.MOV_CR3, 0, 0, value, 0))
