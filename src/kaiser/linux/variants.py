@@ -9,8 +9,9 @@ paging, KASLR and `pti=on|auto` are orthogonal machine switches (kaiser.linux.ke
 Derived and deliberately broken variants (a registered design minus some parts, or with another
 global policy: the cost model's global-page kernels, `kaiser run`'s broken variant) come from
 `derive_variant`, never from editing a clone list elsewhere. A new design registers with
-`register_variant` (kaiser.linux.asi's `asi` plugs in there: its module calls it at import with
-its `Variant`, and this module imports it at the end so that `VARIANTS` is complete).
+`register_variant`. `asi`'s entry is listed below with the others: its mechanism lives in
+kaiser.linux.asi (which the kernel calls through `Variant.asi`), and the registry must be complete
+without importing the module that implements a design (that import would close a cycle).
 """
 
 from __future__ import annotations
