@@ -18,7 +18,7 @@ KEYS = {
     "parse_seconds", "parse_refs_per_second", "parse_mb_per_second", "end_to_end_seconds",
     "end_to_end_refs_per_second", "replay_seconds", "target_refs_per_second", "target_met", "alignment",
     "strace", "recorded", "note", "workers", "cache", "text_end_to_end_seconds",
-    "text_end_to_end_refs_per_second", "all_configs",
+    "text_end_to_end_refs_per_second", "all_configs", "text_end_to_end_cpu_seconds", "end_to_end_cpu_seconds",
 }  # fmt: skip
 
 

@@ -107,4 +107,5 @@ def test_throughput_report(real_trace: tuple[Path, Path]) -> None:
     a = r["all_configs"]
     assert a["configs"] == 2 * len(VARIANTS) and a["workers"] == 2 and a["counters_equal"]
     assert a["ratio"] == pytest.approx(a["one_pass_seconds"] / a["separate_seconds"])
+    assert a["one_pass_cpu_seconds"] > 0 and a["separate_cpu_seconds"] > 0 and r["end_to_end_cpu_seconds"] > 0
     assert a["target_met"] == (a["ratio"] <= a["target_ratio"])
