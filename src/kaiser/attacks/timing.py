@@ -33,6 +33,8 @@ Two probes (`PROBES`):
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -525,6 +527,41 @@ def run_seeds(
     for seed in seeds:
         summary.runs.append(run_kaslr(variant, seed=seed, progress=progress, **kwargs))  # type: ignore[arg-type]
     return summary
+
+
+def run_variants(
+    variants: list[str],
+    seeds: range | list[int],
+    *,
+    jobs: int = 1,
+    progress: Callable[[str], None] | None = None,
+    **kwargs: object,
+) -> list[KaslrSummary]:
+    """`run_seeds` of each variant, the (variant, seed) attacks spread over `jobs` processes
+    (forked: each attack is independent, seeded and deterministic, so the results are the ones
+    one process gets, in the same order). `progress` is told each region of a finished attack."""
+    summaries = [run_seeds(v, [], **kwargs) for v in variants]  # type: ignore[arg-type]
+    if jobs <= 1 or len(variants) * len(seeds) <= 1:
+        for summary, v in zip(summaries, variants, strict=True):
+            summary.runs = run_seeds(v, seeds, progress=progress, **kwargs).runs
+        return summaries
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {
+            pool.submit(run_kaslr, v, seed=seed, **kwargs): (i, seed)  # type: ignore[arg-type]
+            for i, v in enumerate(variants)
+            for seed in seeds
+        }
+        done: dict[tuple[int, int], KaslrRun] = {}
+        for future in concurrent.futures.as_completed(futures):
+            run = future.result()
+            done[futures[future]] = run
+            for outcome in run.outcomes:
+                if progress:
+                    progress(outcome.region)
+    for i, summary in enumerate(summaries):
+        summary.runs = [done[i, seed] for seed in seeds]
+    return summaries
 
 
 def costs_table(costs: ProbeCosts | None = None) -> dict[str, float]:

@@ -7,15 +7,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kaiser.attacks.timing import PROBES, REGIONS, KaslrSummary, run_seeds
+from kaiser.attacks.timing import PROBES, REGIONS, KaslrSummary, run_variants
 from kaiser.cli.machine import CpusOption, LassOption, PtiOption, VendorOption, VsyscallOption, lass_vsyscall
 from kaiser.cli.options import SEED_MAX, ReplayPathOption
 from kaiser.cli.output import console, emit_json, fail, progress_bar, variant_or_all
 from kaiser.cost.run import default_path
 from kaiser.linux.variants import get_variant
+from kaiser.traces.multireplay import default_workers
 from kaiser.x86.geometry import GiB
 
 SEEDS_MAX = 1000  # CHOSEN: layouts per variant; 20 already separates every variant (docs/kaslr.md)
+JOBS_MAX = 256  # CHOSEN: a bound on processes, far above the CPUs of any machine this runs on
 RAM_GIB_MAX = 64  # CHOSEN: the direct map the attacker scans grows with RAM
 
 
@@ -93,6 +95,10 @@ def kaslr_command(
     cpus: CpusOption = 2,
     lass: LassOption = False,
     path: ReplayPathOption = None,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", min=0, max=JOBS_MAX, help="Processes the layouts run on (0: one per CPU)."),
+    ] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Find the randomized kernel bases from user mode by TLB timing; score the guesses per layout.
@@ -102,7 +108,8 @@ def kaslr_command(
 
     The system calls and probes run on the compiled engine (`--path engine`, the default) or on
     the readable reference MMU (`--path reference`, about 50 times slower): the same probes, the
-    same timings, the same guesses.
+    same timings, the same guesses. The layouts run on `--jobs` processes (default: one per CPU),
+    each attack the same as in one process.
 
     Exit status 1 when the attacker finds a base of an isolating variant (nopti is expected to
     give them all away), else 0."""
@@ -111,28 +118,24 @@ def kaslr_command(
         fail(f"--probe {probe!r} is not one of {', '.join(PROBES)}")
     vsyscall = lass_vsyscall(ctx, lass, vsyscall)
     seed_list = list(range(first_seed, first_seed + seeds))
-    summaries: list[KaslrSummary] = []
     with progress_bar(disable=json_out) as bar:
-        task = bar.add_task("kaslr", total=len(variants) * seeds * len(REGIONS))
-        for v in variants:
-            bar.update(task, description=f"kaslr {v}")
-            summaries.append(
-                run_seeds(
-                    v,
-                    seed_list,
-                    probe=probe,
-                    pcid=pcid,
-                    la57=la57,
-                    ram=ram_gib * GiB,
-                    pti=pti,
-                    vendor=vendor,
-                    vsyscall=vsyscall,
-                    ncpus=cpus,
-                    lass=lass,
-                    path=path or default_path(),
-                    progress=lambda _region: bar.advance(task, 1),
-                )
-            )
+        task = bar.add_task(f"kaslr {variant}", total=len(variants) * seeds * len(REGIONS))
+        summaries = run_variants(
+            variants,
+            seed_list,
+            jobs=jobs or default_workers(),
+            probe=probe,
+            pcid=pcid,
+            la57=la57,
+            ram=ram_gib * GiB,
+            pti=pti,
+            vendor=vendor,
+            vsyscall=vsyscall,
+            ncpus=cpus,
+            lass=lass,
+            path=path or default_path(),
+            progress=lambda _region: bar.advance(task, 1),
+        )
     leaks = kaslr_leaks(summaries)
     if json_out:
         data = [s.as_dict() for s in summaries]

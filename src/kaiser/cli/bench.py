@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from kaiser.cli.bench_attack import attack_bench_command
 from kaiser.cli.bench_engine import engine_command
 from kaiser.cli.bench_published import published_command
 from kaiser.cli.bench_replay import replay_bench_command
@@ -475,3 +476,4 @@ def bench_callback(
 bench_app.command("engine")(engine_command)
 bench_app.command("replay")(replay_bench_command)
 bench_app.command("published")(published_command)
+bench_app.command("attack")(attack_bench_command)
