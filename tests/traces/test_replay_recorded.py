@@ -42,3 +42,11 @@ def test_replay_cli_says_which_calls_were_recorded(small_trace: Path) -> None:
     assert out.exit_code == 0, out.output
     assert "kernel side recorded: " in out.stdout
     assert "kernel side modelled: " in out.stdout
+    default = CliRunner().invoke(app, ["replay", str(small_trace), "-v", "linux", "--no-pcid"])
+    assert default.exit_code == 0, default.output
+    sides = [[line for line in o.stdout.splitlines() if line.startswith("kernel side")] for o in (out, default)]
+    assert sides[0] == sides[1]  # recorded is the default (docs/recording.md)
+    modelled = CliRunner().invoke(
+        app, ["replay", str(small_trace), "-v", "linux", "--no-pcid", "--kernel-side", "modelled"]
+    )
+    assert "kernel side recorded: none" in modelled.stdout
