@@ -89,9 +89,10 @@ def _variant(name: str) -> Any:
 
 def _recompute(r: dict[str, Any]) -> float | None:
     caches: CacheHierarchy | None
+    host_page = None
     if r["machine"]:
         m = get_machine(r["machine"])
-        params, caches = m.params(), m.caches
+        params, caches, host_page = m.params(), m.caches, m.host_page  # a guest runs nested
     else:
         base = SKYLAKE.with_overrides(clock_ghz=r["clock_ghz"])
         name = r["setup"].split(",")[0].removeprefix("caches ")
@@ -107,6 +108,7 @@ def _recompute(r: dict[str, Any]) -> float | None:
             warmup=50,
             params=params,
             caches=caches,
+            host_page=host_page,
         )  # fmt: skip
         for s in r["runs"]
     ]

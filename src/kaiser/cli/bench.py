@@ -350,7 +350,7 @@ def bench_callback(
         typer.Option(
             "--machine",
             callback=choice(*MACHINES),
-            help=f"A known setup (caches, clock, THP; docs/cost.md): {', '.join(MACHINES)}.",
+            help=f"A known setup (caches, clock, THP, a guest's nested paging; docs/cost.md): {', '.join(MACHINES)}.",
         ),
     ] = None,
     thp: Annotated[

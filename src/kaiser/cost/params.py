@@ -69,9 +69,10 @@ SOURCES: dict[str, str] = {
     "vm_exit": "CITED [u]: a VM exit and the re-entry, the hardware round trip with a handler that does nothing: "
     "1,344-1,376 cycles from VMRUN to back in KVM after #VMEXIT (M. Roth, LKML, Dec 2020, 'KVM: SVM: use "
     "vmsave/vmload for saving/restoring additional host state', AMD EPYC); 1,360 taken, the handler's own work not "
-    "modelled; Intel's VMX round trip is of the same order (no figure in the facts)",
+    "modelled; no Intel (VMX) figure found, so the same value prices an exit on Intel hosts",
     "vm_exits_per_interrupt": "CHOSEN: 1 in a guest (Machine.params), 0 on bare metal: KVM and Xen HVM run guests "
-    "with 'external-interrupt exiting' set (SDM Vol. 3C §25.2, pin-based controls), so each timer or device "
+    "with 'external-interrupt exiting' set (SDM Vol. 3C §25.6.1, pin-based VM-execution controls; KVM's vmx.c "
+    "sets PIN_BASED_EXT_INTR_MASK), so each timer or device "
     "interrupt exits to the host and is injected at the next VM entry",
     "dram_bytes_per_cycle": "CHOSEN: one core's DRAM bandwidth from Little's law, 16 outstanding L2 misses (the "
     "L2 superqueue, Intel Optimization Manual 248966) x 64 B / dram_latency; the time to move every line read "
