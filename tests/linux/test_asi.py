@@ -47,7 +47,7 @@ runner = CliRunner()
 
 
 def boot(**kw: object) -> Kernel:
-    return Kernel.boot(KernelConfig("asi", **kw))  # type: ignore[arg-type]
+    return Kernel.boot(KernelConfig("asi", **kw))
 
 
 def asi_pt(task: Task) -> PageTable:
@@ -344,3 +344,52 @@ def test_freeing_a_process_keeps_its_mmap_frames_out_of_reach() -> None:
     kernel.exit(victim)
     with pytest.raises(MmError):
         victim.mm.munmap(va, PAGE_SIZE)
+
+
+STEPS = st.lists(
+    st.sampled_from(["getppid", "close", "lseek", "pipe_write", "pipe_read", "irq", "switch"]), max_size=12
+)
+
+
+def _compile_steps(steps: list[str], pcid: bool) -> EntryModel:
+    em = _em(pcid)
+    tasks = [em._task(), em.kernel.spawn()]
+    bufs = {t.pid: t.mm.mmap(PAGE_SIZE) for t in tasks}
+    for step in steps:
+        task = em._task()
+        if step == "irq":
+            em.interrupt()
+        elif step == "switch":
+            em.syscall_entry()
+            em.context_switch(tasks[1] if task is tasks[0] else tasks[0])
+            em.syscall_exit()
+        elif step.startswith("pipe"):
+            em.syscall(step, user_buf=[bufs[task.pid]], kernel_buf=[em.pipe_buffer()])
+        else:
+            em.syscall(step)
+    return em
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=STEPS, pcid=st.booleans())
+def test_random_transitions_fault_exactly_where_the_asi_tables_lack_the_address(steps: list[str], pcid: bool) -> None:
+    """Every fault of the replay is an ASI fault the compiler took (an access under an ASI CR3 to
+    an address that CR3's tables do not map), and each is followed by the full CR3; both paths
+    agree (each on its own compile of the same steps: a replay sets A/D bits in the tables)."""
+    counts = []
+    for path in ("engine", "reference"):
+        em = _compile_steps(steps, pcid)
+        feats = CpuFeatures(maxphyaddr=em.kernel.mem.maxphyaddr)
+        events = em.out.array()
+        counts.append(make_replayer(em.kernel.mem, em.initial_state(), feats, DEFAULT_GEOMETRY, path)(events))
+    assert counts[0] == counts[1]
+    assert counts[0].faults == em.ops.asi_faults == steps.count("pipe_write") + steps.count("pipe_read")
+    state = em.initial_state()
+    cr3, rows = state.cr3, events.tolist()
+    for i, (kind, cpl, _, va, _) in enumerate(rows):
+        if kind == Ev.MOV_CR3:
+            cr3 = va & ~CR3_NOFLUSH
+        elif kind <= Ev.FETCH and cpl == 0 and cr3 & 1 << ASI_USER_PGTABLE_BIT:
+            walk = translate(em.kernel.mem, CpuState(cr3=cr3, cr4=state.cr4, rflags=state.rflags, cpl=0), va, Op.READ)
+            if isinstance(walk, Fault):  # an ASI fault: the very next event loads the full tables
+                assert rows[i + 1][0] == Ev.MOV_CR3 and not rows[i + 1][3] & 1 << ASI_USER_PGTABLE_BIT
