@@ -454,6 +454,11 @@ def bench_callback(
         f"replay path: {path or default_path()}; {iterations} measured iterations after {warmup} warm-up; "
         f"cycles from kaiser.cost.params at {params.clock_ghz:g} GHz (docs/cost.md); "
         + (f"caches: {caches}." if caches else "no data caches (every reference an L1D hit).")
+        + (
+            " A recorded transition costs its recorded instructions at kernel_cpi, plus its walks and misses."
+            if any(s == "recorded" for c in rows for s in c.result.kernel_side.values())
+            else ""
+        )
     )
     if m:
         console.print(
