@@ -65,7 +65,7 @@ from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, INDEX_XOR, CacheGeometry, 
 if tuple(f.name for f in dataclasses.fields(TlbCounters)) != core.COUNTER_NAMES:  # pragma: no cover
     raise ImportError("kaiser.cost.engine_core.COUNTER_NAMES no longer matches TlbCounters")
 
-_MAX_SHIFTS: Final = core.S_FIELDS - core.S_SHIFT0
+_MAX_SHIFTS: Final = core.S_MAX_SHIFTS
 _WRITE_PHYS: Final = int(Ev.WRITE_PHYS)  # a plain int: numpy compares it faster than the enum
 _WHY: Final = {
     core.WHY_CR3_RESERVED: "MOV to CR3 {a:#x} sets reserved bits (62:MAXPHYADDR)",
@@ -334,6 +334,8 @@ class Engine:
             T[sl, core.T_PKEY] = arr.pkey.ravel()
             T[sl, core.T_VPN] = vpn
             T[sl, core.T_SHIFT] = shift
+            # a piece of a larger page (TlbEntry.piece) among them: page faults scan it whole
+            self.S[k, core.S_PIECES] = int(np.any(arr.valid & (arr.shift != arr.page_shift)))
         Pc = self.Pc
         for p, psc in enumerate(tlb.psc):
             lo = int(self.PD[p, core.PD_BASE])

@@ -68,7 +68,11 @@ T_FIELDS: Final = 10
 P_VALID, P_TAG, P_PCID, P_TABLE, P_RIGHTS, P_STAMP = range(6)
 P_FIELDS: Final = 6
 S_BASE, S_SETS, S_WAYS, S_INDEX, S_BITS, S_NSHIFT, S_SHIFT0 = range(7)  # S_SHIFT0.. up to 3 shifts
-S_FIELDS: Final = 10
+S_MAX_SHIFTS: Final = 3
+# S_PIECES: 1 once the structure may hold a piece of a larger page (an entry whose shift is not its
+# page's); until then every entry for a page of `va` lies in the set of `va` for its shift.
+S_PIECES: Final = S_SHIFT0 + S_MAX_SHIFTS
+S_FIELDS: Final = S_PIECES + 1
 PD_BASE, PD_SETS, PD_WAYS, PD_INDEX, PD_BITS, PD_SHIFT = range(6)
 PD_FIELDS: Final = 6
 LV_SHIFT, LV_LEAF_OK, LV_RSV, LV_RSV_LARGE = range(4)
@@ -303,6 +307,8 @@ def tlb_install(
         ways = S[k, S_WAYS]
         base = S[k, S_BASE] + set_of(S[k, S_SETS], S[k, S_INDEX], S[k, S_BITS], vpn) * ways
         i = victim(T, base, ways)
+    if shift != e_pshift:  # a piece of a larger page (also a nested combined mapping's)
+        S[k, S_PIECES] = 1
     T[i, T_KEY] = (vpn << 6) | shift
     T[i, T_OWN] = e_own
     T[i, T_PFN] = pfn
@@ -332,6 +338,40 @@ def tlb_invalidate(T: np.ndarray, n: int, pcid: int, globals_too: bool, has_va: 
         if which:
             T[i, T_KEY] = -1
             dropped += 1
+    return dropped
+
+
+@_inline
+def tlb_drop_page(T: np.ndarray, lo: int, hi: int, pcid: int, va: int) -> int:
+    """`tlb_invalidate(..., globals_too=True, has_va=True, va)` over entries lo..hi-1."""
+    dropped = 0
+    for i in range(lo, hi):
+        if T[i, T_KEY] < 0:
+            continue
+        own = T[i, T_OWN]
+        if own >= OWN_GLOBAL or pcid < 0 or own == pcid:
+            ps = T[i, T_PSHIFT]
+            if (T[i, T_VPN] >> (ps - T[i, T_SHIFT])) == lsr(va, ps):
+                T[i, T_KEY] = -1
+                dropped += 1
+    return dropped
+
+
+@_jit
+def tlb_invalidate_page(T: np.ndarray, S: np.ndarray, pcid: int, va: int) -> int:
+    """`tlb_invalidate(T, n, pcid, True, True, va)`, a page fault's, looking only where the
+    entries can be: in a structure that never held a piece of a larger page (S_PIECES), an entry
+    for the page of `va` is in the set of `va` for its own shift (`tlb_install`); a structure that
+    did is scanned whole. Returns the count dropped."""
+    dropped = 0
+    for k in range(S.shape[0]):
+        base, ways = S[k, S_BASE], S[k, S_WAYS]
+        if S[k, S_PIECES]:
+            dropped += tlb_drop_page(T, base, base + S[k, S_SETS] * ways, pcid, va)
+            continue
+        for j in range(S[k, S_NSHIFT]):
+            lo = base + set_of(S[k, S_SETS], S[k, S_INDEX], S[k, S_BITS], lsr(va, S[k, S_SHIFT0 + j])) * ways
+            dropped += tlb_drop_page(T, lo, lo + ways, pcid, va)
     return dropped
 
 
@@ -405,12 +445,14 @@ def psc_invalidate(Pc: np.ndarray, PD: np.ndarray, pcid: int, has_va: bool, va: 
 
 
 @_jit
-def pf_invalidate(T: np.ndarray, Pc: np.ndarray, PD: np.ndarray, C: np.ndarray, va: int, pcid: int) -> None:
+def pf_invalidate(
+    T: np.ndarray, S: np.ndarray, Pc: np.ndarray, PD: np.ndarray, C: np.ndarray, va: int, pcid: int
+) -> None:
     """`Mmu._page_fault_invalidate`: a #PF drops the page's TLB entries of the current PCID
     (global ones too) and the current PCID's paging-structure-cache entries for `va`
     (SDM §4.10.4.1)."""
     C[C_PF_INVALIDATIONS] += 1
-    C[C_TLB_ENTRIES_DROPPED] += tlb_invalidate(T, T.shape[0], pcid, True, True, va)
+    C[C_TLB_ENTRIES_DROPPED] += tlb_invalidate_page(T, S, pcid, va)
     C[C_PSC_ENTRIES_DROPPED] += psc_invalidate(Pc, PD, pcid, True, va)
 
 
@@ -616,7 +658,7 @@ def walk(
             cache_access(CT, CS, CP, CD, CH, C, STR, WA[d], KIND_WALK)
     if outcome == W_FAULT:
         C[C_FAULTS] += 1
-        pf_invalidate(T, Pc, PD, C, va, pcid)
+        pf_invalidate(T, S, Pc, PD, C, va, pcid)
         return -1
     tshift = shift  # the TLB entry's page: a combined mapping's is the smaller (SDM §29.4.2)
     if nested:
@@ -771,7 +813,7 @@ def replay(
                 C[C_FAULTS] += 1
                 C[C_TLB_FAULTS] += 1
                 memo_page_i = memo_page_d = -1
-                pf_invalidate(T, Pc, PD, C, a, pcid)
+                pf_invalidate(T, S, Pc, PD, C, a, pcid)
                 continue
             if kind == OP_WRITE and not T[i, T_DIRTY]:  # §4.8: D must be set in memory: walk
                 C[C_DIRTY_ASSISTS] += 1
