@@ -82,13 +82,14 @@ class Design:
         }
 
 
-def design(variant: str) -> Design:
-    """Measure one registered variant (a few seconds: a boot per figure)."""
+def design(variant: str, seed: int = SEED) -> Design:
+    """Measure one registered variant (a few seconds: a boot per figure); `seed` picks the KASLR
+    layout and the secret bytes of the attacks."""
     kernel = Kernel.boot(KernelConfig(variant=variant, seed=0))
     kernel.spawn()
     view = user_view(kernel)
-    meltdown = {r: run_meltdown(variant, region=r, length=SECRET_BYTES, seed=SEED).correct for r in SECRET_REGIONS}
-    text = run_kaslr(variant, seed=SEED, probe="prefetch", regions=("text",)).outcome("text").matched
+    meltdown = {r: run_meltdown(variant, region=r, length=SECRET_BYTES, seed=seed).correct for r in SECRET_REGIONS}
+    text = run_kaslr(variant, seed=seed, probe="prefetch", regions=("text",)).outcome("text").matched
     cycles = {
         pcid: run(variant, "null-syscall", pcid=pcid, iterations=ITERATIONS, warmup=WARMUP).per_op
         for pcid in (True, False)
@@ -104,11 +105,13 @@ def design(variant: str) -> Design:
     )
 
 
-def designs(variants: Sequence[str] | None = None, progress: Callable[[str], None] | None = None) -> list[Design]:
+def designs(
+    variants: Sequence[str] | None = None, *, seed: int = SEED, progress: Callable[[str], None] | None = None
+) -> list[Design]:
     """Every registered variant's row (or those named), in the registry's order."""
     out = []
     for name in variants or list(VARIANTS):
         if progress is not None:
             progress(name)
-        out.append(design(name))
+        out.append(design(name, seed))
     return out

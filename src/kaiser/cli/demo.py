@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from kaiser.api.designs import SECRET_BYTES, Design
 from kaiser.api.exposure import (
     MEMORY_HEADERS,
     USER_VIEW_HEADERS,
@@ -15,7 +16,7 @@ from kaiser.api.exposure import (
     user_view,
 )
 from kaiser.cli.options import SEED_MAX
-from kaiser.cli.output import Col, console, print_table, rule
+from kaiser.cli.output import Col, console, print_table, progress_bar, rule
 from kaiser.cli.verify import VERIFY_MAX
 from kaiser.linux.audit import flag_text
 from kaiser.linux.kernel import Kernel, KernelConfig
@@ -25,7 +26,7 @@ from kaiser.linux.variants import VARIANTS
 from kaiser.sample import build_sample
 from kaiser.x86.bits import CR4, RFLAGS
 from kaiser.x86.cpu import CpuState
-from kaiser.x86.geometry import format_size
+from kaiser.x86.geometry import format_size, human_size
 from kaiser.x86.rights import Op
 from kaiser.x86.walker import Translation, translate
 
@@ -52,9 +53,10 @@ def demo_command(
     _paging_tour()
     kernels = _isolation_tour(seed)
     _audit_tour(kernels)
-    _attack_tour(seed)
+    rows = _attack_tour(seed)
     _price_tour()
     _memory_tour()
+    _designs_tour(rows)
     _referee_tour(verify_cases)
 
 
@@ -80,7 +82,7 @@ def _paging_tour() -> None:
 
 
 def _isolation_tour(seed: int) -> dict[str, Kernel]:
-    rule("2. the seven variants: what user mode can reach of the kernel")
+    rule("2. the variants: what user mode can reach of the kernel")
     kernels: dict[str, Kernel] = {}
     rows = []
     for name in VARIANTS:
@@ -137,22 +139,50 @@ def _audit_tour(kernels: dict[str, Kernel]) -> None:
     )
 
 
-def _attack_tour(seed: int) -> None:
-    from kaiser.attacks.core import REGIONS, run_meltdown
+def _attack_tour(seed: int) -> list[Design]:
+    from kaiser.api.designs import designs
+    from kaiser.attacks.core import REGIONS
 
     rule("4. prove: Meltdown against every variant (Flush+Reload, 8 secret bytes per cell)")
-    rows = []
-    for name in VARIANTS:
-        cells = []
-        for region in REGIONS:
-            result = run_meltdown(name, region=region, length=8, seed=seed + 1)
-            colour = "red" if result.correct else "green"
-            cells.append(f"[{colour}]{result.correct}/{len(result.readings)}[/]")
-        rows.append([name, *cells])
-    print_table([Col("variant"), *(Col(r, justify="right") for r in REGIONS)], rows)
+    with progress_bar(label="measuring every design") as bar:
+        task = bar.add_task("", total=len(VARIANTS))
+        rows = designs(seed=seed + 1, progress=lambda _name: bar.advance(task))
+    cells = []
+    for row in rows:
+        marks = [f"[{'red' if row.meltdown[r] else 'green'}]{row.meltdown[r]}/{SECRET_BYTES}[/]" for r in REGIONS]
+        cells.append([row.variant, *marks])
+    print_table([Col("variant"), *(Col(r, justify="right") for r in REGIONS)], cells)
     console.print(
-        "Bytes recovered by a user-mode attacker that sees only its own load timings. "
-        "Details: [bold]kaiser attack meltdown --variant all --secret-in all[/], docs/attacks.md"
+        "Bytes recovered by a user-mode attacker that sees only its own load timings; sensitive and "
+        "nonsensitive are ASI's two kinds of memory. Details: "
+        "[bold]kaiser attack meltdown --variant all --secret-in all[/], docs/attacks.md"
+    )
+    return rows
+
+
+def _designs_tour(rows: list[Design]) -> None:
+    from kaiser.attacks.core import REGIONS
+
+    rule("7. every design side by side")
+    heads = ("reachable", "Meltdown bytes", "EntryBleed text", "cycles, PCID", "cycles, no PCID", "page tables")
+    cells = [
+        [
+            row.variant,
+            human_size(row.reachable),
+            " ".join(str(row.meltdown[r]) for r in REGIONS),
+            "[red]found[/]" if row.entrybleed_text else "[green]-[/]",
+            f"{row.cycles_pcid:,.0f}",
+            f"{row.cycles_nopcid:,.0f}",
+            f"{row.table_kib} KiB",
+        ]
+        for row in rows
+    ]
+    print_table([Col("design"), *(Col(h, justify="right") for h in heads)], cells)
+    console.print(
+        f"reachable: kernel memory a process's user tables map; Meltdown: bytes of {SECRET_BYTES} "
+        f"read per region ({', '.join(REGIONS)}); EntryBleed: the prefetch probe finds the kernel text "
+        "base (kaiser attack kaslr --probe prefetch); cycles: one getppid, recorded kernel side "
+        "(kaiser bench -w null-syscall); page tables: one typical process's. kaiser.api.designs, docs/variants.md"
     )
 
 
@@ -206,7 +236,7 @@ def _referee_tour(cases: int) -> None:
         return
     from kaiser.referee import run_verify
 
-    rule(f"7. the referee: our walker against QEMU's MMU (Unicorn), {cases} random cases")
+    rule(f"8. the referee: our walker against QEMU's MMU (Unicorn), {cases} random cases")
     report = run_verify(cases, seed=1)
     colour = "green" if report.disagreements == 0 else "red"
     console.print(
