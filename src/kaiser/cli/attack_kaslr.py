@@ -107,7 +107,7 @@ def kaslr_command(
     faulting loads) after system calls.
 
     The system calls and probes run on the compiled engine (`--path engine`, the default) or on
-    the readable reference MMU (`--path reference`, about 50 times slower): the same probes, the
+    the readable reference MMU (`--path reference`, 50-120 times slower): the same probes, the
     same timings, the same guesses. The layouts run on `--jobs` processes (default: one per CPU),
     each attack the same as in one process.
 
