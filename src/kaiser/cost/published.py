@@ -227,9 +227,10 @@ FIGURES: Final[tuple[Figure, ...]] = (
     # series' own gain (nopti). The model's pipe ping-pong stands for it (4 syscalls, 2 switches).
     Figure(_LUTO, "eventfd ping-pong, Skylake 2.3 GHz KVM guest, no PTI, PCID (pipe)", "us per round trip", 1.22,
            "us", (_r("nopti", True, "pipe", _NOTOUCH),), clock_ghz=2.3,
-           why="pipe stands for eventfd; pipe bodies CHOSEN; a guest, walks native"),
+           why="pipe stands for eventfd; pipe bodies and switch recorded (modelled: CHOSEN); a guest, walks native"),
     Figure(_LUTO, "same, no PCID (pipe)", "us per round trip", 1.33, "us", (_r("nopti", False, "pipe", _NOTOUCH),),
-           clock_ghz=2.3, why="pipe stands for eventfd; pipe bodies CHOSEN; a guest, walks native"),
+           clock_ghz=2.3,
+           why="pipe stands for eventfd; pipe bodies and switch recorded (modelled: CHOSEN); a guest, walks native"),
     Figure(_LUTO, "same, 512 pages touched per round, PCID (pipe)", "us per round trip", 1.8, "us",
            (_r("nopti", True, "pipe", _PAGES512),), clock_ghz=2.3,
            why="pipe stands for eventfd; a guest, walks native (not 2-D)"),
