@@ -28,6 +28,7 @@ def _compile(variant: str, pcid: bool, workload: str, n: int = 6) -> tuple[Kerne
     kernel = Kernel.boot(KernelConfig(variant, pcid=pcid, ncpus=1, seed=5))
     em = EntryModel(kernel)
     em.kernel_side = RecordedSide(em)
+    em.track_spans = True
     wl = get_workload(workload)
     knobs = wl.resolve({"reads": "8"})
     state = wl.setup(em, knobs)  # its events too: they return to user mode on the user CR3

@@ -243,6 +243,7 @@ def run(
     )  # fmt: skip
     kernel = Kernel.boot(config, variant=None if isinstance(variant, str) else variant)
     em = EntryModel(kernel)
+    em.track_spans = True  # the recorded transitions' counters are priced apart
     if kernel_side == "recorded":
         em.kernel_side = RecordedSide(em)
     elif kernel_side != "modelled":

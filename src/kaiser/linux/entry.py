@@ -384,6 +384,7 @@ class EntryModel:
         # Event index ranges [start, end) of `out` priced as recorded instructions (the entry path,
         # body and exit of each recorded transition): the cost model's split of the cache counters.
         self.recorded_spans: list[tuple[int, int]] = []
+        self.track_spans = False  # keep `recorded_spans` (kaiser.cost.run; a long trace would grow it)
         self._entry_span: tuple[int, int, int] | None = None  # the last entry: start, end, kernel refs
         self._exit_covered = False  # the current syscall's body was recorded: so is its exit
         self._pending_switch: str | None = None  # a recorded switch's second part: this syscall's body
@@ -561,14 +562,14 @@ class EntryModel:
 
     def _cover(self, start: int, end: int, refs: int) -> None:
         """Events [start, end) are part of a recorded transition (merged with the last range)."""
-        if end <= start:
+        self.ops.recorded_refs += refs
+        if end <= start or not self.track_spans:
             return
         spans = self.recorded_spans
         if spans and spans[-1][1] == start:
             spans[-1] = (spans[-1][0], end)
         else:
             spans.append((start, end))
-        self.ops.recorded_refs += refs
 
     def _mark(self) -> tuple[int, int]:
         return len(self.out), self.ops.kernel_refs
