@@ -73,7 +73,7 @@ def test_set_user_pgtbl_mirrors_the_user_half_only(index: int, value: int, nx: b
     sentinel = 0x5000 | int(PTE.P)
     upt.mem.write_u64(upt.root + 8 * index, sentinel)
     got = pti.pti_set_user_pgtbl(kpt, upt, index, value, nx=nx)
-    mirrored = index < 256 and not value & PTE.SW1  # SW1: _PAGE_NOPTISHADOW
+    mirrored = index < 256 and not value & (1 << 58)  # bit 58: _PAGE_NOPTISHADOW (pgtable_types.h)
     assert upt.mem.read_u64(upt.root + 8 * index) == (value if mirrored else sentinel)
     if mirrored and value & PTE.P and value & PTE.US:
         assert got == (value | int(PTE.NX) if nx else value & ~int(PTE.US))
@@ -268,8 +268,14 @@ def test_derive_variant_drops_exactly_the_parts_named(base: str, drop: set[Part]
 def test_booted_variant_is_pti_check_boottime_disable(name: str, pti_mode: str, vendor: str) -> None:
     v = get_variant(name)
     got = booted_variant(v, pti=pti_mode, vendor=vendor)
-    # pti=auto leaves PTI off on a CPU without X86_BUG_CPU_MELTDOWN (AMD); pti=on always isolates
-    assert got is (VARIANTS["nopti"] if v.isolating and pti_mode == "auto" and vendor == "amd" else v)
+    # pti=auto leaves PTI off on a CPU without X86_BUG_CPU_MELTDOWN (AMD); pti=on always isolates,
+    # also on Meltdown-immune hardware (lass, fred: linux, FRED turned off)
+    if v.isolating and pti_mode == "auto" and vendor == "amd":
+        assert got is VARIANTS["nopti"]
+    elif v.meltdown_immune and pti_mode == "on":
+        assert got is VARIANTS["linux"]
+    else:
+        assert got is v
     assert KernelConfig(variant=name, pti=pti_mode, vendor=vendor).isolates == got.isolating
 
 
@@ -322,3 +328,50 @@ def test_audit_classes_are_the_union_of_the_parts(booted: Kernel) -> None:
             want |= spec.dump_classes
     assert allowed == want and glb <= allowed
     assert (not glb) == (booted.variant.global_policy is GlobalPolicy.NONE)
+
+
+# ---- _PAGE_NOPTISHADOW in the mirroring of a process's top-level writes -------------------------
+def test_noptishadow_is_bit_58() -> None:
+    assert pti.PAGE_NOPTISHADOW == 1 << 58  # _PAGE_BIT_SOFTW5 on x86-64 (d0ceea662d45)
+
+
+@pytest.fixture(scope="module")
+def linux_pcid() -> Kernel:
+    return Kernel.boot(KernelConfig(variant="linux", seed=3))
+
+
+@given(
+    writes=st.lists(
+        st.tuples(st.integers(0, 255), st.integers(1, (1 << 30) // PAGE_SIZE - 1), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_user_half_writes_mirror_unless_noptishadow(
+    linux_pcid: Kernel, writes: list[tuple[int, int, bool, bool]]
+) -> None:
+    """Through a process's PGD pair (`new_pgd`'s hook, `__pti_set_user_pgtbl`): every user-half
+    top-level write lands in the user PGD as written and in the kernel PGD with NX added when it is
+    present and user -- except a write carrying _PAGE_NOPTISHADOW, which the user PGD never sees
+    and which the kernel PGD stores unchanged."""
+    task = linux_pcid.spawn()
+    kpt, upt = task.mm.pgd.kernel_pt, task.mm.pgd.user_pt
+    assert upt is not None
+    mem = kpt.mem
+    in_use = {i for i in range(256) if mem.read_u64(kpt.root + 8 * i)}  # the process's own slots stay
+    writes = [w for w in writes if w[0] not in in_use]
+    try:
+        for index, pfn, user, shadowless in writes:
+            before = mem.read_u64(upt.root + 8 * index)
+            value = pfn << 12 | int(PTE.P | PTE.RW) | (int(PTE.US) if user else 0)
+            value |= pti.PAGE_NOPTISHADOW if shadowless else 0
+            kpt.set_entry(kpt.root + 8 * index, value, 0)
+            kval, uval = mem.read_u64(kpt.root + 8 * index), mem.read_u64(upt.root + 8 * index)
+            if shadowless:
+                assert (kval, uval) == (value, before)
+            else:
+                assert uval == value and kval == (value | int(PTE.NX) if user else value)
+    finally:  # leave the slots empty again so the process can exit
+        for index, *_ in writes:
+            kpt.set_entry(kpt.root + 8 * index, 0, 0)
+        linux_pcid.exit(task)

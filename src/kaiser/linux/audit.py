@@ -170,6 +170,16 @@ def _range_name(part: str) -> str:
     return spec.report_name if spec is not None else _RANGE_CLASS.get(part, part)
 
 
+def lass_policy(variant: str, mode: str = "variant") -> Policy:
+    """The policy of a kernel PGD on a CPU with LASS active: every class, since no user-mode
+    access to the upper half reaches the walk -- LASS faults it first, #GP(0) or #SS (SDM Vol. 3A
+    "Linear-Address Pre-Processing"; successors.md) -- so nothing mapped there is reachable from
+    user mode. The three rules every variant must pass (W+X, USR, global) still apply."""
+    every = frozenset(CLASSES)
+    note = "LASS: user-mode accesses to the upper half fault before paging; no kernel mapping is reachable"
+    return Policy(variant, every, every, note, mode)
+
+
 def policy_for(variant: str, *, pcid: bool = True, mode: str = "variant") -> Policy:
     """The policy of `variant` in `mode` (`POLICY_MODES`). `linux` allows `kernel_text` only
     without PCID (under pti=auto, `pti_kernel_image_global_ok()`, §3.3); `nopti` gets `linux`'s
@@ -177,9 +187,11 @@ def policy_for(variant: str, *, pcid: bool = True, mode: str = "variant") -> Pol
     get_variant(variant)  # UnknownVariant lists the names
     if mode not in POLICY_MODES:
         raise ValueError(f"unknown policy mode {mode!r}; known: {', '.join(POLICY_MODES)}")
+    if get_variant(variant).lass_cpu:
+        return lass_policy(variant, mode)
     name, note = variant, ""
-    if variant == "nopti":
-        name, note = "linux", "nopti has no user tables: its kernel PGD is judged by linux's policy"
+    if not get_variant(variant).isolating:  # nopti, fred
+        name, note = "linux", f"{variant} has no user tables: its kernel PGD is judged by linux's policy"
     allowed, glb = _classes(name, pcid)
     if name == "linux" and not pcid:
         note = note or "no PCID: kernel text may be cloned (pti=auto)"
@@ -641,9 +653,16 @@ def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None, mode: s
     also requires every mapping's class to be one the strict policy allows (`policy_for`)."""
     layout = kernel.layout
     policy = policy_for(kernel.variant.name, pcid=kernel.config.pcid if pcid is None else pcid, mode=mode)
+    if not kernel.variant.isolating and kernel.config.lass_active:  # nopti --lass, lass
+        policy = lass_policy(kernel.variant.name, mode)
+    elif kernel.variant.lass_cpu:  # vsyscall=emulate turned LASS off: the kernel PGD is all there is
+        base = policy_for("nopti", pcid=kernel.config.pcid if pcid is None else pcid, mode=mode)
+        note = f"vsyscall=emulate turned LASS off; {base.note}"
+        policy = Policy(kernel.variant.name, base.allowed, base.global_ok, note, mode)
     kpt = task.mm.pgd.kernel_pt
     upt = task.mm.pgd.user_pt
-    view_pt, view = (upt, "current_user") if upt is not None else (kpt, "current_kernel (nopti: no user tables)")
+    name = kernel.variant.name
+    view_pt, view = (upt, "current_user") if upt is not None else (kpt, f"current_kernel ({name}: no user tables)")
     text = ptdump(view_pt, layout.markers)
     records = parse_ptdump(text, view)
     user_end = layout.user_end

@@ -47,7 +47,7 @@ from kaiser.linux.asid import (
     write_cr3,
 )
 from kaiser.linux.kernel import THREAD_SIZE, Kernel, Task
-from kaiser.linux.variants import Entry, Part
+from kaiser.linux.variants import Delivery, Entry, Part
 from kaiser.x86.bits import CR3_NOFLUSH, RFLAGS
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.events import EventBuilder
@@ -77,7 +77,12 @@ TEXT_OFFSETS: Final = {
     "fs/pipe.c": 0x9A0000,
     "fs/open.c": 0x9E0000,  # close_fd
     "lib/usercopy": 0xB00000,  # copy_user_generic
+    # entry_64_fred.S (.noinstr.text): asm_fred_entrypoint_user, page-aligned because
+    # IA32_FRED_CONFIG holds its 4 KiB-aligned address (FRED_CONFIG_ENTRYPOINT, fred.c)
+    "asm_fred_entrypoint_user": 0x0C0000,
 }
+FRED_KERNEL_ENTRY: Final = 256  # events from CPL 0 enter at the configured entry point + 256 (FRED spec)
+FRED_FRAME: Final = 64  # the FRED stack frame: error code, RIP, CS, RFLAGS, RSP, SS, event data, reserved
 RODATA_SYS_CALL_TABLE: Final = 0x1000  # sys_call_table, from the start of .rodata
 # Our per-CPU area (kaiser.linux.cea: PERCPU_PAGES): 0 gdt, 1.. tss, 4 KAISER's user-mapped
 # scratch (4.15 era), 12.. ordinary per-CPU data; the entry area's pieces alias the rest.
@@ -363,6 +368,7 @@ class EntryModel:
         self.isolating = kernel.variant.isolating and not kernel.variant.asi  # asi: no PTI switch
         self.kaiser_era = kernel.variant.maps(Part.TASK_STACKS)
         self.entry = kernel.variant.entry
+        self.fred = kernel.variant.delivery is Delivery.FRED  # FRED event delivery (the fred variant)
         self.ids = ids or ContextIds()
         self.tlb = CpuTlbState(
             pti=self.isolating, pcid=kernel.config.pcid, invpcid=invpcid, pge=kernel.config.pge, cr4=kernel.cr4()
@@ -701,7 +707,9 @@ class EntryModel:
         self.in_user = False
         self.ops.user_entries += 1
         top = self.stack_top(task)
-        if self.entry is Entry.ENTRY_TEXT:
+        if self.fred:
+            self._fred_event(top, from_user=True)
+        elif self.entry is Entry.ENTRY_TEXT:
             self._k(self.entry_text("entry_SYSCALL_64"), Op.FETCH)  # under the user CR3
             if self.kaiser_era:  # IAIK: spill RAX to a user-mapped per-CPU slot, switch, then rsp_scratch
                 self._k(self.percpu(PERCPU_KAISER_SCRATCH), Op.WRITE)
@@ -720,7 +728,8 @@ class EntryModel:
             else:
                 self._k(self.percpu(PERCPU_HOT + 0x8))
             self._k(self.entry_text("entry_SYSCALL_64_stage2"), Op.FETCH)
-        self._k(top - 8, Op.WRITE)  # build pt_regs: user SS/RSP/flags/CS/RIP ...
+        if not self.fred:  # FRED: the CPU pushed SS/RSP/flags/CS/RIP itself
+            self._k(top - 8, Op.WRITE)  # build pt_regs: user SS/RSP/flags/CS/RIP ...
         self._k(top - PT_REGS_SIZE, Op.WRITE)  # ... down to the GPRs
         self._k(self.text("do_syscall_64"), Op.FETCH)
         self._entered(mark)
@@ -731,7 +740,7 @@ class EntryModel:
         task = self._need_kernel("SYSRET")
         mark = self._mark()
         top = self.stack_top(task)
-        self._k(self.entry_text("syscall_return_via_sysret"), Op.FETCH)
+        self._k(self._fred_entry() if self.fred else self.entry_text("syscall_return_via_sysret"), Op.FETCH)
         self._k(top - PT_REGS_SIZE)  # pop the GPRs
         self._return_to_user(task, iret=False)
         self._exited(mark)
@@ -807,6 +816,19 @@ class EntryModel:
         self._k(stack_top - 8, Op.WRITE, implicit=True)
         self._k(stack_top - IRET_FRAME, Op.WRITE, implicit=True)
 
+    def _fred_entry(self, *, kernel: bool = False) -> int:
+        """FRED's entry point: IA32_FRED_CONFIG's base for events from user mode, +256 from the
+        kernel; the exit path (POP_REGS, ERETU/ERETS) is the same code (entry_64_fred.S)."""
+        return self.text("asm_fred_entrypoint_user") + (FRED_KERNEL_ENTRY if kernel else 0)
+
+    def _fred_event(self, stack_top: int, *, from_user: bool) -> None:
+        """FRED event delivery (fred.c): no IDT and no TSS read; the frame is pushed on stack level 0
+        -- FRED_RSP0, the task stack, for every event from user mode -- or, in the kernel, on the
+        current stack or the level's FRED_RSPn (NMI: level 2, the entry area's NMI stack)."""
+        self._k(stack_top - 8, Op.WRITE, implicit=True)
+        self._k(stack_top - FRED_FRAME, Op.WRITE, implicit=True)
+        self._k(self._fred_entry(kernel=not from_user), Op.FETCH)
+
     def _hw_tss(self) -> int:
         """The TSS the CPU reads: the CEA alias (4.15+); KAISER's per-CPU user-mapped TSS."""
         return (self.cpu.tss_va if self.kaiser_era else self.cea_tss) + TSS_SP0
@@ -832,6 +854,10 @@ class EntryModel:
         self.in_user = False
         self.ops.user_entries += 1
         top = self.stack_top(task)
+        if self.fred:  # the frame lands on the task stack: no sync_regs, no CR3 switch
+            self._fred_event(top, from_user=True)
+            self._k(top - PT_REGS_SIZE, Op.WRITE)
+            return task
         frame_top = top if self.kaiser_era else self.entry_stack_top  # 4.15+: always the entry stack
         self._deliver(vector, frame_top, tss=self._hw_tss())
         self._k(self._idt_entry_code(stub), Op.FETCH)
@@ -847,7 +873,8 @@ class EntryModel:
 
     def _exit_to_user_iret(self) -> None:
         task = self._need_kernel("IRET to user")
-        self._k(self.entry_text("swapgs_restore_regs_and_return_to_usermode"), Op.FETCH)
+        code = self._fred_entry() if self.fred else self.entry_text("swapgs_restore_regs_and_return_to_usermode")
+        self._k(code, Op.FETCH)  # FRED: ERETU
         self._k(self.stack_top(task) - PT_REGS_SIZE)
         self._return_to_user(task, iret=True)
 
@@ -874,9 +901,12 @@ class EntryModel:
             self._exited(mark)
             return
         top = self.stack_top(task) - PT_REGS_SIZE - 0x400  # interrupted kernel frame
-        self._k(self.lay.cpu_entry_area_base + 16 * VECTOR_DEVICE, implicit=True)
-        self._k(top - 8, Op.WRITE, implicit=True)
-        self._k(self.entry_text("asm_common_interrupt"), Op.FETCH)
+        if self.fred:  # stack level 0 in the kernel: the current stack
+            self._fred_event(top, from_user=False)
+        else:
+            self._k(self.lay.cpu_entry_area_base + 16 * VECTOR_DEVICE, implicit=True)
+            self._k(top - 8, Op.WRITE, implicit=True)
+            self._k(self.entry_text("asm_common_interrupt"), Op.FETCH)
         self._refs(IRQ_HANDLER, task)
         self._k(self._device)
         self._k(top - 8)  # iretq
@@ -887,6 +917,9 @@ class EntryModel:
         clear) and RESTORE_CR3 (a write under PTI: flushing without PCID, NOFLUSH with). From user:
         the ordinary switch on entry and SWITCH_TO_USER_CR3 on exit (entry_64.S asm_exc_nmi)."""
         task = self._task()
+        if self.fred:
+            self._fred_nmi(task)
+            return
         if self.in_user:
             self._need_user("NMI")
             self.in_user = False
@@ -906,6 +939,23 @@ class EntryModel:
         self._refs(NMI_HANDLER, task)
         self.restore_cr3(saved)
         self._k(self.ist_stack_top - IRET_FRAME)  # iretq
+        self.ops.nmis += 1
+
+    def _fred_nmi(self, task: Task) -> None:
+        """An NMI under FRED: from user on stack level 0 like every user event, back by ERETU; in
+        the kernel on stack level 2 (FRED_STKLVLS: NMI at 2, FRED_RSP2 = the NMI stack), back by
+        ERETS. No paranoid CR3 handling: FRED kernels never run PTI."""
+        if self.in_user:
+            self.in_user = False
+            self.ops.user_entries += 1
+            self._fred_event(self.stack_top(task), from_user=True)
+            self._refs(NMI_HANDLER, task)
+            self.ops.nmis += 1
+            self._exit_to_user_iret()
+            return
+        self._fred_event(self.ist_stack_top, from_user=False)
+        self._refs(NMI_HANDLER, task)
+        self._k(self.ist_stack_top - FRED_FRAME)  # ERETS
         self.ops.nmis += 1
 
     def page_fault(self, va: int, pte_slot: int, pte_value: int) -> None:

@@ -28,7 +28,7 @@ from kaiser.linux.layout import (
     make_layout,
 )
 from kaiser.linux.mm import LDT_ENTRIES, Mm, ProgramImage
-from kaiser.linux.variants import Entry, GlobalPolicy, Part, Variant, booted_variant, get_variant
+from kaiser.linux.variants import Delivery, Entry, GlobalPolicy, Part, Variant, booted_variant, get_variant
 from kaiser.x86.bits import CR4, KERNPG_TABLE, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE, make_cr3
 from kaiser.x86.geometry import PagingMode, mode_for
 from kaiser.x86.pagetable import PageTable
@@ -76,8 +76,11 @@ class KernelConfig:
     cea_slots: tuple[int, ...] | None = None  # per-CPU entry-area slot of each CPU (6.2+ randomizes them)
     tss_phys: tuple[int, ...] | None = None  # physical address of each CPU's cpu_tss_rw page
     # A CPU with LASS (CPUID.(EAX=07H,ECX=1):EAX[6]); the kernel sets CR4.LASS unless the
-    # vsyscall mode forbids it (`lass_active`).
+    # vsyscall mode forbids it (`lass_active`). The `lass` variant is such a CPU whatever this says.
     lass: bool = False
+    # A CPU with INVLPGB (AMD Zen 3+, CPUID 8000_0008h EBX[3]): broadcast TLB flushes, which Linux
+    # uses only without PTI and with PCID (`invlpgb_active`).
+    invlpgb: bool = False
 
     def __post_init__(self) -> None:
         era = get_variant(self.variant).era
@@ -109,7 +112,23 @@ class KernelConfig:
         from user mode, which LASS forbids. With xonly (and none) LASS stays on, and a user call
         into the vsyscall page is then a #GP(0) from the LASS check, not a #PF, so the XONLY
         emulation moves into the #GP handler (facts/successors.md, LASS)."""
-        return self.lass and self.vsyscall != "emulate"
+        return (self.lass or get_variant(self.variant).lass_cpu) and self.vsyscall != "emulate"
+
+    @property
+    def fred_active(self) -> bool:
+        """Does the kernel deliver events by FRED? Only the `fred` variant's hardware has it, and
+        pti=on turns it off (`booted_variant`: pti_check_boottime_disable(), 932d922285ef)."""
+        booted = booted_variant(get_variant(self.variant), pti=self.pti, vendor=self.vendor)
+        return booted.delivery is Delivery.FRED
+
+    @property
+    def invlpgb_active(self) -> bool:
+        """Does the kernel flush other CPUs' TLBs with INVLPGB? Not under PTI: its per-CPU
+        user_pcid_flush_mask cannot name INVLPGB's global ASIDs, so pti_check_boottime_disable()
+        clears X86_FEATURE_INVLPGB when it enables PTI (94a17f2dc90b, "x86/mm: Disable INVLPGB when
+        PTI is enabled", Jun 2025); nor with PCID off (`nopcid` also disables INVLPGB, which needs
+        global PCIDs: Rik van Riel's INVLPGB series, "x86/mm: add noinvlpgb commandline option")."""
+        return self.invlpgb and self.pcid and not self.isolates
 
     @property
     def isolates(self) -> bool:

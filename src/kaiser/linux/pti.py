@@ -34,6 +34,12 @@ from kaiser.x86.physmem import PAGE_SIZE
 
 PTI_USER_PGTABLE_BIT = 12  # kernel_to_user_pgdp(): the user PGD is the kernel PGD with bit 12 set (§3.1)
 PMD_SIZE = 1 << 21
+# _PAGE_NOPTISHADOW = _PAGE_BIT_SOFTW5, bit 58 on x86-64 (arch/x86/include/asm/pgtable_types.h,
+# mainline d0ceea662d45, 6.13): a top-level entry that carries it is not mirrored into the user PGD
+# (kernel_ident_mapping_init() sets it on the identity map of a kexec PGD). The Oct 2025 proposal
+# to move it to bit 9 ("x86/mm: Move _PAGE_BIT_NOPTISHADOW from bit 58 to bit 9") was not taken:
+# a 2026 tree still defines it as SOFTW5. The CPU ignores bit 58 in a PML4E (SDM Vol. 3A Table 4-15).
+PAGE_NOPTISHADOW: Final = int(PTE.SW5)
 
 
 def kernel_to_user_pgd(kernel_pgd: int) -> int:
@@ -54,9 +60,10 @@ def pti_set_user_pgtbl(kernel_pt: PageTable, user_pt: PageTable, index: int, val
     User-half writes land unchanged in the user PGD; the value returned for the kernel PGD has NX
     added when the entry is present and user (so returning to user mode with the kernel CR3 still
     loaded faults on the first instruction fetch). With `nx=False` the kernel copy loses USER
-    instead, as the IAIK KAISER patch did (§7.1). Kernel-half and NOPTISHADOW writes pass through.
+    instead, as the IAIK KAISER patch did (§7.1). Kernel-half writes and writes of an entry with
+    `PAGE_NOPTISHADOW` pass through: the user PGD keeps what it had, the kernel copy is unchanged.
     """
-    if not pgdp_maps_userspace(kernel_pt, index) or value & PTE.SW1:  # SW1 = _PAGE_NOPTISHADOW (2025)
+    if not pgdp_maps_userspace(kernel_pt, index) or value & PAGE_NOPTISHADOW:
         return value
     user_pt.set_entry(user_pt.root + 8 * index, value, 0)
     if value & PTE.P and value & PTE.US:

@@ -29,6 +29,7 @@ __all__ = [
     "BASELINE",
     "VARIANTS",
     "Clone",
+    "Delivery",
     "Entry",
     "GlobalPolicy",
     "CloneLevel",
@@ -52,6 +53,17 @@ class Entry(enum.Enum):
     ENTRY_TEXT = "entry-text"  # entry_SYSCALL_64 in kernel text: at a fixed offset from the KASLR base
     CEA_TRAMPOLINE = "cea-trampoline"  # 4.15-4.19 per-CPU trampoline in the cpu_entry_area
     FIXED_CEA = "fixed-cea"  # ours: all entry/exit stubs at a fixed address in the entry area
+
+
+class Delivery(enum.Enum):
+    """How the CPU delivers events (exceptions, interrupts, SYSCALL) to the kernel."""
+
+    IDT = "idt"  # the IDT's gates, IST stacks from the TSS, SYSCALL through MSR_LSTAR (SDM Vol. 3A ch. 6)
+    # FRED (arch/x86/kernel/fred.c, entry_64_fred.S): every event from user mode at IA32_FRED_CONFIG's
+    # entry point on stack level 0 (the task stack, FRED_RSP0), from kernel mode at +256; NMI, #DB,
+    # #MC and #DF in the kernel on stack levels 2, 1, 2, 3 (FRED_RSP1..3 = the CEA's DB, NMI, DF
+    # stacks); no IDT read, no TSS read, no IST, GS swapped by the CPU, ERETU/ERETS to return.
+    FRED = "fred"
 
 
 class GlobalPolicy(enum.Enum):
@@ -81,6 +93,12 @@ class Variant:
     # runs on it until an ASI fault, and no PTI CR3 switch happens at entry (successors.md, ASI).
     asi: bool = False
     derived_from: str = ""  # the registered variant a `derive_variant` design was made from
+    # Hardware the design assumes: no X86_BUG_CPU_MELTDOWN (pti=auto leaves PTI off; pti=on forces
+    # it: `booted_variant`), a CPU with LASS (the kernel sets CR4.LASS: KernelConfig.lass_active),
+    # FRED event delivery.
+    meltdown_immune: bool = False
+    lass_cpu: bool = False
+    delivery: Delivery = Delivery.IDT
 
     def clone_for(self, part: Part) -> Clone | None:
         """The clone of `part`, if the variant maps it."""
@@ -216,6 +234,30 @@ VARIANTS: dict[str, Variant] = {
             entry=Entry.FIXED_CEA,
         ),
         Variant(
+            "lass",
+            "no PTI on LASS hardware: the kernel stays mapped in every process and the CPU's LASS "
+            "check (CR4.LASS, SMAP on) faults every user access to the upper half before paging",
+            "successors.md LASS (Linux's LASS series, 6.19; vsyscall=emulate disables it)",
+            isolating=False,
+            clones=(),
+            global_policy=GlobalPolicy.ALL_KERNEL,
+            entry=Entry.ENTRY_TEXT,
+            meltdown_immune=True,
+            lass_cpu=True,
+        ),
+        Variant(
+            "fred",
+            "FRED event delivery, no PTI: no CR3 switch and no IST; entry at IA32_FRED_CONFIG's base "
+            "from user, +256 from kernel; pti=on turns FRED off (932d922285ef) and boots linux",
+            "successors.md FRED; arch/x86/kernel/fred.c, arch/x86/mm/pti.c",
+            isolating=False,
+            clones=(),
+            global_policy=GlobalPolicy.ALL_KERNEL,
+            entry=Entry.ENTRY_TEXT,
+            meltdown_immune=True,
+            delivery=Delivery.FRED,
+        ),
+        Variant(
             "asi",
             "Address Space Isolation (2024-26 series): a global nonsensitive kernel half (image, "
             "per-CPU data, vmalloc, nonsensitive pageblocks of the direct map), sensitive memory "
@@ -292,9 +334,15 @@ def derive_variant(
 def booted_variant(variant: Variant, *, pti: str, vendor: str) -> Variant:
     """The design the kernel really boots (`pti_check_boottime_disable()`, arch/x86/mm/pti.c):
     under pti=auto an isolating variant isolates only on a CPU with X86_BUG_CPU_MELTDOWN (Intel
-    here; AMD is not affected), so elsewhere it boots `nopti`."""
+    here; AMD is not affected), so elsewhere it boots `nopti`. A design that is not isolating
+    because its hardware is Meltdown-immune (lass, fred) is isolated by pti=on all the same
+    (PTI_FORCE_ON sets X86_FEATURE_PTI whatever the CPU): it boots `linux`, and on FRED hardware
+    PTI then clears X86_FEATURE_FRED (932d922285ef, "x86/cpu: Disable FRED when PTI is forced on",
+    2026: FRED's entry never switches CR3), so the kernel delivers events through the IDT."""
     if variant.isolating and pti == "auto" and vendor != "intel":
         return VARIANTS["nopti"]
+    if variant.meltdown_immune and pti == "on":
+        return VARIANTS["linux"]
     return variant
 
 

@@ -27,12 +27,12 @@ class PTE(enum.IntFlag):
     D = 1 << 6  # dirty (leaf only, SDM §4.8)
     PS = 1 << 7  # page size in PDPTE/PDE; the PAT bit in a 4 KiB PTE
     G = 1 << 8  # global (leaf only, needs CR4.PGE; SDM §4.10.2.4)
-    SW1 = 1 << 9  # Linux _PAGE_BIT_SOFTW1: SPECIAL / CPA_TEST / NOPTISHADOW (top level)
+    SW1 = 1 << 9  # Linux _PAGE_BIT_SOFTW1: SPECIAL / CPA_TEST
     SW2 = 1 << 10  # Linux _PAGE_BIT_SOFTW2: UFFD_WP
     SW3 = 1 << 11  # Linux _PAGE_BIT_SOFTW3: SOFT_DIRTY / KERNEL_4K
     PAT_LARGE = 1 << 12  # PAT bit of a 2 MiB / 1 GiB leaf
     SW4 = 1 << 57  # Linux _PAGE_BIT_SOFTW4 (DEVMAP in 4.x..6.x)
-    SW5 = 1 << 58  # Linux _PAGE_BIT_SOFTW5 (SAVED_DIRTY)
+    SW5 = 1 << 58  # Linux _PAGE_BIT_SOFTW5: SAVED_DIRTY (leaf) / NOPTISHADOW (top level, 6.13+)
     PKEY0 = 1 << 59  # protection key bits 62:59 (SDM §4.6.2)
     PKEY1 = 1 << 60
     PKEY2 = 1 << 61
