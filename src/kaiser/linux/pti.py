@@ -14,10 +14,13 @@ second 4 KiB page of an 8 KiB-aligned pair, linux-kpti.md §3.1) and edit real e
 memory. Shared clones copy an entry verbatim so both trees point at the same lower-level tables;
 private clones (KAISER as first posted, §7.1) build tables of the user tree's own.
 
-A design with tables of its own beyond PTI's (ASI, kaiser.linux.asi) adds its variant to
-`kaiser.linux.variants.VARIANTS` (see `register_variant` there) and, when it maps a piece PTI does
-not, a `Part` member and a `PartSpec` in `PARTS` here; `tests/linux/test_pti.py` checks that every
-part has a spec and that each spec's ranges cover what its clone maps.
+A design with tables of its own beyond PTI's (ASI, kaiser.linux.asi) is one more entry of
+`kaiser.linux.variants.VARIANTS` whose clones are parts from here; a piece it maps that no part
+describes is either a new `Part` member with its `PartSpec` in `PARTS` (tests/linux/test_pti.py
+checks that every part has one spec and that its ranges cover what its clone maps) or, as `asi`
+does for its nonsensitive pageblocks and per-CPU data, a range of its own that
+`Kernel.user_allowed_ranges` appends, classed by kaiser.linux.audit's `_RANGE_CLASS` and judged by
+its `_OWN_POLICY` row.
 """
 
 from __future__ import annotations
