@@ -143,7 +143,7 @@ def _attack_tour(seed: int) -> list[Design]:
     from kaiser.api.designs import designs
     from kaiser.attacks.core import REGIONS
 
-    rule("4. prove: Meltdown against every variant (Flush+Reload, 8 secret bytes per cell)")
+    rule(f"4. prove: Meltdown against every variant (Flush+Reload, {SECRET_BYTES} secret bytes per cell)")
     with progress_bar(label="measuring every design") as bar:
         task = bar.add_task("", total=len(VARIANTS))
         rows = designs(seed=seed + 1, progress=lambda _name: bar.advance(task))
