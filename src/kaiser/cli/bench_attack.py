@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from kaiser.cli.options import variant_name
 from kaiser.cli.output import Col, console, emit_json, print_table, variant_or_all
 
 SEEDS_MAX = 1000  # CHOSEN: as `kaiser attack kaslr --seeds`
@@ -23,7 +24,8 @@ def attack_bench_command(
         typer.Option("--compare", min=0, max=COMPARE_MAX, help="Layouts attacked on both paths (0: none)."),
     ] = 1,
     compare_variant: Annotated[
-        str, typer.Option("--compare-variant", help="Variant of the engine/reference comparison.")
+        str,
+        typer.Option("--compare-variant", callback=variant_name, help="Variant of the engine/reference comparison."),
     ] = "linux",
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=0, max=JOBS_MAX, help="Processes of the whole attack (0: one per CPU).")
@@ -35,9 +37,8 @@ def attack_bench_command(
     from kaiser.traces.multireplay import default_workers
 
     variants = variant_or_all(variant)
-    compared_variant = variant_or_all(compare_variant)[0]
     with console.status("attacking (the reference path takes seconds per layout)...", spinner="dots"):
-        pair = compare_paths(compared_variant, list(range(compare))) if compare else None
+        pair = compare_paths(compare_variant, list(range(compare))) if compare else None
         whole = whole_attack(variants, list(range(seeds)), jobs or default_workers())
     if json_out:
         emit_json({"compare": pair, "whole": whole})
