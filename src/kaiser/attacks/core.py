@@ -20,7 +20,7 @@ A bits: the transient walk uses `set_ad=False`. A fault never sets the leaf's A 
 A/D are set for a translation that is used), and setting A in the non-leaf entries of a faulting
 walk is permitted but not required; leaving every bit untouched is one legal behaviour and keeps
 the attack free of side effects on the tables the other commands dump and audit. The attacker's
-own successful loads walk with `set_ad=True` through the core's `Mmu` (then hit its TLB), as hardware
+own successful loads walk with `set_ad=True` once per page (then hit our small dTLB), as hardware
 would.
 """
 
@@ -39,7 +39,6 @@ from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, entry_phys
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import Mmu
 from kaiser.x86.walker import Fault, translate
 
 # The race between the faulting load and the exception [u: model parameters, no published figure]:
@@ -116,25 +115,23 @@ class Core:
         self.cache = cache or DataCache()
         self.timer = Timer(seed ^ 0x71E5, noise or TimerNoise())
         self._race = random.Random(seed ^ 0x5ACE)
-        # The attacker's own loads translate through the MMU (TLBs, paging-structure caches, the
-        # walker; kaiser.x86.tlb), which caches successful translations only (SDM §4.10.2.3).
-        self.mmu = Mmu(mem, state)
+        self._dtlb: dict[int, int] = {}  # user page -> frame, successful translations only
         self.cycles = 0
 
     def user_pa(self, va: int) -> int | Fault:
-        """Architectural translation of a user read through the MMU (a walk sets A; the
-        translation is then cached in the TLB until evicted)."""
-        access = self.mmu.access(va, Op.READ)
-        if access.fault is not None:
-            return access.fault
-        pa = access.pa
-        assert pa is not None
-        return pa
+        """Architectural translation of a user read (A set once per page, then cached)."""
+        page = va & ~(PAGE_SIZE - 1)
+        frame = self._dtlb.get(page)
+        if frame is None:
+            walk = translate(self.mem, self.state, va, Op.READ)
+            if isinstance(walk, Fault):
+                return walk
+            frame = walk.pa & ~(PAGE_SIZE - 1)
+            self._dtlb[page] = frame
+        return frame | (va & (PAGE_SIZE - 1))
 
     def forget_translations(self) -> None:
-        """Every TLB and paging-structure-cache entry dropped (as a CR4.PGE toggle would)."""
-        self.mmu.tlb.invalidate_tlb(pcid=None, globals_too=True)
-        self.mmu.tlb.invalidate_psc(pcid=None)
+        self._dtlb.clear()
 
     def load(self, va: int) -> MemResult:
         """A one-byte user load, architectural and transient."""
