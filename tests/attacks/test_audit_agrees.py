@@ -14,7 +14,7 @@ import pytest
 
 from kaiser.attacks.core import REGIONS, MeltdownResult, run_meltdown
 from kaiser.linux.audit import AuditReport, audit_model, policy_for
-from kaiser.linux.kernel import Kernel
+from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.variants import VARIANTS
 
 
@@ -26,7 +26,13 @@ def attack(variant: str, region: str, seed: int) -> MeltdownResult:
 def audit_like(result: MeltdownResult, mode: str) -> AuditReport:
     """The audit of the attacker's process on the machine `run_meltdown` built (boot, victim,
     attacker: the same deterministic steps; the planted bytes change no table)."""
-    kernel = Kernel.boot(result.config)
+    return _audit(result.config, mode)
+
+
+@cache
+def _audit(config: KernelConfig, mode: str) -> AuditReport:
+    """One audit per machine: every region's attack on a variant boots the same one."""
+    kernel = Kernel.boot(config)
     kernel.spawn()  # the victim
     attacker = kernel.spawn()
     return audit_model(kernel, attacker, mode=mode)
