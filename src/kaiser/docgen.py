@@ -64,13 +64,15 @@ def designs_table() -> str:
     """Every design side by side (kaiser.api.designs, as `kaiser demo` sections 4 and 7 print it)."""
     from kaiser.api.designs import HEADERS, SECRET_BYTES, SEED, designs
 
+    cfg = KernelConfig()  # the machine design() boots: the defaults
     intro = (
         f"Every design side by side, as `kaiser demo` prints it (sections 4 and 7; `kaiser.api.designs`): "
         f"kernel memory a process's user tables map; Meltdown bytes recovered of {SECRET_BYTES} planted "
         f"per region (`kaiser attack meltdown --secret-in REGION`, a Meltdown-vulnerable core); whether "
         f"EntryBleed's prefetch probe finds the kernel text base (`kaiser attack kaslr --probe "
         f"prefetch`); cycles per getppid with and without PCID (`kaiser bench -w null-syscall`, the "
-        f"recorded kernel side); one typical process's page tables. Seed {SEED}, 4-level, 2 CPUs:"
+        f"recorded kernel side); one typical process's page tables. Seed {SEED}, "
+        f"{'5' if cfg.la57 else '4'}-level, {cfg.ncpus} CPUs:"
     )
     rows = [d.cells() for d in designs()]
     return textwrap.fill(intro, 100) + "\n\n" + _markdown(HEADERS, rows)
