@@ -31,8 +31,9 @@ from kaiser.attacks.timing import (
 )
 from kaiser.cli.attack_kaslr import kaslr_command
 from kaiser.linux.kernel import Kernel, KernelConfig
+from kaiser.x86.mmu import Access
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import Access, HitLevel
+from kaiser.x86.tlb import HitLevel
 
 SEEDS = range(20)
 # Every layout in the default suite: on the engine (the default path) 20 layouts take about a

@@ -19,8 +19,9 @@ from kaiser.attacks.kaslr import KaslrAttacker
 from kaiser.attacks.timing import PATHS, ProbeConfig, ProbeCore, ProbeCosts, ProbeProcess, public_knowledge, run_kaslr
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.variants import VARIANTS
+from kaiser.x86.counters import TlbCounters
+from kaiser.x86.mmu import Mmu
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import Mmu, TlbCounters
 
 ALL_VARIANTS = sorted(VARIANTS)
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)

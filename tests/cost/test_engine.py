@@ -27,10 +27,11 @@ from kaiser.x86.bits import CR0, CR4, EFER, PTE, RFLAGS, BitsError
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import EVENT_DTYPE, Ev, EventBuilder, replay_reference
 from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL
+from kaiser.x86.mmu import GeneralProtection, InvalidOpcode, Mmu
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import PhysicalMemory, PhysMemError
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import GeneralProtection, InvalidOpcode, Mmu, Tlb
+from kaiser.x86.tlb import Tlb
 from kaiser.x86.tlb_geometry import INDEX_MOD, INDEX_XOR, SKYLAKE_CLIENT, CacheGeometry, TlbGeometry
 
 K4, M2, G1 = 1 << 12, 1 << 21, 1 << 30

@@ -24,9 +24,10 @@ from kaiser.cost.engine import Engine
 from kaiser.cost.engine_cache import CACHE_COUNTER_NAMES
 from kaiser.x86.cache import Caches
 from kaiser.x86.cache_geometry import HIERARCHIES, CacheGeometryError, CacheHierarchy, CacheLevel
+from kaiser.x86.counters import TlbCounters
 from kaiser.x86.events import EVENT_DTYPE, Ev, EventBuilder, replay_reference
+from kaiser.x86.mmu import Mmu
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import Mmu, TlbCounters
 
 K = 1024
 SMALL_INCLUSIVE = CacheHierarchy(

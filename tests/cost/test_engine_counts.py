@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from test_engine import CPUS, GEOMETRIES, Cpu, build_world, make_stream
 
 from kaiser.cost.engine import Engine, named_counters
+from kaiser.x86.counters import TlbCounters
 from kaiser.x86.events import replay_reference
-from kaiser.x86.tlb import Mmu, TlbCounters
+from kaiser.x86.mmu import Mmu
 
 NAMES = [f.name for f in dataclasses.fields(TlbCounters)]
 

@@ -25,8 +25,8 @@ from kaiser.cost.engine import Engine
 from kaiser.x86.bits import CR4, RFLAGS
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.events import Ev, EventBuilder, replay_reference
+from kaiser.x86.mmu import GeneralProtection, Mmu
 from kaiser.x86.rights import Op, lass_violation
-from kaiser.x86.tlb import GeneralProtection, Mmu
 
 LASS_SMAP = int(CR4.LASS | CR4.SMAP)
 OPS = {int(Ev.READ): Op.READ, int(Ev.WRITE): Op.WRITE, int(Ev.FETCH): Op.FETCH}

@@ -23,9 +23,11 @@ from test_engine_cache import SMALL, assert_caches_equal, with_runs
 
 from kaiser.cost.engine import Engine
 from kaiser.x86.bits import CR0, CR4, EFER, PTE
+from kaiser.x86.counters import TlbCounters
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import EventBuilder, replay_reference
 from kaiser.x86.geometry import FOUR_LEVEL
+from kaiser.x86.mmu import Mmu
 from kaiser.x86.nested import (
     EPT_PAGE,
     EPT_RWX,
@@ -38,7 +40,6 @@ from kaiser.x86.nested import (
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import PhysicalMemory, PhysMemError
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import Mmu, TlbCounters
 
 
 def run_both(seed: int, cpu: Cpu, geometry: str, host_page: str, hierarchy: str | None, chunks: int) -> NestedMmu:

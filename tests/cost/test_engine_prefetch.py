@@ -24,7 +24,7 @@ from test_engine_lass import LASS_SMAP, lass_cpu
 
 from kaiser.cost.engine import Engine, named_counters
 from kaiser.x86.events import EVENT_DTYPE, IMPLICIT, PREFETCH, Ev, replay_reference
-from kaiser.x86.tlb import Mmu
+from kaiser.x86.mmu import Mmu
 
 CPUS = [
     Cpu(False, True, True, True, True, False, True, True, False, 0, 46, True),  # 4-level, PCID

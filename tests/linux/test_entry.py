@@ -11,7 +11,7 @@ from kaiser.linux.entry import EntryModel
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.variants import VARIANTS
 from kaiser.x86.events import Ev, replay_reference
-from kaiser.x86.tlb import Mmu
+from kaiser.x86.mmu import Mmu
 
 BIT11, BIT12, NOFLUSH = 1 << 11, 1 << 12, 1 << 63
 

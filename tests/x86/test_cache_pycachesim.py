@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from kaiser.x86.cache import KIND_DATA, KIND_FETCH, KIND_WALK, Caches
 from kaiser.x86.cache_geometry import CacheHierarchy, CacheLevel
-from kaiser.x86.tlb import TlbCounters
+from kaiser.x86.counters import TlbCounters
 
 cachesim = pytest.importorskip("cachesim")
 

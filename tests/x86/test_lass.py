@@ -34,10 +34,10 @@ from hypothesis import strategies as st
 
 from kaiser.x86.bits import BitsError
 from kaiser.x86.cpu import CpuFeatures, CpuState
+from kaiser.x86.mmu import GeneralProtection, Mmu
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import FrameKind, PhysicalMemory
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import GeneralProtection, Mmu
 from kaiser.x86.walker import Fault, translate
 
 # ---- restated from the SDM, not imported ---------------------------------------------------------

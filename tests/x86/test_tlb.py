@@ -12,18 +12,11 @@ from hypothesis import strategies as st
 
 from kaiser.x86.bits import CR4, PAGE_TABLE, PTE, make_entry
 from kaiser.x86.cpu import CpuFeatures, CpuState
+from kaiser.x86.mmu import Access, GeneralProtection, InvalidOpcode, Mmu
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import FrameKind, PhysicalMemory
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import (
-    Access,
-    GeneralProtection,
-    HitLevel,
-    InvalidOpcode,
-    Mmu,
-    Tlb,
-    TlbEntry,
-)
+from kaiser.x86.tlb import HitLevel, Tlb, TlbEntry
 from kaiser.x86.tlb_geometry import (
     INDEX_MOD,
     INDEX_XOR,

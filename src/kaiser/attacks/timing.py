@@ -74,10 +74,12 @@ from kaiser.linux.layout import (
 )
 from kaiser.linux.variants import get_variant
 from kaiser.x86.bits import PF_VECTOR
+from kaiser.x86.counters import TlbCounters
 from kaiser.x86.events import EVENT_DTYPE, IMPLICIT, PREFETCH, Ev, replay_reference
 from kaiser.x86.geometry import GiB
+from kaiser.x86.mmu import Access, Mmu
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import Access, HitLevel, Mmu, Tlb, TlbCounters
+from kaiser.x86.tlb import HitLevel, Tlb
 
 if TYPE_CHECKING:
     from kaiser.cost.engine import Engine

@@ -1,7 +1,7 @@
 """The compiled replay engine: the reference MMU's semantics at tens of millions of references/s.
 
 Two speeds, one semantics (docs: DESIGN.md). `kaiser.x86.events.replay_reference` feeds an event
-array to the readable `kaiser.x86.tlb.Mmu`; `Engine.replay` feeds the same array to a numba loop
+array to the readable `kaiser.x86.mmu.Mmu`; `Engine.replay` feeds the same array to a numba loop
 (`kaiser.cost.engine_core`, rules in `kaiser.cost.engine_rules`) over the same page tables and
 TLB state, and returns the same `TlbCounters`, counter for counter, with the same final TLB
 contents (LRU stamps included) and the same accessed/dirty bits in memory
@@ -47,19 +47,14 @@ from kaiser.cost.engine_rules import reserved_mask
 from kaiser.x86.bits import CR4, EFER, BitsError
 from kaiser.x86.cache import Caches
 from kaiser.x86.cache_geometry import CacheHierarchy
+from kaiser.x86.counters import TlbCounters
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import EVENT_DTYPE, Ev
 from kaiser.x86.geometry import mode_for
+from kaiser.x86.mmu import GeneralProtection, InvalidOpcode, Mmu
 from kaiser.x86.nested import HostTable, NestedMmu
 from kaiser.x86.physmem import ENTRIES, PAGE_SIZE, PhysicalMemory, PhysMemError
-from kaiser.x86.tlb import (
-    GeneralProtection,
-    InvalidOpcode,
-    Mmu,
-    Tlb,
-    TlbArray,
-    TlbCounters,
-)
+from kaiser.x86.tlb import Tlb, TlbArray
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, INDEX_XOR, CacheGeometry, TlbGeometry
 
 if tuple(f.name for f in dataclasses.fields(TlbCounters)) != core.COUNTER_NAMES:  # pragma: no cover

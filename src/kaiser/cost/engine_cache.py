@@ -35,7 +35,7 @@ CH_FIELDS: Final = 7
 KIND_FETCH, KIND_DATA, KIND_WALK = 0, 1, 2  # = kaiser.x86.cache.KIND_*
 PAGE_LINES: Final = 64
 
-# The cache fields of `kaiser.x86.tlb.TlbCounters`, in order; they follow the TLB counters in the
+# The cache fields of `kaiser.x86.counters.TlbCounters`, in order; they follow the TLB counters in the
 # engine's counter array (`kaiser.cost.engine_core.COUNTER_NAMES`).
 CACHE_COUNTER_NAMES: Final = (
     "l1i_hits",

@@ -1,4 +1,4 @@
-"""The compiled replay loop: `kaiser.x86.tlb.Mmu` + `kaiser.x86.walker.translate`, in numba.
+"""The compiled replay loop: `kaiser.x86.mmu.Mmu` + `kaiser.x86.walker.translate`, in numba.
 
 Everything here mirrors the reference path operation by operation, in the same order, so that
 the LRU clock ticks at the same moments and every counter moves the same way (SDM rules and
@@ -25,7 +25,7 @@ State is plain int64 arrays:
   `M[M_HOST_SHIFT]` the EPT page shift and `M[M_HOST_SIZE]` the guest RAM it covers.
 * `CT, CS, CP, CD, CH, STR`: the data caches (`kaiser.cost.engine_cache`; `CH[CH_ON] == 0`:
   none). Walk loads reach them from `walk`, completed accesses from `replay`, in the order of
-  `kaiser.x86.tlb.Mmu`.
+  `kaiser.x86.mmu.Mmu`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ GROUP_I, GROUP_D, GROUP_S = 0, 1, 2
 # CPUID features (bits of M[M_FEATURES]).
 F_PCID, F_SMEP, F_SMAP, F_PKU, F_LA57, F_INVPCID, F_LASS = (1 << i for i in range(7))
 
-# Counter indices: the fields of `kaiser.x86.tlb.TlbCounters`, in order (checked at import by
+# Counter indices: the fields of `kaiser.x86.counters.TlbCounters`, in order (checked at import by
 # `kaiser.cost.engine`); the cache counters (indices from 32) are `engine_cache`'s.
 TLB_COUNTER_NAMES: Final = (
     "itlb_hits",

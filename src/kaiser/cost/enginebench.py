@@ -31,11 +31,12 @@ from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.mm import Prot, populate_typical
 from kaiser.x86.cache import Caches
 from kaiser.x86.cache_geometry import CacheHierarchy, get_hierarchy
+from kaiser.x86.counters import TlbCounters
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import EVENT_DTYPE, Ev, replay_reference
+from kaiser.x86.mmu import Mmu
 from kaiser.x86.nested import HostTable, NestedMmu
 from kaiser.x86.physmem import PAGE_SIZE
-from kaiser.x86.tlb import Mmu, TlbCounters
 
 # The stream's knobs (a "realistic locality mix": chosen, not measured).
 FETCH_SHARE = 0.30  # instruction fetches among references

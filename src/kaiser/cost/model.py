@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from kaiser.cost.params import SKYLAKE, CostParams
 from kaiser.linux.entry import OpCounts
-from kaiser.x86.tlb import TlbCounters
+from kaiser.x86.counters import TlbCounters
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,12 @@ from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.variants import BASELINE, Variant
 from kaiser.record.replay import RecordedSide, pages_report
 from kaiser.x86.cache_geometry import CacheHierarchy
+from kaiser.x86.counters import TlbCounters
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import replay_reference
+from kaiser.x86.mmu import Mmu
 from kaiser.x86.nested import HostTable, NestedMmu
 from kaiser.x86.physmem import PhysicalMemory
-from kaiser.x86.tlb import Mmu, TlbCounters
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
 
 Path = Literal["engine", "reference"]

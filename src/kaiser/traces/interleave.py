@@ -47,11 +47,12 @@ from kaiser.linux.mm import Prot
 from kaiser.linux.variants import BASELINE
 from kaiser.traces.lackey import LackeyStats, SyscallSite, TraceError
 from kaiser.traces.strace import StraceCall
+from kaiser.x86.counters import TlbCounters
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.events import replay_reference
+from kaiser.x86.mmu import Mmu
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import Mmu, TlbCounters
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
 
 PAGE_CACHE_PAGES: Final = 64  # kernel pages read()/write() copy from/to, cycled (like `kaiser bench read`)

@@ -1,4 +1,4 @@
-"""The x86-64 paging model: physical memory, entry bits, page-table editing and the walker.
+"""The x86-64 paging model: physical memory, entry bits, page-table editing, the walker, the MMU.
 
 Drive it from a notebook::
 
@@ -17,11 +17,14 @@ from kaiser.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from kaiser.x86.bits import CR0, CR4, EFER, PFEC, PTE, RFLAGS, describe, describe_entry, make_cr3, make_entry
+    from kaiser.x86.counters import TlbCounters
     from kaiser.x86.cpu import CpuFeatures, CpuState
     from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL, AddressError, PagingMode, mode_for
+    from kaiser.x86.mmu import Access, Mmu
     from kaiser.x86.pagetable import Leaf, PageTable, PagingError
     from kaiser.x86.physmem import FrameKind, PhysicalMemory, PhysMemError
     from kaiser.x86.rights import Op, Rights
+    from kaiser.x86.tlb import Tlb
     from kaiser.x86.walker import EntryRef, Fault, Translation, translate
 
 
@@ -34,6 +37,7 @@ __all__ = [
     "PFEC",
     "PTE",
     "RFLAGS",
+    "Access",
     "AddressError",
     "CpuFeatures",
     "CpuState",
@@ -41,6 +45,7 @@ __all__ = [
     "Fault",
     "FrameKind",
     "Leaf",
+    "Mmu",
     "Op",
     "PageTable",
     "PagingError",
@@ -48,6 +53,8 @@ __all__ = [
     "PhysMemError",
     "PhysicalMemory",
     "Rights",
+    "Tlb",
+    "TlbCounters",
     "Translation",
     "describe",
     "describe_entry",

@@ -19,14 +19,12 @@ write-backs of dirty lines are not modelled (they cost DRAM bandwidth the model 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import numpy as np
 
 from kaiser.x86.cache_geometry import LINE_SHIFT, CacheHierarchy, CacheLevel
-
-if TYPE_CHECKING:
-    from kaiser.x86.tlb import TlbCounters
+from kaiser.x86.counters import TlbCounters
 
 KIND_FETCH: Final = 0
 KIND_DATA: Final = 1

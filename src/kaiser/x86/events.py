@@ -14,8 +14,9 @@ from itertools import repeat
 
 import numpy as np
 
+from kaiser.x86.counters import TlbCounters
+from kaiser.x86.mmu import Mmu
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import Mmu, TlbCounters
 
 EVENT_DTYPE = np.dtype([("kind", np.uint8), ("cpl", np.uint8), ("aux", np.uint16), ("a", np.uint64), ("b", np.uint64)])
 

@@ -24,7 +24,7 @@ for a 64 GiB guest with 4 KiB host pages would tell nothing more. `HostTable.wal
 walks them entry by entry from the EPTP, following each entry's address field as the processor
 does; `HostTable.entry` is the value of the word at an address.
 
-`NestedMmu` is `kaiser.x86.tlb.Mmu` in such a guest. What it models:
+`NestedMmu` is `kaiser.x86.mmu.Mmu` in such a guest. What it models:
 
 * The guest walk and its paging-structure caches are the native ones (`Mmu._walk`); with EPT a
   paging-structure-cache entry is a *combined* entry (SDM §29.4.1) holding the host-physical
@@ -56,9 +56,10 @@ from kaiser.x86.bits import ADDR_MASK_52, entry_phys
 from kaiser.x86.cache import KIND_WALK
 from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
+from kaiser.x86.mmu import Access, Mmu, _prefix_rights
 from kaiser.x86.physmem import PAGE_SIZE, PhysicalMemory, PhysMemError
 from kaiser.x86.rights import Op
-from kaiser.x86.tlb import Access, HitLevel, Mmu, Tlb, _prefix_rights, entry_from_walk
+from kaiser.x86.tlb import HitLevel, Tlb, entry_from_walk
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
 from kaiser.x86.walker import Fault, translate
 
