@@ -126,6 +126,27 @@ def check_structure(pt: PageTable) -> None:
     assert pt.mem.stats().page_table == len(tables), "page-table frames leaked"
 
 
+def check_iterators(pt: PageTable, tables: list[tuple[int, int]]) -> None:
+    """`tables` over a range and `leaves` with `prune` agree with the leaves' paths, and each
+    leaf's path is the walker's (every non-root table leads to a leaf: check_structure)."""
+    below = {t for t, d in tables if d > 0}
+    leaves = list(pt.leaves())
+    for leaf in leaves:
+        walked = translate(pt.mem, cpu(pt, 0), leaf.va, Op.READ, set_ad=False).entries
+        assert tuple(r.value for r in walked) == (*leaf.above, leaf.entry)
+    half = user_half_end(pt.mode)
+    for lo, hi in ((0, half), (kernel_half_start(pt.mode), 1 << 64), (0, 1 << 64)):
+        got = [t for t, d in pt.tables(start=lo, end=hi) if d > 0]
+        assert len(got) == len(set(got))
+        paths = {entry_phys(e) for leaf in leaves if lo <= leaf.va < hi for e in leaf.above}
+        assert set(got) == paths <= below
+    if below:
+        cut = min(below)
+        kept = [leaf for leaf in leaves if cut not in {entry_phys(e) for e in leaf.above}]
+        assert list(pt.leaves(prune={cut})) == kept
+        assert cut not in {t for t, _ in pt.tables(prune={cut})}
+
+
 def expect_access(pt: PageTable, va: int, run: Run | None) -> None:
     """Walk `va` for every (CPL, op) and compare with what `run` says (None: unmapped)."""
     user_half = va < user_half_end(pt.mode)
@@ -304,6 +325,7 @@ def run_sequence(mode: PagingMode, ops: list[tuple], probes: list[int]) -> None:
     for op in ops:
         apply(pt, model, op)
         check_against_model(pt, model, probes)
+    check_iterators(pt, list(pt.tables()))
     # Unmapping both halves entirely leaves only the root.
     pt.unmap(0, user_half_end(mode))
     pt.unmap(kernel_half_start(mode), user_half_end(mode))

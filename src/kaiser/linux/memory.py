@@ -12,7 +12,7 @@ from typing import Any
 
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.mm import populate_typical
-from kaiser.x86.bits import PTE, entry_phys
+from kaiser.x86.geometry import user_half_end
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import PAGE_SIZE
 
@@ -37,22 +37,7 @@ class MemoryRow:
 
 def user_half_tables(pt: PageTable) -> int:
     """Tables below the root reachable through the user half (entries 0..255)."""
-    count = 0
-    stack = []
-    for index in range(256):
-        entry = pt.mem.read_u64(pt.root + 8 * index)
-        if entry & PTE.P:
-            stack.append((entry_phys(entry), 1))
-    while stack:
-        table, depth = stack.pop()
-        count += 1
-        if depth == len(pt.levels) - 1:
-            continue
-        for raw in pt.mem.table(table):
-            entry = int(raw)
-            if entry & PTE.P and not (pt.levels[depth].leaf_ok and entry & PTE.PS):
-                stack.append((entry_phys(entry), depth + 1))
-    return count
+    return sum(1 for _, depth in pt.tables(end=user_half_end(pt.mode)) if depth > 0)
 
 
 def measure(variant: str, *, pcid: bool = True, la57: bool = False, seed: int = 0, **switches: Any) -> MemoryRow:

@@ -58,12 +58,14 @@ class PagingError(ValueError):
 @hex_fields("va", "size", "entry")
 @dataclass(frozen=True)
 class Leaf:
-    """One leaf entry found by a table scan."""
+    """One leaf entry found by a table scan; `above`: the entries the walk passed to reach it,
+    top level first (their XD bits are OR-ed into the leaf's rights, SDM Vol. 3A §4.6.1)."""
 
     va: int
     size: int
     entry: int
     depth: int
+    above: tuple[int, ...] = ()
 
     @property
     def pa(self) -> int:
@@ -213,14 +215,27 @@ class PageTable:
             raise PagingError(f"{what} at {va:#018x}: protection key {pkey} is not 0..15 (SDM §4.6.2)")
 
     # ---- scanning --------------------------------------------------------------------------
-    def leaves(self, start: int = 0, end: int = 1 << 64, *, once: bool = False) -> Iterator[Leaf]:
+    def leaves(
+        self, start: int = 0, end: int = 1 << 64, *, once: bool = False, prune: Collection[int] = ()
+    ) -> Iterator[Leaf]:
         """Every present leaf overlapping [start, end), in address order (canonical addresses).
         With `once`, a table reached through several entries (aliases such as ESPfix's 65,536
-        views of one page) is descended only the first time."""
+        views of one page) is descended only the first time. Tables in `prune` are not
+        descended into."""
         self._check_live()
-        yield from self._leaves(self.root, 0, 0, start, end, set() if once else None)
+        yield from self._leaves(self.root, 0, 0, (), start, end, set() if once else None, frozenset(prune))
 
-    def _leaves(self, table: int, depth: int, base: int, start: int, end: int, seen: set[int] | None) -> Iterator[Leaf]:
+    def _leaves(
+        self,
+        table: int,
+        depth: int,
+        base: int,
+        above: tuple[int, ...],
+        start: int,
+        end: int,
+        seen: set[int] | None,
+        prune: frozenset[int],
+    ) -> Iterator[Leaf]:
         level = self.levels[depth]
         words = self.mem.read_frame(table)
         for index in np.flatnonzero(words & _P).tolist():  # present entries only
@@ -231,34 +246,42 @@ class PageTable:
                 continue
             entry = int(words[index])
             if self._is_leaf(depth, entry):
-                yield Leaf(va, level.span, entry, depth)
+                yield Leaf(va, level.span, entry, depth, above)
                 continue
             child = entry_phys(entry)
+            if child in prune:
+                continue
             if seen is not None:
                 if child in seen:
                     continue
                 seen.add(child)
-            yield from self._leaves(child, depth + 1, va, start, end, seen)
+            yield from self._leaves(child, depth + 1, va, (*above, entry), start, end, seen, prune)
 
-    def tables(self, *, prune: Collection[int] = ()) -> Iterator[tuple[int, int]]:
-        """(physical address, depth) of every table in the tree, the root first, each once.
-        Tables in `prune` (and everything below them) are skipped."""
+    def tables(self, *, prune: Collection[int] = (), start: int = 0, end: int = 1 << 64) -> Iterator[tuple[int, int]]:
+        """(physical address, depth) of every table in the tree, the root first, each once;
+        below the root, only tables reached through entries overlapping [start, end) (canonical
+        addresses: `kaiser.x86.geometry.user_half_end` for the user half's). Tables in `prune`
+        (and everything below them) are skipped."""
         self._check_live()
         seen = set(prune)
-        stack = [(self.root, 0)]
+        stack = [(self.root, 0, 0)]
         while stack:
-            table, depth = stack.pop()
+            table, depth, base = stack.pop()
             if table in seen:
                 continue
             seen.add(table)
             yield table, depth
             if depth == len(self.levels) - 1:
                 continue
+            level = self.levels[depth]
             words = self.mem.read_frame(table)
             for index in np.flatnonzero(words & _P).tolist():
                 entry = int(words[index])
-                if not self._is_leaf(depth, entry):
-                    stack.append((entry_phys(entry), depth + 1))
+                va = base | (index << level.shift)
+                if depth == 0:
+                    va = self.mode.canonicalize(va)
+                if not self._is_leaf(depth, entry) and va < end and va + level.span > start:
+                    stack.append((entry_phys(entry), depth + 1, va))
 
     def lookup(self, va: int) -> Leaf | None:
         """The leaf mapping `va`, without rights checks or A/D updates, or None."""
