@@ -66,9 +66,9 @@ def test_fit_rows_are_the_fit_tags(rows: list[dict[str, Any]]) -> None:
                 assert "lseek1" in text and f"{author}'s 5.2 M/s" in text and "FIT" in text
                 assert getattr(SYSCALLS["lseek"], name.split("[")[0]) > 0
                 continue
-            assert SOURCES[name].startswith("FIT"), name
-            assert author in SOURCES[name], (name, author)
-    fit_params = {k for k, v in SOURCES.items() if v.startswith("FIT")}
+            assert SOURCES[name].kind == "FIT", name
+            assert author in SOURCES[name].text, (name, author)
+    fit_params = {k for k, v in SOURCES.items() if v.kind == "FIT"}
     assert fit_params <= named, fit_params - named
 
 

@@ -9,7 +9,6 @@ real trace, end to end from the file.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -428,10 +427,10 @@ def bench_callback(
                 "path": path or default_path(),
                 "clock_ghz": params.clock_ghz,
                 "params": params.as_dict(),
-                "param_sources": SOURCES,
+                "param_sources": {k: str(v) for k, v in SOURCES.items()},
                 "caches": caches,
-                "cache_sources": CACHE_SOURCES[latencies] if latencies else None,
-                "machine": dataclasses.asdict(m) | {"caches": m.caches.name} if m else None,
+                "cache_sources": str(CACHE_SOURCES[latencies]) if latencies else None,
+                "machine": m.summary() if m else None,
                 "vm": guest_page is not None,
                 "host_page": guest_page,
                 # the nopti run of each PCID setting, with its overhead against itself (0) beside the runs'

@@ -1,21 +1,24 @@
 """Cycle costs of the events the model counts, in one table, each with its source.
 
-Sources are rows of `shared/facts/performance.md` (§ numbers below). Three kinds of value:
-* CITED: taken from a published figure as is.
-* FIT: set so that one published measurement comes out of the model (the docs then do not count
-  that measurement as a prediction); the measurement is named.
-* CHOSEN: no published figure exists in the facts; the value and the reason are stated, and
-  docs/cost.md says which outputs depend on it.
-`CostParams` lets every value be overridden (`with_overrides`), to price the same counts for
-another core.
+Sources are rows of `shared/facts/performance.md`, tagged in the project's one scheme
+(`kaiser.sourced`): CITED (a published figure as is), FIT (set so that one named published
+measurement comes out of the model; the docs then do not count it as a prediction) or CHOSEN (no
+published figure; the value and the reason are stated, and docs/cost.md says which outputs depend
+on it). The caches' latencies are the processor's (`kaiser.x86.processor`); the defaults here are
+Skylake client's. `CostParams` lets every value be overridden (`with_overrides`), to price the
+same counts for another core.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Final
 
-# Source of every parameter, for tables (docs/cost.md, `kaiser bench --json`).
-SOURCES: dict[str, str] = {
+from kaiser.sourced import Source
+from kaiser.x86.processor import DEFAULT_PROCESSOR, PROCESSORS
+
+# Source of every parameter, for tables (docs/cost.md, `kaiser bench --json`), as each line reads.
+_SOURCE_LINES: dict[str, str] = {
     "clock_ghz": "CHOSEN: nominal clock to turn cycles into seconds (Skylake-class desktop/server parts run ~3 GHz)",
     "mem_ref": "CITED: L1D load latency 4 cycles, Intel Optimization Manual 248966 (Skylake); the model has no data "
     "caches, so every reference is priced as an L1D hit, in every variant alike",
@@ -79,25 +82,15 @@ SOURCES: dict[str, str] = {
     "from DRAM (prefetches included) is a lower bound on the DRAM term",
 }
 
-# Per cache hierarchy (kaiser.x86.cache_geometry names): latencies in cycles at clock_ghz = 3.0.
-OUTSTANDING_L2_MISSES = 16  # CHOSEN, see dram_bytes_per_cycle
-CACHE_LATENCIES: dict[str, dict[str, float]] = {
-    "skylake-client": {"l1_hit": 4, "l2_hit": 12, "llc_hit": 44, "dram_latency": 195},
-    "skylake-sp": {"l1_hit": 4, "l2_hit": 14, "llc_hit": 77, "dram_latency": 270},
-    "haswell": {"l1_hit": 4, "l2_hit": 12, "llc_hit": 36, "dram_latency": 207},
-    "sapphire-rapids": {"l1_hit": 5, "l2_hit": 16, "llc_hit": 100, "dram_latency": 330},
-}
-CACHE_SOURCES: dict[str, str] = {
-    "skylake-client": "CITED: L1D/L2/L3 4/12/44 cycles, Intel Optimization Manual 248966 (Skylake); DRAM [u] "
-    "7-cpu.com 'Intel Skylake' (i7-6700): 42 cycles + 51 ns, i.e. 195 cycles at 3 GHz",
-    "skylake-sp": "CITED: L1D 4, L2 14 cycles, Intel Optimization Manual 248966, Skylake Server chapter (AnandTech's "
-    "Skylake-X review measured 11-13); LLC 77 cycles, AnandTech 'The Intel Skylake-X Review' (2017); DRAM [u] "
-    "~90 ns idle latency of Skylake-SP with DDR4-2666 (AnandTech Xeon Scalable review), 270 cycles at 3 GHz",
-    "haswell": "CITED [u]: 7-cpu.com 'Intel Haswell' (i7-4770): L1 4, L2 12, L3 36 cycles, RAM 36 cycles + 57 ns "
-    "(207 cycles at 3 GHz)",
-    "sapphire-rapids": "CITED [u]: Chips and Cheese, 'Sapphire Rapids: Golden Cove Hits Servers' (2023, Xeon "
-    "Platinum 8480): L1D 5, L2 16 cycles, L3 ~33 ns (100 cycles at 3 GHz), DRAM ~110 ns (330 cycles)",
-}
+SOURCES: Final[dict[str, Source]] = {name: Source.parse(line) for name, line in _SOURCE_LINES.items()}
+
+# Per cache hierarchy (kaiser.x86.cache_geometry names): latencies in cycles at clock_ghz = 3.0,
+# each row a processor's (kaiser.x86.processor), with its tag.
+_LATENCY_ROWS: Final = {p.latencies.name: p for p in PROCESSORS.values() if p.name == p.latencies.name}
+OUTSTANDING_L2_MISSES: Final = DEFAULT_PROCESSOR.outstanding_l2_misses  # see dram_bytes_per_cycle
+CACHE_LATENCIES: Final[dict[str, dict[str, float]]] = {n: p.latencies.as_dict() for n, p in _LATENCY_ROWS.items()}
+CACHE_SOURCES: Final[dict[str, Source]] = {n: p.sources["latencies"] for n, p in _LATENCY_ROWS.items()}
+_DEFAULT: Final = DEFAULT_PROCESSOR.latencies
 
 
 @dataclass(frozen=True)
@@ -106,7 +99,7 @@ class CostParams:
 
     clock_ghz: float = 3.0
     # Memory references and translation.
-    mem_ref: float = 4.0
+    mem_ref: float = float(_DEFAULT.l1_hit)  # every reference an L1D hit (SOURCES)
     stlb_hit: float = 9.0
     walk_base: float = 10.0  # a walk that reads one paging-structure entry
     walk_load_extra: float = 7.0  # each further entry it reads (PSC misses)
@@ -129,11 +122,11 @@ class CostParams:
     vm_exit: float = 1360.0
     vm_exits_per_interrupt: float = 0.0
     # The data caches (only with a hierarchy; Skylake-client values, CACHE_LATENCIES).
-    l1_hit: float = 4.0
-    l2_hit: float = 12.0
-    llc_hit: float = 44.0
-    dram_latency: float = 195.0
-    dram_bytes_per_cycle: float = OUTSTANDING_L2_MISSES * 64 / 195.0
+    l1_hit: float = float(_DEFAULT.l1_hit)
+    l2_hit: float = float(_DEFAULT.l2_hit)
+    llc_hit: float = float(_DEFAULT.llc_hit)
+    dram_latency: float = float(_DEFAULT.dram_latency)
+    dram_bytes_per_cycle: float = OUTSTANDING_L2_MISSES * 64 / float(_DEFAULT.dram_latency)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)

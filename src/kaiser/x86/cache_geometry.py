@@ -1,8 +1,9 @@
 """Data-cache hierarchy geometry as data: one frozen table per modelled core (L1I, L1D, L2, LLC).
 
 The caches are physically indexed and tagged, 64-byte lines, set-associative. What each number
-rests on is said beside it; cycle costs are not here (they are cost parameters,
-`kaiser.cost.params.CACHE_LATENCIES`), only structure and policy. Shared in every model:
+rests on is said beside it and tagged (`HIERARCHY_SOURCES`, `PREFETCHER_SOURCES`); latencies are
+not here (they are a processor's, `kaiser.x86.processor`), only structure and policy. Shared in
+every model:
 
 * Replacement: true LRU in every level (first invalid way, else the least recently used), like
   the TLB model. CHOSEN: Intel documents no replacement policy for these parts (L1/L2 are
@@ -36,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from kaiser.sourced import Source, cited
 from kaiser.x86.geometry import KiB, MiB
 
 LINE_SHIFT: Final = 6  # 64-byte lines in every modelled part (SDM Vol. 3A §11.1, Table 11-1)
@@ -149,6 +151,41 @@ SAPPHIRE_RAPIDS: Final = CacheHierarchy(
     llc=CacheLevel("LLC", 56 * 1920 * KiB, 15),
     inclusive_llc=False,
 )
+
+# The tag of every number above (kaiser.sourced), by field of CacheHierarchy: the prefetchers'
+# (the same in every part), and each hierarchy's levels.
+_OPT_MANUAL: Final = "Intel Optimization Reference Manual 248966"
+PREFETCHER_SOURCES: Final[dict[str, Source]] = {
+    "streamer_distance": cited(f"the L2 streamer runs 'up to 20 lines ahead' ({_OPT_MANUAL}, Data Prefetching)"),
+    "streamer_degree": cited(f"'two prefetch requests on every L2 lookup' ({_OPT_MANUAL}, Data Prefetching)"),
+    "streamer_streams": cited(f"'up to 32 streams' ({_OPT_MANUAL}, Data Prefetching)"),
+}
+HIERARCHY_SOURCES: Final[dict[str, dict[str, Source]]] = {
+    "skylake-client": {
+        "l1i": cited(f"32 KiB 8-way ({_OPT_MANUAL}-045, Skylake client cache parameters)"),
+        "l1d": cited(f"32 KiB 8-way ({_OPT_MANUAL}-045, Skylake client cache parameters)"),
+        "l2": cited(f"256 KiB 4-way ({_OPT_MANUAL}-045; AnandTech, 'The Intel Skylake-X Review', 2017)"),
+        "llc": cited(f"8 MiB 16-way inclusive, i7-6700K ({_OPT_MANUAL}-045: up to 2 MB/core, up to 16-way)"),
+    },
+    "skylake-sp": {
+        "l1i": cited(f"32 KiB 8-way ({_OPT_MANUAL}, Skylake Server chapter)"),
+        "l1d": cited(f"32 KiB 8-way ({_OPT_MANUAL}, Skylake Server chapter)"),
+        "l2": cited(f"1 MiB 16-way ({_OPT_MANUAL}, Skylake Server chapter; AnandTech Skylake-X review)"),
+        "llc": cited("24.75 MiB = 18 x 1.375 MiB, 11-way, non-inclusive (Intel ARK, Xeon Platinum 8124M)"),
+    },
+    "haswell": {
+        "l1i": cited(f"32 KiB 8-way ({_OPT_MANUAL}, Haswell chapter; 7-cpu.com 'Intel Haswell')"),
+        "l1d": cited(f"32 KiB 8-way ({_OPT_MANUAL}, Haswell chapter; 7-cpu.com 'Intel Haswell')"),
+        "l2": cited(f"256 KiB 8-way ({_OPT_MANUAL}, Haswell chapter; 7-cpu.com 'Intel Haswell')"),
+        "llc": cited(f"8 MiB 16-way inclusive, i7-4770 ({_OPT_MANUAL}, Haswell chapter)"),
+    },
+    "sapphire-rapids": {
+        "l1i": cited(f"32 KiB 8-way ({_OPT_MANUAL}-046, Golden Cove)"),
+        "l1d": cited(f"48 KiB 12-way ({_OPT_MANUAL}-046, Golden Cove)"),
+        "l2": cited(f"2 MiB 16-way ({_OPT_MANUAL}-046; Chips and Cheese, 2023)"),
+        "llc": cited("105 MiB = 56 x 1.875 MiB, 15-way, non-inclusive (Chips and Cheese, Xeon Platinum 8480)"),
+    },
+}
 
 HIERARCHIES: Final = {h.name: h for h in (SKYLAKE_CLIENT, SKYLAKE_SP, HASWELL, SAPPHIRE_RAPIDS)}
 

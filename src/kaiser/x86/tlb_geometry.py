@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from kaiser.sourced import Source, chosen, cited
+
 SHIFT_4K: Final = 12
 SHIFT_2M: Final = 21
 SHIFT_1G: Final = 30
@@ -137,5 +139,25 @@ SKYLAKE_CLIENT: Final = TlbGeometry(
         CacheGeometry("PDE cache", 32, 4, (21,)),
     ),
 )
+
+# The tag of every number of SKYLAKE_CLIENT (kaiser.sourced), by the path of its structure; a
+# structure's tag covers its entries, ways, page sizes and set-index function.
+_TABLE_2_15: Final = "Intel Optimization Reference Manual 248966-045, Table 2-15"
+SKYLAKE_CLIENT_SOURCES: Final[dict[str, Source]] = {
+    "itlb.0": cited(f"128 entries, 8-way, 4 KiB pages ({_TABLE_2_15})"),
+    "itlb.1": cited(f"8 entries for 2M/4M pages ({_TABLE_2_15}); no associativity given: modelled fully associative"),
+    "dtlb": cited(f"64 entries 4-way (4 KiB), 32 4-way (2 MiB), 4 4-way (1 GiB) ({_TABLE_2_15})"),
+    "stlb.0": cited(
+        "1536 entries, 12-way (128 sets), 4 KiB and 2 MiB pages, XOR-7 set index: WikiChip Skylake; TLBleed (Gras "
+        "et al., USENIX Security 2018)"
+    ),
+    "stlb.1": cited("16 entries, 4-way, 1 GiB pages (secondary sources, facts/performance.md §1)", " [u]"),
+    "psc": chosen(
+        "Intel does not publish the paging-structure caches' sizes ('Malicious Management Unit', USENIX Security "
+        "2018, probed them): 2 PML5E, 2 PML4E, 4 PDPTE fully associative and 32 PDE 4-way, small on purpose so "
+        "that a run shows their effect; the PDE cache's 64 MiB reach makes most STLB misses one load, the ~9-10 "
+        "cycle hot walk of facts/performance.md §1"
+    ),
+}
 
 DEFAULT_GEOMETRY: Final = SKYLAKE_CLIENT
