@@ -17,6 +17,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Final
 
+from kaiser.sourced import Source, chosen, cited
+from kaiser.x86.processor import DEFAULT_PROCESSOR
+
 LINE: Final = 64  # bytes per cache line (Intel Optimization Manual 248966, Skylake: 64-byte lines)
 
 
@@ -49,16 +52,20 @@ class DataCacheLevel:
 
 
 # ---- parameters (one table; sources next to each value) -------------------------------------
-# Latencies: facts/performance.md §1 (Intel Optimization Manual, Skylake: L1D/L2/L3 4/12/44).
-# Sizes/ways: Skylake client (i7-6700): L1D 32 KiB 8-way, L2 256 KiB 4-way, L3 8 MiB 16-way
-# (Intel Optimization Manual 248966, the Skylake microarchitecture's cache-parameters table
-# [u: not in facts/performance.md]).
-SKYLAKE_L1D: Final = DataCacheLevel("L1D", 32 << 10, 8, 4)
-SKYLAKE_L2: Final = DataCacheLevel("L2", 256 << 10, 4, 12)
-SKYLAKE_L3: Final = DataCacheLevel("L3", 8 << 20, 16, 44)
-# DRAM: ~96 ns unloaded on Skylake-SP (AnandTech, "Skylake-SP vs EPYC", LMBench random load,
-# 2017) ~= 200 cycles at 2.1 GHz [u: one secondary measurement; a parameter, not a fact].
+# The levels are the default processor's (kaiser.x86.processor: Skylake client, i7-6700K): L1D
+# 32 KiB 8-way, L2 256 KiB 4-way, L3 8 MiB 16-way, 4/12/44 cycles, each tagged there.
+_P: Final = DEFAULT_PROCESSOR
+SKYLAKE_L1D: Final = DataCacheLevel("L1D", _P.caches.l1d.size, _P.caches.l1d.ways, _P.latencies.l1_hit)
+SKYLAKE_L2: Final = DataCacheLevel("L2", _P.caches.l2.size, _P.caches.l2.ways, _P.latencies.l2_hit)
+SKYLAKE_L3: Final = DataCacheLevel("L3", _P.caches.llc.size, _P.caches.llc.ways, _P.latencies.llc_hit)
+# DRAM: the attack's own figure, not the processor's 195 (its cost-model row, 7-cpu.com): kept so
+# that the attack's results stay as they were measured and documented.
 DRAM_LATENCY: Final = 200
+DRAM_SOURCE: Final = cited(
+    "~96 ns unloaded on Skylake-SP (AnandTech, 'Skylake-SP vs EPYC', LMBench random load, 2017) ~= 200 cycles at "
+    "2.1 GHz; one secondary measurement, a parameter, not a fact",
+    " [u]",
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,21 @@ class TimerNoise:
     interrupt_cycles: tuple[int, int] = (2_000, 20_000)
     short_rate: float = 2e-3  # a mis-ordered timestamp (no fence): a miss reads as fast
     short_scale: tuple[float, float] = (0.05, 0.45)
+
+
+# The tag of every number of TimerNoise (kaiser.sourced): all CHOSEN, as its docstring says.
+_SEPARABLE: Final = "hits and misses separable by one threshold, as on real machines (Meltdown §4, Fig. 4)"
+TIMER_NOISE_SOURCES: Final[dict[str, Source]] = {
+    "overhead": chosen("24 cycles for the serialised rdtscp pair; any constant carries no information", " [u]"),
+    "jitter_abs": chosen(f"4 cycles sd of Gaussian jitter, {_SEPARABLE}", " [u]"),
+    "jitter_rel": chosen(f"8 % of the latency as sd, {_SEPARABLE}", " [u]"),
+    "interrupt_rate": chosen(
+        "1 in 2,000 timed windows hit by an interrupt, so a hit sometimes reads as a miss", " [u]"
+    ),
+    "interrupt_cycles": chosen("an interrupt adds 2,000-20,000 cycles (uniform)", " [u]"),
+    "short_rate": chosen("1 in 500 timestamps mis-ordered (no fence), so a miss sometimes reads as fast", " [u]"),
+    "short_scale": chosen("a mis-ordered read shows 5-45 % of the latency", " [u]"),
+}
 
 
 QUIET: Final = TimerNoise(jitter_abs=0.0, jitter_rel=0.0, interrupt_rate=0.0, short_rate=0.0)

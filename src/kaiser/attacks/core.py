@@ -35,25 +35,32 @@ from typing import Any, Final
 from kaiser.attacks.cache import DataCache, Hit, Timer, TimerNoise
 from kaiser.attacks.meltdown import ByteReading, Calibration, MeltdownAttacker, MeltdownParams, Sigsegv
 from kaiser.linux.kernel import THREAD_SIZE, Kernel, KernelConfig, Task
+from kaiser.sourced import Source, chosen, cited
 from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, entry_phys
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory
+from kaiser.x86.processor import DEFAULT_PROCESSOR, Processor, Transient
 from kaiser.x86.rights import Op
 from kaiser.x86.walker import Fault, translate
-
-# The race between the faulting load and the exception [u: model parameters, no published figure]:
-# the window in which dependent instructions still execute, in cycles, Gaussian. Chosen so that a
-# secret in any cache level (<= 44 cycles) is forwarded and one in DRAM (~200) usually is not --
-# then the core forwards zero (Meltdown §5.2's bias towards 0) while the transient load still
-# fills the line, so the next attempt wins: cached data leaks reliably, uncached data after a retry.
-TRANSIENT_WINDOW_MEAN: Final = 150.0
-TRANSIENT_WINDOW_SD: Final = 30.0
 
 REGIONS: Final = ("direct-map", "kernel-data", "vmalloc", "sensitive", "nonsensitive")
 # Regions whose memory is sensitive in ASI's sense (kaiser.linux.asi): a fresh frame no
 # nonsensitive allocation owns, and a process's user page (GFP_USER carries __GFP_SENSITIVE).
 # The other regions hold nonsensitive memory, which the asi variant maps by design.
 SENSITIVE_REGIONS: Final = ("direct-map", "sensitive")
+
+
+# The tag of every number of MeltdownParams (kaiser.sourced): the attack program's own knobs (here,
+# not in meltdown.py, which imports nothing of the model).
+MELTDOWN_PARAM_SOURCES: Final[dict[str, Source]] = {
+    "stride": cited(
+        "4096: one probe line per page, as the Meltdown PoC (libkdump), out of the L2 spatial prefetcher's reach"
+    ),
+    "max_rounds": chosen("12 rounds a byte before giving up: a bound on the attack's time, with room for retries"),
+    "min_votes": chosen("3 votes, so one lying probe (TimerNoise) cannot claim a byte"),
+    "lead": chosen("a lead of 2 over the runner-up stops a round early"),
+    "calibration_samples": chosen("200 timed hits and as many misses to set the threshold"),
+}
 
 
 class AttackError(ValueError):
@@ -102,16 +109,20 @@ class Core:
         mem: PhysicalMemory,
         state: CpuState,
         *,
-        meltdown_vulnerable: bool = True,
+        meltdown_vulnerable: bool | None = None,
         seed: int = 0,
         noise: TimerNoise | None = None,
         cache: DataCache | None = None,
+        transient: Transient = DEFAULT_PROCESSOR.transient,
     ) -> None:
+        """`transient`: the part's Meltdown behaviour and race window (kaiser.x86.processor);
+        `meltdown_vulnerable` overrides whether it forwards (None: the part's)."""
         if state.cpl != 3:
             raise ValueError("the attack core runs user code: CPL must be 3")
         self.mem = mem
         self.state = state
-        self.meltdown_vulnerable = meltdown_vulnerable
+        self.meltdown_vulnerable = transient.meltdown if meltdown_vulnerable is None else meltdown_vulnerable
+        self.transient = transient
         self.cache = cache or DataCache()
         self.timer = Timer(seed ^ 0x71E5, noise or TimerNoise())
         self._race = random.Random(seed ^ 0x5ACE)
@@ -146,7 +157,10 @@ class Core:
             return MemResult(None, fault, 0)
         latency = self.cache.latency(self.cache.where(source))
         self.cache.access(source)  # the transient load fills the line whether or not it wins
-        window = self._race.gauss(TRANSIENT_WINDOW_MEAN, TRANSIENT_WINDOW_SD)
+        # The race between the faulting load and the exception (Transient: the window in which
+        # dependants still run): data later than it is not forwarded (0 instead), but the
+        # transient load has filled the line, so the next attempt wins.
+        window = self._race.gauss(self.transient.window_mean, self.transient.window_sd)
         value = self.mem.read_bytes(source, 1)[0] if latency <= window else 0
         return MemResult(value, fault, latency)
 
@@ -411,7 +425,8 @@ def run_meltdown(
     target: int | None = None,
     length: int = 32,
     seed: int = 0,
-    vulnerable: bool = True,
+    vulnerable: bool | None = None,
+    processor: Processor = DEFAULT_PROCESSOR,
     pcid: bool = True,
     la57: bool = False,
     kaslr: bool = True,
@@ -421,7 +436,11 @@ def run_meltdown(
     **machine: Any,
 ) -> MeltdownResult:
     """Boot `variant`, start a victim and an attacker process, plant `length` random bytes in
-    `region` (or at `target`), and let the attacker read them through Flush+Reload."""
+    `region` (or at `target`), and let the attacker read them through Flush+Reload. The core is
+    `processor`'s (its Meltdown behaviour and race window); `vulnerable` overrides whether it
+    forwards (None: the processor's)."""
+    if vulnerable is None:
+        vulnerable = processor.transient.meltdown
     if not 1 <= length <= PAGE_SIZE:
         raise AttackError(f"length {length} must be 1..{PAGE_SIZE}")
     if target is None and region not in REGIONS:
@@ -438,7 +457,9 @@ def run_meltdown(
         secret = plant_secret(kernel, region, length, rng, victim)
     kcr3, ucr3 = kernel.cr3_pair(attacker_task)
     state = CpuState(cr3=kcr3 if ucr3 is None else ucr3, cr4=kernel.cr4(), cpl=3)
-    core = Core(kernel.mem, state, meltdown_vulnerable=vulnerable, seed=seed, noise=noise)
+    core = Core(
+        kernel.mem, state, meltdown_vulnerable=vulnerable, seed=seed, noise=noise, transient=processor.transient
+    )
     attacker = MeltdownAttacker(UserProcess(core, attacker_task, kernel.user_top), params)
     readings = attacker.read(secret.va, length, progress)
     protected = True

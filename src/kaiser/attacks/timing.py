@@ -44,6 +44,7 @@ import numpy as np
 
 from kaiser.attacks.cache import Timer, TimerNoise
 from kaiser.attacks.kaslr import KaslrAttacker, KaslrParams, Knowledge, RegionGuess, RegionSpec
+from kaiser.cost.params import SKYLAKE
 from kaiser.linux.entry import (
     ENTRY_TEXT_OFFSETS,
     RODATA_SYS_CALL_TABLE,
@@ -73,11 +74,13 @@ from kaiser.linux.layout import (
     TiB,
 )
 from kaiser.linux.variants import get_variant
+from kaiser.sourced import Source, chosen, cited
 from kaiser.x86.bits import PF_VECTOR
 from kaiser.x86.counters import TlbCounters
 from kaiser.x86.events import EVENT_DTYPE, IMPLICIT, PREFETCH, Ev, replay_reference
 from kaiser.x86.geometry import GiB
 from kaiser.x86.mmu import Access, Mmu
+from kaiser.x86.processor import DEFAULT_PROCESSOR
 from kaiser.x86.rights import Op
 from kaiser.x86.tlb import HitLevel, Tlb
 
@@ -106,15 +109,11 @@ class ProbeCosts:
     numbers below come from facts/performance.md §1 instead.
     """
 
-    l1_tlb_hit: float = 0.0  # an L1 TLB hit is hidden in the load pipeline (Intel Opt. Manual; perf.md §1)
-    stlb_hit: float = 9.0  # pmu-tools Mem_STLB_Hit_Cost, SKL/SKX (perf.md §1); also
-    # charged before every walk, which starts only after the STLB lookup missed
-    walk_load: float = 12.0  # each paging-structure entry a walk reads: an L2 hit, 12 cycles (perf.md
-    # §1, Skylake L2 latency); PSC hits save loads (`Access.walk_loads` counts only those made)
-    no_lookup: float = 0.0  # a probe that ends before the TLB lookup (a #GP, a prefetch LASS drops)
-    # [u: chosen; any constant carries no information]
-    fault_suppress: float = 60.0  # `load` only: a suppressed #PF (TSX abort), constant [u: chosen;
-    # it carries no information, only adds to the timer's proportional jitter]
+    l1_tlb_hit: float = 0.0
+    stlb_hit: float = SKYLAKE.stlb_hit  # the cost model's (kaiser.cost.params)
+    walk_load: float = float(DEFAULT_PROCESSOR.latencies.l2_hit)  # the default processor's L2 hit
+    no_lookup: float = 0.0
+    fault_suppress: float = 60.0
 
     def access(self, a: Access) -> float:
         """Cycles of one translation: a TLB hit (L1 or STLB), or an STLB miss and the walk's loads;
@@ -135,6 +134,42 @@ class ProbeCosts:
         stlb = (counts[..., _STLB_HITS_D] + counts[..., _STLB_HITS_I]) > 0
         hit = np.where(l1, self.l1_tlb_hit, np.where(stlb, self.stlb_hit, self.no_lookup))
         return np.where(walked, self.stlb_hit + self.walk_load * counts[..., _WALK_LOADS], hit)
+
+
+# The tag of every number of ProbeCosts (kaiser.sourced).
+PROBE_COST_SOURCES: Final[dict[str, Source]] = {
+    "l1_tlb_hit": cited("an L1 TLB hit is hidden in the load pipeline (Intel Optimization Manual; perf.md §1)"),
+    "stlb_hit": cited(
+        "pmu-tools Mem_STLB_Hit_Cost, SKL/SKX (perf.md §1), the cost model's stlb_hit; also charged before every "
+        "walk, which starts only after the STLB lookup missed"
+    ),
+    "walk_load": cited(
+        "each paging-structure entry a walk reads is an L2 hit, 12 cycles (the default processor's, Skylake); PSC "
+        "hits save loads (`Access.walk_loads` counts only those made)"
+    ),
+    "no_lookup": chosen(
+        "a probe that ends before the TLB lookup (a #GP, a prefetch LASS drops): any constant carries no information",
+        " [u]",
+    ),
+    "fault_suppress": chosen(
+        "`load` only: a suppressed #PF (TSX abort), constant: it carries no information, only "
+        "adds to the timer's proportional jitter",
+        " [u]",
+    ),
+}
+
+
+# The tag of every number of KaslrParams (kaiser.sourced): the attack program's own knobs, CHOSEN
+# (here, not in kaslr.py, which imports nothing of the model).
+KASLR_PARAM_SOURCES: Final[dict[str, Source]] = {
+    "reps": chosen("2 probes an address in the text scan, the median taken: the scan's cost doubles with it"),
+    "region_reps": chosen("5 in the region scans, whose level-to-level steps are smaller"),
+    "confirm_reps": chosen("11 probes an address to confirm that it stands out"),
+    "z": chosen("3 robust sd from the scan's median stands out"),
+    "floor": chosen("and at least 6 cycles (timer resolution)"),
+    "min_run": chosen("3 adjacent fast 2 MiB slots: the image's text, not one mapped page"),
+    "max_descend": chosen("6 slots followed into the next level per scan at most: bounds the scan's cost"),
+}
 
 
 @dataclass(frozen=True)
