@@ -45,6 +45,7 @@ from kaiser.linux.entry import SYSCALLS, Copy, EntryModel, Obj, OpCounts, Ref, S
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.mm import Prot
 from kaiser.linux.variants import BASELINE
+from kaiser.sourced import Source, chosen
 from kaiser.traces.lackey import LackeyStats, SyscallSite, TraceError
 from kaiser.traces.strace import StraceCall
 from kaiser.x86.counters import TlbCounters
@@ -66,6 +67,17 @@ GENERIC_REFS: Final = (
     Ref(Op.READ, Obj.TASK, 0x740),
 )
 GENERIC_BODY_CYCLES: Final = 300.0  # CHOSEN (see GENERIC_REFS)
+# The tag of each model number above (kaiser.sourced).
+TRACE_SOURCES: Final[dict[str, Source]] = {
+    "PAGE_CACHE_PAGES": chosen(
+        "64 pages (256 KiB) of cached file the trace's read()/write() copy from/to in turn: a trace does not say "
+        "which file pages a call touches; the same in every variant"
+    ),
+    "GENERIC_BODY_CYCLES": chosen(
+        "300 cycles of an unmodelled call's own work (mmap, openat, brk, ...): the model has no per-call data for "
+        "them; the same in every variant, so it moves absolute cycles, not the isolation overhead in cycles"
+    ),
+}
 # Linux names whose modelled body stands in for them (kaiser.linux.entry.SYSCALLS).
 MODELLED_AS: Final = {
     "read": "read",
