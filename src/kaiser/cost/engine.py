@@ -258,8 +258,8 @@ class Engine:
             self.LV[d] = (
                 lv.shift,
                 lv.leaf_ok,
-                reserved_mask(lv.shift, lv.leaf_ok, False, f.maxphyaddr, f.gbpages, nxe),
-                reserved_mask(lv.shift, lv.leaf_ok, True, f.maxphyaddr, f.gbpages, nxe),
+                reserved_mask(lv, d == 0, False, f, nxe),
+                reserved_mask(lv, d == 0, True, f, nxe),
             )
         self.M = np.zeros(core.M_FIELDS, np.int64)
         self.M[:] = (

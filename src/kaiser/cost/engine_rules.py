@@ -1,9 +1,10 @@
 """The SDM's paging rules for the compiled engine: a numba port of `kaiser.x86.rights`.
 
-One module, one place: reserved bits, the combined rights of a walk, and the access-rights and
-protection-key decision, each next to its Intel SDM Vol. 3A citation. The reference rules
-(`kaiser.x86.rights`) are the definition; these functions must decide exactly as they do
-(`tests/cost/test_engine.py` replays random streams through both paths and compares).
+One module, one place: the combined rights of a walk, and the access-rights and protection-key
+decision, each next to its Intel SDM Vol. 3A citation. Reserved bits are the reference's own rule
+and every bit is `kaiser.x86.bits`'s; the reference rules (`kaiser.x86.rights`) are the
+definition, and these functions must decide exactly as they do (`tests/cost/test_engine.py`
+replays random streams through both paths and compares).
 
 Encodings (plain integers, so the engine's hot loop holds no Python objects):
 
@@ -18,18 +19,31 @@ from typing import Final
 
 import numba
 
-from kaiser.x86.bits import PKEY_SHIFT as PKEY_SHIFT  # engine_core reads it from here; one definition
+from kaiser.x86 import rights as reference
+from kaiser.x86.bits import ADDR_MASK_52 as ADDR_MASK_52  # engine_core reads it from here; one definition
+from kaiser.x86.bits import CR0, CR4, EFER, PFEC, PTE, RFLAGS
+from kaiser.x86.bits import PKEY_SHIFT as PKEY_SHIFT
+from kaiser.x86.cpu import CpuFeatures
+from kaiser.x86.events import Ev
+from kaiser.x86.geometry import Level
 
-# Bits of an entry (SDM Vol. 3A §4.5, Tables 4-14..4-20), as int64 (XD is the sign bit).
-P: Final = 1 << 0
-RW: Final = 1 << 1
-US: Final = 1 << 2
-A: Final = 1 << 5
-D: Final = 1 << 6
-PS: Final = 1 << 7
-G: Final = 1 << 8
-NX: Final = -(1 << 63)  # bit 63 as int64
-ADDR_MASK_52: Final = ((1 << 52) - 1) & ~0xFFF  # bits 51:12
+
+def as_int64(value: int) -> int:
+    """A u64 bit pattern as the int64 numba holds (bit 63 is the sign bit)."""
+    return value - (1 << 64) if value >> 63 else value
+
+
+# Every bit below is x86/bits.py's (SDM Vol. 3A §4.5, §4.7, §2.5; Vol. 1 §3.4.3), as the plain
+# int64 numba freezes into the compiled code as a global: none is restated here.
+# Bits of an entry (Tables 4-14..4-20).
+P: Final = int(PTE.P)
+RW: Final = int(PTE.RW)
+US: Final = int(PTE.US)
+A: Final = int(PTE.A)
+D: Final = int(PTE.D)
+PS: Final = int(PTE.PS)
+G: Final = int(PTE.G)
+NX: Final = as_int64(int(PTE.NX))  # bit 63: negative as int64
 
 # Rights bits.
 R_USER: Final = 1
@@ -37,48 +51,39 @@ R_WRITABLE: Final = 2
 R_NX: Final = 4
 R_ALL: Final = R_USER | R_WRITABLE  # what a walk starts from: user, writable, executable
 
-# Ops (= Ev.READ/WRITE/FETCH).
-OP_READ: Final = 0
-OP_WRITE: Final = 1
-OP_FETCH: Final = 2
+# Ops: the access kinds of `kaiser.x86.events.Ev`.
+OP_READ: Final = int(Ev.READ)
+OP_WRITE: Final = int(Ev.WRITE)
+OP_FETCH: Final = int(Ev.FETCH)
 
 # #PF error-code bits (SDM §4.7, Figure 4-12).
-PFEC_P: Final = 1 << 0
-PFEC_WR: Final = 1 << 1
-PFEC_US: Final = 1 << 2
-PFEC_RSVD: Final = 1 << 3
-PFEC_ID: Final = 1 << 4
-PFEC_PK: Final = 1 << 5
+PFEC_P: Final = int(PFEC.P)
+PFEC_WR: Final = int(PFEC.WR)
+PFEC_US: Final = int(PFEC.US)
+PFEC_RSVD: Final = int(PFEC.RSVD)
+PFEC_ID: Final = int(PFEC.ID)
+PFEC_PK: Final = int(PFEC.PK)
 
 # Register bits the rules read (SDM Vol. 3A §2.5, §2.2.1; Vol. 1 §3.4.3).
-CR0_WP: Final = 1 << 16
-CR4_PAE: Final = 1 << 5
-CR4_PGE: Final = 1 << 7
-CR4_LA57: Final = 1 << 12
-CR4_PCIDE: Final = 1 << 17
-CR4_SMEP: Final = 1 << 20
-CR4_SMAP: Final = 1 << 21
-CR4_PKE: Final = 1 << 22
-CR4_LASS: Final = 1 << 27
-EFER_NXE: Final = 1 << 11
-RFLAGS_AC: Final = 1 << 18
+CR0_WP: Final = int(CR0.WP)
+CR4_PAE: Final = int(CR4.PAE)
+CR4_PGE: Final = int(CR4.PGE)
+CR4_LA57: Final = int(CR4.LA57)
+CR4_PCIDE: Final = int(CR4.PCIDE)
+CR4_SMEP: Final = int(CR4.SMEP)
+CR4_SMAP: Final = int(CR4.SMAP)
+CR4_PKE: Final = int(CR4.PKE)
+CR4_LASS: Final = int(CR4.LASS)
+EFER_NXE: Final = int(EFER.NXE)
+RFLAGS_AC: Final = int(RFLAGS.AC)
 
 _jit = numba.njit(cache=True, inline="always")
 
 
-def reserved_mask(level_shift: int, leaf_ok: bool, large: bool, maxphyaddr: int, gbpages: bool, nxe: bool) -> int:
-    """Bits that must be 0 in a present entry at a level (SDM §4.5, Tables 4-14..4-20; §4.6.1 for
-    XD). Plain Python: the engine computes the masks once per replay, as an int64 table."""
-    mask = ((1 << 52) - 1) & ~((1 << maxphyaddr) - 1)  # bits 51:MAXPHYADDR in every entry
-    if not nxe:
-        mask |= 1 << 63  # XD is reserved when EFER.NXE = 0 (SDM §4.5, Table 4-14 note)
-    if not leaf_ok:
-        mask |= PS  # PS is reserved in PML5E and PML4E (SDM Tables 4-14, 4-15)
-    elif large:
-        if level_shift == 30 and not gbpages:
-            mask |= PS  # 1 GiB pages unsupported: PDPTE.PS reserved (Table 4-16)
-        mask |= ((1 << level_shift) - 1) & ~0x1FFF  # address bits below the page, except PAT (bit 12)
-    return mask - (1 << 64) if mask >> 63 else mask  # as int64
+def reserved_mask(level: Level, is_top: bool, large: bool, features: CpuFeatures, nxe: bool) -> int:
+    """`kaiser.x86.rights.reserved_mask` (SDM §4.5, Tables 4-14..4-20) as int64: the engine
+    computes the masks once per replay, as an int64 table, from the reference rule itself."""
+    return as_int64(reference.reserved_mask(level, is_top, large, features, nxe))
 
 
 @_jit
