@@ -89,12 +89,13 @@ def _variant(name: str) -> Any:
 
 def _recompute(r: dict[str, Any]) -> float | None:
     caches: CacheHierarchy | None
-    host_page = None
+    host_page = r["host_page"]  # a guest runs nested: its machine's EPT page size, or the row's own
     if r["machine"]:
         m = get_machine(r["machine"])
-        params, caches, host_page = m.params(), m.caches, m.host_page  # a guest runs nested
+        params, caches = m.params(), m.caches
+        assert host_page == m.host_page
     else:
-        base = SKYLAKE.with_overrides(clock_ghz=r["clock_ghz"])
+        base = SKYLAKE.with_overrides(clock_ghz=r["clock_ghz"], vm_exits_per_interrupt=1.0 if host_page else 0.0)
         name = r["setup"].split(",")[0].removeprefix("caches ")
         caches = get_hierarchy(name) if r["setup"].startswith("caches ") else None
         params = for_caches(base, name) if caches else base

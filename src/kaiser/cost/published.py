@@ -86,12 +86,18 @@ class Figure:
     caches: str | None = None  # a hierarchy, when the part is known but is no machine
     clock_ghz: float | None = None  # overrides the default clock when no machine gives one
     rate: float = 0.0  # for overhead_at_rate
+    host_page: str | None = None  # a guest with no machine: nested paging over this EPT page size
     fit_of: tuple[str, ...] = ()  # the FIT parameters set from this figure
     why: str = ""
 
     @property
     def role(self) -> str:
         return "fit" if self.fit_of else "predicted"
+
+    @property
+    def guest_host_page(self) -> str | None:
+        """The EPT page size when the figure ran in a guest (its machine's, or its own), else None."""
+        return get_machine(self.machine).host_page if self.machine else self.host_page
 
 
 def setup(fig: Figure) -> tuple[CostParams, CacheHierarchy | None, str]:
@@ -100,9 +106,13 @@ def setup(fig: Figure) -> tuple[CostParams, CacheHierarchy | None, str]:
         m = get_machine(fig.machine)
         return m.params(), m.caches, f"machine {m.name}"
     base = SKYLAKE.with_overrides(clock_ghz=fig.clock_ghz) if fig.clock_ghz else SKYLAKE
+    guest = f", guest ({fig.host_page} host pages)" if fig.host_page else ""
+    if fig.host_page:  # a guest's interrupts exit (params SOURCES, vm_exits_per_interrupt), as Machine.params
+        base = base.with_overrides(vm_exits_per_interrupt=1.0)
     if fig.caches:
-        return for_caches(base, fig.caches), get_hierarchy(fig.caches), f"caches {fig.caches}, {base.clock_ghz:g} GHz"
-    return base, None, f"no caches, {base.clock_ghz:g} GHz"
+        where = f"caches {fig.caches}, {base.clock_ghz:g} GHz{guest}"
+        return for_caches(base, fig.caches), get_hierarchy(fig.caches), where
+    return base, None, f"no caches, {base.clock_ghz:g} GHz{guest}"
 
 
 def settings_of(fig: Figure, spec: RunSpec) -> dict[str, str]:
@@ -144,6 +154,23 @@ _LSEEK = {"syscall": "lseek"}
 # 512 pages touched per round trip: 256 loads at 4 KiB stride by each of the two sides.
 _PAGES512 = {"reads": "256", "stride": "4KiB", "buffer": "1MiB"}
 _NOTOUCH = {"reads": "0"}
+_LUTO_GUEST = (
+    "a KVM guest: nested paging over 2 MiB host pages (CHOSEN as for the KVM machines, cost/machines.py), "
+    "every EPT entry read (no EPT translation caches, kaiser.x86.nested)"
+)
+_ATOM_WHY = (
+    "an unnamed 'modern Atom system': the gain is the refill walks global pages save over a whole lseek(), both "
+    "the part's own (its TLBs, walk cost, PTI CR3 write and clock), and the model has Skylake's geometry only; "
+    "the rate, 6.08 M lseeks/s with two flushing CR3 writes a call, is several threads (will-it-scale), which "
+    "the model (one thread) does not run. On Skylake the model gains 8 % and 12 %"
+)
+_MOLNAR_WHY = (
+    "with PCID no CR3 write flushes, so the gain is TLB capacity: the entry pages held once (global) instead of "
+    "under both PCIDs. The modelled lseek() path fits every Skylake TLB twice over (no miss a call either way), "
+    "so the model gives exactly 0; the measurement, 15.8 M lseeks/s, is many threads at once (one thread cannot "
+    "make two CR3 writes of ~100+ cycles in a 250-cycle call), SMT siblings sharing the TLBs, which the model "
+    "(one thread) does not run"
+)
 
 
 def _r(variant: str, pcid: bool, workload: str, settings: dict[str, str] | None = None) -> RunSpec:
@@ -181,13 +208,14 @@ FIGURES: Final[tuple[Figure, ...]] = (
     *_garloff("garloff-bare", "bare metal E5-2667v4", 140, 580, 900, fit=True),
     *_garloff("garloff-kvm", "KVM guest Xeon Gold 6161", 120, 520, 1150, fit=False),
     *_garloff("garloff-xen", "Xen guest E5-2658v3", 150, 630, 1400, fit=False),
-    # §3: Nehalem (no PCID), Linux 4.14: 1-byte read 127.4 -> 536.8 ns; as a slowdown (the clock
-    # is not given). Nehalem is not among the hierarchies: no caches.
-    Figure("M. Cracauer (Medium)", "Nehalem, Linux 4.14, read() of 1 B, PTI no PCID (linux-4.15) / no PTI",
-           "slowdown (536.8 / 127.4 ns)", 536.8 / 127.4, "slowdown",
-           (_r("linux-4.15", False, "read", {"size": "1", **_NOTOUCH}), _r("nopti", False, "read",
-            {"size": "1", **_NOTOUCH})),
-           why="Nehalem caches and TLBs not modelled (Skylake TLB, no caches)"),
+    # §3: Nehalem (no PCID), Linux 4.14: 1-byte read 127.4 -> 536.8 ns. Not run: the slowdown is
+    # two quantities of the Nehalem part, neither of which the model has.
+    Figure("M. Cracauer (Medium)", "Nehalem, Linux 4.14, read() of 1 B, PTI no PCID / no PTI",
+           "slowdown (536.8 / 127.4 ns)", 536.8 / 127.4,
+           why="a ratio of two Nehalem figures the model has neither of: the base (a 4.14 read() in 127.4 ns, at a "
+           "clock not given) is not the recorded Debian 6.1 read() priced at Skylake's FIT kernel_cpi, and the PTI "
+           "cost (two flushing CR3 writes and the refill walks) is Nehalem's own: its CR3 write is not published and "
+           "its TLBs (a 512-entry 4 KiB-only STLB) are not among the model's geometries (Skylake's only)"),
     Figure("M. Cracauer (Medium)", "Nehalem, Linux 4.14, getrusage(), PTI no PCID / no PTI",
            "slowdown (542.1 / 216.6 ns)", 542.1 / 216.6, why="getrusage() is not a modelled system call"),
     # §3: Gregg, ~2 % at 50k syscalls/s (no PCID named; syscall-loop defaults, today's linux).
@@ -196,21 +224,15 @@ FIGURES: Final[tuple[Figure, ...]] = (
            "overhead %", 2.0, "overhead_at_rate",
            (_r("linux", False, "syscall-loop"), _r("nopti", False, "syscall-loop")), rate=50e3,
            why="published 'may be 2%'; the working set per call is not given"),
-    # §3: global kernel text without PCID (Atom; no Atom machine: Skylake TLB, no caches).
+    # §3: global kernel text without PCID (Atom). Not run: an unnamed Atom part.
     Figure(_ATOM, "Atom, lseek1, no PCID, the base of the two gains below", "lseeks/s", 6.08e6,
            why="the Atom's part and clock are not given and it has no machine: a rate needs them"),
     Figure(_ATOM, "Atom, lseek1, no PCID: entry text + entry area global vs no global pages", "lseek1 gain %",
-           23.9, "gain_percent",
-           (_r("linux-entryglobal", False, "null-syscall", _LSEEK), _r("linux-noglobal", False, "null-syscall",
-            _LSEEK)), why="Atom TLBs and walks not modelled (Skylake geometry)"),
+           23.9, why=_ATOM_WHY),
     Figure(_ATOM, "Atom, lseek1, no PCID: all kernel text global (linux) vs no global pages", "lseek1 gain %",
-           38.8, "gain_percent",
-           (_r("linux", False, "null-syscall", _LSEEK), _r("linux-noglobal", False, "null-syscall", _LSEEK)),
-           why="Atom TLBs and walks not modelled (Skylake geometry)"),
+           38.8, why=_ATOM_WHY),
     Figure("I. Molnar quoting D. Hansen, 30 Mar 2018", "Skylake, lseek1, PCID: global entry pages vs none",
-           "lseek1 gain %", 1.71, "gain_percent",
-           (_r("linux", True, "null-syscall", _LSEEK), _r("linux-noglobal", True, "null-syscall", _LSEEK)),
-           "hansen-skylake"),
+           "lseek1 gain %", 1.71, why=_MOLNAR_WHY),
     Figure("KAISER v1 cover letter", "typical workloads, PTI", "slowdown %", 5.0,
            why="no workload of the model stands for 'typical workloads'"),
     Figure("KAISER v1 cover letter", "worst case: loopback networking, PTI", "slowdown %", 30.0,
@@ -224,23 +246,24 @@ FIGURES: Final[tuple[Figure, ...]] = (
     Figure("Red Hat article 3307751", "DPDK, PTI + PCID (< 2 %; the bound)", "slowdown %", 2.0,
            why="whole applications are not modelled workloads"),
     # §5: eventfd ping-pong between two threads, Skylake 2.3 GHz KVM guest, before PTI: the PCID
-    # series' own gain (nopti). The model's pipe ping-pong stands for it (4 syscalls, 2 switches).
+    # series' own gain (nopti). The model's pipe ping-pong stands for it (4 syscalls, 2 switches),
+    # in a guest as the source ran: nested paging over 2 MiB host pages (_LUTO_GUEST).
     Figure(_LUTO, "eventfd ping-pong, Skylake 2.3 GHz KVM guest, no PTI, PCID (pipe)", "us per round trip", 1.22,
-           "us", (_r("nopti", True, "pipe", _NOTOUCH),), clock_ghz=2.3,
-           why="pipe stands for eventfd; pipe bodies and switch recorded (modelled: CHOSEN); a guest, walks native"),
+           "us", (_r("nopti", True, "pipe", _NOTOUCH),), clock_ghz=2.3, host_page="2m",
+           why=f"pipe stands for eventfd; pipe bodies and switch recorded (modelled: CHOSEN); {_LUTO_GUEST}"),
     Figure(_LUTO, "same, no PCID (pipe)", "us per round trip", 1.33, "us", (_r("nopti", False, "pipe", _NOTOUCH),),
-           clock_ghz=2.3,
-           why="pipe stands for eventfd; pipe bodies and switch recorded (modelled: CHOSEN); a guest, walks native"),
+           clock_ghz=2.3, host_page="2m",
+           why=f"pipe stands for eventfd; pipe bodies and switch recorded (modelled: CHOSEN); {_LUTO_GUEST}"),
     Figure(_LUTO, "same, 512 pages touched per round, PCID (pipe)", "us per round trip", 1.8, "us",
-           (_r("nopti", True, "pipe", _PAGES512),), clock_ghz=2.3,
-           why="pipe stands for eventfd; a guest, walks native (not 2-D)"),
+           (_r("nopti", True, "pipe", _PAGES512),), clock_ghz=2.3, host_page="2m",
+           why=f"pipe stands for eventfd; {_LUTO_GUEST}"),
     Figure(_LUTO, "same, 512 pages touched per round, no PCID (pipe)", "us per round trip", 6.2, "us",
-           (_r("nopti", False, "pipe", _PAGES512),), clock_ghz=2.3,
-           why="pipe stands for eventfd; a guest, walks native (not 2-D)"),
+           (_r("nopti", False, "pipe", _PAGES512),), clock_ghz=2.3, host_page="2m",
+           why=f"pipe stands for eventfd; {_LUTO_GUEST}"),
     Figure(_LUTO, "same, 512 pages per round: dTLB misses no PCID / PCID (pipe)", "dTLB walks ratio (207 M / 11 M)",
            207 / 11, "dtlb_ratio", (_r("nopti", False, "pipe", _PAGES512), _r("nopti", True, "pipe", _PAGES512)),
-           clock_ghz=2.3, why="a ratio, since the run lengths are not given; perf's dTLB-load-misses on "
-           "Skylake counts misses that cause a walk, so the model's dTLB walks"),
+           clock_ghz=2.3, host_page="2m", why="a ratio, since the run lengths are not given; perf's dTLB-load-misses "
+           f"on Skylake counts misses that cause a walk, so the model's dTLB walks; {_LUTO_GUEST}"),
     Figure("D. Hansen, linux-mm, Dec 2017", "make -j8 kernel build, Skylake 4-core: INVPCID vs deferred CR3 flush",
            "seconds (INVPCID)", 875.36, why="a kernel build is not a modelled workload (its INVPCID ~350 cycles "
            "a page is CITED as the invpcid parameter)"),
@@ -251,10 +274,11 @@ FIGURES: Final[tuple[Figure, ...]] = (
            "undeferred user flush to compare"),
     Figure("N. Amit, RFC 'x86/mm/pti: defer user flush', 2018", "same, 10 pages", "cycles (6791 -> 5417 deferred)",
            6791, why="the model has no madvise-then-touch workload with an undeferred user flush to compare"),
-    Figure("FreeBSD review D13985", "Haswell, FreeBSD PTI + PCID / no PTI, getppid() (linux-4.15 stands in)",
-           "slowdown (478 / 339 ns)", 478 / 339, "slowdown",
-           (_r("linux-4.15", True, "null-syscall", _NULL), _r("nopti", True, "null-syscall", _NULL)),
-           caches="haswell", why="FreeBSD's entry path is not Linux's; Haswell caches, Skylake TLB"),
+    Figure("FreeBSD review D13985", "Haswell, FreeBSD PTI + PCID / no PTI, getppid()", "slowdown (478 / 339 ns)",
+           478 / 339, why="FreeBSD's system call path is not modelled, and the slowdown is mostly its base: getppid() "
+           "without PTI takes 339 ns there (~1,000 cycles at 3 GHz; Linux's is 140 cycles, Garloff), so a Linux "
+           "stand-in's 580/140 says nothing about it; the time PTI adds, 139 ns, is of the order of linux-4.15's "
+           "two NOFLUSH CR3 writes (437 cycles), but the part's clock is not given"),
     Figure("B. Gregg, 'Linux Performance 2018'", "MySQL sysbench, AWS c5.9xlarge, 4.14, PTI", "queries/s",
            22795, why="a whole database is not a modelled workload"),
     Figure("B. Gregg, 'Linux Performance 2018'", "same, no PTI", "queries/s", 31353,
@@ -286,6 +310,7 @@ def evaluate(fig: Figure, path: Path | None = None, cache: dict[Any, RunResult] 
         "fit_of": list(fig.fit_of),
         "kind": fig.kind or None,
         "machine": fig.machine,
+        "host_page": fig.guest_host_page,
         "setup": where,
         "runs": [],
         "why": fig.why,
@@ -304,7 +329,7 @@ def evaluate(fig: Figure, path: Path | None = None, cache: dict[Any, RunResult] 
                 r = run(
                     variant_of(spec.variant), spec.workload, pcid=spec.pcid, settings=settings, iterations=ITERATIONS,
                     warmup=WARMUP, path=path, params=params, caches=caches, kernel_side=side,
-                    host_page=get_machine(fig.machine).host_page if fig.machine else None,
+                    host_page=fig.guest_host_page,
                 )  # fmt: skip
                 if cache is not None:
                     cache[key] = r
