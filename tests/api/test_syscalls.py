@@ -11,7 +11,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from kaiser.api.syscalls import catalogue, priced_as
-from kaiser.linux.entry import SYSCALLS
+from kaiser.linux.syscalls import SYSCALLS
 from kaiser.traces.interleave import MODELLED_AS
 
 UNISTD = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")  # linux-libc-dev (gcc's libc6-dev)

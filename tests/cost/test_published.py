@@ -19,7 +19,7 @@ from kaiser.cost.model import overhead_percent
 from kaiser.cost.params import SKYLAKE, SOURCES, for_caches
 from kaiser.cost.published import fit_markdown, markdown_table
 from kaiser.cost.run import RunResult, run
-from kaiser.linux.entry import SYSCALLS
+from kaiser.linux.syscalls import SYSCALLS
 from kaiser.linux.variants import VARIANTS, GlobalPolicy, Part
 from kaiser.report.published_plot import plot
 from kaiser.x86.cache_geometry import CacheHierarchy, get_hierarchy
@@ -52,7 +52,7 @@ def test_rows_have_the_keys_and_a_reason_when_not_run(rows: list[dict[str, Any]]
 
 def test_fit_rows_are_the_fit_tags(rows: list[dict[str, Any]]) -> None:
     """A row is `fit` exactly when it names parameters, each tagged FIT in params.py with the
-    row's source named in its tag (or the lseek body that linux/entry.py says is FIT), and every
+    row's source named in its tag (or the lseek body that linux/syscalls.py says is FIT), and every
     FIT parameter of params.py has its row."""
     named: set[str] = set()
     for r in rows:
@@ -61,7 +61,7 @@ def test_fit_rows_are_the_fit_tags(rows: list[dict[str, Any]]) -> None:
             named.add(name)
             author = r["source"].split(",")[0].split()[-1]  # "K. Garloff, ..." -> Garloff
             if name in ("body_cycles[lseek]", "recorded_cycles[lseek]"):
-                entry_src = Path(__file__).parents[2] / "src/kaiser/linux/entry.py"
+                entry_src = Path(__file__).parents[2] / "src/kaiser/linux/syscalls.py"
                 text = entry_src.read_text()
                 assert "lseek1" in text and f"{author}'s 5.2 M/s" in text and "FIT" in text
                 assert getattr(SYSCALLS["lseek"], name.split("[")[0]) > 0

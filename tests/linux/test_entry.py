@@ -9,6 +9,7 @@ import pytest
 from kaiser.linux.asid import invalidate_user_asid
 from kaiser.linux.entry import EntryModel
 from kaiser.linux.kernel import Kernel, KernelConfig
+from kaiser.linux.syscalls import SYSCALLS
 from kaiser.linux.variants import VARIANTS
 from kaiser.x86.events import Ev, replay_reference
 from kaiser.x86.mmu import Mmu
@@ -127,7 +128,7 @@ def _entry_itlb_misses(variant: str) -> int:
     start = len(em.out)
     for _ in range(20):
         em.syscall_entry()
-        em.syscall_body(__import__("kaiser.linux.entry", fromlist=["SYSCALLS"]).SYSCALLS["getppid"])
+        em.syscall_body(SYSCALLS["getppid"])
         em.syscall_exit()
     mmu = Mmu(em.kernel.mem, em.initial_state())
     ev = em.out.array()

@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kaiser.linux.audit import CLASSES, audit_model, policy_for
-from kaiser.linux.entry import FRED_KERNEL_ENTRY, TEXT_OFFSETS, EntryModel
+from kaiser.linux.entry import FRED_KERNEL_ENTRY, EntryModel
 from kaiser.linux.kernel import Kernel, KernelConfig
+from kaiser.linux.syscalls import TEXT_OFFSETS
 from kaiser.linux.variants import VARIANTS, Delivery, get_variant
 from kaiser.x86.bits import CR4
 from kaiser.x86.cpu import CpuState

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from kaiser.cli.app import app
 from kaiser.cost.run import make_replayer
 from kaiser.cost.workloads import get_workload
-from kaiser.linux.entry import SYSCALLS, EntryModel
+from kaiser.linux.entry import EntryModel
 from kaiser.linux.kernel import Kernel, KernelConfig
+from kaiser.linux.syscalls import SYSCALLS
 from kaiser.linux.variants import VARIANTS
 from kaiser.record.format import FETCH, REGIONS, Transition, read_recording
 from kaiser.record.replay import RecordedSide, _Fold, body_of, recording_path

@@ -1,6 +1,6 @@
 """The system calls the model prices, and the Linux names a trace's calls map onto them.
 
-`kaiser.linux.entry.SYSCALLS` holds the modelled bodies (their kernel-side references and their
+`kaiser.linux.syscalls.SYSCALLS` holds the modelled bodies (their kernel-side references and their
 own cycles); `kaiser.traces.interleave.MODELLED_AS` maps the names valgrind and strace print
 (``pread64``, ``writev``, ...) onto the body that stands in for them; any other traced call gets
 the generic body (`GENERIC_REFS`, `GENERIC_BODY_CYCLES`), and a call whose shipped recording
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kaiser.linux.entry import SYSCALLS
+from kaiser.linux.syscalls import SYSCALLS
 from kaiser.record.replay import recording_path
 from kaiser.traces.interleave import GENERIC_BODY_CYCLES, MODELLED_AS
 

@@ -45,13 +45,7 @@ import numpy as np
 from kaiser.attacks.cache import Timer, TimerNoise
 from kaiser.attacks.kaslr import KaslrAttacker, KaslrParams, Knowledge, RegionGuess, RegionSpec
 from kaiser.cost.params import SKYLAKE
-from kaiser.linux.entry import (
-    ENTRY_TEXT_OFFSETS,
-    RODATA_SYS_CALL_TABLE,
-    SYSCALLS,
-    TEXT_OFFSETS,
-    EntryModel,
-)
+from kaiser.linux.entry import ENTRY_TEXT_OFFSETS, EntryModel
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.layout import (
     CPU_ENTRY_AREA_PGD,
@@ -73,6 +67,7 @@ from kaiser.linux.layout import (
     ImageSizes,
     TiB,
 )
+from kaiser.linux.syscalls import RODATA_SYS_CALL_TABLE, SYSCALLS, TEXT_OFFSETS
 from kaiser.linux.variants import get_variant
 from kaiser.sourced import Source, chosen, cited
 from kaiser.x86.bits import PF_VECTOR

@@ -33,8 +33,8 @@ from kaiser.cost.machines import MACHINES, get_machine
 from kaiser.cost.params import CACHE_SOURCES, SKYLAKE, SOURCES, CostParams, for_caches
 from kaiser.cost.run import BASELINE, Comparison, compare, default_path
 from kaiser.cost.workloads import THP_MODES, WORKLOADS, WorkloadError, get_workload
-from kaiser.linux.entry import UnknownSyscall
 from kaiser.linux.memory import frames_kib, measure
+from kaiser.linux.syscalls import UnknownSyscall
 from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
 from kaiser.record.replay import KERNEL_SIDES
 from kaiser.report.draw import SWEEP_WORK, RateCurve, pyplot, rate_figure
@@ -247,7 +247,7 @@ def print_kernel_side(rows: list[Comparison]) -> None:
             f"{name}: the real kernel's body ({p['recording']}) is {p['code_4k']} code and "
             f"{p['data_4k']} data 4 KiB pages a call; priced here: {p['kernel_side']}"
         )
-    console.print(f"kernel side modelled (linux/entry.py): {', '.join(modelled) if modelled else 'none'}")
+    console.print(f"kernel side modelled (linux/syscalls.py): {', '.join(modelled) if modelled else 'none'}")
     walks = [
         f"{c.result.variant} {'PCID' if c.result.pcid else 'no PCID'} {w['per_transition']:.1f}"
         for c in rows
@@ -392,7 +392,7 @@ def bench_callback(
             settings["thp"] = thp or get_machine(str(machine)).thp  # --thp, else the machine's
         knobs = wl.resolve(settings)
         if "syscall" in knobs:
-            from kaiser.linux.entry import get_syscall
+            from kaiser.linux.syscalls import get_syscall
 
             get_syscall(knobs["syscall"])
     except (WorkloadError, UnknownSyscall) as exc:

@@ -380,7 +380,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def fit_sources() -> dict[str, str]:
     """The FIT parameters of cost/params.py with their tags (the fit rows must name only these,
-    plus the lseek body of linux/entry.py)."""
+    plus the lseek body of linux/syscalls.py)."""
     return {k: str(v) for k, v in SOURCES.items() if v.kind == "FIT"}
 
 
@@ -446,7 +446,7 @@ def fit_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| FIT parameter | set from | published | model |", "|---|---|---|---|"]
     for r in rows:
         for name in r["fit_of"]:
-            tag = str(SOURCES[name]) if name in SOURCES else "linux/entry.py: the lseek body's cycles (FIT)"
+            tag = str(SOURCES[name]) if name in SOURCES else "linux/syscalls.py: the lseek body's cycles (FIT)"
             figure = f"{r['source'].split(',')[0]}: {r['configuration']}; {r['metric']}"
             lines.append(f"| `{name}` ({tag.split(':')[0]}) | {figure} | {show(r['published'])} | {show(r['model'])} |")
     return "\n".join(lines)

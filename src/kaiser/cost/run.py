@@ -193,7 +193,7 @@ class RunResult:
 
 def transition_sides(em: EntryModel, ops: OpCounts) -> dict[str, str]:
     """Per transition the run compiled: "recorded" when its kernel body came from a recording,
-    else "modelled" (linux/entry.py's hand-placed references)."""
+    else "modelled" (linux/syscalls.py's hand-placed references)."""
     out = {name: ("recorded" if name in em.recorded_calls else "modelled") for name in ops.syscalls_by_name}
     for key, count in (
         ("interrupt", ops.interrupts),
@@ -229,7 +229,7 @@ def run(
     `kernel_side="recorded"` (the default): system call, user interrupt and user page-fault
     bodies from the shipped recordings where one exists (kaiser.record.replay), the entry and
     exit paths still the variant's own, priced as the recorded instructions (kaiser.cost.model);
-    `"modelled"`: linux/entry.py's hand-placed references for every transition.
+    `"modelled"`: linux/syscalls.py's hand-placed references for every transition.
     With `caches`, references are priced by the cache level that served them, at the latencies
     in `params` (the caller picks them: `kaiser.cost.params.for_caches`, or a machine's).
     `switches`: further `KernelConfig` switches (pti, vendor, vsyscall; kaiser.cli.machine).

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kaiser.linux.asid import flush_tlb_mm_range
-from kaiser.linux.entry import SYSCALLS, EntryModel, get_syscall
+from kaiser.linux.entry import EntryModel
 from kaiser.linux.kernel import Kernel, Task
 from kaiser.linux.mm import Prot, prot_to_pte
+from kaiser.linux.syscalls import SYSCALLS, get_syscall
 from kaiser.x86.bits import PAGE_KERNEL, PTE
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind
 

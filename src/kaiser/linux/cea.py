@@ -51,7 +51,7 @@ class Piece:
 
 
 # Our per-CPU area in the direct map (PERCPU_PAGES pages a CPU). Both eras: 0 gdt, 1.. tss,
-# 12 pcpu_hot/cpu_tlbstate, 13 the runqueue, 14 irq_stat (kaiser.linux.entry's PERCPU_* offsets).
+# 12 pcpu_hot/cpu_tlbstate, 13 the runqueue, 14 irq_stat (kaiser.linux.syscalls's PERCPU_* offsets).
 # 4.15: 1-3 tss, 4 KAISER's user-mapped scratch, 5 entry stack, 6-11 IST stacks.
 # modern: 1-5 tss, 6 entry stack, 7 debug store, 16-23 the four mapped 8K IST stacks.
 PERCPU_PAGES: Final = 24

@@ -5,8 +5,9 @@ the CPU does for that transition under the variant: the instruction fetches of t
 the address it runs from (entry text, the 4.15 CEA trampoline, or our fixed CEA stub) under
 whichever CR3 is loaded at that point, the stack, TSS and per-CPU references, the CR3 writes the
 calling.h macros compute (linux-kpti.md §4.2, §4.3), and the kernel-side references of each
-modelled system call (kernel text, the task's vmalloc'd stack, per-CPU data and the call's own
-objects in the direct map). Switches between processes go through `kaiser.linux.asid`.
+modelled system call, resolved per task (kernel text, the task's vmalloc'd stack, per-CPU data and
+the call's own objects in the direct map; the catalogue of calls and what they touch is
+`kaiser.linux.syscalls`). Switches between processes go through `kaiser.linux.asid`.
 
 The CPU's CR3 and `cpu_tlbstate` are mirrored at compile time (`CpuTlbState`), so the stream is
 exactly what the kernel would execute in that order; replaying it (either path) prices it.
@@ -14,9 +15,9 @@ exactly what the kernel would execute in that order; replaying it (either path) 
 Granularity: one event per distinct code or data location a step touches, not per instruction or
 cache line. TLB behaviour depends only on which pages are touched, in which order, under which
 CR3; the cost model charges the events that hit at `mem_ref` cycles each, identically in every
-variant (`kaiser.cost.model`). Function offsets below are CHOSEN: only the page each lies in
+variant (`kaiser.cost.model`). Entry-code offsets below are CHOSEN: only the page each lies in
 matters, and each is placed so the paths touch the number of distinct pages a real kernel does
-(entry_64.S fits in a few pages of .entry.text; C code spreads over several 2 MiB text pages).
+(entry_64.S fits in a few pages of .entry.text).
 
 KAISER-era variants (`kaiser-rfc`, `kaiser-global`) enter on the 4.14 path that the IAIK patch
 modified: the SYSCALL entry spills a scratch register into a user-mapped per-CPU variable before
@@ -29,7 +30,6 @@ deferred user flush as the merged macros. `--no-pcid` is the IAIK original (togg
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -47,6 +47,22 @@ from kaiser.linux.asid import (
     write_cr3,
 )
 from kaiser.linux.kernel import THREAD_SIZE, Kernel, Task
+from kaiser.linux.syscalls import (
+    IRQ_HANDLER,
+    NMI_HANDLER,
+    PAGE_FAULT_HANDLER,
+    PERCPU_HOT,
+    PERCPU_KAISER_SCRATCH,
+    PERCPU_TLBSTATE,
+    RODATA_SYS_CALL_TABLE,
+    SCHEDULE,
+    TEXT_OFFSETS,
+    Copy,
+    Obj,
+    Ref,
+    SyscallSpec,
+    get_syscall,
+)
 from kaiser.linux.variants import Delivery, Entry, Part
 from kaiser.x86.bits import CR3_NOFLUSH, RFLAGS
 from kaiser.x86.cpu import CpuState
@@ -64,226 +80,13 @@ ENTRY_TEXT_OFFSETS: Final = {
     "swapgs_restore_regs_and_return_to_usermode": 0x1800,
     "asm_exc_nmi": 0x2000,  # nmi / paranoid_entry / paranoid_exit
 }
-# Kernel .text, from _text: C code, in several 2 MiB pages (the image is mapped with 2 MiB pages).
-TEXT_OFFSETS: Final = {
-    "do_syscall_64": 0x0A0000,  # arch/x86/entry/common.c
-    "kernel/sys.c": 0x0B0000,  # getppid, getpid
-    "kernel/sched": 0x220000,  # schedule(), __switch_to, wake_up
-    "kernel/irq": 0x340000,  # handle_irq_event, irq_exit
-    "mm/memory.c": 0x560000,  # handle_mm_fault, do_anonymous_page
-    "mm/page_alloc.c": 0x5A0000,
-    "fs/read_write.c": 0x780000,  # ksys_read/write/lseek, vfs_*
-    "mm/filemap.c": 0x7C0000,  # filemap_read, generic_perform_write
-    "fs/pipe.c": 0x9A0000,
-    "fs/open.c": 0x9E0000,  # close_fd
-    "lib/usercopy": 0xB00000,  # copy_user_generic
-    # entry_64_fred.S (.noinstr.text): asm_fred_entrypoint_user, page-aligned because
-    # IA32_FRED_CONFIG holds its 4 KiB-aligned address (FRED_CONFIG_ENTRYPOINT, fred.c)
-    "asm_fred_entrypoint_user": 0x0C0000,
-}
 FRED_KERNEL_ENTRY: Final = 256  # events from CPL 0 enter at the configured entry point + 256 (FRED spec)
 FRED_FRAME: Final = 64  # the FRED stack frame: error code, RIP, CS, RFLAGS, RSP, SS, event data, reserved
-RODATA_SYS_CALL_TABLE: Final = 0x1000  # sys_call_table, from the start of .rodata
-# Our per-CPU area (kaiser.linux.cea: PERCPU_PAGES): 0 gdt, 1.. tss, 4 KAISER's user-mapped
-# scratch (4.15 era), 12.. ordinary per-CPU data; the entry area's pieces alias the rest.
-PERCPU_KAISER_SCRATCH: Final = 4 * PAGE_SIZE  # unsafe_stack_register_backup (IAIK patch, §4.3)
-PERCPU_HOT: Final = 12 * PAGE_SIZE  # pcpu_hot: current task, top_of_stack, rsp_scratch
-PERCPU_TLBSTATE: Final = 12 * PAGE_SIZE + 0x100  # cpu_tlbstate (user_pcid_flush_mask lives here)
-PERCPU_RUNQUEUE: Final = 13 * PAGE_SIZE  # struct rq
-PERCPU_IRQ_STAT: Final = 14 * PAGE_SIZE  # irq_stat, softirq state
 TSS_SP0, TSS_SP1, TSS_SP2 = 4, 12, 20  # offsets in struct x86_hw_tss
 PT_REGS_SIZE: Final = 168  # sizeof(struct pt_regs)
 IRET_FRAME: Final = 40  # SS, RSP, RFLAGS, CS, RIP
 VECTOR_NMI, VECTOR_PF, VECTOR_DEVICE = 2, 14, 0x22
 USER_CPL: Final = 3
-
-
-class Obj(enum.Enum):
-    """Kernel objects a system call body touches, resolved per task/CPU by `EntryModel`."""
-
-    TEXT = "text"  # kernel text; offset from _text
-    RODATA = "rodata"
-    PERCPU = "percpu"  # offset in the CPU's per-CPU area (direct map)
-    STACK = "stack"  # offset below the top of the task's kernel stack (vmalloc)
-    TASK = "task"  # current task_struct (direct map)
-    PARENT = "parent"  # the parent's task_struct
-    FILES = "files"  # files_struct + fdtable
-    FILE = "file"  # the struct file the call works on
-    MM = "mm"  # mm_struct + VMAs
-    PIPE = "pipe"  # pipe_inode_info + its buffer page (shared by the pipe's two ends)
-
-
-@dataclass(frozen=True)
-class Ref:
-    """One kernel-side reference of a system call body."""
-
-    op: Op
-    obj: Obj
-    offset: int = 0
-    name: str = ""  # TEXT: a key of TEXT_OFFSETS (offset then added to it)
-
-
-def _f(name: str) -> Ref:
-    return Ref(Op.FETCH, Obj.TEXT, 0, name)
-
-
-def _r(obj: Obj, offset: int = 0) -> Ref:
-    return Ref(Op.READ, obj, offset)
-
-
-def _w(obj: Obj, offset: int = 0) -> Ref:
-    return Ref(Op.WRITE, obj, offset)
-
-
-class Copy(enum.Enum):
-    """Which way a system call copies user data (copy_to_user / copy_from_user)."""
-
-    NONE = "none"
-    TO_USER = "to-user"  # read(): page cache or pipe -> user buffer
-    FROM_USER = "from-user"  # write(): user buffer -> page cache or pipe
-
-
-@dataclass(frozen=True)
-class SyscallSpec:
-    """A modelled system call: its kernel-side references after entry and the cycles of its own
-    work that are not memory references (the same in every variant; `kaiser.cost.params`)."""
-
-    name: str
-    nr: int  # x86-64 syscall number (arch/x86/entry/syscalls/syscall_64.tbl)
-    refs: tuple[Ref, ...]
-    body_cycles: float
-    copy: Copy = Copy.NONE
-    kernel_source: str = ""  # what the kernel-side references stand for
-    # Cycles beyond the recorded kernel side's instructions (`--kernel-side recorded`), 0 but for
-    # the FIT of lseek (below): the recording's instructions are the call's own work.
-    recorded_cycles: float = 0.0
-
-
-_STACK_FRAME = (_w(Obj.STACK, 0x200), _r(Obj.STACK, 0x200))  # C call frames under pt_regs
-
-# read() and write() of cached file pages touch the same kernel objects (fs/read_write.c, mm/filemap.c).
-_FILE_IO_REFS = (
-    _f("fs/read_write.c"),
-    *_STACK_FRAME,
-    _r(Obj.TASK, 0x740),
-    _r(Obj.FILES, 0x100),
-    _r(Obj.FILE, 0x0),
-    _f("mm/filemap.c"),
-    _w(Obj.FILE, 0x68),
-    _f("lib/usercopy"),
-)
-# pipe_read() and pipe_write() reach the pipe the same way: the fd, its file, fs/pipe.c.
-_PIPE_OPEN = (_f("fs/read_write.c"), *_STACK_FRAME, _r(Obj.FILES, 0x100), _r(Obj.FILE, 0x0), _f("fs/pipe.c"))
-LSEEK_RECORDED_CYCLES: Final = 417.5  # FIT: Hansen's lseek1 (see SYSCALLS["lseek"])
-# The bodies. body_cycles are CHOSEN (docs/cost.md): getppid/getpid/close from Garloff's 140-cycle
-# null-call round trip (performance.md §3) minus the modelled entry/exit; lseek so that nopti runs
-# will-it-scale lseek1 at Hansen's 5.2 M/s at the model's 3.0 GHz (§3: FIT); read/write/pipe CHOSEN.
-SYSCALLS: Final = {
-    s.name: s
-    for s in (
-        SyscallSpec("getppid", 110, (_f("kernel/sys.c"), _r(Obj.TASK, 0x5C0), _r(Obj.PARENT, 0x5B8)), 5.0),
-        SyscallSpec("getpid", 39, (_f("kernel/sys.c"), _r(Obj.TASK, 0x5B8)), 5.0),
-        SyscallSpec(
-            "close",
-            3,
-            (_f("fs/open.c"), _r(Obj.TASK, 0x740), _r(Obj.FILES, 0x20), _r(Obj.FILES, 0x100)),
-            10.0,
-            kernel_source="close(-1): current->files, fdtable lookup, EBADF",
-        ),
-        SyscallSpec(
-            "lseek",
-            8,
-            (
-                _f("fs/read_write.c"),
-                *_STACK_FRAME,
-                _r(Obj.TASK, 0x740),
-                _r(Obj.FILES, 0x20),
-                _r(Obj.FILES, 0x100),
-                _r(Obj.FILE, 0x0),
-                _w(Obj.FILE, 0x40),  # f_pos_lock
-                _w(Obj.FILE, 0x68),  # f_pos
-            ),
-            418.0,
-            kernel_source="lseek(fd, 0, SEEK_SET) on a tmpfs file: fdget_pos, generic_file_llseek",
-            # FIT (recorded side): nopti lseek1 = Hansen's 5.2 M/s at the model's 3.0 GHz (577
-            # cycles) with the recorded 6.1 lseek's instructions at kernel_cpi: what his 2017
-            # kernel and machine spent beyond them (docs/cost.md, "Fit and predict")
-            recorded_cycles=LSEEK_RECORDED_CYCLES,
-        ),
-        SyscallSpec(
-            "read",
-            0,
-            _FILE_IO_REFS,
-            400.0,
-            Copy.TO_USER,
-            "read() of cached file pages: filemap_read, copy_to_user",
-        ),
-        SyscallSpec(
-            "write",
-            1,
-            _FILE_IO_REFS,
-            500.0,
-            Copy.FROM_USER,
-            "write() to cached file pages: generic_perform_write, copy_from_user",
-        ),
-        SyscallSpec(
-            "pipe_write",
-            1,
-            (
-                *_PIPE_OPEN,
-                _w(Obj.PIPE, 0x0),
-                _f("lib/usercopy"),
-                _f("kernel/sched"),  # wake_up the reader
-                _w(Obj.PERCPU, PERCPU_RUNQUEUE),
-            ),
-            400.0,
-            Copy.FROM_USER,
-            "write() to a pipe: pipe_write, copy_from_user into the pipe buffer, wake the reader",
-        ),
-        SyscallSpec(
-            "pipe_read",
-            0,
-            (
-                *_PIPE_OPEN,
-                _r(Obj.PIPE, 0x0),
-                _f("lib/usercopy"),
-            ),
-            350.0,
-            Copy.TO_USER,
-            "read() from a pipe: pipe_read, copy_to_user from the pipe buffer",
-        ),
-        SyscallSpec(
-            "sched_yield",
-            24,
-            (_f("kernel/sched"), _w(Obj.PERCPU, PERCPU_RUNQUEUE)),
-            100.0,
-            kernel_source="sched_yield(): put the task at the back of the run queue",
-        ),
-    )
-}
-# Kernel work of the other modelled operations (references; cycles in `kaiser.cost.params`).
-IRQ_HANDLER: Final = (_f("kernel/irq"), _w(Obj.PERCPU, PERCPU_IRQ_STAT), _r(Obj.PERCPU, PERCPU_IRQ_STAT + 0x40))
-NMI_HANDLER: Final = (_f("kernel/irq"), _w(Obj.PERCPU, PERCPU_IRQ_STAT + 0x80))
-PAGE_FAULT_HANDLER: Final = (
-    _f("mm/memory.c"),
-    *_STACK_FRAME,
-    _r(Obj.MM, 0x0),
-    _r(Obj.MM, 0x800),
-    _f("mm/page_alloc.c"),
-)
-
-SCHEDULE: Final = (_f("kernel/sched"), _r(Obj.PERCPU, PERCPU_RUNQUEUE), _w(Obj.PERCPU, PERCPU_RUNQUEUE + 0x40))
-
-
-class UnknownSyscall(ValueError):
-    """A system call the model does not have."""
-
-
-def get_syscall(name: str) -> SyscallSpec:
-    try:
-        return SYSCALLS[name]
-    except KeyError:
-        raise UnknownSyscall(f"unknown system call {name!r}; modelled: {', '.join(SYSCALLS)}") from None
 
 
 @dataclass

@@ -22,8 +22,9 @@ from typing import Any, Final
 import numpy as np
 
 from kaiser.linux.cea import PERCPU_PAGES
-from kaiser.linux.entry import SYSCALLS, EntryModel
+from kaiser.linux.entry import EntryModel
 from kaiser.linux.kernel import Kernel, KernelConfig
+from kaiser.linux.syscalls import SYSCALLS
 from kaiser.record.format import CR3, FETCH, LOAD, OPS, REGIONS, STORE, RecordingReader, Transition
 from kaiser.record.regions import CPU_ENTRY_AREA, Layout
 from kaiser.record.stats import kind_of

@@ -41,9 +41,10 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
-from kaiser.linux.entry import SYSCALLS, Copy, EntryModel, Obj, OpCounts, Ref, SyscallSpec
+from kaiser.linux.entry import EntryModel, OpCounts
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.mm import Prot
+from kaiser.linux.syscalls import SYSCALLS, Copy, Obj, Ref, SyscallSpec
 from kaiser.linux.variants import BASELINE
 from kaiser.sourced import Source, chosen
 from kaiser.traces.lackey import LackeyStats, SyscallSite, TraceError
@@ -78,7 +79,7 @@ TRACE_SOURCES: Final[dict[str, Source]] = {
         "them; the same in every variant, so it moves absolute cycles, not the isolation overhead in cycles"
     ),
 }
-# Linux names whose modelled body stands in for them (kaiser.linux.entry.SYSCALLS).
+# Linux names whose modelled body stands in for them (kaiser.linux.syscalls.SYSCALLS).
 MODELLED_AS: Final = {
     "read": "read",
     "pread64": "read",
