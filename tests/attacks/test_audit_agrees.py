@@ -13,7 +13,8 @@ from functools import cache
 import pytest
 
 from kaiser.attacks.core import REGIONS, MeltdownResult, run_meltdown
-from kaiser.linux.audit import AuditReport, audit_model, policy_for
+from kaiser.linux.audit import AuditReport, audit_model
+from kaiser.linux.audit_policy import policy_for
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.variants import VARIANTS
 

@@ -11,7 +11,8 @@ from ptdump_support import SAMPLES, sample_blocks
 
 from kaiser.api.process import boot_process
 from kaiser.api.tables import dump_text
-from kaiser.linux.audit import CLASSES, audit_dump, audit_model, audit_text, infer_layout, policy_for
+from kaiser.linux.audit import audit_dump, audit_model, audit_text, infer_layout
+from kaiser.linux.audit_policy import CLASSES, policy_for
 from kaiser.linux.kernel import Kernel, Task
 from kaiser.linux.ptdump import ptdump
 from kaiser.linux.ptdump_parse import parse_ptdump, range_lines, render_records

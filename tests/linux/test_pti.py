@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kaiser.linux import pti
-from kaiser.linux.audit import CLASSES
+from kaiser.linux.audit_policy import CLASSES
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.layout import VSYSCALL_ADDR
 from kaiser.linux.variants import (

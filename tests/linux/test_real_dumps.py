@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from kaiser.cli.app import app
 from kaiser.cli.compare import compare_command
-from kaiser.linux.audit import CLASSES, audit_dump, audit_text, policy_for
+from kaiser.linux.audit import audit_dump, audit_text
+from kaiser.linux.audit_policy import CLASSES, policy_for
 from kaiser.linux.compare import (
     EXPLANATIONS,
     ClassSummary,

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kaiser.linux.audit import CLASSES, audit_model, policy_for
+from kaiser.linux.audit import audit_model
+from kaiser.linux.audit_policy import CLASSES, policy_for
 from kaiser.linux.entry import FRED_KERNEL_ENTRY, EntryModel
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.syscalls import TEXT_OFFSETS

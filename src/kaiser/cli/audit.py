@@ -19,7 +19,8 @@ from kaiser.cli.machine import MODEL_SWITCHES, CpusOption, PtiOption, VendorOpti
 from kaiser.cli.options import SEED_MAX, choice, variant_name
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.inputs import InputError
-from kaiser.linux.audit import POLICY_MODES, TABLE_KINDS, AuditReport, audit_dump, audit_model, policy_for
+from kaiser.linux.audit import TABLE_KINDS, AuditReport, audit_dump, audit_model
+from kaiser.linux.audit_policy import POLICY_MODES, policy_for
 from kaiser.linux.ptdump import size_parts
 from kaiser.linux.ptdump_parse import parse_ptdump_file
 from kaiser.linux.variants import UnknownVariant

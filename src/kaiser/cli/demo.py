@@ -18,9 +18,8 @@ from kaiser.api.exposure import (
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import Col, console, print_table, progress_bar, rule
 from kaiser.cli.verify import VERIFY_MAX
-from kaiser.linux.audit import flag_text
 from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.linux.ptdump import size_parts
+from kaiser.linux.ptdump import flag_text, size_parts
 from kaiser.linux.ptdump_parse import RangeLine
 from kaiser.linux.variants import VARIANTS
 from kaiser.sample import build_sample

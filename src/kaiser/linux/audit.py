@@ -2,10 +2,11 @@
 
 Input is ptdump text (ours, or a real machine's `/sys/kernel/debug/page_tables/current_user`,
 facts/linux-kpti.md §6) or a booted model. Every *present* kernel-half range is classified by the
-region it lies in (`CLASSES`), and checked against a `Policy` -- which classes the variant may map
-into user tables (§3.3, §3.6, §7), where `_PAGE_GLOBAL` is acceptable -- plus three rules that hold
-for every variant: no W+X mapping (the boot-time W+X check, §6.1), no USR bit on a kernel-half
-leaf except the vsyscall page (§3.3), no global page in a class the policy keeps non-global.
+region it lies in (`kaiser.linux.audit_policy.CLASSES`), and checked against a `Policy` of that
+module -- which classes the variant may map into user tables (§3.3, §3.6, §7), where
+`_PAGE_GLOBAL` is acceptable -- plus three rules that hold for every variant: no W+X mapping (the
+boot-time W+X check, §6.1), no USR bit on a kernel-half leaf except the vsyscall page (§3.3), no
+global page in a class the policy keeps non-global.
 
 Two ways to classify:
 
@@ -29,7 +30,7 @@ Two ways to classify:
   using fixed constants for everything that has one keeps the lag from mislabelling a range.
 * `audit_model()` -- a booted kernel and one of its tasks: the user tables are dumped and then
   classified *exactly* with `Kernel.user_allowed_ranges()` and the model's layout, and a
-  `TableDiff` of the user against the kernel tables is added.
+  `TableDiff` of the user against the kernel tables is added (`kaiser.linux.table_diff`).
 
 `nopti` has no user tables and no policy of its own: its "user view" is the kernel PGD that stays
 loaded in user mode, judged by `linux`'s policy, so it fails.
@@ -41,7 +42,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from kaiser.linux import pti
+from kaiser.linux.audit_policy import Policy, lass_policy, model_class, policy_for, range_class, range_name
 from kaiser.linux.kernel import Kernel, Task
 from kaiser.linux.layout import (
     CPU_ENTRY_AREA_PGD,
@@ -68,140 +69,14 @@ from kaiser.linux.layout import (
     Layout,
     TiB,
 )
-from kaiser.linux.ptdump import ptdump
+from kaiser.linux.ptdump import flag_text, ptdump
 from kaiser.linux.ptdump_parse import MarkerLine, RangeLine, Record, SkipLine, dump_gaps, parse_ptdump, range_lines
-from kaiser.linux.variants import get_variant
-from kaiser.x86.bits import PTE, entry_phys
+from kaiser.linux.table_diff import TableDiff, diff_tables, global_unshared_runs
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.pagetable import PageTable
 
 ENTRY_TEXT_MAX_PMDS: Final = 2  # entry text is tens of KiB: it can straddle one PMD boundary at most
 PERCPU_MAX: Final = 64 << 10  # KAISER's user-mapped per-CPU section is a few pages per CPU (§7.1)
-
-# ---- classes ---------------------------------------------------------------------------------
-CLASS_DOC: Final[dict[str, str]] = {
-    "entry_text": "entry/exit text PMD(s) inside kernel text (§3.3)",
-    "cpu_entry_area": "per-CPU entry area: GDT, RO IDT, TSS, entry and IST stacks (§3.4)",
-    "espfix": "%esp fixup stacks (§3.3)",
-    "ldt": "per-mm LDT alias in the LDT remap slot (§3.3)",
-    "vsyscall": "legacy vsyscall page, USR ro NX in emulate mode (§3.3)",
-    "tss_percpu": "per-CPU cpu_tss_rw page in the direct map, 4K RW NX (4.20+, §3.3)",
-    "kernel_text": "kernel text/rodata beyond the entry PMD (pti_clone_kernel_text, §3.3)",
-    "task_stack": "a task's kernel stack in vmalloc space (KAISER RFC, §7.1)",
-    "percpu": "KAISER's user-mapped per-CPU section (RFC, §7.1)",
-    "kernel_data": "kernel .data/.bss",
-    "direct_map": "direct map of physical memory (§3.5: never in user tables)",
-    "asi_nonsensitive": "direct map of a nonsensitive pageblock (ASI's restricted tables, successors.md)",
-    "vmalloc": "vmalloc/ioremap space (§3.5)",
-    "vmemmap": "struct page array (§3.5)",
-    "efi": "EFI runtime services (only in efi_pgd)",
-    "modules": "module mapping space (§3.5)",
-    "fixmap": "fixmap slots other than the vsyscall page (§3.5)",
-    "kernel_image": "kernel image window outside _text.._end",
-    "hole": "unused kernel address space",
-}
-CLASSES: Final = tuple(CLASS_DOC)
-
-# A variant's allowed and global classes come from the policy registry: the union over its parts
-# (kaiser.linux.pti.PARTS; Variant.audit_classes), and a model range takes its part's audit class.
-# Not an independent table on purpose: the independent checks are the rules every variant must
-# pass (W+X, USR, global-but-unshared) and `strict`, which holds every design to linux's parts.
-# Designs whose user-mode boundary is not made of PTI's parts give theirs here -- (allowed classes,
-# global classes) -- and the classes of the ranges they name beyond PTI's parts.
-_OWN_POLICY: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
-    # asi (kaiser.linux.asi): what asi_global_init maps plus the nonsensitive pageblocks. The model's
-    # audit allows a direct-map piece only inside a nonsensitive pageblock or a CPU's per-CPU area
-    # (its allowed ranges); a dump cannot tell those from sensitive memory, so a file's direct_map
-    # class is allowed here and only the model proves sensitivity. G where PTI keeps it, and on
-    # kernel text, which a dump cannot tell from the entry-text PMD (every image mapping is identical
-    # in both tables, so a global one survives nothing it should not).
-    "asi": (
-        frozenset({"cpu_entry_area", "espfix", "vsyscall", "ldt", "entry_text", "kernel_text", "kernel_data"})
-        | {"fixmap", "percpu", "vmalloc", "vmemmap", "task_stack", "asi_nonsensitive", "direct_map"},
-        frozenset({"cpu_entry_area", "espfix", "entry_text", "kernel_text", "vsyscall"}),
-    ),
-}
-_RANGE_CLASS: Final[dict[str, str]] = {"asi_percpu": "percpu", "asi_nonsensitive": "asi_nonsensitive"}
-
-# Variants whose user-mode tables draw a different boundary than PTI's: their strict policy is their
-# own, since Linux's PTI list does not describe them (asi: sensitive vs nonsensitive memory).
-_OWN_STRICT: Final = frozenset({"asi"})
-
-
-@dataclass(frozen=True)
-class Policy:
-    """What a variant lets the user tables map: allowed classes and where GLB is acceptable.
-    W+X and USR on a non-vsyscall kernel page are never allowed. `mode`: `POLICY_MODES`."""
-
-    variant: str
-    allowed: frozenset[str]
-    global_ok: frozenset[str]
-    note: str = ""
-    mode: str = "variant"
-
-    @property
-    def label(self) -> str:
-        """How findings and verdicts name the policy: `two-pgd`, or `two-pgd (strict)`."""
-        return self.variant if self.mode == "variant" else f"{self.variant} (strict)"
-
-
-# variant: the variant's own policy (its design's intent: two-pgd may share whole top-level
-# entries). strict: that policy cut down to what today's Linux allows in user tables -- the `linux`
-# variant's classes (§3.3) -- so no variant's design excuses a mapping Linux would not make,
-# and the audit agrees with `kaiser attack meltdown` about what leaks.
-POLICY_MODES: Final = ("strict", "variant")
-
-
-def _classes(name: str, pcid: bool) -> tuple[frozenset[str], frozenset[str]]:
-    """(allowed classes, global classes) of the variant `name` (`linux` adds kernel text without PCID)."""
-    return _OWN_POLICY.get(name) or get_variant(name).audit_classes(pcid=pcid)
-
-
-def _range_class(part: str) -> str | None:
-    """The audit class of a model range named `part` where the layout's region cannot name it
-    (None: the region's class)."""
-    spec = pti.part_named(part)
-    return spec.audit_class if spec is not None else _RANGE_CLASS.get(part)
-
-
-def _range_name(part: str) -> str:
-    """How a report names the allowed range of `part`."""
-    spec = pti.part_named(part)
-    return spec.report_name if spec is not None else _RANGE_CLASS.get(part, part)
-
-
-def lass_policy(variant: str, mode: str = "variant") -> Policy:
-    """The policy of a kernel PGD on a CPU with LASS active: every class, since no user-mode
-    access to the upper half reaches the walk -- LASS faults it first, #GP(0) or #SS (SDM Vol. 3A
-    "Linear-Address Pre-Processing"; successors.md) -- so nothing mapped there is reachable from
-    user mode. The three rules every variant must pass (W+X, USR, global) still apply."""
-    every = frozenset(CLASSES)
-    note = "LASS: user-mode accesses to the upper half fault before paging; no kernel mapping is reachable"
-    return Policy(variant, every, every, note, mode)
-
-
-def policy_for(variant: str, *, pcid: bool = True, mode: str = "variant") -> Policy:
-    """The policy of `variant` in `mode` (`POLICY_MODES`). `linux` allows `kernel_text` only
-    without PCID (under pti=auto, `pti_kernel_image_global_ok()`, §3.3); `nopti` gets `linux`'s
-    policy (it has none)."""
-    get_variant(variant)  # UnknownVariant lists the names
-    if mode not in POLICY_MODES:
-        raise ValueError(f"unknown policy mode {mode!r}; known: {', '.join(POLICY_MODES)}")
-    if get_variant(variant).lass_cpu:
-        return lass_policy(variant, mode)
-    name, note = variant, ""
-    if not get_variant(variant).isolating:  # nopti, fred
-        name, note = "linux", f"{variant} has no user tables: its kernel PGD is judged by linux's policy"
-    allowed, glb = _classes(name, pcid)
-    if name == "linux" and not pcid:
-        note = note or "no PCID: kernel text may be cloned (pti=auto)"
-    if mode == "strict" and name in _OWN_STRICT:
-        note = f"strict: {variant}'s boundary is not PTI's; its own policy applies (no sensitive memory mapped)"
-    elif mode == "strict" and name != "linux":
-        linux_allowed, linux_glb = _classes("linux", pcid)
-        allowed, glb = allowed & linux_allowed, glb & linux_glb
-        note = f"strict: {variant}'s own policy, cut down to what today's Linux (the linux variant) allows"
-    return Policy(variant, allowed, glb, note, mode)
 
 
 # ---- results ---------------------------------------------------------------------------------
@@ -245,38 +120,12 @@ class Finding:
         return f"{self.kind} at 0x{self.start:016x}-0x{self.end:016x} ({self.klass}, {verdict}): {self.message}"
 
 
-@hex_fields("start", "end")
-@dataclass(frozen=True)
-class DiffEntry:
-    """A range where the user and kernel tables differ (flags as ptdump prints them + level)."""
-
-    kind: str  # "flags-differ" | "user-only" | "kernel-only-user-half" | "user-half-differs"
-    start: int
-    end: int
-    region: str
-    kernel: str
-    user: str
-
-    def describe(self) -> str:
-        return (
-            f"{self.kind} at 0x{self.start:016x}-0x{self.end:016x} ({self.region}): "
-            f"kernel tables {self.kernel or '-'}, user tables {self.user or '-'}"
-        )
-
-
-@hex_fields("left_out", "nx_only")
-@dataclass(frozen=True)
-class TableDiff:
-    """User vs kernel tables of one process."""
-
-    left_out: tuple[tuple[str, int, int], ...]  # kernel-half (region, ranges, bytes) only the kernel maps
-    entries: tuple[DiffEntry, ...]
-    nx_only: tuple[int, int]  # user-half (ranges, bytes) differing only by the kernel copy's NX (§3.2)
-
-
 @hex_fields("regions", "gaps")
 @dataclass(frozen=True)
 class AuditReport:
+    """One audit: what was audited under which policy, every classified kernel-half range, the
+    findings (those that break the policy decide `exit_status`), and for a model the table diff."""
+
     source: str
     policy: Policy
     view: str  # what was audited ("current_user", "current_kernel (nopti)", a file name)
@@ -305,16 +154,6 @@ class AuditReport:
             f"{self.view} ({self.source}), policy {self.policy.variant}: {len(self.mappings)} kernel-half "
             f"range(s), {len(self.findings)} finding(s): {verdict}"
         )
-
-
-def flag_text(flags: Iterable[str]) -> str:
-    """`USR RW PSE GLB NX` in Linux's order; `ro`/`x` where RW/NX are absent."""
-    names = set(flags)
-    out = ["USR"] if "USR" in names else []
-    out.append("RW" if "RW" in names else "ro")
-    out += [n for n in ("PWT", "PCD", "PSE", "PAT", "GLB") if n in names]
-    out.append("NX" if "NX" in names else "x")
-    return " ".join(out)
 
 
 # ---- the layout of a dump ----------------------------------------------------------------------
@@ -623,18 +462,6 @@ def audit_text(text: str | bytes, policy: Policy, source: str = "<input>", *, or
 
 
 # ---- the model -------------------------------------------------------------------------------------
-def _model_class(layout: Layout, va: int) -> str:
-    name = layout.region_of(va)
-    return {
-        "entry_text": "kernel_text",
-        "kernel_rodata": "kernel_text",
-        "kernel_bss": "kernel_data",
-        "ldt_remap": "ldt",
-        "guard_hole": "hole",
-        "noncanonical": "hole",
-    }.get(name, name)
-
-
 def _merge(ranges: Iterable[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     """Allowed ranges, sorted, with overlaps resolved in favour of the first listed (entry text is
     listed before kernel text by the variants that have both)."""
@@ -684,7 +511,7 @@ def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None, mode: s
     for p in _split(range_lines(records), bounds, user_end):
         part = p.region
         # pieces the layout's regions cannot name take their part's name
-        klass = _range_class(part) or _model_class(layout, p.start)
+        klass = range_class(part) or model_class(layout, p.start)
         allowed = bool(part) if isolating else klass in policy.allowed
         if mode == "strict":
             allowed = allowed and klass in policy.allowed
@@ -697,7 +524,7 @@ def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None, mode: s
                 Finding("user-half", d.start, d.end, "user", f"user half differs: kernel {d.kernel} / user {d.user}")
             )
     findings += _global_unshared(kpt, upt, layout) if upt is not None else []
-    regions = tuple((_range_name(part), lo, hi) for lo, hi, part in ranges)
+    regions = tuple((range_name(part), lo, hi) for lo, hi, part in ranges)
     notes: tuple[str, ...] = (f"variant {kernel.variant.name}, {'5' if layout.la57 else '4'}-level, "
              f"PCID {'on' if kernel.config.pcid else 'off'}, KASLR {'on' if layout.kaslr else 'off'}",)  # fmt: skip
     if policy.note:
@@ -708,179 +535,33 @@ def audit_model(kernel: Kernel, task: Task, *, pcid: bool | None = None, mode: s
     )  # fmt: skip
 
 
-_P: Final = int(PTE.P)
-
-
-# ---- user vs kernel tables ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Run:
-    start: int
-    end: int
-    level: str
-    flags: frozenset[str]
-    eff_nx: bool
-
-    def text(self) -> str:
-        return f"{flag_text(self.flags)} {self.level}{' (eff NX)' if self.eff_nx and 'NX' not in self.flags else ''}"
-
-
-def _leaf_flags(value: int, level: str) -> frozenset[str]:
-    pat = value & (1 << 7) if level == "pte" else value & (1 << 12)
-    names = {
-        "USR": value & PTE.US, "RW": value & PTE.RW, "PWT": value & PTE.PWT, "PCD": value & PTE.PCD,
-        "PSE": level != "pte" and value & PTE.PS, "PAT": pat, "GLB": value & PTE.G, "NX": value & PTE.NX,
-    }  # fmt: skip
-    return frozenset(n for n, on in names.items() if on)
-
-
-def kernel_half_tables(pt: PageTable) -> set[int]:
-    """Physical addresses of the tables below the kernel half's top-level entries, each once."""
-    top = pt.mem.read_frame(pt.root)
-    user_half = {entry_phys(int(e)) for e in top[: len(top) // 2].tolist() if e & _P}
-    return {table for table, depth in pt.tables(prune=user_half) if depth > 0}
-
-
-def shared_kernel_tables(a: PageTable, b: PageTable) -> frozenset[int]:
-    """Kernel-half tables both trees reach: what is below them is the same in both (shared lower
-    levels, §3.3), so a comparison of the two trees need not walk them (ESPfix's 65,536 aliases)."""
-    if a.root == b.root:
-        return frozenset(kernel_half_tables(a))
-    return frozenset(kernel_half_tables(a) & kernel_half_tables(b))
-
-
-def table_runs(pt: PageTable, prune: frozenset[int] = frozenset()) -> list[_Run]:
-    """Present leaves of a tree as runs of equal printed flags, level and effective NX (the NX a
-    walk ORs in from above, e.g. the kernel PGD's copy of a user entry, §3.2). Tables in `prune`
-    are not descended into (see `shared_kernel_tables`)."""
-    mem, levels = pt.mem, pt.levels
-    last = len(levels) - 1
-    runs: list[_Run] = []
-
-    def visit(phys: int, depth: int, base: int, nx: bool) -> None:
-        level = levels[depth]
-        for index, value in enumerate(mem.read_frame(phys).tolist()):
-            if not value & PTE.P:
-                continue
-            va = base | (index << level.shift)
-            if depth == 0:
-                va = pt.mode.canonicalize(va)
-            eff_nx = nx or bool(value & PTE.NX)
-            if depth == last or (level.leaf_ok and value & PTE.PS):
-                run = _Run(va, va + level.span, level.linux, _leaf_flags(value, level.linux), eff_nx)
-                prev = runs[-1] if runs else None
-                if prev and prev.end == va and (prev.level, prev.flags, prev.eff_nx) == (run.level, run.flags, eff_nx):
-                    runs[-1] = _Run(prev.start, run.end, prev.level, prev.flags, eff_nx)
-                else:
-                    runs.append(run)
-            elif (child := value & 0x000F_FFFF_FFFF_F000) not in prune:
-                visit(child, depth + 1, va, eff_nx)
-
-    visit(pt.root, 0, 0, False)
-    return runs
-
-
-def _overlay(a: list[_Run], b: list[_Run]) -> Iterator[tuple[int, int, _Run | None, _Run | None]]:
-    points = sorted({x for r in a + b for x in (r.start, r.end)})
-    ia = ib = 0
-    for lo, hi in zip(points, points[1:], strict=False):
-        while ia < len(a) and a[ia].end <= lo:
-            ia += 1
-        while ib < len(b) and b[ib].end <= lo:
-            ib += 1
-        ra = a[ia] if ia < len(a) and a[ia].start <= lo else None
-        rb = b[ib] if ib < len(b) and b[ib].start <= lo else None
-        if ra or rb:
-            yield lo, hi, ra, rb
-
-
-def diff_tables(kernel_pt: PageTable, user_pt: PageTable, layout: Layout) -> TableDiff:
-    """Kernel-half regions the user tables leave out, kernel-half ranges whose flags differ,
-    user-half ranges that differ (other than the kernel copy's NX, which is summarized). Shared
-    kernel-half tables are identical in both trees and left out."""
-    left: dict[str, list[int]] = {}
-    entries: list[DiffEntry] = []
-    nx_ranges = nx_bytes = 0
-    user_end = layout.user_end
-    shared = shared_kernel_tables(kernel_pt, user_pt)
-    for lo, hi, k, u in _overlay(table_runs(kernel_pt, shared), table_runs(user_pt, shared)):
-        region = "user" if lo < user_end else _model_class(layout, lo)
-        kt, ut = k.text() if k else "", u.text() if u else ""
-        if lo >= user_end:
-            if k and not u:
-                acc = left.setdefault(region, [0, 0])
-                acc[0] += 1
-                acc[1] += hi - lo
-            elif u and not k:
-                entries.append(DiffEntry("user-only", lo, hi, region, kt, ut))
-            elif k and u and (k.flags, k.level) != (u.flags, u.level):
-                entries.append(DiffEntry("flags-differ", lo, hi, region, kt, ut))
-        elif k and u and (k.flags, k.level) == (u.flags, u.level) and k.eff_nx and not u.eff_nx:
-            nx_ranges += 1
-            nx_bytes += hi - lo
-        elif not (k and u and (k.flags, k.level, k.eff_nx) == (u.flags, u.level, u.eff_nx)):
-            entries.append(DiffEntry("user-half-differs", lo, hi, region, kt, ut))
-    return TableDiff(
-        tuple((r, n, b) for r, (n, b) in sorted(left.items(), key=lambda kv: -kv[1][1])),
-        tuple(_coalesce(entries)),
-        (nx_ranges, nx_bytes),
-    )
-
-
-def _coalesce(entries: list[DiffEntry]) -> Iterator[DiffEntry]:
-    prev: DiffEntry | None = None
-    for e in entries:
-        if prev and prev.end == e.start and (prev.kind, prev.region, prev.kernel, prev.user) == (
-            e.kind, e.region, e.kernel, e.user,
-        ):  # fmt: skip
-            prev = DiffEntry(prev.kind, prev.start, e.end, prev.region, prev.kernel, prev.user)
-            continue
-        if prev:
-            yield prev
-        prev = e
-    if prev:
-        yield prev
-
-
 def _global_unshared(kernel_pt: PageTable, user_pt: PageTable, layout: Layout) -> list[Finding]:
     """Global kernel pages the user tables do not map: their TLB entries survive the switch to the
     user CR3, so isolation would not hide them (§2 notes, §7.3)."""
-    out = []
-    shared = shared_kernel_tables(kernel_pt, user_pt)  # mapped alike in both: never "unshared"
-    for lo, hi, k, u in _overlay(table_runs(kernel_pt, shared), table_runs(user_pt, shared)):
-        if lo >= layout.user_end and k and "GLB" in k.flags and not u:
-            out.append(
-                Finding(
-                    "global-unshared",
-                    lo,
-                    hi,
-                    _model_class(layout, lo),
-                    f"0x{lo:016x}-0x{hi:016x} {k.text()}: global in the kernel tables but not mapped for user",
-                    breaks_policy=False,  # a property of the kernel tables, reported beside the audit
-                )
-            )
-    return out
+    return [
+        Finding(
+            "global-unshared",
+            lo,
+            hi,
+            model_class(layout, lo),
+            f"0x{lo:016x}-0x{hi:016x} {k.text()}: global in the kernel tables but not mapped for user",
+            breaks_policy=False,  # a property of the kernel tables, reported beside the audit
+        )
+        for lo, hi, k in global_unshared_runs(kernel_pt, user_pt, layout)
+    ]
 
 
 __all__ = [
-    "CLASSES",
-    "CLASS_DOC",
     "TABLE_KINDS",
     "AuditReport",
-    "DiffEntry",
     "DumpLayout",
     "Finding",
     "Mapping",
-    "POLICY_MODES",
-    "Policy",
-    "TableDiff",
     "audit_dump",
     "audit_model",
     "audit_text",
-    "diff_tables",
     "infer_layout",
-    "policy_for",
     "skipped_by_region",
     "table_kind",
-    "table_runs",
     "unseen_regions",
 ]

@@ -5,7 +5,7 @@ switches the real machine had (`ModelSwitches`, read from a ``meta.json`` beside
 there is one -- tools/realdumps writes it -- or inferred from the dump), dumps the same table of
 the model (`kernel`: init_mm; `current_kernel` / `current_user`: a process's kernel / user PGD; a
 ``-ldt`` file: a process that called modify_ldt()), and classifies the kernel half of both with
-the audit's classes (`kaiser.linux.audit`: cpu_entry_area, entry_text, espfix, vsyscall,
+the audit's classes (`kaiser.linux.audit_policy`: cpu_entry_area, entry_text, espfix, vsyscall,
 tss_percpu, ldt, direct_map, ...). Per class it reports where they differ:
 
 * ``only-real`` / ``only-model`` -- the class is mapped in one dump and not the other;
@@ -29,14 +29,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from kaiser.inputs import InputError, read_text
-from kaiser.linux.audit import (
-    DumpLayout,
-    audit_dump,
-    flag_text,
-    infer_layout,
-    policy_for,
-    skipped_by_region,
-)
+from kaiser.linux.audit import DumpLayout, audit_dump, infer_layout, skipped_by_region
+from kaiser.linux.audit_policy import policy_for
 from kaiser.linux.debugfs import TABLES, spawn_reader, table_tree
 from kaiser.linux.dumpinfo import MODEL_RAM_MAX, Fact, read_dump
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
@@ -53,7 +47,7 @@ from kaiser.linux.layout import (
     ImageSizes,
     MiB,
 )
-from kaiser.linux.ptdump import Dialect, ptdump, size_parts
+from kaiser.linux.ptdump import Dialect, flag_text, ptdump, size_parts
 from kaiser.linux.ptdump_parse import MarkerLine, Record, parse_ptdump
 from kaiser.linux.variants import get_variant
 from kaiser.x86.hexrepr import hex_fields

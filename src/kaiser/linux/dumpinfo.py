@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from kaiser.linux.audit import DumpLayout, Mapping, audit_dump, infer_layout, policy_for
+from kaiser.linux.audit import DumpLayout, Mapping, audit_dump, infer_layout
+from kaiser.linux.audit_policy import policy_for
 from kaiser.linux.cea import cea_layout
 from kaiser.linux.kernel import ESPFIX_PAGE_SPACE
 from kaiser.linux.layout import (

@@ -37,7 +37,7 @@ user mode actually touch here".
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
@@ -98,6 +98,17 @@ def flag_field(raw: int, level: str) -> str:
         "GLB " if raw & PTE.G else "    ",
         "NX " if raw & PTE.NX else "x  ",
     ))  # fmt: skip
+
+
+def flag_text(flags: Iterable[str]) -> str:
+    """Flag names as one short string, `USR RW PSE GLB NX`, in the order ptdump prints them
+    (`FLAG_NAMES`); `ro`/`x` where RW/NX are absent."""
+    names = set(flags)
+    out = ["USR"] if "USR" in names else []
+    out.append("RW" if "RW" in names else "ro")
+    out += [n for n in FLAG_NAMES[2:-1] if n in names]  # PWT PCD PSE PAT GLB
+    out.append("NX" if "NX" in names else "x")
+    return " ".join(out)
 
 
 def range_text(start: int, end: int, size_and_flags: str) -> str:

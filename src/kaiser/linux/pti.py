@@ -4,7 +4,7 @@ and the functions that clone them, named as in `pti.c`.
 **Where is Linux's policy?** Here. `PARTS` is the registry of every kernel piece any design maps
 into the user ("shadow") tables: for each, how it is cloned (the levels it may be cloned at,
 whether its user copy may keep `_PAGE_GLOBAL`, the clone step `pti_init()` runs), which ranges of
-the kernel half it allows in user tables, and which audit class (kaiser.linux.audit's `CLASSES`)
+the kernel half it allows in user tables, and which audit class (kaiser.linux.audit_policy's `CLASSES`)
 its mappings are. A variant (kaiser.linux.variants) is a tuple of `Clone`s -- a part at a level,
 with the bits its user copy drops -- plus a global policy; `pti_init` and `user_allowed_ranges`
 run its clones in order over a `PtiScope`, the numbers of one booted kernel that the parts need.
@@ -19,7 +19,7 @@ A design with tables of its own beyond PTI's (ASI, kaiser.linux.asi) is one more
 describes is either a new `Part` member with its `PartSpec` in `PARTS` (tests/linux/test_pti.py
 checks that every part has one spec and that its ranges cover what its clone maps) or, as `asi`
 does for its nonsensitive pageblocks and per-CPU data, a range of its own that
-`Kernel.user_allowed_ranges` appends, classed by kaiser.linux.audit's `_RANGE_CLASS` and judged by
+`Kernel.user_allowed_ranges` appends, classed by kaiser.linux.audit_policy's `_RANGE_CLASS` and judged by
 its `_OWN_POLICY` row.
 """
 
@@ -427,7 +427,7 @@ def _ranges_percpu_user_mapped(scope: PtiScope, clone: Clone) -> Ranges:
 
 _ALL_LEVELS: Final = frozenset(CloneLevel)
 # What two-pgd's shared fixmap entry holds (4-level: image, modules, fixmap, vsyscall; with 5-level
-# slot 511 holds espfix and EFI too) -- the classes of audit.py's CLASSES under it (DESIGN.md).
+# slot 511 holds espfix and EFI too) -- the classes of audit_policy.py's CLASSES under it (DESIGN.md).
 _TOP_SLOT_CLASSES: Final = frozenset({
     "entry_text", "kernel_text", "kernel_data", "kernel_image", "modules", "fixmap", "vsyscall", "espfix", "efi",
     "hole",
