@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from kaiser.choices import PGDS
 from kaiser.sample import build_sample
 from kaiser.x86.bits import CR4, RFLAGS
 from kaiser.x86.cpu import CpuState
@@ -16,7 +17,6 @@ from kaiser.x86.walker import Fault, Translation, translate
 if TYPE_CHECKING:  # kaiser walk without --variant boots no kernel: the linux layer loads only when used
     from kaiser.linux.kernel import Kernel, Task
 
-PGDS: Final = ("user", "kernel")
 _RFLAGS_FIXED: Final = 0x2  # bit 1 of RFLAGS reads as 1 (SDM Vol. 1 §3.4.3)
 
 

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from kaiser.attacks.cache import DataCache, Hit, Timer, TimerNoise
 from kaiser.attacks.meltdown import ByteReading, Calibration, MeltdownAttacker, MeltdownParams, Sigsegv
+from kaiser.choices import SECRET_REGIONS as REGIONS
 from kaiser.linux.kernel import THREAD_SIZE, Kernel, KernelConfig, Task
 from kaiser.sourced import Source, chosen, cited
 from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, entry_phys
@@ -43,7 +44,6 @@ from kaiser.x86.processor import DEFAULT_PROCESSOR, Processor, Transient
 from kaiser.x86.rights import Op
 from kaiser.x86.walker import Fault, translate
 
-REGIONS: Final = ("direct-map", "kernel-data", "vmalloc", "sensitive", "nonsensitive")
 # Regions whose memory is sensitive in ASI's sense (kaiser.linux.asi): a fresh frame no
 # nonsensitive allocation owns, and a process's user page (GFP_USER carries __GFP_SENSITIVE).
 # The other regions hold nonsensitive memory, which the asi variant maps by design.

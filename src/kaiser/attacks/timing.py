@@ -44,6 +44,7 @@ import numpy as np
 
 from kaiser.attacks.cache import Timer, TimerNoise
 from kaiser.attacks.kaslr import KaslrAttacker, KaslrParams, Knowledge, RegionGuess, RegionSpec
+from kaiser.choices import PROBES
 from kaiser.cost.params import SKYLAKE
 from kaiser.linux.entry import ENTRY_TEXT_OFFSETS, EntryModel
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
@@ -82,7 +83,6 @@ from kaiser.x86.tlb import HitLevel, Tlb
 if TYPE_CHECKING:
     from kaiser.cost.engine import Engine
 
-PROBES: Final = ("prefetch", "load")
 PATHS: Final = ("engine", "reference")  # where probes run: the compiled engine or the readable Mmu
 REGIONS: Final = ("text", "direct_map", "vmalloc", "vmemmap")
 VICTIM_SYSCALL: Final = "getppid"  # a cheap call, as the EntryBleed PoC's syscall(104) (getgid)

@@ -24,13 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from kaiser.choices import HOST_PAGES, THP_MODES
 from kaiser.cost.params import OUTSTANDING_L2_MISSES, SKYLAKE, CostParams
 from kaiser.sourced import Source, chosen, cited
 from kaiser.x86.cache_geometry import CacheHierarchy
-from kaiser.x86.nested import HOST_PAGES
 from kaiser.x86.processor import BROADWELL_EP, GOLD_6161, HASWELL_EP, SKYLAKE_CLIENT, SKYLAKE_SP, Processor
-
-THP_MODES: Final = ("always", "madvise", "never")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kaiser.choices import THP_MODES
 from kaiser.linux.asid import flush_tlb_mm_range
 from kaiser.linux.entry import EntryModel
 from kaiser.linux.kernel import Kernel, Task
@@ -147,7 +148,6 @@ PAGE_SIZE_KNOB = Knob("page_size", 4 * KiB, _page_size, "user buffer page size: 
 # Documentation/admin-guide/mm/transhuge.rst). Debian's kernels default to madvise
 # (CONFIG_TRANSPARENT_HUGEPAGE_MADVISE=y in Debian's config): a malloc'd buffer, which glibc does
 # not madvise, stays in 4 KiB pages; with always, its 2 MiB-aligned interior is 2 MiB pages.
-THP_MODES = ("always", "madvise", "never")
 THP_KNOB = Knob("thp", "madvise", _choice(THP_MODES), "transparent huge pages: always, madvise, never")
 WORK_MAX = 10**12  # CHOSEN: cycles of user work per iteration; 10^12 is minutes of a 3 GHz core per syscall
 WORK_KNOB = Knob(

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from kaiser.choices import POLICY_MODES
 from kaiser.linux import pti
 from kaiser.linux.layout import Layout
 from kaiser.linux.variants import get_variant
@@ -93,8 +94,8 @@ class Policy:
 # variant: the variant's own policy (its design's intent: two-pgd may share whole top-level
 # entries). strict: that policy cut down to what today's Linux allows in user tables -- the `linux`
 # variant's classes (§3.3) -- so no variant's design excuses a mapping Linux would not make,
-# and the audit agrees with `kaiser attack meltdown` about what leaks.
-POLICY_MODES: Final = ("strict", "variant")
+# and the audit agrees with `kaiser attack meltdown` about what leaks. Their names: POLICY_MODES
+# (kaiser/choices.py, the names the command line offers).
 
 
 def _classes(name: str, pcid: bool) -> tuple[frozenset[str], frozenset[str]]:

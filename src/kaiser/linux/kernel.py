@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from kaiser.choices import PTI_MODES, VENDORS, VSYSCALL_MODES
 from kaiser.linux import pti
 from kaiser.linux.asi import Asi, asi_cr3, asi_set_user_pgtbl
 from kaiser.linux.cea import PAGE_NONE, PERCPU_PAGES, PERCPU_TSS, CeaLayout, Kind, cea_layout
@@ -39,9 +40,6 @@ FIX_IO_PAGES = 515  # fixmap index of the two RW PCD I/O pages (APIC, IO-APIC): 
 # espfix_64.c: 64-byte ministacks, 64 a page; page_random spans 2^(P4D_SHIFT - PAGE_SHIFT - 16) pages.
 ESPFIX_STACK_SIZE, ESPFIX_STACKS_PER_PAGE, ESPFIX_PAGE_SPACE = 64, 64, 1 << (39 - 12 - 16)
 ESPFIX_PTE_CLONES, ESPFIX_PMD_CLONES, ESPFIX_PUD_CLONES = 32, 512, 4  # 32 * 512 * 4 = 65,536 aliases
-VSYSCALL_MODES = ("emulate", "xonly", "none")  # vsyscall= / CONFIG_LEGACY_VSYSCALL_* (vsyscall_64.c)
-PTI_MODES = ("auto", "on")  # pti= (arch/x86/mm/pti.c pti_check_boottime_disable(); nopti is --variant nopti)
-VENDORS = ("intel", "amd")  # the CPU vendors whose differences Linux's page tables show
 
 
 @dataclass(frozen=True)

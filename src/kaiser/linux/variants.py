@@ -20,8 +20,8 @@ import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
 
+from kaiser.choices import BASELINE
 from kaiser.linux.pti import PARTS, Clone, CloneLevel, Part
 from kaiser.x86.bits import PTE
 
@@ -42,9 +42,8 @@ __all__ = [
     "register_variant",
 ]
 
-# The variant every isolation overhead is measured against (no PTI: Linux with pti=off), named
-# once for the cost model, traces, sweeps and reports.
-BASELINE: Final = "nopti"
+# BASELINE, the variant every isolation overhead is measured against (no PTI: Linux with pti=off),
+# is named once, in kaiser/choices.py, for the cost model, traces, sweeps, reports and the CLI.
 
 
 class Entry(enum.Enum):

@@ -52,6 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from kaiser.choices import HOST_PAGES
 from kaiser.x86.bits import ADDR_MASK_52, entry_phys
 from kaiser.x86.cache import KIND_WALK
 from kaiser.x86.cache_geometry import CacheHierarchy
@@ -63,7 +64,6 @@ from kaiser.x86.tlb import HitLevel, Tlb, entry_from_walk
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
 from kaiser.x86.walker import Fault, translate
 
-HOST_PAGES: Final = {"4k": 12, "2m": 21, "1g": 30}  # --host-page: log2 of the EPT page size
 EPT_SHIFTS: Final = (39, 30, 21, 12)  # EPT PML4E, PDPTE, PDE, PTE: bits 47:39 ... 20:12 (SDM §29.3.2)
 EPT_RWX: Final = 0x7  # bits 2:0: read, write, execute allowed
 EPT_WB: Final = 6 << 3  # bits 5:3 of a leaf: memory type 6, write-back (SDM §29.3.7)
