@@ -6,19 +6,19 @@ should act on; `nopti` leaking is expected and is not one), 2 for bad input."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.panel import Panel
 from rich.table import Table
 
-from kaiser.attacks.cache import QUIET
-from kaiser.attacks.core import REGIONS, AttackError, MeltdownResult, run_meltdown
-from kaiser.attacks.meltdown import MeltdownParams
+from kaiser.choices import SECRET_REGIONS as REGIONS
 from kaiser.cli.machine import CpusOption, LassOption, PtiOption, VendorOption, VsyscallOption, lass_vsyscall
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import console, emit_json, fail, parse_int, progress_bar, variant_or_all
-from kaiser.linux.variants import get_variant
+
+if TYPE_CHECKING:  # the attack and the model are imported when the command runs, not for its --help
+    from kaiser.attacks.core import MeltdownResult
 
 attack_app = typer.Typer(help="Prove isolation by attack: Meltdown and KASLR probing.", no_args_is_help=True)
 
@@ -120,6 +120,8 @@ def _style(result: MeltdownResult) -> str:
 def meltdown_leaks(results: list[MeltdownResult]) -> list[str]:
     """Isolating variants from which at least one byte of a secret they protect was read, with
     what was read (asi's nonsensitive memory is mapped by design: not a leak)."""
+    from kaiser.linux.variants import get_variant
+
     return [
         f"{r.variant} {r.region} {r.correct}/{len(r.secret.data)}"
         for r in results
@@ -171,6 +173,10 @@ def meltdown_command(
     """Plant random bytes in the kernel and read them from user mode by Meltdown + Flush+Reload.
 
     Exit status 1 when an isolating variant leaks a byte (nopti leaking is expected), else 0."""
+    from kaiser.attacks.cache import QUIET
+    from kaiser.attacks.core import AttackError, run_meltdown
+    from kaiser.attacks.meltdown import MeltdownParams
+
     if target is not None and secret_in is not None:
         fail("give either --target or --secret-in, not both")
     variants = variant_or_all(variant)

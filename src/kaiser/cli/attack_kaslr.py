@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from kaiser.attacks.timing import PROBES, REGIONS, KaslrSummary, run_variants
+from kaiser.choices import PROBES
 from kaiser.cli.machine import CpusOption, LassOption, PtiOption, VendorOption, VsyscallOption, lass_vsyscall
 from kaiser.cli.options import SEED_MAX, ReplayPathOption
 from kaiser.cli.output import console, emit_json, fail, progress_bar, variant_or_all
-from kaiser.cost.run import default_path
-from kaiser.linux.variants import get_variant
-from kaiser.traces.multireplay import default_workers
 from kaiser.x86.geometry import GiB
+
+if TYPE_CHECKING:  # the attack, the engine and the model are imported when the command runs
+    from kaiser.attacks.timing import KaslrSummary
 
 SEEDS_MAX = 1000  # CHOSEN: layouts per variant; 20 already separates every variant (docs/kaslr.md)
 JOBS_MAX = 256  # CHOSEN: a bound on processes, far above the CPUs of any machine this runs on
@@ -24,6 +24,8 @@ RAM_GIB_MAX = 64  # CHOSEN: the direct map the attacker scans grows with RAM
 def leak_verdict(leaks: list[str], variants: list[str]) -> int:
     """Print which isolating variants leaked (`leaks`: "variant (what)" each) and return the exit
     status: 1 when any did, else 0. `variants`: every variant attacked."""
+    from kaiser.linux.variants import get_variant
+
     expected = " (nopti isolates nothing: its leaks are expected)" if "nopti" in variants else ""
     if leaks:
         console.print(f"[bold red]LEAK[/]: isolating variant(s) leak: {'; '.join(leaks)}{expected}", highlight=False)
@@ -37,6 +39,9 @@ def leak_verdict(leaks: list[str], variants: list[str]) -> int:
 
 def kaslr_leaks(summaries: list[KaslrSummary]) -> list[str]:
     """Isolating variants whose randomized bases the attacker found, with the regions and counts."""
+    from kaiser.attacks.timing import REGIONS
+    from kaiser.linux.variants import get_variant
+
     out = []
     for s in summaries:
         found = [f"{r} {s.matched(r)}/{len(s.runs)}" for r in REGIONS if s.matched(r)]
@@ -58,6 +63,8 @@ def _cell(summary: KaslrSummary, region: str) -> str:
 
 
 def _table(summaries: list[KaslrSummary], seeds: list[int]) -> Table:
+    from kaiser.attacks.timing import REGIONS
+
     first = summaries[0]
     table = Table(
         title=f"KASLR by {first.probe} timing{', LASS' if first.runs and first.runs[0].lass else ''}, "
@@ -113,6 +120,10 @@ def kaslr_command(
 
     Exit status 1 when the attacker finds a base of an isolating variant (nopti is expected to
     give them all away), else 0."""
+    from kaiser.attacks.timing import REGIONS, run_variants
+    from kaiser.cost.run import default_path
+    from kaiser.traces.multireplay import default_workers
+
     variants = variant_or_all(variant)
     if probe not in PROBES:
         fail(f"--probe {probe!r} is not one of {', '.join(PROBES)}")

@@ -10,25 +10,25 @@ table, which is no process's user view: a finding about the input, not about the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kaiser.api.process import boot_process
+from kaiser.choices import POLICY_MODES
 from kaiser.cli.machine import MODEL_SWITCHES, CpusOption, PtiOption, VendorOption, VsyscallOption, machine_config
 from kaiser.cli.options import SEED_MAX, choice, variant_name
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.inputs import InputError
-from kaiser.linux.audit import TABLE_KINDS, AuditReport, audit_dump, audit_model
-from kaiser.linux.audit_policy import POLICY_MODES, policy_for
-from kaiser.linux.ptdump import size_parts
-from kaiser.linux.ptdump_parse import parse_ptdump_file
-from kaiser.linux.variants import UnknownVariant
+
+if TYPE_CHECKING:  # the audit is imported when the command runs, not for its --help
+    from kaiser.linux.audit import AuditReport
 
 
 def _size(start: int, end: int) -> str:
     if end == start:
         return "0"
+    from kaiser.linux.ptdump import size_parts
+
     num, unit = size_parts(end - start)
     return f"{num}{unit}"
 
@@ -214,6 +214,12 @@ def audit_command(
 
     A DUMPFILE must be a whole dump (exit 2 naming the regions never seen otherwise, unless
     --partial) of a process's user tables: init_mm's `kernel` table is refused (exit 2)."""
+    from kaiser.api.process import boot_process
+    from kaiser.linux.audit import TABLE_KINDS, audit_dump, audit_model
+    from kaiser.linux.audit_policy import policy_for
+    from kaiser.linux.ptdump_parse import parse_ptdump_file
+    from kaiser.linux.variants import UnknownVariant
+
     name = variant or "linux"
     try:
         # kernel text may be cloned only under pti=auto without PCID on a non-K8 CPU (§3.3)
@@ -241,6 +247,8 @@ def audit_command(
 def check_whole_user_dump(report: AuditReport, path: Path, *, partial: bool) -> None:
     """A dump cut short (or with lines taken out) is not audited as if it were whole, and init_mm's
     kernel table is not a user view: `InputError` (exit 2) naming the file and what is wrong."""
+    from kaiser.linux.audit import TABLE_KINDS
+
     if report.gaps and not partial:
         lo, hi, line = report.gaps[0]
         more = f" and {len(report.gaps) - 1} more gap(s)" if len(report.gaps) > 1 else ""

@@ -10,10 +10,11 @@ real trace, end to end from the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from kaiser.choices import BASELINE, KERNEL_SIDES, MACHINE_NAMES, THP_MODES, WORKLOAD_NAMES
 from kaiser.cli.bench_attack import attack_bench_command
 from kaiser.cli.bench_engine import engine_command
 from kaiser.cli.bench_published import published_command
@@ -29,16 +30,11 @@ from kaiser.cli.machine import (
 )
 from kaiser.cli.options import ReplayPathOption, choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, fail, print_table, progress_bar
-from kaiser.cost.machines import MACHINES, get_machine
 from kaiser.cost.params import CACHE_SOURCES, SKYLAKE, SOURCES, CostParams, for_caches
-from kaiser.cost.run import BASELINE, Comparison, compare, default_path
-from kaiser.cost.workloads import THP_MODES, WORKLOADS, WorkloadError, get_workload
-from kaiser.linux.memory import frames_kib, measure
-from kaiser.linux.syscalls import UnknownSyscall
-from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
-from kaiser.record.replay import KERNEL_SIDES
-from kaiser.report.draw import SWEEP_WORK, RateCurve, pyplot, rate_figure
 from kaiser.x86.cache_geometry import HIERARCHIES, CacheHierarchy, get_hierarchy
+
+if TYPE_CHECKING:  # the model, the engine and matplotlib are imported when a command runs
+    from kaiser.cost.run import Comparison
 
 bench_app = typer.Typer(
     help="Price isolation: TLB misses, walks, CR3 writes and cycles per variant (default), page-table memory.",
@@ -56,6 +52,8 @@ ITERATIONS_MAX = 100_000
 
 def chosen_variants(names: list[str] | None) -> list[str]:
     """The variants named on the command line, validated; all of them when none is named."""
+    from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
+
     if not names:
         return list(VARIANTS)
     try:
@@ -76,6 +74,8 @@ def memory_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Page-table memory per process and shared, per variant, for a typical ~22 MiB process."""
+    from kaiser.linux.memory import frames_kib, measure
+
     rows = [
         measure(name, pcid=pcid, la57=la57, pti=pti, vendor=vendor, vsyscall=vsyscall, ncpus=cpus)
         for name in chosen_variants(variant)
@@ -112,11 +112,17 @@ def memory_command(
 
 
 # ---- kaiser bench (the callback): TLB and cycle costs ---------------------------------------------
-ISOLATING = [name for name, v in VARIANTS.items() if v.isolating]
+def isolating_variants() -> list[str]:
+    """The registered variants that isolate (the default set `kaiser bench` prices)."""
+    from kaiser.linux.variants import VARIANTS
+
+    return [name for name, v in VARIANTS.items() if v.isolating]
 
 
 def parse_settings(items: list[str] | None) -> dict[str, str]:
     """`--set k=v` items as a dict; a malformed item is a one-line error."""
+    from kaiser.cost.workloads import WorkloadError
+
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -144,6 +150,8 @@ def run_bench(
     """Every chosen variant at every PCID setting, with nopti baselines, behind a progress bar;
     `caches`: the data caches (None: none), priced with `params`; `kernel_side`: system call
     bodies "recorded" (from the shipped recordings where one exists) or "modelled"."""
+    from kaiser.cost.run import compare
+
     total = len(pcids) * (1 + len([v for v in variants if v != BASELINE]))
     kw: dict[str, Any] = {"iterations": iterations, "warmup": warmup, "path": path, "params": params}
     kw["kernel_side"] = kernel_side
@@ -285,6 +293,8 @@ def plot_overhead(rows: list[Comparison], path: Path, title: str) -> None:
     """Overhead (%) against nopti versus system calls per second (of nopti time at the model's
     clock), one line per isolating variant and PCID setting (solid = PCID, dashed = no PCID), and
     beside it each line over linux's (kaiser.report.draw.rate_figure)."""
+    from kaiser.report.draw import SWEEP_WORK, RateCurve, pyplot, rate_figure
+
     curves = [
         RateCurve(
             variant=cmp.result.variant,
@@ -320,7 +330,13 @@ def bench_callback(
         bool | None, typer.Option("--pcid/--no-pcid", help="Only with (or without) PCID; both by default.")
     ] = None,
     workload: Annotated[
-        str, typer.Option("--workload", "-w", callback=choice(*WORKLOADS), help=f"Workload: {', '.join(WORKLOADS)}.")
+        str,
+        typer.Option(
+            "--workload",
+            "-w",
+            callback=choice(*WORKLOAD_NAMES),
+            help=f"Workload: {', '.join(WORKLOAD_NAMES)}.",
+        ),
     ] = "syscall-loop",
     sets: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Workload knob key=value (repeatable), e.g. buffer=100MiB.")
@@ -348,8 +364,9 @@ def bench_callback(
         str | None,
         typer.Option(
             "--machine",
-            callback=choice(*MACHINES),
-            help=f"A known setup (caches, clock, THP, a guest's nested paging; docs/cost.md): {', '.join(MACHINES)}.",
+            callback=choice(*MACHINE_NAMES),
+            help="A known setup (caches, clock, THP, a guest's nested paging; docs/cost.md): "
+            f"{', '.join(MACHINE_NAMES)}.",
         ),
     ] = None,
     thp: Annotated[
@@ -378,9 +395,15 @@ def bench_callback(
     (one CPU; --pti/--vendor/--vsyscall as in kaiser dump; --vm: in a guest, nested paging)."""
     if ctx.invoked_subcommand is not None:
         return
-    names = [n for n in chosen_variants(variant) if n != BASELINE] if variant else list(ISOLATING)
+    from kaiser.cost.machines import get_machine
+    from kaiser.cost.run import default_path
+    from kaiser.cost.workloads import WorkloadError, get_workload
+    from kaiser.linux.syscalls import UnknownSyscall
+
+    isolating = isolating_variants()
+    names = [n for n in chosen_variants(variant) if n != BASELINE] if variant else isolating
     if not names:
-        fail(f"choose at least one isolating variant ({', '.join(ISOLATING)}); {BASELINE} is the baseline")
+        fail(f"choose at least one isolating variant ({', '.join(isolating)}); {BASELINE} is the baseline")
     if path not in (None, "engine", "reference"):
         fail(f"--path {path!r}: use engine or reference")
     try:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from kaiser.cli.options import ReplayPathOption, plot_file
 from kaiser.cli.output import Col, console, emit_json, print_table, progress_bar
-from kaiser.cost.run import Path as ReplayPath
+
+if TYPE_CHECKING:
+    from kaiser.cost.run import Path as ReplayPath
 
 
 def published_command(

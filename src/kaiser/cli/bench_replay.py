@@ -25,10 +25,7 @@ import typer
 from kaiser.cli.options import output_dir, variant_name
 from kaiser.cli.output import Col, console, emit_json, err_console, fail, print_table
 from kaiser.cli.replay import CacheOption, WorkersOption, check_trace_files, reader_errors
-from kaiser.linux.variants import UnknownVariant, get_variant
-from kaiser.traces.interleave import engine_available
-from kaiser.traces.multireplay import bench_replay_throughput
-from kaiser.traces.record import BENCH_ROUNDS, RecordError, record_trace
+from kaiser.traces.record import BENCH_ROUNDS, RecordError, record_trace  # light: valgrind, no model
 from kaiser.traces.strace import read_strace
 
 # CHOSEN: bounds that keep one benchmark a few minutes: the built-in program's trace grows by tens
@@ -77,6 +74,9 @@ def replay_bench_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Measure replay throughput on a real trace, end to end from the file (target: 25 M references/s)."""
+    from kaiser.linux.variants import UnknownVariant, get_variant  # the model: not for --help
+    from kaiser.traces.interleave import engine_available
+
     try:
         variant = get_variant(variant).name
     except UnknownVariant as exc:
@@ -125,6 +125,8 @@ def _measure(
     stage: Callable[[str], None] | None,
     how: tuple[bool, int | None, bool],
 ) -> dict[str, Any]:
+    from kaiser.traces.multireplay import bench_replay_throughput
+
     cache, workers, all_configs = how
     with reader_errors():
         log = read_strace(syscalls, skip_bad=skip_bad) if syscalls is not None else None

@@ -7,7 +7,7 @@ Exit status: 0 when every difference is one docs/real-kernel.md explains, 1 when
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -16,15 +16,16 @@ from kaiser.cli.machine import CpusOrDump, PtiOrDump, VendorOrDump, VsyscallOrDu
 from kaiser.cli.options import SEED_MAX, variant_name
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
 from kaiser.inputs import InputError, read_text
-from kaiser.linux.compare import ClassSummary, CompareReport, compare_dump
-from kaiser.linux.ptdump import size_parts
-from kaiser.linux.ptdump_parse import dump_gaps, parse_ptdump_file
-from kaiser.linux.variants import UnknownVariant
+
+if TYPE_CHECKING:  # the comparison is imported when the command runs, not for its --help
+    from kaiser.linux.compare import ClassSummary, CompareReport
 
 
 def _size(n: int) -> str:
     if not n:
         return "0"
+    from kaiser.linux.ptdump import size_parts
+
     num, unit = size_parts(n)
     return f"{num}{unit}"
 
@@ -211,6 +212,10 @@ def compare_command(
     The model is booted as the dump shows the machine (each switch printed with the line that shows
     it); what a dump cannot tell comes from the options, meta.json beside the dump, or is printed as
     assumed."""
+    from kaiser.linux.compare import compare_dump
+    from kaiser.linux.ptdump_parse import dump_gaps, parse_ptdump_file
+    from kaiser.linux.variants import UnknownVariant
+
     records = parse_ptdump_file(real_dump)
     gaps = dump_gaps(records)
     if gaps:  # the model's dump is whole: an excerpt would differ everywhere it stops

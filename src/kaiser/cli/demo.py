@@ -2,43 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kaiser.api.designs import SECRET_BYTES, Design
-from kaiser.api.exposure import (
-    MEMORY_HEADERS,
-    USER_VIEW_HEADERS,
-    audit_summary,
-    exposed_kernel_lines,
-    memory_cells,
-    user_view,
-)
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import Col, console, print_table, progress_bar, rule
 from kaiser.cli.verify import VERIFY_MAX
-from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.linux.ptdump import flag_text, size_parts
-from kaiser.linux.ptdump_parse import RangeLine
-from kaiser.linux.variants import VARIANTS
-from kaiser.sample import build_sample
-from kaiser.x86.bits import CR4, RFLAGS
-from kaiser.x86.cpu import CpuState
 from kaiser.x86.geometry import format_size, human_size
-from kaiser.x86.rights import Op
-from kaiser.x86.walker import Translation, translate
 
-# (what, address, op, cpl, rflags.AC): accesses that show each rule at work.
+if TYPE_CHECKING:  # each tour imports the model it shows when it runs (the help needs none of it)
+    from kaiser.api.designs import Design
+    from kaiser.linux.kernel import Kernel
+    from kaiser.linux.ptdump_parse import RangeLine
+
+# (what, address, op -- a kaiser.x86.rights.Op value --, cpl, rflags.AC): accesses that show each
+# rule at work.
 TOUR = (
-    ("user reads its text", 0x400000, Op.READ, 3, False),
-    ("user writes its text", 0x400000, Op.WRITE, 3, False),
-    ("user executes its stack", 0x7FFFFFFFE000, Op.FETCH, 3, False),
-    ("user reads the direct map", 0xFFFF888000001000, Op.READ, 3, False),
-    ("kernel reads the direct map", 0xFFFF888000001000, Op.READ, 0, False),
-    ("kernel writes user data, SMAP", 0x600000, Op.WRITE, 0, False),
-    ("kernel writes user data, SMAP + AC", 0x600000, Op.WRITE, 0, True),
-    ("kernel executes user text, SMEP", 0x400000, Op.FETCH, 0, False),
+    ("user reads its text", 0x400000, "read", 3, False),
+    ("user writes its text", 0x400000, "write", 3, False),
+    ("user executes its stack", 0x7FFFFFFFE000, "fetch", 3, False),
+    ("user reads the direct map", 0xFFFF888000001000, "read", 3, False),
+    ("kernel reads the direct map", 0xFFFF888000001000, "read", 0, False),
+    ("kernel writes user data, SMAP", 0x600000, "write", 0, False),
+    ("kernel writes user data, SMAP + AC", 0x600000, "write", 0, True),
+    ("kernel executes user text, SMEP", 0x400000, "fetch", 0, False),
 )
 
 
@@ -60,13 +48,19 @@ def demo_command(
 
 
 def _paging_tour() -> None:
+    from kaiser.sample import build_sample
+    from kaiser.x86.bits import CR4, RFLAGS
+    from kaiser.x86.cpu import CpuState
+    from kaiser.x86.rights import Op
+    from kaiser.x86.walker import Translation, translate
+
     rule("1. the paging model: walks on a small address space (SDM Vol. 3A §4.5-4.7)")
     mem, pt, _ = build_sample()
     cr4 = int(CR4.PAE | CR4.PGE | CR4.SMEP | CR4.SMAP)
     rows = []
     for what, va, op, cpl, ac in TOUR:
         state = CpuState(cr3=pt.cr3(), cr4=cr4, cpl=cpl, rflags=0x2 | (RFLAGS.AC if ac else 0))
-        result = translate(mem, state, va, op)
+        result = translate(mem, state, va, Op(op))
         if isinstance(result, Translation):
             outcome = f"[green]{result.pa:#x}[/] ({format_size(result.page_size)} page)"
         else:
@@ -81,6 +75,11 @@ def _paging_tour() -> None:
 
 
 def _isolation_tour(seed: int) -> dict[str, Kernel]:
+    from kaiser.api.exposure import USER_VIEW_HEADERS, exposed_kernel_lines, user_view
+    from kaiser.linux.kernel import Kernel, KernelConfig
+    from kaiser.linux.ptdump_parse import RangeLine
+    from kaiser.linux.variants import VARIANTS
+
     rule("2. the variants: what user mode can reach of the kernel")
     kernels: dict[str, Kernel] = {}
     rows = []
@@ -106,15 +105,21 @@ def _isolation_tour(seed: int) -> dict[str, Kernel]:
 
 
 def _size(line: RangeLine) -> str:
+    from kaiser.linux.ptdump import size_parts
+
     num, unit = size_parts(line.size)
     return f"{num}{unit}"
 
 
 def _condensed(line: RangeLine, pad: int) -> str:
+    from kaiser.linux.ptdump import flag_text
+
     return f"0x{line.start:016x}-0x{line.end:016x} {_size(line):>{pad}} {flag_text(line.flags)} {line.level}"
 
 
 def _audit_tour(kernels: dict[str, Kernel]) -> None:
+    from kaiser.api.exposure import audit_summary
+
     rule("3. audit: every kernel mapping in the user tables, against two policies")
     rows = []
     for name, kernel in kernels.items():
@@ -139,8 +144,9 @@ def _audit_tour(kernels: dict[str, Kernel]) -> None:
 
 
 def _attack_tour(seed: int) -> list[Design]:
-    from kaiser.api.designs import designs
+    from kaiser.api.designs import SECRET_BYTES, designs
     from kaiser.attacks.core import REGIONS
+    from kaiser.linux.variants import VARIANTS
 
     rule(f"4. prove: Meltdown against every variant (Flush+Reload, {SECRET_BYTES} secret bytes per cell)")
     with progress_bar(label="measuring every design") as bar:
@@ -160,6 +166,7 @@ def _attack_tour(seed: int) -> list[Design]:
 
 
 def _designs_tour(rows: list[Design]) -> None:
+    from kaiser.api.designs import SECRET_BYTES
     from kaiser.attacks.core import REGIONS
 
     rule("7. every design side by side")
@@ -187,6 +194,7 @@ def _designs_tour(rows: list[Design]) -> None:
 
 def _price_tour() -> None:
     from kaiser.cost.run import compare
+    from kaiser.linux.variants import VARIANTS
 
     rule("5. price: cycles per system call (getppid + 64 user loads), replayed through the TLB model")
     rate = 50_000  # syscalls per second per CPU: Gregg's "may be 2%" point (facts/performance.md §3)
@@ -223,6 +231,9 @@ def _price_tour() -> None:
 
 
 def _memory_tour() -> None:
+    from kaiser.api.exposure import MEMORY_HEADERS, memory_cells
+    from kaiser.linux.variants import VARIANTS
+
     rule("6. price: page-table memory")
     print_table(
         [Col("variant"), *(Col(h, justify="right") for h in MEMORY_HEADERS)],

@@ -12,13 +12,14 @@ bad input -- so ``kaiser diff before.txt after.txt`` can gate a CI job.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kaiser.cli.output import Col, console, emit_json, print_table
-from kaiser.linux.ptdump_parse import parse_ptdump_file
-from kaiser.linux.ptquery import DumpDiff, diff_dumps, size_text
+
+if TYPE_CHECKING:  # the ptdump readers are imported when the command runs, not for its --help
+    from kaiser.linux.ptquery import DumpDiff
 
 
 def diff_json(d: DumpDiff) -> dict[str, object]:
@@ -51,6 +52,8 @@ def diff_json(d: DumpDiff) -> dict[str, object]:
 
 def render_diff(d: DumpDiff) -> None:
     """One table per region that changed, then a one-line verdict."""
+    from kaiser.linux.ptquery import size_text
+
     for region, changes in d.by_region().items():
         print_table(
             [
@@ -89,6 +92,9 @@ def diff_command(
     """List, region by region, what appeared, vanished or changed rights between two ptdumps.
 
     Exit status 0 when they are equal, 1 when they differ, 2 for bad input."""
+    from kaiser.linux.ptdump_parse import parse_ptdump_file
+    from kaiser.linux.ptquery import diff_dumps
+
     result = diff_dumps(parse_ptdump_file(a), parse_ptdump_file(b), a_name=str(a), b_name=str(b))
     if json_out:
         emit_json(diff_json(result))

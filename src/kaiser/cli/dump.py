@@ -5,20 +5,17 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from kaiser.api.process import boot_process
-from kaiser.api.tables import dump_text, dump_tree
 from kaiser.cli.machine import CpusOption, PtiOption, VendorOption, VsyscallOption
 from kaiser.cli.options import SEED_MAX, output_file, variant_name
 from kaiser.cli.output import Col, console, err_console, fail, json_text, parse_int, print_table
-from kaiser.linux.debugfs import TABLES
-from kaiser.linux.ptdump import DIALECTS, FLAG_FIELD_WIDTH, Dialect, marker_text
-from kaiser.linux.ptdump_parse import RangeLine, parse_ptdump
-from kaiser.linux.ptquery import Alias, QueryError, RightsFilter, find_aliases, parse_range, select_ranges, size_text
-from kaiser.linux.variants import UnknownVariant
+
+if TYPE_CHECKING:  # the model is imported when the command runs, not for its --help
+    from kaiser.linux.ptdump_parse import RangeLine
+    from kaiser.linux.ptquery import Alias
 
 
 def _line_json(line: RangeLine) -> dict[str, object]:
@@ -44,6 +41,8 @@ def _alias_json(alias: Alias) -> dict[str, object]:
 
 def _filtered_text(lines: list[RangeLine]) -> str:
     """The kept range lines under their markers: ptdump text again (parse_ptdump reads it)."""
+    from kaiser.linux.ptdump import marker_text
+
     out: list[str] = []
     section: str | None = None
     for line in lines:
@@ -55,6 +54,8 @@ def _filtered_text(lines: list[RangeLine]) -> str:
 
 
 def _print_aliases(found: list[Alias], table: str) -> None:
+    from kaiser.linux.ptquery import size_text
+
     print_table(
         [Col("physical"), Col("size", justify="right"), Col("views", justify="right"), Col("virtual addresses")],
         [
@@ -83,6 +84,8 @@ def fold_wide(text: str, width: int) -> str:
     """The --wide text for a terminal of `width` columns: unchanged when its lines fit, else each
     range on two lines (VA range, size, level, rights / physical range and flags), or three
     below 72 columns -- never a cut address."""
+    from kaiser.linux.ptdump import FLAG_FIELD_WIDTH
+
     lines = text.splitlines()
     if max((len(ln) for ln in lines), default=0) <= width:
         return text
@@ -165,6 +168,14 @@ def dump_command(
     Rights are the printed flags: w = RW, x = no NX, u = USR, g = GLB; a - means clear.
 
     --aliases: physical frames mapped at several virtual addresses (entry area, IDT, ESPfix)."""
+    from kaiser.api.process import boot_process
+    from kaiser.api.tables import dump_text, dump_tree
+    from kaiser.linux.debugfs import TABLES
+    from kaiser.linux.ptdump import DIALECTS, Dialect
+    from kaiser.linux.ptdump_parse import parse_ptdump
+    from kaiser.linux.ptquery import QueryError, RightsFilter, find_aliases, parse_range, select_ranges
+    from kaiser.linux.variants import UnknownVariant
+
     if table not in TABLES:
         fail(f"--table {table!r} is not one of {', '.join(TABLES)}")
     if dialect not in DIALECTS:

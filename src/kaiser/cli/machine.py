@@ -21,14 +21,16 @@ shows (`kaiser.linux.compare.switches_for`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from kaiser.choices import HOST_PAGES, PTI_MODES, VENDORS, VSYSCALL_MODES
 from kaiser.cli.options import choice
 from kaiser.cli.output import fail
-from kaiser.linux.kernel import PTI_MODES, VENDORS, VSYSCALL_MODES, KernelConfig
-from kaiser.x86.nested import HOST_PAGES
+
+if TYPE_CHECKING:
+    from kaiser.linux.kernel import KernelConfig
 
 MAX_CPUS = 64  # the model's limit (KernelConfig: one espfix page serves 64 CPUs)
 # the KernelConfig fields these options (and pcid, la57, kaslr, seed) set
@@ -116,6 +118,8 @@ def lass_vsyscall(ctx: typer.Context, lass: bool, vsyscall: str | None) -> str |
 def machine_config(variant: str, **switches: Any) -> KernelConfig:
     """The `KernelConfig` of a command's options (`cpus` is `ncpus`); a contradiction is a
     one-line error (exit 2)."""
+    from kaiser.linux.kernel import KernelConfig  # the model: imported when a command runs
+
     if "cpus" in switches:
         switches["ncpus"] = switches.pop("cpus")
     try:

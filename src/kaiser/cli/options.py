@@ -24,8 +24,6 @@ from typing import Annotated, Final
 
 import typer
 
-from kaiser.linux.variants import UnknownVariant, get_variant
-
 # CHOSEN: every --seed is a 32-bit unsigned number: numpy's legacy seeding takes 0..2**32-1, and one
 # range for every command means a seed printed by one command can be given to any other.
 SEED_MAX: Final = 2**32 - 1
@@ -123,6 +121,8 @@ def variant_name(value: str | None) -> str | None:
     default)."""
     if value is None:
         return None
+    from kaiser.linux.variants import UnknownVariant, get_variant  # the registry: not for --help
+
     try:
         return get_variant(value).name
     except UnknownVariant as exc:

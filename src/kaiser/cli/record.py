@@ -9,23 +9,15 @@ from typing import Annotated, Any
 
 import typer
 
+from kaiser.choices import RECORDING_WORKLOADS
 from kaiser.cli.options import choice, output_dir, output_file
 from kaiser.cli.output import Col, console, emit_json, err_console, fail, print_table
 from kaiser.inputs import InputError, check_input
-from kaiser.record.boot import Job
 from kaiser.record.build import KERNELS
-from kaiser.record.format import read_header
-from kaiser.record.recorder import (
-    ERRORS,
-    SHIPPED,
-    WORKLOADS,
-    all_jobs,
-    data_dir,
-    record,
-    shipped_name,
-)
-from kaiser.record.stats import METRICS, summarize
 from kaiser.systools import ToolsMissing
+
+# The recorder, the recording format and its summaries (numpy) are imported when a command runs,
+# not for its --help; the workloads' names are kaiser/choices.py's.
 
 recording_app = typer.Typer(
     help="Read recordings of a real kernel (kaiser record): list and info.", no_args_is_help=True
@@ -48,7 +40,10 @@ def record_command(
         list[str] | None, typer.Argument(help="after --: a static x86-64 program and its arguments to record")
     ] = None,
     workload: Annotated[
-        str, typer.Option("--workload", "-w", callback=choice(*WORKLOADS), help=f"one of: {', '.join(WORKLOADS)}")
+        str,
+        typer.Option(
+            "--workload", "-w", callback=choice(*RECORDING_WORKLOADS), help=f"one of: {', '.join(RECORDING_WORKLOADS)}"
+        ),
     ] = "getppid",
     kernel: Annotated[
         str, typer.Option(callback=choice(*KERNELS), help=f"Debian's kernel series: {' or '.join(KERNELS)}")
@@ -87,6 +82,9 @@ def record_command(
 
     Every instruction fetch and data reference between the workload's two markers is written to
     the recording. Installs what it needs (as root) or names the command."""
+    from kaiser.record.boot import Job
+    from kaiser.record.recorder import ERRORS, SHIPPED, WORKLOADS, all_jobs, data_dir, record, shipped_name
+
     if pti not in ("on", "off"):
         fail(f"--pti {pti!r}: use on or off")
     if kernel not in KERNELS:
@@ -137,6 +135,8 @@ def record_command(
 
 def _resolve(file: str) -> Path:
     """A path, or the name of a shipped recording."""
+    from kaiser.record.recorder import data_dir
+
     path = Path(file)
     if not path.exists():
         shipped = data_dir() / file
@@ -150,6 +150,9 @@ def _resolve(file: str) -> Path:
 @recording_app.command("list")
 def list_command(json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False) -> None:
     """The shipped recordings (src/kaiser/record/data) with their kernel, switches and workload."""
+    from kaiser.record.format import read_header
+    from kaiser.record.recorder import data_dir
+
     rows: list[dict[str, Any]] = []
     for path in sorted(data_dir().glob("*.krec")):
         h = read_header(path)
@@ -222,6 +225,8 @@ def info_command(
     symbols: Annotated[bool, typer.Option("--symbols", help="list each page of each kind and what is on it")] = False,
 ) -> None:
     """Per transition kind, the median per call of what the kernel did, by region; the user side."""
+    from kaiser.record.stats import METRICS, summarize
+
     try:
         data = summarize(_resolve(file), symbols=symbols)
     except InputError as exc:

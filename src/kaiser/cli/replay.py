@@ -14,22 +14,23 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
+from kaiser.choices import BASELINE, KERNEL_SIDES
 from kaiser.cli.options import ReplayPathOption, choice, plot_file, variant_names
 from kaiser.cli.output import Col, console, emit_json, err_console, fail, print_table
 from kaiser.inputs import check_input
-from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
-from kaiser.traces.interleave import BASELINE, TraceReplay, engine_available
-from kaiser.traces.lackey import TraceError
-from kaiser.traces.multireplay import WORKERS_MAX, replay_trace
-from kaiser.traces.strace import StraceError, read_strace
+
+if TYPE_CHECKING:  # the traces and the engine are imported when the command runs, not for its --help
+    from kaiser.traces.interleave import TraceReplay
 
 
 def _variants(names: list[str] | None) -> list[str]:
+    from kaiser.linux.variants import VARIANTS, UnknownVariant, get_variant
+
     if not names:
         return list(VARIANTS)
     try:
@@ -51,6 +52,9 @@ def check_trace_files(trace: Path, syscalls: Path | None) -> None:
 def reader_errors() -> Iterator[None]:
     """Reading and replaying traces: a bad line (`TraceError`, `StraceError`: `FILE:LINE: why`)
     is a one-line error; the replay's warnings are silenced (the commands say which path runs)."""
+    from kaiser.traces.lackey import TraceError
+    from kaiser.traces.strace import StraceError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -60,6 +64,7 @@ def reader_errors() -> Iterator[None]:
 
 
 LIMIT_MAX = 1 << 62  # CHOSEN: "no limit" in practice; a bound so that --limit is an int64 everywhere
+WORKERS_MAX = 256  # CHOSEN: a bound for --workers; more threads than configurations do nothing
 CacheOption = Annotated[
     bool,
     typer.Option(
@@ -103,7 +108,7 @@ def replay_command(
         str,
         typer.Option(
             "--kernel-side",
-            callback=choice("recorded", "modelled"),
+            callback=choice(*KERNEL_SIDES),
             help="System call bodies: recorded (Debian 6.1's, where a recording exists) or modelled.",
         ),
     ] = "recorded",
@@ -111,6 +116,10 @@ def replay_command(
     workers: WorkersOption = None,
 ) -> None:
     """Replay a real program's memory trace, with its system calls, on each variant and price it."""
+    from kaiser.traces.interleave import engine_available
+    from kaiser.traces.multireplay import replay_trace
+    from kaiser.traces.strace import read_strace
+
     check_trace_files(trace, syscalls)
     if path not in (None, "engine", "reference"):
         fail(f"--path {path!r}: use engine or reference")
@@ -204,7 +213,7 @@ def print_result(r: TraceReplay) -> None:
         f"{r.workers} thread{'s' if r.workers != 1 else ''}, {'binary cache' if r.cached else 'parsed text'})"
     )
     sides = r.results[0].kernel_side if r.results else {}
-    for side in ("recorded", "modelled"):
+    for side in KERNEL_SIDES:
         names = sorted(n for n, s in sides.items() if s == side)
         console.print(f"kernel side {side}: {', '.join(names) if names else 'none'}")
     unmodelled = r.results[0].unmodelled if r.results else {}

@@ -13,7 +13,6 @@ import typer
 
 from kaiser.cli.options import non_empty, output_file
 from kaiser.cli.output import console, fail
-from kaiser.report import ReportError, load, render
 
 
 def report_command(
@@ -29,6 +28,8 @@ def report_command(
     ] = None,
 ) -> None:
     """Write one self-contained HTML page (plots inline, readable offline) of a bench or sweep run."""
+    from kaiser.report import ReportError, load, render  # the page's plots (matplotlib): not for --help
+
     try:
         res = load(results)
     except ReportError as exc:

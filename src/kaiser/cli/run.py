@@ -9,7 +9,6 @@ import typer
 from kaiser.cli.machine import PtiOption, VendorOption, VsyscallOption
 from kaiser.cli.options import SEED_MAX
 from kaiser.cli.output import Col, console, emit_json, fail, print_table
-from kaiser.linux.variants import UnknownVariant
 
 if TYPE_CHECKING:
     from kaiser.realcode import RunReport
@@ -84,6 +83,7 @@ def run_command(
 
     The kernel's SYSCALL entry and exit switch CR3 as the variant does; the report shows the system
     calls, a user load of kernel memory, and the CR3 values written."""
+    from kaiser.linux.variants import UnknownVariant
     from kaiser.realcode import BuildError, run_names, run_variant  # Unicorn: loaded when run
 
     try:

@@ -14,17 +14,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from statistics import mean
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kaiser.choices import BASELINE
 from kaiser.cli.options import output_dir, scheduler_address
 from kaiser.cli.output import console, err_console, fail
-from kaiser.sweep.runner import SweepState, default_workers, run_sweep
-from kaiser.sweep.spec import Config, Spec, SpecError, load_spec
-from kaiser.sweep.store import BASELINE, ResultStore, table
+
+if TYPE_CHECKING:  # the sweep (dask, the model) is imported when the command runs, not for its --help
+    from kaiser.sweep.runner import SweepState
+    from kaiser.sweep.spec import Config, Spec
+    from kaiser.sweep.store import ResultStore
 
 Row = dict[str, Any]
 
@@ -82,6 +85,8 @@ def summary_table(rows: list[Row]) -> Table:
 
 
 def _finish(spec: Spec, store: ResultStore, plots: bool) -> tuple[list[Row], list[Path]]:
+    from kaiser.sweep.store import table
+
     rows = table(spec.configs, store.load())
     store.write_csv(rows)
     if not (plots and rows):
@@ -121,6 +126,10 @@ def sweep_command(
     show_progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
 ) -> None:
     """Run a sweep spec's configurations on dask; rerun with the same --out to resume."""
+    from kaiser.sweep.runner import default_workers, run_sweep
+    from kaiser.sweep.spec import SpecError, load_spec
+    from kaiser.sweep.store import ResultStore, table
+
     try:
         parsed = load_spec(spec)
     except SpecError as exc:

@@ -11,21 +11,24 @@ for it before any walk (SDM Vol. 3A §3.3.7.1), so there is no walk to show.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kaiser.api.walks import PGDS, process_walk, sample_walk
+from kaiser.choices import PGDS
 from kaiser.cli.output import Col, console, emit_json, fail, parse_int, print_table
-from kaiser.linux.variants import UnknownVariant
 from kaiser.x86.bits import PFEC, describe_entry
 from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL, format_size
 from kaiser.x86.rights import Op
-from kaiser.x86.walker import Fault, Translation
+
+if TYPE_CHECKING:
+    from kaiser.x86.walker import Fault, Translation
 
 
 def walk_result_json(result: Translation | Fault) -> dict[str, object]:
     """The JSON form of a walk."""
+    from kaiser.x86.walker import Translation
+
     entries = [
         {
             "level": e.level.entry,
@@ -98,6 +101,9 @@ def walk_command(
 
     Without --variant: the built-in sample address space. With --variant: that variant's booted
     kernel (as kaiser dump boots it), through the user or the kernel PGD (--pgd)."""
+    from kaiser.api.walks import process_walk, sample_walk  # the model: not for --help
+    from kaiser.x86.walker import Translation
+
     va = parse_int(address, "address")
     try:
         access = Op(op)
@@ -120,6 +126,7 @@ def walk_command(
         walk = sample_walk(va, access, la57=la57, **switches)
     else:
         from kaiser.api.process import boot_process
+        from kaiser.linux.variants import UnknownVariant
 
         try:
             kernel, task = boot_process(variant, pcid=pcid, la57=la57, kaslr=kaslr, seed=seed)

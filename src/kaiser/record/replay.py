@@ -60,7 +60,6 @@ from kaiser.x86.bits import PAGE_KERNEL, PTE
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind
 from kaiser.x86.rights import Op
 
-KERNEL_SIDES: Final = ("recorded", "modelled")
 DEFAULT_KERNEL: Final = "6.1"  # CHOSEN: the kernel item 4's CR3 check holds the model against
 VMALLOC_OFFSET: Final = 3 << 30  # CHOSEN: above the bench's kernel working set (1 GiB up)
 LINE: Final = 6  # 64-byte lines (SDM Vol. 3A 12.1: the cache line of every Intel 64 CPU since P4)

@@ -61,7 +61,6 @@ from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
 # and all 14 variant x PCID configurations in one pass within this share of 14 separate passes.
 REPLAY_TARGET_REFS_PER_SECOND: Final = 25_000_000
 ONE_PASS_TARGET_RATIO: Final = 0.6
-WORKERS_MAX: Final = 256  # CHOSEN: a bound for --workers; more threads than configurations do nothing
 
 
 @dataclass(frozen=True)
