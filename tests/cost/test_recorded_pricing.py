@@ -105,15 +105,20 @@ def test_engine_and_reference_price_a_recorded_run_alike(caches: str | None) -> 
         for p in ("engine", "reference")
     ]
     assert got[0].counters == got[1].counters and got[0].recorded_counters == got[1].recorded_counters
+    assert got[0].user_counters == got[1].user_counters
     assert got[0].cycles.as_dict() == pytest.approx(got[1].cycles.as_dict())
     r = got[0]
     # the recorded kernel's instructions are priced at kernel_cpi, its L1 hits at nothing more
     assert r.cycles.terms["recorded_kernel"] == pytest.approx(r.ops.recorded_instructions * params.kernel_cpi)
+    assert r.user_counters is not None  # syscall-loop's 64 user loads: priced overlapped (model.user_overlap)
+    user_loads = r.user_counters.dtlb_hits + r.user_counters.dtlb_misses
+    assert user_loads == r.iterations * 64
     if hier is None:
-        assert r.cycles.terms["memory_refs"] == (r.ops.user_refs + r.ops.kernel_refs - r.ops.recorded_refs) * 4
+        serial = (r.ops.user_refs + r.ops.kernel_refs - r.ops.recorded_refs) * 4
+        assert r.cycles.terms["memory_refs"] == pytest.approx(serial - user_loads * (4 - 1 / params.load_ports))
     else:  # only the recorded references that hit L1 are hidden; those that missed are priced
         assert r.recorded_counters is not None
-        as_if_all_hit = price(r.counters, r.ops, params, caches=True, recorded=None)
+        as_if_all_hit = price(r.counters, r.ops, params, caches=True, recorded=None, user=r.user_counters)
         hidden = r.recorded_counters.l1i_hits + r.recorded_counters.l1d_hits - r.recorded_counters.walk_loads_l1
         assert 0 <= hidden <= r.ops.recorded_refs
         assert r.cycles.terms["memory_refs"] - as_if_all_hit.terms["memory_refs"] == pytest.approx(

@@ -24,6 +24,15 @@ with each other, the kernel's loads mostly chasing pointers). `recorded` are the
 transitions' events alone (kaiser.cost.run replays them apart); without them every recorded
 reference is taken as an L1 hit. Such a transition is charged no `syscall_sysret`, `swapgs`,
 `interrupt_entry_exit` or `page_fault`: the instructions are that work.
+
+A workload's user loads (`user`: the counters of its user phases' data loads alone, which
+kaiser.cost.run replays apart) are independent of each other: the addresses of a strided walk do
+not depend on the values loaded. An out-of-order core overlaps them, so they are priced by the
+resource each one uses, not one latency after another: `load_ports` L1 hits a cycle, their STLB
+hits and the latency of the levels beyond L1 that served them spread over `fill_buffers` misses
+in flight, their walks over `page_walkers` walks at once (`user_overlap`). Every other reference
+(kernel paths, a recorded transition's misses, instruction fetches) stays priced one after
+another (CHOSEN above: the kernel's loads mostly chase pointers).
 """
 
 from __future__ import annotations
@@ -77,6 +86,31 @@ def _l1_hits(c: TlbCounters) -> int:
     return c.l1i_hits + c.l1d_hits - c.walk_loads_l1
 
 
+def _walk_cycles(c: TlbCounters, p: CostParams, caches: bool) -> float:
+    """The walks of counters `c`, priced one after another (as `price` prices every walk)."""
+    if caches:
+        return c.walks * (p.walk_base - p.l1_hit) + _cache_terms(c, p)[0]
+    extra_loads = max(0, c.walk_loads - c.walks) + c.host_walk_loads
+    return c.walks * p.walk_base + extra_loads * p.walk_load_extra
+
+
+def user_overlap(u: TlbCounters, p: CostParams, caches: bool) -> tuple[float, float, float, float]:
+    """Independent user loads with counters `u` (the module docstring): (translation priced one
+    after another, translation overlapped, references one after another, references overlapped)."""
+    loads = u.dtlb_hits + u.dtlb_misses
+    walks = _walk_cycles(u, p, caches)
+    serial_tr = u.stlb_hits * p.stlb_hit + walks
+    overlapped_tr = u.stlb_hits * p.stlb_hit / p.fill_buffers + walks / p.page_walkers
+    if caches:
+        _, serial_refs, _ = _cache_terms(u, p)
+        beyond_l1 = serial_refs - _l1_hits(u) * p.l1_hit
+        overlapped_refs = _l1_hits(u) / p.load_ports + beyond_l1 / p.fill_buffers
+    else:
+        serial_refs = loads * p.mem_ref
+        overlapped_refs = loads / p.load_ports
+    return serial_tr, overlapped_tr, serial_refs, overlapped_refs
+
+
 def price(
     c: TlbCounters,
     ops: OpCounts,
@@ -84,14 +118,16 @@ def price(
     *,
     caches: bool = False,
     recorded: TlbCounters | None = None,
+    user: TlbCounters | None = None,
 ) -> Cycles:
     """Cycles of a replayed stream with counters `c` and compiled operations `ops`; `caches`:
     the replay had a cache hierarchy (price references by the level that served them);
-    `recorded`: the counters of the recorded transitions' events (the module docstring)."""
+    `recorded`: the counters of the recorded transitions' events; `user`: those of the user
+    phases' independent loads (the module docstring)."""
     flushing = c.cr3_writes - c.cr3_noflush
     extra_loads = max(0, c.walk_loads - c.walks) + c.host_walk_loads  # a nested walk's EPT loads too
     if caches:
-        walk_loads, refs, excess = _cache_terms(c, p)
+        walk_loads, refs, _ = _cache_terms(c, p)
         translation = c.stlb_hits * p.stlb_hit + c.walks * (p.walk_base - p.l1_hit) + walk_loads
         # the recorded transitions' L1 hits are inside their instructions' cycles
         hidden = _l1_hits(recorded) if recorded is not None else ops.recorded_refs
@@ -99,6 +135,16 @@ def price(
     else:
         translation = c.stlb_hits * p.stlb_hit + c.walks * p.walk_base + extra_loads * p.walk_load_extra
         refs = (ops.user_refs + ops.kernel_refs - ops.recorded_refs) * p.mem_ref
+    dram_overlap = 0.0
+    if user is not None:  # the user loads overlapped instead of one after another
+        serial_tr, overlapped_tr, serial_refs, overlapped_refs = user_overlap(user, p, caches)
+        translation += overlapped_tr - serial_tr
+        refs += overlapped_refs - serial_refs
+        # their DRAM accesses priced by latency shrink alike, so the bandwidth bound compares with that
+        dram_overlap = p.dram_latency * (
+            (user.llc_misses - user.walk_loads_dram) * (1 - 1 / p.fill_buffers)
+            + user.walk_loads_dram * (1 - 1 / p.page_walkers)
+        )
     rec_entries = ops.recorded_syscalls + ops.recorded_interrupts + ops.recorded_exceptions
     terms = {
         "translation": translation,
@@ -121,7 +167,8 @@ def price(
         "user_work": ops.work_cycles,
     }
     if caches:
-        terms["dram_bandwidth"] = excess
+        dram = c.llc_misses * p.dram_latency - dram_overlap
+        terms["dram_bandwidth"] = max(0.0, c.dram_reads * 64 / p.dram_bytes_per_cycle - dram)
     return Cycles(terms)
 
 

@@ -28,6 +28,13 @@ _SOURCE_LINES: dict[str, str] = {
     "10 taken",
     "walk_load_extra": "CITED+derived: Sniper's 30-cycle cold walk (its Skylake configuration) = 10 + 3 extra "
     "loads x ~7 cycles",
+    "load_ports": "CITED: two loads a cycle, Skylake's two load ports (ports 2 and 3; Intel Optimization Manual "
+    "248966, Skylake microarchitecture): the throughput of a user phase's independent loads that hit L1 (model.py)",
+    "fill_buffers": "CHOSEN: 10 L1D misses in flight, Haswell's 10 line fill buffers (Intel Optimization Manual "
+    "248966, Haswell microarchitecture) taken for every core here: the user phase's independent loads overlap "
+    "their STLB hits and the latency of the levels beyond L1 that served them this many deep (model.py)",
+    "page_walkers": "CITED: 2 page walks in parallel (Intel Optimization Manual; facts/performance.md §1): the "
+    "user phase's independent loads overlap their walks two at a time (model.py)",
     "cr3_write_noflush": "FIT: getppid() 140 -> 580 cycles with PTI+PCID (K. Garloff, 'KPTI/IBRS/Retpoline "
     "Microbenchmarks') on linux-4.15 on machine garloff-bare with the recorded kernel side, two NOFLUSH writes "
     "per call; consistent with Documentation/x86/pti.rst: 'on the order of a hundred cycles'",
@@ -103,6 +110,10 @@ class CostParams:
     stlb_hit: float = 9.0
     walk_base: float = 10.0  # a walk that reads one paging-structure entry
     walk_load_extra: float = 7.0  # each further entry it reads (PSC misses)
+    # How a user phase's independent loads overlap (model.py, user_overlap).
+    load_ports: float = 2.0
+    fill_buffers: float = 10.0
+    page_walkers: float = 2.0
     # Control-register and invalidation instructions.
     cr3_write_noflush: float = 218.6
     cr3_write_flush: float = 224.6

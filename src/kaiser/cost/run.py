@@ -100,19 +100,29 @@ def replay_split(
 ) -> tuple[TlbCounters, TlbCounters]:
     """Replay `events` in order, batch by batch at the bounds of `spans` (sorted, disjoint
     [start, end) ranges): (every counter, the counters of the events inside `spans`)."""
-    total = np.zeros(len(dataclasses.fields(TlbCounters)), dtype=np.int64)
-    inside = total.copy()
+    total, inside = replay_spans(step, events, {"inside": spans})
+    return total, inside["inside"]
+
+
+def replay_spans(
+    step: Callable[[np.ndarray], np.ndarray], events: np.ndarray, spans: dict[str, list[tuple[int, int]]]
+) -> tuple[TlbCounters, dict[str, TlbCounters]]:
+    """`replay_split` with several kinds of span (disjoint across kinds too): (every counter, per
+    kind the counters of the events inside its spans)."""
+    width = len(dataclasses.fields(TlbCounters))
+    total = np.zeros(width, dtype=np.int64)
+    inside = {kind: total.copy() for kind in spans}
     pos = 0
-    for start, end in spans:
+    for start, end, kind in sorted((a, b, k) for k, ranges in spans.items() for a, b in ranges):
         if start > pos:
             total += step(events[pos:start])
         got = step(events[start:end])
         total += got
-        inside += got
+        inside[kind] += got
         pos = end
     if pos < len(events):
         total += step(events[pos:])
-    return TlbCounters(*total.tolist()), TlbCounters(*inside.tolist())
+    return TlbCounters(*total.tolist()), {k: TlbCounters(*v.tolist()) for k, v in inside.items()}
 
 
 @dataclass
@@ -134,6 +144,7 @@ class RunResult:
     kernel_pages: dict[str, dict[str, Any]] = field(default_factory=dict)  # a recording's pages, per syscall
     recorded_counters: TlbCounters | None = None  # of the recorded transitions' events alone
     host_page: str | None = None  # a guest's nested paging: the host page size (None: bare metal)
+    user_counters: TlbCounters | None = None  # of the user phases' independent loads alone
 
     @property
     def recorded_transitions(self) -> int:
@@ -252,6 +263,9 @@ def run(
     state = wl.setup(em, knobs)
     if warmup:
         wl.iterate(em, state, knobs, warmup)
+    user_spans: list[tuple[int, int]] | None = getattr(state, "user_spans", None)
+    if user_spans is not None:
+        user_spans.clear()  # the measured part's event indices start again at 0
     warm_events = em.out.array()
     em.out = type(em.out)()
     em.ops = OpCounts()
@@ -262,11 +276,14 @@ def run(
     path = path or default_path()
     host = HostTable.build(kernel.mem.size, host_page) if host_page else None
     recorded: TlbCounters | None = None
-    if em.recorded_spans:  # the recorded transitions' counters apart: their misses, their walks
+    user: TlbCounters | None = None
+    if em.recorded_spans or user_spans:  # counted apart: the recorded transitions, the user loads
         step = make_stepper(kernel.mem, em.initial_state(), features, geometry, path, caches, host)
         if len(warm_events):
             step(warm_events)
-        counters, recorded = replay_split(step, events, em.recorded_spans)
+        counters, inside = replay_spans(step, events, {"recorded": em.recorded_spans, "user": user_spans or []})
+        recorded = inside["recorded"] if em.recorded_spans else None
+        user = inside["user"] if user_spans else None
     else:
         replay = make_replayer(kernel.mem, em.initial_state(), features, geometry, path, caches, host)
         if len(warm_events):
@@ -282,12 +299,13 @@ def run(
         len(events),
         counters,
         em.ops,
-        price(counters, em.ops, params, caches=caches is not None, recorded=recorded),
+        price(counters, em.ops, params, caches=caches is not None, recorded=recorded, user=user),
         params,
         transition_sides(em, em.ops),
         pages_report(sorted(transition_sides(em, em.ops)), set(em.recorded_calls)),
         recorded,
         host_page,
+        user,
     )
 
 

@@ -276,6 +276,9 @@ class LoopState:
     buffers: list[UserBuffer]
     kernel_ws: list[int]
     i: int = 0
+    # [start, end) event ranges of the user phases' data loads (kaiser.cost.run prices them
+    # overlapped: kaiser.cost.model's user_overlap); run.py clears it after the warm-up.
+    user_spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _start(em: EntryModel, knobs: dict[str, Any], procs: int = 1) -> LoopState:
@@ -296,7 +299,13 @@ def _start(em: EntryModel, knobs: dict[str, Any], procs: int = 1) -> LoopState:
 
 
 def _user_phase(em: EntryModel, st: LoopState, knobs: dict[str, Any], who: int = 0) -> None:
-    em.user(reads=st.buffers[who].next(knobs["reads"]), fetch=USER_TEXT)
+    """The loop's code fetch, then its strided loads: independent of each other (no address
+    depends on a loaded value), their event range kept in `st.user_spans`."""
+    em.user(fetch=USER_TEXT)
+    if knobs["reads"]:
+        start = len(em.out)
+        em.user(reads=st.buffers[who].next(knobs["reads"]))
+        st.user_spans.append((start, len(em.out)))
     em.work(knobs["work"])
 
 
