@@ -14,10 +14,11 @@ from kaiser.api.tables import dump_text
 from kaiser.linux.audit import audit_dump, audit_model, audit_text, infer_layout
 from kaiser.linux.audit_policy import CLASSES, policy_for
 from kaiser.linux.kernel import Kernel, Task
+from kaiser.linux.pgtable_types import PAGE_KERNEL
 from kaiser.linux.ptdump import ptdump
 from kaiser.linux.ptdump_parse import parse_ptdump, range_lines, render_records
 from kaiser.linux.variants import VARIANTS
-from kaiser.x86.bits import PAGE_KERNEL, PTE
+from kaiser.x86.bits import PTE
 
 ISOLATING = [name for name, v in VARIANTS.items() if v.isolating]
 MiB = 1 << 20

@@ -13,7 +13,8 @@ import pytest
 
 from kaiser.linux.cea import DEBUG_BUFFER_PAGES, PAGE_NONE, PERCPU_PAGES, Kind, cea_layout
 from kaiser.linux.kernel import Kernel, KernelConfig
-from kaiser.x86.bits import PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE
+from kaiser.linux.pgtable_types import PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX
+from kaiser.x86.bits import PTE
 from kaiser.x86.physmem import PAGE_SIZE
 
 ALL = [(era, stub, ds) for era in ("modern", "4.15") for stub in (False, True) for ds in (True, False)]

@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.mm import MMAP_BASE, Mm, MmError, ProgramImage, Prot, prot_to_pte
-from kaiser.x86.bits import CR4, PTE
+from kaiser.linux.pgtable_types import PAGE_TABLE
+from kaiser.x86.bits import ADDR_MASK_52, CR4, PTE
 from kaiser.x86.cpu import CpuState
+from kaiser.x86.geometry import user_half_end
 from kaiser.x86.physmem import PAGE_SIZE
 from kaiser.x86.walker import Op, Translation, translate
 
@@ -162,3 +164,21 @@ def test_bad_ranges_are_refused(kernel: Kernel) -> None:
     kernel.exit(task)
     with pytest.raises(MmError, match="exited"):
         task.mm.mmap(PAGE_SIZE)
+
+
+@pytest.mark.parametrize("variant", ["linux", "nopti"])
+def test_user_half_tables_are_linux_page_table_entries(variant: str) -> None:
+    """Every table above a process's user pages is reached through a _PAGE_TABLE entry
+    (pgtable_types.h; pgalloc.h's pmd_populate and friends), in both trees of the pair; the kernel
+    PGD's copy of a top-level entry adds NX (pti_set_user_pgtbl, linux-kpti.md §3.2)."""
+    k = Kernel.boot(KernelConfig(variant=variant, seed=3))
+    task = k.spawn(IMAGE)
+    pgd = task.mm.pgd
+    trees = [(pgd.kernel_pt, int(PTE.NX) if k.variant.isolating else 0)]
+    trees += [(pgd.user_pt, 0)] if pgd.user_pt is not None else []
+    for pt, top_nx in trees:
+        leaves = list(pt.leaves(0, user_half_end(pt.mode)))
+        assert leaves
+        for leaf in leaves:
+            flags = [e & ~ADDR_MASK_52 for e in leaf.above]
+            assert flags == [int(PAGE_TABLE) | top_nx] + [int(PAGE_TABLE)] * (len(flags) - 1), leaf

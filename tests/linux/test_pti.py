@@ -20,6 +20,7 @@ from kaiser.linux import pti
 from kaiser.linux.audit_policy import CLASSES
 from kaiser.linux.kernel import Kernel, KernelConfig
 from kaiser.linux.layout import VSYSCALL_ADDR
+from kaiser.linux.pgtable_types import PAGE_KERNEL, PAGE_NOPTISHADOW
 from kaiser.linux.variants import (
     VARIANTS,
     Clone,
@@ -32,7 +33,7 @@ from kaiser.linux.variants import (
     get_variant,
     register_variant,
 )
-from kaiser.x86.bits import PAGE_KERNEL, PTE, entry_phys
+from kaiser.x86.bits import PTE, entry_phys
 from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL, PagingMode
 from kaiser.x86.pagetable import PageTable, PagingError
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory
@@ -332,7 +333,7 @@ def test_audit_classes_are_the_union_of_the_parts(booted: Kernel) -> None:
 
 # ---- _PAGE_NOPTISHADOW in the mirroring of a process's top-level writes -------------------------
 def test_noptishadow_is_bit_58() -> None:
-    assert pti.PAGE_NOPTISHADOW == 1 << 58  # _PAGE_BIT_SOFTW5 on x86-64 (d0ceea662d45)
+    assert PAGE_NOPTISHADOW == 1 << 58  # _PAGE_BIT_SOFTW5 on x86-64 (d0ceea662d45)
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +365,7 @@ def test_user_half_writes_mirror_unless_noptishadow(
         for index, pfn, user, shadowless in writes:
             before = mem.read_u64(upt.root + 8 * index)
             value = pfn << 12 | int(PTE.P | PTE.RW) | (int(PTE.US) if user else 0)
-            value |= pti.PAGE_NOPTISHADOW if shadowless else 0
+            value |= PAGE_NOPTISHADOW if shadowless else 0
             kpt.set_entry(kpt.root + 8 * index, value, 0)
             kval, uval = mem.read_u64(kpt.root + 8 * index), mem.read_u64(upt.root + 8 * index)
             if shadowless:

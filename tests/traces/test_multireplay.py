@@ -11,11 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kaiser.linux.pgtable_types import PAGE_KERNEL
 from kaiser.linux.variants import VARIANTS
 from kaiser.traces.interleave import EntrySyscalls
 from kaiser.traces.lackey import SyscallSite, format_lackey
 from kaiser.traces.multireplay import ReplayConfig, all_configs, as_config, replay_trace
-from kaiser.x86.bits import PAGE_KERNEL, PTE
+from kaiser.x86.bits import PTE
 from kaiser.x86.events import EVENT_DTYPE, Ev
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, CacheGeometry

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from kaiser.x86.bits import CR4, PTE, entry_phys, pkey_of
+from kaiser.x86.bits import ADDR_MASK_52, CR4, PTE, entry_phys, pkey_of
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL, AddressError, PagingMode, kernel_half_start, user_half_end
 from kaiser.x86.pagetable import LEAF_FLAG_MASK, PageTable, PagingError
@@ -416,6 +416,29 @@ def test_phys_alignment_limits_the_page_size(pt: PageTable) -> None:
     pt.unmap(0, 2 * M2)
     pt.map(0, M2, G1, int(PTE.RW))  # pa 2 MiB-aligned: 2 MiB pages, never 1 GiB
     assert {leaf.size for leaf in pt.leaves()} == {M2}
+
+
+# A non-leaf entry's own bits (everything but its table address): what `table_flags` may choose.
+TABLE_FLAG_BITS = [PTE.RW, PTE.US, PTE.PWT, PTE.PCD, PTE.A, PTE.D, PTE.SW1, PTE.SW3, PTE.NX]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    mode=st.sampled_from(MODES),
+    user=st.sets(st.sampled_from(TABLE_FLAG_BITS)),
+    kernel=st.sets(st.sampled_from(TABLE_FLAG_BITS)),
+)
+def test_new_tables_carry_the_callers_table_flags(mode: PagingMode, user: set[PTE], kernel: set[PTE]) -> None:
+    """Every non-leaf entry a map creates holds exactly the `table_flags` of its half (P added by
+    the caller's choice), nothing else of the editor's own."""
+    flags = tuple(int(PTE.P) | sum(int(b) for b in bits) for bits in (user, kernel))
+    pt = PageTable(PhysicalMemory(RAM), mode, tag="t", table_flags=(flags[0], flags[1]))
+    lo, hi = 0x400000, kernel_half_start(mode) + (1 << 40)
+    for va, want in ((lo, flags[0]), (hi, flags[1])):
+        pt.map(va, 0x200000, K4, int(PTE.RW))
+        (leaf,) = pt.leaves(va, va + K4)
+        assert len(leaf.above) == len(mode.levels) - 1
+        assert all(e & ~ADDR_MASK_52 == want for e in leaf.above), [hex(e) for e in leaf.above]
 
 
 def test_no_gbpages_uses_2mib() -> None:

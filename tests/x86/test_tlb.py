@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from kaiser.x86.bits import CR4, PAGE_TABLE, PTE, make_entry
+from kaiser.x86.bits import CR4, PTE, make_entry
 from kaiser.x86.cpu import CpuFeatures, CpuState
 from kaiser.x86.mmu import Access, GeneralProtection, InvalidOpcode, Mmu
-from kaiser.x86.pagetable import PageTable
+from kaiser.x86.pagetable import DEFAULT_TABLE_FLAGS, PageTable
 from kaiser.x86.physmem import FrameKind, PhysicalMemory
 from kaiser.x86.rights import Op
 from kaiser.x86.tlb import HitLevel, Tlb, TlbEntry
@@ -27,6 +27,8 @@ from kaiser.x86.tlb_geometry import (
     set_index,
 )
 from kaiser.x86.walker import Translation
+
+USER_TABLE = DEFAULT_TABLE_FLAGS[0]  # a user-half non-leaf entry that restricts nothing
 
 K4, M2, G1 = 1 << 12, 1 << 21, 1 << 30
 BASE_CR4 = int(CR4.PAE | CR4.PGE)
@@ -531,7 +533,7 @@ def test_stale_psc_entry_is_dropped_not_used(world: World) -> None:
     mmu.access(USER[0])
     slot = world.a.entry_slot(USER[0], 2)
     assert slot is not None
-    world.mem.write_u64(slot, world.pt_spare | PAGE_TABLE)
+    world.mem.write_u64(slot, world.pt_spare | USER_TABLE)
     a = mmu.access(USER[1])
     assert a.pa == FRAMES[2] and a.walk_loads == 2 and mmu.counters.psc_stale == 1  # PDPTE cache hit
 
@@ -667,7 +669,7 @@ def run_sequence(ops: list[tuple], geometry: TlbGeometry) -> None:
             if kind == "pde":
                 slot = world.a.entry_slot(USER[0], 2)
                 assert slot is not None
-                world.mem.write_u64(slot, (world.pt_spare if op[1] else world.pt_a) | PAGE_TABLE)
+                world.mem.write_u64(slot, (world.pt_spare if op[1] else world.pt_a) | USER_TABLE)
                 continue
             mmu.set_registers(cpl=0)
             old = mmu.state

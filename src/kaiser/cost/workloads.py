@@ -23,8 +23,9 @@ from kaiser.linux.asid import flush_tlb_mm_range
 from kaiser.linux.entry import EntryModel
 from kaiser.linux.kernel import Kernel, Task
 from kaiser.linux.mm import Prot, prot_to_pte
+from kaiser.linux.pgtable_types import PAGE_KERNEL
 from kaiser.linux.syscalls import SYSCALLS, get_syscall
-from kaiser.x86.bits import PAGE_KERNEL, PTE
+from kaiser.x86.bits import PTE
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30

@@ -29,13 +29,20 @@ from kaiser.linux.layout import (
     make_layout,
 )
 from kaiser.linux.mm import LDT_ENTRIES, Mm, ProgramImage
+from kaiser.linux.pgtable_types import (
+    KERNPG_TABLE,
+    PAGE_KERNEL,
+    PAGE_KERNEL_RO,
+    PAGE_KERNEL_RX,
+    PAGE_KERNEL_VVAR,
+    TABLE_FLAGS,
+)
 from kaiser.linux.variants import Delivery, Entry, GlobalPolicy, Part, Variant, booted_variant, get_variant
-from kaiser.x86.bits import CR4, KERNPG_TABLE, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE, make_cr3
+from kaiser.x86.bits import CR4, PTE, make_cr3
 from kaiser.x86.geometry import PagingMode, mode_for
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory
 
-PAGE_KERNEL_VVAR = int(PAGE_KERNEL_RO | PTE.US)  # __PAGE_KERNEL_VVAR: the emulated vsyscall page (§3.3)
 FIX_IO_PAGES = 515  # fixmap index of the two RW PCD I/O pages (APIC, IO-APIC): FIXADDR_TOP - 515 pages
 # espfix_64.c: 64-byte ministacks, 64 a page; page_random spans 2^(P4D_SHIFT - PAGE_SHIFT - 16) pages.
 ESPFIX_STACK_SIZE, ESPFIX_STACKS_PER_PAGE, ESPFIX_PAGE_SPACE = 64, 64, 1 << (39 - 12 - 16)
@@ -244,10 +251,10 @@ class Kernel:
             # PGD_ALLOCATION_ORDER 1: an 8 KiB, 8 KiB-aligned pair (asm/pgalloc.h, §3.1).
             kpgd = mem.alloc(FrameKind.PAGE_TABLE, tag, count=2, align=2)
             return PgdPair(
-                PageTable(mem, mode, tag=tag, root=kpgd),
-                PageTable(mem, mode, tag=f"{tag} pti", root=pti.kernel_to_user_pgd(kpgd)),
+                PageTable(mem, mode, tag=tag, root=kpgd, table_flags=TABLE_FLAGS),
+                PageTable(mem, mode, tag=f"{tag} pti", root=pti.kernel_to_user_pgd(kpgd), table_flags=TABLE_FLAGS),
             )
-        return PgdPair(PageTable(mem, mode, tag=tag), None)
+        return PgdPair(PageTable(mem, mode, tag=tag, table_flags=TABLE_FLAGS), None)
 
     # ---- global-bit policy -----------------------------------------------------------------
     def _global(self, shared: bool) -> int:

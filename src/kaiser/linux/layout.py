@@ -17,7 +17,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from kaiser.x86.bits import PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PTE
+from kaiser.linux.pgtable_types import PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX
+from kaiser.x86.bits import PTE
 from kaiser.x86.geometry import PAGE_SIZE, GiB, KiB, MiB, TiB
 
 Era = Literal["modern", "4.15"]

@@ -31,18 +31,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from kaiser.linux.layout import VSYSCALL_ADDR, Layout
-from kaiser.x86.bits import PAGE_KERNEL, PTE, entry_phys
+from kaiser.linux.pgtable_types import PAGE_KERNEL, PAGE_NOPTISHADOW
+from kaiser.x86.bits import PTE, entry_phys
 from kaiser.x86.pagetable import PageTable, PagingError
 from kaiser.x86.physmem import PAGE_SIZE
 
 PTI_USER_PGTABLE_BIT = 12  # kernel_to_user_pgdp(): the user PGD is the kernel PGD with bit 12 set (§3.1)
 PMD_SIZE = 1 << 21
-# _PAGE_NOPTISHADOW = _PAGE_BIT_SOFTW5, bit 58 on x86-64 (arch/x86/include/asm/pgtable_types.h,
-# mainline d0ceea662d45, 6.13): a top-level entry that carries it is not mirrored into the user PGD
-# (kernel_ident_mapping_init() sets it on the identity map of a kexec PGD). The Oct 2025 proposal
-# to move it to bit 9 ("x86/mm: Move _PAGE_BIT_NOPTISHADOW from bit 58 to bit 9") was not taken:
-# a 2026 tree still defines it as SOFTW5. The CPU ignores bit 58 in a PML4E (SDM Vol. 3A Table 4-15).
-PAGE_NOPTISHADOW: Final = int(PTE.SW5)
 
 
 def kernel_to_user_pgd(kernel_pgd: int) -> int:

@@ -54,9 +54,10 @@ import numpy as np
 from kaiser.linux.cea import PERCPU_PAGES
 from kaiser.linux.entry import EntryModel
 from kaiser.linux.kernel import THREAD_SIZE, Task
+from kaiser.linux.pgtable_types import PAGE_KERNEL
 from kaiser.record.format import CR3, FETCH, LOAD, REGIONS, STORE, Transition, read_recording
 from kaiser.record.regions import PAGE_4K, Layout
-from kaiser.x86.bits import PAGE_KERNEL, PTE
+from kaiser.x86.bits import PTE
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind
 from kaiser.x86.rights import Op
 

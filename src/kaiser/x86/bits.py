@@ -1,8 +1,9 @@
 """Architectural bit layouts: page-table entries, control registers, EFER, RFLAGS, #PF error code.
 
-Every constant is named after the Intel SDM (Vol. 3A) or Linux `pgtable_types.h`, with the section
-that defines it. Encoders check every field's width and raise instead of silently masking
-(the habit of Qiling's `x86_utils.py`).
+Every constant is named after the Intel SDM (Vol. 3A), with the section that defines it; what an
+OS calls these bits and which combinations it writes are the OS layer's (Linux's:
+`kaiser.linux.pgtable_types`). Encoders check every field's width and raise instead of silently
+masking (the habit of Qiling's `x86_utils.py`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ MASK64: Final = (1 << 64) - 1
 
 
 class PTE(enum.IntFlag):
-    """Bits of a 64-bit paging-structure entry (SDM Vol. 3A §4.5, Tables 4-14..4-20; Linux
-    `arch/x86/include/asm/pgtable_types.h` for the software bits)."""
+    """Bits of a 64-bit paging-structure entry (SDM Vol. 3A §4.5, Tables 4-14..4-20). SW1..SW5 are
+    bits the walk ignores, left to software (the OS layer names them)."""
 
     P = 1 << 0  # present
     RW = 1 << 1  # writable
@@ -27,12 +28,12 @@ class PTE(enum.IntFlag):
     D = 1 << 6  # dirty (leaf only, SDM §4.8)
     PS = 1 << 7  # page size in PDPTE/PDE; the PAT bit in a 4 KiB PTE
     G = 1 << 8  # global (leaf only, needs CR4.PGE; SDM §4.10.2.4)
-    SW1 = 1 << 9  # Linux _PAGE_BIT_SOFTW1: SPECIAL / CPA_TEST
-    SW2 = 1 << 10  # Linux _PAGE_BIT_SOFTW2: UFFD_WP
-    SW3 = 1 << 11  # Linux _PAGE_BIT_SOFTW3: SOFT_DIRTY / KERNEL_4K
+    SW1 = 1 << 9  # ignored by the walk: available to software (Tables 4-15..4-20)
+    SW2 = 1 << 10  # ignored
+    SW3 = 1 << 11  # ignored (the restart bit R for HLAT paging, not modelled)
     PAT_LARGE = 1 << 12  # PAT bit of a 2 MiB / 1 GiB leaf
-    SW4 = 1 << 57  # Linux _PAGE_BIT_SOFTW4 (DEVMAP in 4.x..6.x)
-    SW5 = 1 << 58  # Linux _PAGE_BIT_SOFTW5: SAVED_DIRTY (leaf) / NOPTISHADOW (top level, 6.13+)
+    SW4 = 1 << 57  # ignored (bits 58:52 of every entry)
+    SW5 = 1 << 58  # ignored
     PKEY0 = 1 << 59  # protection key bits 62:59 (SDM §4.6.2)
     PKEY1 = 1 << 60
     PKEY2 = 1 << 61
@@ -44,14 +45,6 @@ PTE_PAT_4K: Final = PTE.PS  # bit 7 of a 4 KiB PTE is PAT (SDM Table 4-20)
 PKEY_SHIFT: Final = 59
 PKEY_MASK: Final = 0xF << PKEY_SHIFT
 ADDR_MASK_52: Final = ((1 << 52) - 1) & ~0xFFF  # bits 51:12, the widest address field
-
-# Linux composite protections (pgtable_types.h).
-KERNPG_TABLE: Final = PTE.P | PTE.RW | PTE.A | PTE.D  # _KERNPG_TABLE: every kernel non-leaf entry
-PAGE_TABLE: Final = KERNPG_TABLE | PTE.US  # _PAGE_TABLE: user non-leaf entry
-PAGE_KERNEL: Final = PTE.P | PTE.RW | PTE.A | PTE.D | PTE.G | PTE.NX  # __PAGE_KERNEL
-PAGE_KERNEL_RO: Final = PAGE_KERNEL & ~PTE.RW
-PAGE_KERNEL_RX: Final = PAGE_KERNEL & ~(PTE.RW | PTE.NX)
-PAGE_KERNEL_EXEC: Final = PAGE_KERNEL & ~PTE.NX
 
 
 class CR0(enum.IntFlag):

@@ -17,8 +17,6 @@ import numpy as np
 
 from kaiser.x86.bits import (
     ADDR_MASK_52,
-    KERNPG_TABLE,
-    PAGE_TABLE,
     PTE,
     PTE_PAT_4K,
     entry_phys,
@@ -47,6 +45,12 @@ LEAF_FLAG_MASK = int(
     | PTE.SW5
     | PTE.NX
 )
+# The non-leaf entries a table editor creates, (user half, kernel half), unless its caller gives its
+# own (Linux: kaiser.linux.pgtable_types.TABLE_FLAGS). CHOSEN to restrict nothing, so that the leaf
+# decides: rights are the AND over every entry of the walk (SDM Vol. 3A §4.6.1), so a present,
+# writable, accessed entry, user-accessible in the user half only; D is ignored in a non-leaf
+# entry (Tables 4-15, 4-17, 4-19) and set, as one template for every level would.
+DEFAULT_TABLE_FLAGS = (int(PTE.P | PTE.RW | PTE.US | PTE.A | PTE.D), int(PTE.P | PTE.RW | PTE.A | PTE.D))
 KEEP_ON_PROTECT = int(PTE.A | PTE.D)  # like Linux's pte_modify(), a protection change keeps A/D
 _P = np.uint64(PTE.P)
 
@@ -103,11 +107,13 @@ class PageTable:
         tag: str = "",
         root: int | None = None,
         gbpages: bool = True,
+        table_flags: tuple[int, int] = DEFAULT_TABLE_FLAGS,
     ) -> None:
         self.mem = mem
         self.mode = mode
         self.tag = tag
         self.gbpages = gbpages
+        self.table_flags = table_flags  # non-leaf entries it creates: (user half, kernel half)
         self.root = root if root is not None else mem.alloc(FrameKind.PAGE_TABLE, tag)
         # Called for every write to a top-level entry with (index, value); returns the value to
         # store. PTI uses it to mirror user-half writes into the user PGD (pti_set_user_pgtbl).
@@ -172,8 +178,9 @@ class PageTable:
         return make_cr3(self.root, **kw)  # type: ignore[arg-type]
 
     def _table_flags(self, va: int) -> int:
-        # Linux: _PAGE_TABLE for user-space tables, _KERNPG_TABLE for kernel ones (pgalloc.h).
-        return int(PAGE_TABLE if va < user_half_end(self.mode) else KERNPG_TABLE)
+        """The flags of a new non-leaf entry on the way to `va` (`table_flags` of its half)."""
+        user, kernel = self.table_flags
+        return user if va < user_half_end(self.mode) else kernel
 
     def _is_leaf(self, depth: int, entry: int) -> bool:
         return depth == len(self.levels) - 1 or (self.levels[depth].leaf_ok and bool(entry & PTE.PS))
