@@ -12,10 +12,11 @@ from kaiser.cli.output import Col, console, emit_json, fail, print_table
 
 if TYPE_CHECKING:
     from kaiser.realcode import RunReport
-    from kaiser.realcode.machine import Cr3Write, RunTrap
+    from kaiser.realcode.machine import Cr3Write
+    from kaiser.referee.unicorn_cpu import Trap
 
 
-def _fault(fault: RunTrap | None, live: str | None) -> str:
+def _fault(fault: Trap | None, live: str | None) -> str:
     if fault is None:
         return "-"
     return f"#{fault.vector} CR2={fault.cr2:#x} ({live or '?'} CR3) at {fault.where}"

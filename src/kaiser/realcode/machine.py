@@ -24,7 +24,7 @@ register just before QEMU executes the write.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, Uc, UcError
@@ -49,7 +49,7 @@ from unicorn.x86_const import (
 from kaiser.linux.kernel import THREAD_SIZE
 from kaiser.realcode import build
 from kaiser.realcode.loader import Loaded
-from kaiser.referee.unicorn_cpu import GPRS, ExceptionTrap, flush_tlb, new_cpu, write_frames
+from kaiser.referee.unicorn_cpu import GPRS, ExceptionTrap, Trap, flush_tlb, new_cpu, write_frames
 from kaiser.x86.bits import (
     BP_VECTOR,
     CR0,
@@ -90,28 +90,6 @@ class Cr3Write:
 
 
 @dataclass(frozen=True)
-class RunTrap:
-    """An exception Unicorn raised (reported by UC_HOOK_INTR, never delivered)."""
-
-    vector: int
-    rip: int
-    cr2: int
-    cr3: int
-    cpl: int
-    where: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "vector": self.vector,
-            "rip": f"{self.rip:#018x}",
-            "cr2": f"{self.cr2:#018x}",
-            "cr3": f"{self.cr3:#018x}",
-            "cpl": self.cpl,
-            "where": self.where,
-        }
-
-
-@dataclass(frozen=True)
 class SyscallResult:
     """One system call the user program made: what it asked, expected and got back (None: not returned)."""
 
@@ -143,13 +121,13 @@ class Outcome:
     syscalls_entered: int = 0  # SYSCALL transitions performed
     sysrets: int = 0  # SYSRETQ executed (system calls that came back)
     cr3_writes: list[Cr3Write] = field(default_factory=list)
-    fault: RunTrap | None = None  # the exception that ended the run
+    fault: Trap | None = None  # the exception that ended the run
     user_done: bool = False  # the program reached its final int3 (the kernel load did not fault)
     error: str | None = None
     results: list[SyscallResult] = field(default_factory=list)
     passed: int = 0  # the user program's own count of matching results
     leaked: int | None = None  # what the user's kernel load returned, if it did not fault
-    probe: RunTrap | None = None  # the CPL-0 probe with the faulting CR3: its fault, if any
+    probe: Trap | None = None  # the CPL-0 probe with the faulting CR3: its fault, if any
     probe_value: int | None = None
     deferred_boot_exit: bool = False  # the boot exit's CR3 switch was moved to its IRETQ (see RealMachine)
     seconds: float = 0.0
@@ -185,7 +163,7 @@ class RealMachine:
         self.uc = uc
         self.out = Outcome()
         self._syscall_rip: int | None = None
-        self._fault: RunTrap | None = None
+        self._fault: Trap | None = None
         self._cpl0: Any = None
         self._sites: dict[int, tuple[str, int]] = {}
         for site in image.cr3_write_sites():
@@ -295,7 +273,7 @@ class RealMachine:
         trap = self._trap.trap
         self._fault = None
         if trap is not None:
-            self._fault = RunTrap(trap.vector, trap.rip, trap.cr2, trap.cr3, trap.cpl, self.where(trap.rip))
+            self._fault = replace(trap, where=self.where(trap.rip))
 
     def run(self) -> Outcome:
         started = time.perf_counter()

@@ -21,7 +21,8 @@ from typing import Any
 
 from kaiser.linux.variants import VARIANTS, UnknownVariant
 from kaiser.realcode.loader import BROKEN_VARIANT, Loaded, boot, variant_names
-from kaiser.realcode.machine import PF_VECTOR, Outcome, RealMachine, RunTrap
+from kaiser.realcode.machine import PF_VECTOR, Outcome, RealMachine
+from kaiser.referee.unicorn_cpu import Trap
 
 
 @dataclass
@@ -90,7 +91,7 @@ class RunReport:
         return data
 
 
-def _which_cr3(ld: Loaded, fault: RunTrap | None) -> str | None:
+def _which_cr3(ld: Loaded, fault: Trap | None) -> str | None:
     if fault is None:
         return None
     if ld.user_cr3 is not None and fault.cr3 == ld.user_cr3:
@@ -98,7 +99,7 @@ def _which_cr3(ld: Loaded, fault: RunTrap | None) -> str | None:
     return "kernel" if fault.cr3 == ld.kernel_cr3 else "other"
 
 
-def _user_read_fault(report: RunReport) -> RunTrap | None:
+def _user_read_fault(report: RunReport) -> Trap | None:
     fault = report.outcome.fault
     if fault is None or fault.vector != PF_VECTOR or fault.cpl != 3:
         return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, Uc
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
@@ -94,13 +95,27 @@ def write_frames(uc: Uc, frames: Iterable[int], read: Callable[[int, int], bytes
 
 @dataclass(frozen=True)
 class Trap:
-    """An exception Unicorn raised: its vector, RIP, CR2, the live CR3 and the CPL at the time."""
+    """An exception Unicorn raised (reported by UC_HOOK_INTR, never delivered): its vector, RIP,
+    CR2, the live CR3 and the CPL at the time; `where`: the symbol at RIP, for a harness that knows
+    its code's symbols (realcode), else empty."""
 
     vector: int
     rip: int
     cr2: int
     cr3: int
     cpl: int
+    where: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The trap as JSON: addresses as 16-digit hex."""
+        return {
+            "vector": self.vector,
+            "rip": f"{self.rip:#018x}",
+            "cr2": f"{self.cr2:#018x}",
+            "cr3": f"{self.cr3:#018x}",
+            "cpl": self.cpl,
+            "where": self.where,
+        }
 
 
 class ExceptionTrap:
