@@ -16,7 +16,7 @@ import dataclasses
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from kaiser.x86.nested import HostTable, NestedMmu
 from kaiser.x86.physmem import PhysicalMemory
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
 
+if TYPE_CHECKING:
+    from kaiser.cost.engine import Engine
+
 Path = Literal["engine", "reference"]
 
 
@@ -45,6 +48,28 @@ def engine_available() -> bool:
 
 def default_path() -> Path:
     return "engine" if engine_available() else "reference"
+
+
+def _cpu(
+    mem: PhysicalMemory,
+    state: CpuState,
+    features: CpuFeatures,
+    geometry: TlbGeometry,
+    path: Path,
+    caches: CacheHierarchy | None,
+    host: HostTable | None,
+) -> Engine | Mmu:
+    """The CPU that replays on `path`: the compiled engine, or the reference `Mmu` (a
+    `NestedMmu` for a guest)."""
+    if path == "engine":
+        from kaiser.cost.engine import Engine
+
+        return Engine(mem, state, features, geometry, caches=caches, host=host)
+    if path != "reference":
+        raise ValueError(f"unknown replay path {path!r}; use 'engine' or 'reference'")
+    if host is not None:
+        return NestedMmu(mem, state, host, features=features, geometry=geometry, caches=caches)
+    return Mmu(mem, state, features=features, geometry=geometry, caches=caches)
 
 
 def make_replayer(
@@ -59,19 +84,11 @@ def make_replayer(
     """A function replaying event arrays on one CPU whose TLB (and cache) state persists between
     calls. `caches`: the data-cache hierarchy, or None for none (every reference an L1D hit);
     `host`: a guest's nested paging (kaiser.x86.nested), or None for bare metal."""
-    if path == "engine":
-        from kaiser.cost.engine import Engine
-
-        engine = Engine(mem, state, features, geometry, caches=caches, host=host)
-        replay: Callable[[np.ndarray], TlbCounters] = engine.replay
-        return replay
-    if path != "reference":
-        raise ValueError(f"unknown replay path {path!r}; use 'engine' or 'reference'")
-    if host is not None:
-        mmu: Mmu = NestedMmu(mem, state, host, features=features, geometry=geometry, caches=caches)
-    else:
-        mmu = Mmu(mem, state, features=features, geometry=geometry, caches=caches)
-    return lambda events: replay_reference(mmu, events)
+    cpu = _cpu(mem, state, features, geometry, path, caches, host)
+    if isinstance(cpu, Mmu):
+        return lambda events: replay_reference(cpu, events)
+    replay: Callable[[np.ndarray], TlbCounters] = cpu.replay
+    return replay
 
 
 def make_stepper(
@@ -86,13 +103,11 @@ def make_stepper(
     """`make_replayer` for many small batches: each call returns the counters it added as an
     int64 array in `TlbCounters`' field order (the engine's `step`, its memory copy kept between
     calls: nothing edits `mem` from Python meanwhile)."""
-    if path == "engine":
-        from kaiser.cost.engine import Engine
-
-        engine = Engine(mem, state, features, geometry, caches=caches, host=host)
-        return lambda events: engine.step(events, sync=False)
-    replay = make_replayer(mem, state, features, geometry, path, caches, host)
-    return lambda events: np.array(dataclasses.astuple(replay(events)), dtype=np.int64)
+    cpu = _cpu(mem, state, features, geometry, path, caches, host)
+    if isinstance(cpu, Mmu):
+        return lambda events: np.array(dataclasses.astuple(replay_reference(cpu, events)), dtype=np.int64)
+    engine = cpu
+    return lambda events: engine.step(events, sync=False)
 
 
 def replay_split(
