@@ -126,9 +126,10 @@ def sweep_command(
     show_progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
 ) -> None:
     """Run a sweep spec's configurations on dask; rerun with the same --out to resume."""
-    from kaiser.sweep.runner import default_workers, run_sweep
+    from kaiser.sweep.runner import run_sweep
     from kaiser.sweep.spec import SpecError, load_spec
     from kaiser.sweep.store import ResultStore, table
+    from kaiser.traces.multireplay import default_workers
 
     try:
         parsed = load_spec(spec)

@@ -23,20 +23,13 @@ from typing import TYPE_CHECKING, Any
 from kaiser.cost.run import run
 from kaiser.sweep.spec import Config, Spec
 from kaiser.sweep.store import ResultStore
+from kaiser.traces.multireplay import default_workers
 
 if TYPE_CHECKING:
     from distributed import Client
 
 
 CONNECT_TIMEOUT = "20s"  # to an existing scheduler, before giving up
-
-
-def default_workers() -> int:
-    """This machine's usable cores."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def run_config(config: Config, path: str | None) -> dict[str, Any]:
