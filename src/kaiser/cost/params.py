@@ -42,7 +42,8 @@ _SOURCE_LINES: dict[str, str] = {
     "kernel side), after the refill walks are charged; the flushing write itself",
     "invlpg": "CITED: ~200 cycles, D. Hansen, linux-mm 5 Dec 2017, 'INVPCID vs. deferred CR3 write'",
     "invpcid": "CITED: INVLPG+INVPCID ~550 cycles, so ~350 for the INVPCID (same source)",
-    "cr4_write": "CHOSEN: a CR4.PGE toggle (global flush fallback) priced like a flushing CR3 write",
+    "cr4_write": "CHOSEN: a CR4.PGE toggle (global flush fallback), no published figure: of the order of a "
+    "flushing CR3 write (cr3_write_flush), both serializing and dropping the TLB",
     "syscall_sysret": "FIT with mem_ref (--kernel-side modelled only; a recorded transition is priced by "
     "kernel_cpi): SYSCALL+SYSRET and the entry/exit instructions the model does not list, so that nopti "
     "getppid() with the modelled body costs Garloff's 140 cycles",
