@@ -42,6 +42,7 @@ def _markdown(headers: tuple[str, ...], rows: list[list[str]]) -> str:
 
 
 def user_view_table() -> str:
+    """docs/variants.md's table of what each variant's user tables hold of the kernel."""
     cfg = KernelConfig()
     views = [user_view(Kernel.boot(KernelConfig(variant=name))) for name in VARIANTS]
     intro = (
@@ -57,6 +58,7 @@ def user_view_table() -> str:
 
 
 def memory_table() -> str:
+    """docs/variants.md's table of each variant's page-table memory (`kaiser bench memory`'s cells)."""
     return _markdown(("variant", *MEMORY_HEADERS), [[name, *memory_cells(name)] for name in VARIANTS])
 
 
@@ -106,6 +108,7 @@ def documents() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Rewrite the generated blocks of the given docs (or, with --check, exit 1 naming the stale ones)."""
     parser = argparse.ArgumentParser(prog="python -m kaiser.docgen", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path, help="Markdown files (default: docs/*.md with blocks).")
     parser.add_argument("--check", action="store_true", help="Change nothing; exit 1 if a block is stale.")

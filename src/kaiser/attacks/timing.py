@@ -597,4 +597,5 @@ def run_variants(
 
 
 def costs_table(costs: ProbeCosts | None = None) -> dict[str, float]:
+    """The probe's cost parameters by name (the defaults unless `costs`), for reports and JSON."""
     return asdict(costs or ProbeCosts())

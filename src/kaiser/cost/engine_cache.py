@@ -104,6 +104,7 @@ def find(CT: np.ndarray, CD: np.ndarray, lv: int, line: int) -> int:
 
 @_inline
 def tick(CH: np.ndarray) -> int:
+    """Advance the hierarchy's LRU clock and return it."""
     CH[CH_CLOCK] += 1
     return CH[CH_CLOCK]
 

@@ -221,6 +221,7 @@ def tick(ST: np.ndarray) -> int:
 
 @_inline
 def current_pcid(ST: np.ndarray) -> int:
+    """The PCID of the loaded CR3 (0 without CR4.PCIDE, SDM Vol. 3A §4.10.1)."""
     return ST[ST_CR3] & 0xFFF if ST[ST_CR4] & CR4_PCIDE else 0
 
 

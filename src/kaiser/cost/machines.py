@@ -33,6 +33,9 @@ from kaiser.x86.processor import BROADWELL_EP, GOLD_6161, HASWELL_EP, SKYLAKE_CL
 
 @dataclass(frozen=True)
 class Machine:
+    """A machine a published figure was measured on: its processor, clock, THP setting, and the
+    hypervisor when it ran as a guest, with the source that describes it."""
+
     name: str
     what: str  # the setup, as its source describes it
     processor: Processor  # its caches, their latencies, TLBs (kaiser.x86.processor)
@@ -154,11 +157,14 @@ MACHINES: Final = {
 
 
 class UnknownMachine(KeyError):
+    """A machine name `MACHINES` does not have (its message lists the known ones)."""
+
     def __str__(self) -> str:
         return str(self.args[0])
 
 
 def get_machine(name: str) -> Machine:
+    """The machine `name`; `UnknownMachine` otherwise."""
     try:
         return MACHINES[name]
     except KeyError:

@@ -60,11 +60,14 @@ DERIVED: Final[dict[str, Callable[[], Variant]]] = {
 
 
 def variant_of(name: str) -> str | Variant:
+    """A registry variant's name as is, or the variant a DERIVED name builds."""
     return DERIVED[name]() if name in DERIVED else name
 
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One model run a figure needs: variant, PCID, workload and its settings."""
+
     variant: str  # a registry name or a DERIVED one
     pcid: bool
     workload: str
@@ -76,6 +79,9 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Figure:
+    """One published figure: where from, what was measured, its value, and the model runs that
+    reproduce it (none when the model cannot)."""
+
     source: str
     configuration: str
     metric: str
@@ -125,6 +131,7 @@ def settings_of(fig: Figure, spec: RunSpec) -> dict[str, str]:
 
 
 def metric(fig: Figure, results: list[RunResult]) -> float:
+    """The figure's metric (`kind`) computed from the model runs it names."""
     a = results[0]
     if fig.kind == "rate":
         return a.syscall_rate
@@ -350,6 +357,7 @@ def evaluate(fig: Figure, path: Path | None = None, cache: dict[Any, RunResult] 
 
 
 def published_rows(path: Path | None = None, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Every figure of `FIGURES` run on the model (runs shared between figures are run once)."""
     cache: dict[Any, RunResult] = {}
     rows = []
     for fig in FIGURES:
@@ -360,10 +368,12 @@ def published_rows(path: Path | None = None, progress: Callable[[str], None] | N
 
 
 def within(ratio: float | None, factor: float = WITHIN) -> bool:
+    """Whether a model/published ratio lies within `factor` either way."""
     return ratio is not None and ratio > 0 and 1 / factor <= ratio <= factor
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over the rows: fit, predicted and run, and how many predictions fall within `WITHIN`."""
     pred = [r for r in rows if r["role"] == "predicted" and r["model"] is not None]
     ok = [r for r in pred if within(r["ratio"])]
     mod = [r["modelled"] for r in rows if r["role"] == "predicted" and r["modelled"]["model"] is not None]
@@ -401,6 +411,7 @@ def show(value: float | None) -> str:
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
+    """One row as the cells of `kaiser bench published`'s table."""
     ratio, mod = row["ratio"], row["modelled"]
     return [
         row["source"].split(",")[0],

@@ -43,10 +43,12 @@ Path = Literal["engine", "reference"]
 
 
 def engine_available() -> bool:
+    """Whether the numba engine can be imported (numba installed)."""
     return importlib.util.find_spec("kaiser.cost.engine") is not None
 
 
 def default_path() -> Path:
+    """The engine where it is available, else the reference path (same results, slower)."""
     return "engine" if engine_available() else "reference"
 
 

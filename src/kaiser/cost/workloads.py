@@ -65,6 +65,7 @@ def parse_size(text: str) -> int:
 
 
 def knob_size_text(n: int) -> str:
+    """A size knob as it is written: `4KiB`, `2MiB`, or bytes when no unit divides it."""
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= size and n % size == 0:
             return f"{n // size}{unit}"
@@ -273,6 +274,9 @@ class Workload:
 
 @dataclass
 class LoopState:
+    """What a workload's loop carries between iterations: its tasks, their buffers, the kernel
+    working set, and the iteration count."""
+
     tasks: list[Task]
     buffers: list[UserBuffer]
     kernel_ws: list[int]
@@ -384,6 +388,8 @@ NULL_SYSCALL = Workload(
 # read / write on cached file pages.
 @dataclass
 class FileState(LoopState):
+    """`LoopState` plus the cached file pages read()/write() cycle through."""
+
     cache: list[int] = field(default_factory=list)
     cpos: int = 0
 
@@ -493,6 +499,8 @@ IRQ_HEAVY = Workload(
 # page-fault-heavy load.
 @dataclass
 class FaultState(LoopState):
+    """`LoopState` plus the region a page-fault workload touches and its not-yet-present PTEs."""
+
     region: int = 0
     slots: list[tuple[int, int, int]] = field(default_factory=list)  # (va, PTE slot, PTE value)
     next_page: int = 0
@@ -553,6 +561,7 @@ WORKLOADS: dict[str, Workload] = {
 
 
 def get_workload(name: str) -> Workload:
+    """The workload `name`; `WorkloadError` listing the known ones otherwise."""
     try:
         return WORKLOADS[name]
     except KeyError:

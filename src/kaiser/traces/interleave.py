@@ -259,6 +259,8 @@ class TraceAddressSpace:
 
 # ---- replay on one configuration -----------------------------------------------------------------------
 def engine_available() -> bool:
+    """Whether the numba engine can be imported; traces/ asks without importing kaiser.cost (as
+    kaiser.cost.run.engine_available does), so a replay runs where the cost package is absent."""
     return importlib.util.find_spec("kaiser.cost.engine") is not None
 
 
