@@ -107,6 +107,21 @@ def table_of(path: Path) -> tuple[str, bool]:
     return (table if table in TABLES else "current_user"), ldt
 
 
+def _pti_mode(pti: str | None, cmd: dict[str, Fact], *, isolating: bool, global_image: bool) -> tuple[str, Fact]:
+    """The pti= mode to boot the model with, and where it came from: the caller, the command line
+    (on/auto), nopti when the dump shows no isolation, else what the kernel image's G bit implies."""
+    if pti is not None:
+        return pti, Fact("pti_mode", pti, f"pti={pti}", "given")
+    if "pti" in cmd and cmd["pti"].value in ("on", "auto"):
+        return str(cmd["pti"].value), cmd["pti"]
+    if not isolating:  # "on" is unused: the model is nopti
+        return "on", Fact("pti_mode", "off", "modelled as nopti: the dump shows no isolation", "dump")
+    # no global image: pti=on gives the same tables as pti=auto with PCID; on AMD only pti=on isolates
+    pti_v = "auto" if global_image else "on"
+    why = f"modelled as pti={pti_v}: the kernel image is {'global' if global_image else 'not global'}"
+    return pti_v, Fact("pti_mode", pti_v, why, "dump")
+
+
 def switches_for(
     dump: Path,
     records: Sequence[Record],
@@ -157,20 +172,7 @@ def switches_for(
     else:
         pcid_v = bool(pick("pcid", pcid, cpu, default=True, why="a dump cannot tell (--pcid/--no-pcid)"))
     vendor_v = str(pick("vendor", vendor, cpu, default="intel", why="no entry area in the dump"))
-    if pti is not None:
-        pti_v = pti
-        facts["pti_mode"] = Fact("pti_mode", pti, f"pti={pti}", "given")
-    elif "pti" in cmd and cmd["pti"].value in ("on", "auto"):
-        pti_v = str(cmd["pti"].value)
-        facts["pti_mode"] = cmd["pti"]
-    elif not isolating:
-        pti_v = "on"  # unused: the model is nopti
-        facts["pti_mode"] = Fact("pti_mode", "off", "modelled as nopti: the dump shows no isolation", "dump")
-    else:
-        # no global image: pti=on gives the same tables as pti=auto with PCID; on AMD only pti=on isolates
-        pti_v = "auto" if global_image else "on"
-        facts["pti_mode"] = Fact("pti_mode", pti_v, f"modelled as pti={pti_v}: the kernel image is "
-                                 f"{'global' if global_image else 'not global'}", "dump")  # fmt: skip
+    pti_v, facts["pti_mode"] = _pti_mode(pti, cmd, isolating=isolating, global_image=global_image)
     name = variant
     if not isolating and get_variant(variant).isolating:
         name = "nopti"
