@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from kaiser.x86.bits import PTE
+from kaiser.x86.bits import ADDR_MASK_52, MASK64, PTE
 
 # _PAGE_NOPTISHADOW = _PAGE_BIT_SOFTW5, bit 58 on x86-64 (pgtable_types.h, mainline d0ceea662d45,
 # 6.13): a top-level entry that carries it is not mirrored into the user PGD (kernel_ident_mapping_init()
@@ -25,6 +25,9 @@ from kaiser.x86.bits import PTE
 # Move _PAGE_BIT_NOPTISHADOW from bit 58 to bit 9") was not taken: a 2026 tree still defines it as
 # SOFTW5. The CPU ignores bit 58 in a PML4E (SDM Vol. 3A Table 4-15).
 PAGE_NOPTISHADOW: Final = int(PTE.SW5)
+
+PTE_PFN_MASK: Final = ADDR_MASK_52  # bits 51:12, the frame of an entry
+PTE_FLAGS_MASK: Final = MASK64 & ~PTE_PFN_MASK  # every other bit: what ptdump compares (§6.2)
 
 # Composite protections.
 KERNPG_TABLE: Final = PTE.P | PTE.RW | PTE.A | PTE.D  # _KERNPG_TABLE: every kernel non-leaf entry
@@ -45,5 +48,7 @@ __all__ = [
     "PAGE_KERNEL_VVAR",
     "PAGE_NOPTISHADOW",
     "PAGE_TABLE",
+    "PTE_FLAGS_MASK",
+    "PTE_PFN_MASK",
     "TABLE_FLAGS",
 ]

@@ -43,8 +43,9 @@ from typing import Final, Literal
 
 import numpy as np
 
-from kaiser.linux.layout import TOP, Marker, make_layout
-from kaiser.x86.bits import CR4, PTE, entry_phys
+from kaiser.linux.layout import Marker, make_layout
+from kaiser.linux.pgtable_types import PTE_FLAGS_MASK
+from kaiser.x86.bits import CR4, MASK64, PTE, PTE_PAT_4K, entry_phys
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.geometry import FIVE_LEVEL, PagingMode
 from kaiser.x86.pagetable import PageTable
@@ -54,15 +55,10 @@ from kaiser.x86.rights import Op, Rights, check_access
 Dialect = Literal["generic", "legacy"]
 DIALECTS: Final = ("generic", "legacy")
 
-MASK64: Final = TOP - 1
 UNITS: Final = "BKMGTPE"  # §6.2
 FLAG_FIELD_WIDTH: Final = 30  # §6.2
 FLAG_NAMES: Final = ("USR", "RW", "PWT", "PCD", "PSE", "PAT", "GLB", "NX")  # print order (§2 notes)
 LEVEL_NAMES: Final = ("pgd", "p4d", "pud", "pmd", "pte")
-PTE_PFN_MASK: Final = ((1 << 52) - 1) & ~0xFFF  # bits 51:12 (pgtable_types.h PTE_PFN_MASK)
-PTE_FLAGS_MASK: Final = MASK64 & ~PTE_PFN_MASK  # ~PTE_PFN_MASK: what ptdump compares (§6.2)
-PAT_4K: Final = 1 << 7  # PAT bit of a 4 KiB PTE
-PAT_LARGE: Final = 1 << 12  # PAT bit of a 2 MiB / 1 GiB leaf
 GUARD_HOLE_SLOTS: Final = range(256, 272)  # top-level slots skipped (§6.3)
 NO_MARKER_END: Final = MASK64  # the marker list's terminator start (-1 in Linux)
 BLANK_FLAGS: Final = " " * FLAG_FIELD_WIDTH
@@ -87,7 +83,7 @@ def flag_field(raw: int, level: str) -> str:
     """The 30-column flag field for the raw flags of a run at `level` (§6.2)."""
     if not raw & PTE.P:
         return BLANK_FLAGS
-    pat = raw & PAT_4K if level == "pte" else raw & PAT_LARGE if level in ("pmd", "pud") else 0
+    pat = raw & PTE_PAT_4K if level == "pte" else raw & PTE.PAT_LARGE if level in ("pmd", "pud") else 0
     return "".join((
         "USR " if raw & PTE.US else "    ",
         "RW " if raw & PTE.RW else "ro ",

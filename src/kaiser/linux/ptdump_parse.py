@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Final
 
 from kaiser.inputs import InputError, read_bytes
+from kaiser.linux.layout import TOP
 from kaiser.linux.ptdump import (
     BLANK_FLAGS,
     FLAG_FIELD_WIDTH,
     LEVEL_NAMES,
-    MASK64,
-    TOP,
     UNITS,
     marker_text,
     range_text,
@@ -29,6 +28,7 @@ from kaiser.linux.ptdump import (
     size_parts,
     skipped_text,
 )
+from kaiser.x86.bits import MASK64
 from kaiser.x86.hexrepr import hex_fields
 
 

@@ -21,7 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from kaiser.linux.ptdump import TOP, size_parts
+from kaiser.linux.layout import TOP
+from kaiser.linux.ptdump import size_parts
 from kaiser.linux.ptdump_parse import RangeLine, Record, SkipLine
 from kaiser.x86.pagetable import PageTable
 
