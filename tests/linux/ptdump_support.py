@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kaiser.linux.ptdump import LEVEL_NAMES
+from kaiser.linux.pgtable_types import LEVEL_NAMES, level_names
 from kaiser.linux.ptdump_parse import RangeLine, Record, range_lines
 from kaiser.x86.bits import PTE
 from kaiser.x86.geometry import FOUR_LEVEL, PagingMode
@@ -66,7 +66,7 @@ def build_from_records(records: list[Record], mode: PagingMode = FOUR_LEVEL) -> 
     what splits such lines on a real machine too."""
     mem = PhysicalMemory(1 << 46, maxphyaddr=46)
     table = PageTable(mem, mode)
-    names = [lv.linux for lv in mode.levels]
+    names = list(level_names(mode))
     prev: RangeLine | None = None
     for rec in range_lines(records):
         depth = names.index(rec.level)

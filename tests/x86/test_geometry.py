@@ -22,7 +22,7 @@ FAST = settings(max_examples=200, derandomize=True)
 
 def test_modes_as_data() -> None:
     assert [lv.entry for lv in FOUR_LEVEL.levels] == ["PML4E", "PDPTE", "PDE", "PTE"]
-    assert [lv.linux for lv in FIVE_LEVEL.levels] == ["pgd", "p4d", "pud", "pmd", "pte"]
+    assert [lv.entry for lv in FIVE_LEVEL.levels] == ["PML5E", "PML4E", "PDPTE", "PDE", "PTE"]
     assert (FOUR_LEVEL.va_bits, FIVE_LEVEL.va_bits) == (48, 57)
     assert FOUR_LEVEL.page_sizes() == FIVE_LEVEL.page_sizes() == (1 << 30, 1 << 21, 1 << 12)
     assert [FOUR_LEVEL.level_for_size(s) for s in (1 << 30, 1 << 21, 1 << 12)] == [1, 2, 3]

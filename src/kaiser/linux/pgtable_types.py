@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Final
 
 from kaiser.x86.bits import ADDR_MASK_52, MASK64, PTE
+from kaiser.x86.geometry import PagingMode
 
 # _PAGE_NOPTISHADOW = _PAGE_BIT_SOFTW5, bit 58 on x86-64 (pgtable_types.h, mainline d0ceea662d45,
 # 6.13): a top-level entry that carries it is not mirrored into the user PGD (kernel_ident_mapping_init()
@@ -25,6 +26,16 @@ from kaiser.x86.bits import ADDR_MASK_52, MASK64, PTE
 # Move _PAGE_BIT_NOPTISHADOW from bit 58 to bit 9") was not taken: a 2026 tree still defines it as
 # SOFTW5. The CPU ignores bit 58 in a PML4E (SDM Vol. 3A Table 4-15).
 PAGE_NOPTISHADOW: Final = int(PTE.SW5)
+
+# Linux's names of the table levels, top first (pgtable_types.h). With 4-level paging the p4d level
+# is folded into the pgd (pgtable-nop4d.h): the PML4 is Linux's pgd there, its p4d under LA57.
+LEVEL_NAMES: Final = ("pgd", "p4d", "pud", "pmd", "pte")
+
+
+def level_names(mode: PagingMode) -> tuple[str, ...]:
+    """Linux's name of each level of `mode`, top first: `pgd pud pmd pte` or `pgd p4d pud pmd pte`."""
+    return LEVEL_NAMES[:1] + LEVEL_NAMES[len(LEVEL_NAMES) - len(mode.levels) + 1 :]
+
 
 PTE_PFN_MASK: Final = ADDR_MASK_52  # bits 51:12, the frame of an entry
 PTE_FLAGS_MASK: Final = MASK64 & ~PTE_PFN_MASK  # every other bit: what ptdump compares (§6.2)
@@ -41,6 +52,7 @@ PAGE_KERNEL_VVAR: Final = int(PAGE_KERNEL_RO | PTE.US)  # __PAGE_KERNEL_VVAR: th
 TABLE_FLAGS: Final = (int(PAGE_TABLE), int(KERNPG_TABLE))
 
 __all__ = [
+    "LEVEL_NAMES",
     "KERNPG_TABLE",
     "PAGE_KERNEL",
     "PAGE_KERNEL_RO",
@@ -51,4 +63,5 @@ __all__ = [
     "PTE_FLAGS_MASK",
     "PTE_PFN_MASK",
     "TABLE_FLAGS",
+    "level_names",
 ]

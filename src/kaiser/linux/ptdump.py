@@ -44,7 +44,7 @@ from typing import Final, Literal
 import numpy as np
 
 from kaiser.linux.layout import Marker, make_layout
-from kaiser.linux.pgtable_types import PTE_FLAGS_MASK
+from kaiser.linux.pgtable_types import PTE_FLAGS_MASK, level_names
 from kaiser.x86.bits import CR4, MASK64, PTE, PTE_PAT_4K, entry_phys
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.geometry import FIVE_LEVEL, PagingMode
@@ -58,7 +58,6 @@ DIALECTS: Final = ("generic", "legacy")
 UNITS: Final = "BKMGTPE"  # §6.2
 FLAG_FIELD_WIDTH: Final = 30  # §6.2
 FLAG_NAMES: Final = ("USR", "RW", "PWT", "PCD", "PSE", "PAT", "GLB", "NX")  # print order (§2 notes)
-LEVEL_NAMES: Final = ("pgd", "p4d", "pud", "pmd", "pte")
 GUARD_HOLE_SLOTS: Final = range(256, 272)  # top-level slots skipped (§6.3)
 NO_MARKER_END: Final = MASK64  # the marker list's terminator start (-1 in Linux)
 BLANK_FLAGS: Final = " " * FLAG_FIELD_WIDTH
@@ -246,6 +245,7 @@ def _walk(
     compress: bool = True,
 ) -> Iterator[_Note | _Repeat]:
     levels = mode.levels
+    names = level_names(mode)
     last = len(levels) - 1
 
     def repeats(words: list[int], index: int, va: int, span: int) -> int:
@@ -263,7 +263,7 @@ def _walk(
 
     def table(phys: int, depth: int, base: int, parent: int | None, rights: Rights) -> Iterator[_Note | _Repeat]:
         level = levels[depth]
-        name = level.linux
+        name = names[depth]
         frame = mem.read_frame(phys)
         indexes = _noted(frame, base, level.span, bounds) if depth else range(len(frame))
         words = frame.tolist()

@@ -17,10 +17,10 @@ from typing import Final
 
 from kaiser.inputs import InputError, read_bytes
 from kaiser.linux.layout import TOP
+from kaiser.linux.pgtable_types import LEVEL_NAMES
 from kaiser.linux.ptdump import (
     BLANK_FLAGS,
     FLAG_FIELD_WIDTH,
-    LEVEL_NAMES,
     UNITS,
     marker_text,
     range_text,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from kaiser.linux.layout import VSYSCALL_ADDR, Layout
-from kaiser.linux.pgtable_types import PAGE_KERNEL, PAGE_NOPTISHADOW
+from kaiser.linux.pgtable_types import PAGE_KERNEL, PAGE_NOPTISHADOW, level_names
 from kaiser.x86.bits import PTE, entry_phys
 from kaiser.x86.pagetable import PageTable, PagingError
 from kaiser.x86.physmem import PAGE_SIZE
@@ -70,9 +70,8 @@ def pti_set_user_pgtbl(kernel_pt: PageTable, user_pt: PageTable, index: int, val
 
 
 def _depth(pt: PageTable, name: str) -> int:
-    for depth, level in enumerate(pt.levels):
-        if level.linux == name:
-            return depth
+    if name in (names := level_names(pt.mode)):
+        return names.index(name)
     raise AssertionError(f"no {name} level in {pt.mode.name} paging")
 
 

@@ -17,6 +17,7 @@ from typing import Final
 
 from kaiser.linux.audit_policy import model_class
 from kaiser.linux.layout import Layout
+from kaiser.linux.pgtable_types import level_names
 from kaiser.linux.ptdump import flag_text
 from kaiser.x86.bits import PTE, PTE_PAT_4K, entry_phys
 from kaiser.x86.hexrepr import hex_fields
@@ -97,7 +98,7 @@ def table_runs(pt: PageTable, prune: frozenset[int] = frozenset()) -> list[_Run]
     """Present leaves of a tree as runs of equal printed flags, level and effective NX (the NX a
     walk ORs in from above, e.g. the kernel PGD's copy of a user entry, §3.2). Tables in `prune`
     are not descended into (see `shared_kernel_tables`)."""
-    mem, levels = pt.mem, pt.levels
+    mem, levels, names = pt.mem, pt.levels, level_names(pt.mode)
     last = len(levels) - 1
     runs: list[_Run] = []
 
@@ -111,7 +112,7 @@ def table_runs(pt: PageTable, prune: frozenset[int] = frozenset()) -> list[_Run]
                 va = pt.mode.canonicalize(va)
             eff_nx = nx or bool(value & PTE.NX)
             if depth == last or (level.leaf_ok and value & PTE.PS):
-                run = _Run(va, va + level.span, level.linux, _leaf_flags(value, level.linux), eff_nx)
+                run = _Run(va, va + level.span, names[depth], _leaf_flags(value, names[depth]), eff_nx)
                 prev = runs[-1] if runs else None
                 if prev and prev.end == va and (prev.level, prev.flags, prev.eff_nx) == (run.level, run.flags, eff_nx):
                     runs[-1] = _Run(prev.start, run.end, prev.level, prev.flags, eff_nx)

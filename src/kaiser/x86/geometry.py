@@ -1,7 +1,7 @@
 """Paging geometry as data: 4-level and 5-level paging are two tuples of levels.
 
 Page size falls out of the level at which a walk stops (the habit of Volatility 3's Intel layer).
-Names: SDM entry names plus the Linux level names used by ptdump (`pgd p4d pud pmd pte`).
+Levels are named as the SDM names their entries (an OS's names for them are the OS layer's).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ class Level:
     PS=1 makes it a leaf (PDPTE: 1 GiB, PDE: 2 MiB; SDM §4.5, Tables 4-15..4-19)."""
 
     entry: str  # SDM name of an entry at this level
-    linux: str  # Linux ptdump level name
     shift: int
     leaf_ok: bool
 
@@ -41,12 +40,11 @@ class Level:
         return (va >> self.shift) & 0x1FF
 
 
-PML5 = Level("PML5E", "pgd", 48, False)
-PML4 = Level("PML4E", "pgd", 39, False)
-P4D = Level("PML4E", "p4d", 39, False)  # the PML4 level under 5-level paging is Linux's p4d
-PDPT = Level("PDPTE", "pud", 30, True)
-PD = Level("PDE", "pmd", 21, True)
-PT = Level("PTE", "pte", 12, True)
+PML5 = Level("PML5E", 48, False)
+PML4 = Level("PML4E", 39, False)
+PDPT = Level("PDPTE", 30, True)
+PD = Level("PDE", 21, True)
+PT = Level("PTE", 12, True)
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,7 @@ class PagingMode:
 
 
 FOUR_LEVEL = PagingMode("4-level", (PML4, PDPT, PD, PT))
-FIVE_LEVEL = PagingMode("5-level", (PML5, P4D, PDPT, PD, PT))
+FIVE_LEVEL = PagingMode("5-level", (PML5, PML4, PDPT, PD, PT))
 
 
 def mode_for(la57: bool) -> PagingMode:
