@@ -26,9 +26,9 @@ from kaiser.linux.mm import Prot, prot_to_pte
 from kaiser.linux.pgtable_types import PAGE_KERNEL
 from kaiser.linux.syscalls import SYSCALLS, get_syscall
 from kaiser.x86.bits import PTE
+from kaiser.x86.geometry import GiB, KiB, MiB
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 _UNITS = {
     "": 1,
     "b": 1,

@@ -30,14 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from kaiser.linux.layout import VSYSCALL_ADDR, Layout
+from kaiser.linux.layout import PMD_SIZE, VSYSCALL_ADDR, Layout
 from kaiser.linux.pgtable_types import PAGE_KERNEL, PAGE_NOPTISHADOW, level_names
 from kaiser.x86.bits import PTE, entry_phys
 from kaiser.x86.pagetable import PageTable, PagingError
 from kaiser.x86.physmem import PAGE_SIZE
 
 PTI_USER_PGTABLE_BIT = 12  # kernel_to_user_pgdp(): the user PGD is the kernel PGD with bit 12 set (§3.1)
-PMD_SIZE = 1 << 21
 
 
 def kernel_to_user_pgd(kernel_pgd: int) -> int:
