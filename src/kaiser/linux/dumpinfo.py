@@ -132,6 +132,45 @@ def _by_line(lines: Sequence[RangeLine], lineno: int) -> RangeLine | None:
     return next((r for r in lines if r.lineno == lineno), None)
 
 
+def _kaslr(facts: dict[str, Fact], layout: DumpLayout) -> dict[str, Fact]:
+    """`kaslr`: on exactly when a base the dump shows is not its fixed value (nothing when it
+    shows none)."""
+    fixed = {
+        "page_offset_base": PAGE_OFFSET_BASE[(layout.era, layout.la57)],
+        "vmalloc_base": VMALLOC_BASE[layout.la57],
+        "vmemmap_base": VMEMMAP_BASE[layout.la57],
+        "kernel_base": FIXED_TEXT,
+    }
+    seen = [n for n in fixed if n in facts]
+    if not seen:
+        return {}
+    moved = [n for n in seen if facts[n].value != fixed[n]]
+    f0 = facts[moved[0] if moved else seen[0]]
+    text_ = (
+        f"KASLR on: {moved[0]} is not its fixed value"
+        if moved
+        else f"KASLR off: {'all bases' if len(seen) == len(fixed) else ', '.join(seen)} at their fixed values"
+    )
+    return {"kaslr": Fact("kaslr", bool(moved), text_, "dump", f0.line, f0.shown)}
+
+
+def _vendor(
+    era: str, cea_lines: Sequence[RangeLine], order: Sequence[int], stride: int, first: RangeLine
+) -> dict[str, Fact]:
+    """`vendor`, on a modern layout: Intel when every entry area maps its debug-store page, AMD
+    when none does (nothing when some do, or on 4.15's layout)."""
+    if era != "modern":
+        return {}
+    ds = cea_layout("modern", stub=False).offset("debug store")
+    ds_lines = [_covering(cea_lines, CEA_BASE + PAGE_SIZE + s * stride + ds) for s in order]
+    have = [x for x in ds_lines if x is not None]
+    if len(have) == len(order):
+        return {"vendor": _fact("vendor", "intel", "Intel CPU: the entry area maps the debug store", have[0])}
+    if not have:
+        return {"vendor": _fact("vendor", "amd", "not Intel (AMD): no debug-store page in the entry area", first)}
+    return {}
+
+
 def read_dump(records: Sequence[Record]) -> DumpFacts:
     """The machine's switches as far as this dump shows them (see the module docstring)."""
     lines = range_lines(records)
@@ -213,22 +252,7 @@ def read_dump(records: Sequence[Record]) -> DumpFacts:
     vmm = _base(vmm_marker, _first(lines, vmm_marker[1].start, CEA_BASE) if vmm_marker else None)
     if vmm is not None:
         put(_fact("vmemmap_base", vmm[0], f"vmemmap_base {vmm[0]:#x}", vmm[1]))
-    fixed = {
-        "page_offset_base": PAGE_OFFSET_BASE[(layout.era, layout.la57)],
-        "vmalloc_base": VMALLOC_BASE[layout.la57],
-        "vmemmap_base": VMEMMAP_BASE[layout.la57],
-        "kernel_base": FIXED_TEXT,
-    }
-    seen = [n for n in fixed if n in facts]
-    if seen:
-        moved = [n for n in seen if facts[n].value != fixed[n]]
-        f0 = facts[moved[0] if moved else seen[0]]
-        text_ = (
-            f"KASLR on: {moved[0]} is not its fixed value"
-            if moved
-            else f"KASLR off: {'all bases' if len(seen) == len(fixed) else ', '.join(seen)} at their fixed values"
-        )
-        facts["kaslr"] = Fact("kaslr", bool(moved), text_, "dump", f0.line, f0.shown)
+    facts.update(_kaslr(facts, layout))
 
     # ---- the entry area: CPUs, slots, vendor -------------------------------------------------
     cea_lines = [r for r in kernel_half if CEA_BASE + PAGE_SIZE <= r.start < CEA_BASE + (1 << 39)]
@@ -252,14 +276,7 @@ def read_dump(records: Sequence[Record]) -> DumpFacts:
         randomized = order != list(range(len(order)))
         put(_fact("cea_random", randomized, "entry areas at random slots (6.2+)" if randomized
                   else "entry areas at fixed slots (before 6.2, or nokaslr)", first))  # fmt: skip
-        if layout.era == "modern":
-            ds = cea_layout("modern", stub=False).offset("debug store")
-            ds_lines = [_covering(cea_lines, CEA_BASE + PAGE_SIZE + s * stride + ds) for s in order]
-            have = [x for x in ds_lines if x is not None]
-            if len(have) == len(order):
-                put(_fact("vendor", "intel", "Intel CPU: the entry area maps the debug store", have[0]))
-            elif not have:
-                put(_fact("vendor", "amd", "not Intel (AMD): no debug-store page in the entry area", first))
+        facts.update(_vendor(layout.era, cea_lines, order, stride, first))
 
     # ---- espfix, per-CPU TSS, vsyscall, RAM --------------------------------------------------
     esp = _first(lines, ESPFIX_BASE, ESPFIX_BASE + (1 << 39))
