@@ -106,7 +106,10 @@ def test_clone_p4d_shares_the_512g_entry(mode: PagingMode) -> None:
     assert entry(upt, KVA, depth) == entry(kpt, KVA, depth) != 0
     if mode is FIVE_LEVEL:  # the PGD entry above it is the user tree's own
         assert entry_phys(entry(upt, KVA, 0)) != entry_phys(entry(kpt, KVA, 0))
-    assert upt.lookup(KVA) == kpt.lookup(KVA)
+    u, k = upt.lookup(KVA), kpt.lookup(KVA)
+    assert u is not None and k is not None
+    assert (u.va, u.size, u.entry, u.depth) == (k.va, k.size, k.entry, k.depth)
+    assert u.above[depth:] == k.above[depth:]  # the shared entry and every entry below it
 
 
 @pytest.mark.parametrize("set_global", [False, True])
