@@ -18,6 +18,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
+from kaiser.sourced import Source, chosen, fit
 from kaiser.x86.physmem import PAGE_SIZE
 from kaiser.x86.rights import Op
 
@@ -126,7 +127,7 @@ _FILE_IO_REFS = (
 # pipe_read() and pipe_write() reach the pipe the same way: the fd, its file, fs/pipe.c.
 _PIPE_OPEN = (_f("fs/read_write.c"), *_STACK_FRAME, _r(Obj.FILES, 0x100), _r(Obj.FILE, 0x0), _f("fs/pipe.c"))
 LSEEK_RECORDED_CYCLES: Final = 417.5  # FIT: Hansen's lseek1 (see SYSCALLS["lseek"])
-# The bodies. body_cycles are CHOSEN (docs/cost.md): getppid/getpid/close from Garloff's 140-cycle
+# The bodies (each cycle number's tag: CYCLE_SOURCES below). body_cycles are CHOSEN (docs/cost.md): getppid/getpid/close from Garloff's 140-cycle
 # null-call round trip (performance.md §3) minus the modelled entry/exit; lseek so that nopti runs
 # will-it-scale lseek1 at Hansen's 5.2 M/s at the model's 3.0 GHz (§3: FIT); read/write/pipe CHOSEN.
 SYSCALLS: Final = {
@@ -211,6 +212,28 @@ SYSCALLS: Final = {
             kernel_source="sched_yield(): put the task at the back of the run queue",
         ),
     )
+}
+# The tag of every cycle number above (kaiser.sourced), named as `kaiser bench published` names a
+# fitted one ("body_cycles[lseek]"); tests/linux/test_syscalls_sources.py checks one per number.
+_NULL_CALL = "Garloff's 140-cycle getppid() round trip (performance.md §3) minus the modelled entry and exit"
+_NO_FIGURE = "no published figure for this body's own work; the same in every variant"
+CYCLE_SOURCES: Final[dict[str, Source]] = {
+    "body_cycles[getppid]": chosen(f"5 cycles: {_NULL_CALL}"),
+    "body_cycles[getpid]": chosen(f"5 cycles, as getppid: {_NULL_CALL}"),
+    "body_cycles[close]": chosen(f"10 cycles, close(-1)'s fdtable lookup beside getppid's: {_NULL_CALL}"),
+    "body_cycles[lseek]": fit(
+        "nopti lseek1 (will-it-scale, 1 thread) = D. Hansen's 5.2 M/s at the model's 3.0 GHz with the modelled "
+        "kernel side (KAISER v1 cover letter, performance.md §3)"
+    ),
+    "recorded_cycles[lseek]": fit(
+        "nopti lseek1 = D. Hansen's 5.2 M/s at 3.0 GHz (577 cycles) with the recorded 6.1 lseek's instructions at "
+        "kernel_cpi: what his 2017 kernel and machine spent beyond them (docs/cost.md, 'Fit and predict')"
+    ),
+    "body_cycles[read]": chosen(f"400 cycles of filemap_read and the copy besides its references: {_NO_FIGURE}"),
+    "body_cycles[write]": chosen(f"500 cycles of generic_perform_write and the copy: {_NO_FIGURE}"),
+    "body_cycles[pipe_write]": chosen(f"400 cycles of pipe_write, the copy and the wake-up: {_NO_FIGURE}"),
+    "body_cycles[pipe_read]": chosen(f"350 cycles of pipe_read and the copy: {_NO_FIGURE}"),
+    "body_cycles[sched_yield]": chosen(f"100 cycles of requeueing the task: {_NO_FIGURE}"),
 }
 # Kernel work of the other modelled operations (references; cycles in `kaiser.cost.params`).
 IRQ_HANDLER: Final = (_f("kernel/irq"), _w(Obj.PERCPU, PERCPU_IRQ_STAT), _r(Obj.PERCPU, PERCPU_IRQ_STAT + 0x40))
