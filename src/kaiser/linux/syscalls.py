@@ -127,9 +127,10 @@ _FILE_IO_REFS = (
 # pipe_read() and pipe_write() reach the pipe the same way: the fd, its file, fs/pipe.c.
 _PIPE_OPEN = (_f("fs/read_write.c"), *_STACK_FRAME, _r(Obj.FILES, 0x100), _r(Obj.FILE, 0x0), _f("fs/pipe.c"))
 LSEEK_RECORDED_CYCLES: Final = 417.5  # FIT: Hansen's lseek1 (see SYSCALLS["lseek"])
-# The bodies (each cycle number's tag: CYCLE_SOURCES below). body_cycles are CHOSEN (docs/cost.md): getppid/getpid/close from Garloff's 140-cycle
-# null-call round trip (performance.md §3) minus the modelled entry/exit; lseek so that nopti runs
-# will-it-scale lseek1 at Hansen's 5.2 M/s at the model's 3.0 GHz (§3: FIT); read/write/pipe CHOSEN.
+# The bodies; each cycle number's tag is in CYCLE_SOURCES below. body_cycles are CHOSEN
+# (docs/cost.md): getppid/getpid/close from Garloff's 140-cycle null-call round trip (performance.md
+# §3) minus the modelled entry/exit; lseek so that nopti runs will-it-scale lseek1 at Hansen's
+# 5.2 M/s at the model's 3.0 GHz (§3: FIT); read/write/pipe CHOSEN.
 SYSCALLS: Final = {
     s.name: s
     for s in (

@@ -173,9 +173,10 @@ HASWELL: Final = _processor(
     },
 )
 
-# A current part: not Meltdown-vulnerable (RDCL_NO: Intel's "affected processors" list marks
-# rogue data cache load fixed in hardware from Cascade Lake / Whiskey Lake on; Linux then sets no
-# X86_BUG_CPU_MELTDOWN, arch/x86/kernel/cpu/common.c cpu_vuln_whitelist and arch_cap_mmio_immune).
+# A current part: not Meltdown-vulnerable. It reports IA32_ARCH_CAPABILITIES.RDCL_NO (Intel's
+# affected-processor tables give Whiskey Lake, Cascade Lake and later cores a hardware fix for
+# rogue data cache load), so Linux sets no X86_BUG_CPU_MELTDOWN (cpu_set_bug_bits() in
+# arch/x86/kernel/cpu/common.c skips it under ARCH_CAP_RDCL_NO) and pti=auto leaves PTI off.
 SAPPHIRE_RAPIDS: Final = _processor(
     "sapphire-rapids",
     "Xeon Platinum 8480+",
