@@ -227,18 +227,33 @@ class Mmu:
         loads = len(walked) - saved
         c.walk_loads += loads
         c.walk_loads_saved += saved
-        if self.caches is not None:
-            for ref in walked[saved:]:
-                self.caches.access(ref.address, KIND_WALK)
+        self._walk_loads(walked, saved)
         if isinstance(result, Fault):
             c.faults += 1
             self._page_fault_invalidate(va)
             return Access(va, op, level, None, result, result, loads)
-        for depth in range(saved, len(walked) - 1):  # §4.10.3.1: cache the non-leaf entries used
-            ref = walked[depth]
-            self.tlb.psc_fill(ref.level.shift, va, state.pcid, entry_phys(ref.value), prefix[depth])
-        entry = self.tlb.fill(result, state, op)
+        entry = self._fill(result, va, op, walked, saved, prefix)
         return Access(va, op, level, entry, None, result, loads)
+
+    def _walk_loads(self, walked: Sequence[EntryRef], saved: int) -> None:
+        """The walk's table reads through the data caches, in order (the first `saved` entries a
+        paging-structure-cache hit skipped are not read)."""
+        if self.caches is not None:
+            for ref in walked[saved:]:
+                self.caches.access(ref.address, KIND_WALK)
+
+    def _fill(
+        self, result: Translation, va: int, op: Op, walked: Sequence[EntryRef], saved: int, prefix: Sequence[Rights]
+    ) -> TlbEntry:
+        """After a walk that succeeded: the paging-structure caches, then the TLBs."""
+        self._psc_fill_path(va, walked, saved, prefix)
+        return self.tlb.fill(result, self.state, op)
+
+    def _psc_fill_path(self, va: int, walked: Sequence[EntryRef], saved: int, prefix: Sequence[Rights]) -> None:
+        """§4.10.3.1: cache the non-leaf entries the walk read (not the ones a cache hit gave)."""
+        for depth in range(saved, len(walked) - 1):
+            ref = walked[depth]
+            self.tlb.psc_fill(ref.level.shift, va, self.state.pcid, entry_phys(ref.value), prefix[depth])
 
     def _psc_saved(self, va: int, walked: Sequence[EntryRef], prefix: Sequence[Rights]) -> int:
         """Entries the walk could skip: 1 + the depth of the deepest paging-structure-cache hit

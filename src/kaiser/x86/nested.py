@@ -49,20 +49,21 @@ does; `HostTable.entry` is the value of the word at an address.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from kaiser.choices import HOST_PAGES
-from kaiser.x86.bits import ADDR_MASK_52, entry_phys
+from kaiser.x86.bits import ADDR_MASK_52
 from kaiser.x86.cache import KIND_WALK
 from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.cpu import CpuFeatures, CpuState
-from kaiser.x86.mmu import Access, Mmu, _prefix_rights
+from kaiser.x86.mmu import Mmu
 from kaiser.x86.physmem import PAGE_SIZE, PhysicalMemory, PhysMemError
-from kaiser.x86.rights import Op
-from kaiser.x86.tlb import HitLevel, Tlb, entry_from_walk
+from kaiser.x86.rights import Op, Rights
+from kaiser.x86.tlb import Tlb, TlbEntry, entry_from_walk
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
-from kaiser.x86.walker import Fault, translate
+from kaiser.x86.walker import EntryRef, Translation
 
 EPT_SHIFTS: Final = (39, 30, 21, 12)  # EPT PML4E, PDPTE, PDE, PTE: bits 47:39 ... 20:12 (SDM §29.3.2)
 EPT_RWX: Final = 0x7  # bits 2:0: read, write, execute allowed
@@ -186,24 +187,11 @@ class NestedMmu(Mmu):
                 self.caches.access(address, KIND_WALK)
         return hw.hpa
 
-    def _walk(self, va: int, op: Op, implicit: bool, level: HitLevel) -> Access:
+    def _walk_loads(self, walked: Sequence[EntryRef], saved: int) -> None:
         """`Mmu._walk`, two-dimensional: before each guest entry is read, the guest-physical
         address of its table goes through a host walk (but the table a paging-structure-cache hit
-        gave: a combined entry holds its host-physical address); after a walk that succeeds, the
-        final guest-physical address does. Loads in that order through the data caches."""
-        state = self.state
-        c = self.counters
-        if op is Op.FETCH:
-            c.walks_i += 1
-        else:
-            c.walks_d += 1
-        result = translate(self.mem, state, va, op, implicit=implicit, features=self.features)
-        walked = result.entries
-        prefix = _prefix_rights(walked, state.nxe)
-        saved = self._psc_saved(va, walked, prefix)
-        loads = len(walked) - saved
-        c.walk_loads += loads
-        c.walk_loads_saved += saved
+        gave: a combined entry holds its host-physical address); then the entry is read at its
+        host-physical address through the data caches."""
         for depth in range(saved, len(walked)):
             ref = walked[depth]
             hpa = ref.address  # identity: a combined PSC entry's table is its guest-physical one
@@ -211,21 +199,21 @@ class NestedMmu(Mmu):
                 hpa = self.host_walk(ref.table) + 8 * ref.index
             if self.caches is not None:
                 self.caches.access(hpa, KIND_WALK)
-        if isinstance(result, Fault):
-            c.faults += 1
-            self._page_fault_invalidate(va)
-            return Access(va, op, level, None, result, result, loads)
+
+    def _fill(
+        self, result: Translation, va: int, op: Op, walked: Sequence[EntryRef], saved: int, prefix: Sequence[Rights]
+    ) -> TlbEntry:
+        """After a guest walk that succeeded, the final guest-physical address's host walk, then
+        the native paging-structure caches, and a TLB entry of the smaller of the two pages."""
         self.host_walk(result.pa)
-        for depth in range(saved, len(walked) - 1):  # §4.10.3.1: cache the non-leaf entries used
-            ref = walked[depth]
-            self.tlb.psc_fill(ref.level.shift, va, state.pcid, entry_phys(ref.value), prefix[depth])
+        self._psc_fill_path(va, walked, saved, prefix)
+        state = self.state
         entry = entry_from_walk(result, state)
         if self.host.page_shift < entry.shift:  # a combined mapping: the smaller page (§29.4.2)
             entry = entry.piece(self.host.page_shift, va)
         tlb = self.tlb
         tlb._install(tlb.stlb, entry, va, state.pcid, state.pge)
-        cached = tlb._install(tlb.l1(op), entry, va, state.pcid, state.pge) or entry
-        return Access(va, op, level, cached, None, result, loads)
+        return tlb._install(tlb.l1(op), entry, va, state.pcid, state.pge) or entry
 
 
 def walk_references(guest_levels: int, host_levels: int) -> int:
