@@ -196,47 +196,47 @@ SAPPHIRE_RAPIDS: Final = _processor(
 # The parts of the published measurements (kaiser.cost.machines), from the families above.
 _HASWELL_LATENCIES_KEPT: Final = chosen("Haswell's cache latencies (no measurement of this part in the facts)")
 
+
+def _part_of(
+    family: Processor, name: str, part: str, llc: CacheLevel, llc_source: Source, latencies: Source
+) -> Processor:
+    """A part of `family` with its own LLC: the family's core caches, cache latencies (tagged
+    `latencies` for this part) and transient behaviour."""
+    return _processor(
+        name,
+        part,
+        dataclasses.replace(family.caches, name=name, part=part, llc=llc),
+        family.latencies,
+        family.transient,
+        {**_cache_sources(family.name), "caches.llc": llc_source, "latencies": latencies},
+    )
+
+
 # Broadwell-EP, Xeon E5-2667 v4: Haswell's die shrink with the same core caches (L1 32 KiB 8-way,
 # L2 256 KiB 8-way, inclusive LLC), this part's LLC.
-BROADWELL_EP: Final = _processor(
+BROADWELL_EP: Final = _part_of(
+    HASWELL,
     "broadwell-ep",
     "Xeon E5-2667 v4",
-    dataclasses.replace(cg.HASWELL, name="broadwell-ep", part="Xeon E5-2667 v4", llc=CacheLevel("LLC", 25 * MiB, 20)),
-    HASWELL.latencies,
-    HASWELL.transient,
-    {
-        **_cache_sources("haswell"),
-        "caches.llc": cited("25 MiB, 20-way (8 cores; Intel ARK, Xeon E5-2667 v4)"),
-        "latencies": _HASWELL_LATENCIES_KEPT,
-    },
+    CacheLevel("LLC", 25 * MiB, 20),
+    cited("25 MiB, 20-way (8 cores; Intel ARK, Xeon E5-2667 v4)"),
+    _HASWELL_LATENCIES_KEPT,
 )
-# Haswell-EP, Xeon E5-2658 v3.
-HASWELL_EP: Final = _processor(
+HASWELL_EP: Final = _part_of(
+    HASWELL,
     "haswell-ep",
     "Xeon E5-2658 v3",
-    dataclasses.replace(cg.HASWELL, name="haswell-ep", part="Xeon E5-2658 v3", llc=CacheLevel("LLC", 30 * MiB, 20)),
-    HASWELL.latencies,
-    HASWELL.transient,
-    {
-        **_cache_sources("haswell"),
-        "caches.llc": cited("30 MiB, 20-way (12 cores; Intel ARK, Xeon E5-2658 v3)"),
-        "latencies": _HASWELL_LATENCIES_KEPT,
-    },
+    CacheLevel("LLC", 30 * MiB, 20),
+    cited("30 MiB, 20-way (12 cores; Intel ARK, Xeon E5-2658 v3)"),
+    _HASWELL_LATENCIES_KEPT,
 )
-# Skylake-SP, Xeon Gold 6161.
-GOLD_6161: Final = _processor(
+GOLD_6161: Final = _part_of(
+    SKYLAKE_SP,
     "skylake-sp-6161",
     "Xeon Gold 6161",
-    dataclasses.replace(
-        cg.SKYLAKE_SP, name="skylake-sp-6161", part="Xeon Gold 6161", llc=CacheLevel("LLC", 22 * 1408 * KiB, 11)
-    ),
-    SKYLAKE_SP.latencies,
-    SKYLAKE_SP.transient,
-    {
-        **_cache_sources("skylake-sp"),
-        "caches.llc": cited("30.25 MiB = 22 x 1.375 MiB, 11-way (22 cores; Intel ARK, Xeon Gold 6161)"),
-        "latencies": chosen("Skylake-SP's cache latencies (the same core and mesh; no measurement of this part)"),
-    },
+    CacheLevel("LLC", 22 * 1408 * KiB, 11),
+    cited("30.25 MiB = 22 x 1.375 MiB, 11-way (22 cores; Intel ARK, Xeon Gold 6161)"),
+    chosen("Skylake-SP's cache latencies (the same core and mesh; no measurement of this part)"),
 )
 
 PROCESSORS: Final = {
