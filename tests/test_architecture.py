@@ -4,7 +4,7 @@ catch a new upward import.
 How the doc names a module (the convention checked here, strictly): a package by its folder
 (`cost/`) as an entry of the tree block at the top; a module by its path relative to src/kaiser
 (`x86/bits.py`, `sample.py`) anywhere in the doc, or by its file name (`spec.py`) inside its own
-package's entry of the tree block. Globs (`cost/engine*.py`) and abbreviations name nothing.
+package's entry of the tree block. Globs (`x86/engine*.py`) and abbreviations name nothing.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from kaiser.cli.app import app
-from kaiser.cost.engine_cache import CACHE_COUNTER_NAMES
+from kaiser.x86.engine_cache import CACHE_COUNTER_NAMES
 
 runner = CliRunner()
 SMALL = ["-v", "linux-4.15", "--no-pcid", "-n", "8", "--warmup", "2", "--json"]

@@ -81,7 +81,7 @@ from kaiser.x86.rights import Op
 from kaiser.x86.tlb import HitLevel, Tlb
 
 if TYPE_CHECKING:
-    from kaiser.cost.engine import Engine
+    from kaiser.x86.engine import Engine
 
 PATHS: Final = ("engine", "reference")  # where probes run: the compiled engine or the readable Mmu
 REGIONS: Final = ("text", "direct_map", "vmalloc", "vmemmap")
@@ -184,7 +184,7 @@ class ProbeCore:
     """One logical CPU running the attacker's process: its MMU, its system call, the timer.
 
     `path`: where the system calls and probes run -- `engine`, the compiled engine
-    (`kaiser.cost.engine.Engine`) stepped one call and one probe at a time on its own copy of the
+    (`kaiser.x86.engine.Engine`) stepped one call and one probe at a time on its own copy of the
     machine (no copying back between calls), each probe priced from the counters it added
     (`ProbeCosts.counted`); or `reference`, the readable `Mmu`, each probe priced from its
     `Access`. Both start from the same warmed-up `Mmu` and time every probe the same (a test
@@ -215,7 +215,7 @@ class ProbeCore:
         self.log: list[tuple[int, float, int]] | None = None
         self.engine: Engine | None = None
         if path == "engine":
-            from kaiser.cost.engine import Engine  # numba: only when the engine runs
+            from kaiser.x86.engine import Engine  # numba: only when the engine runs
 
             self.engine = Engine.from_mmu(self.mmu)
             self.engine.prepare(self._syscall_events)

@@ -124,7 +124,7 @@ def replay_command(
     if path not in (None, "engine", "reference"):
         fail(f"--path {path!r}: use engine or reference")
     if path == "engine" and not engine_available():
-        fail("--path engine: kaiser.cost.engine is not available")
+        fail("--path engine: kaiser.x86.engine is not available")
     names = _variants(variant)
     pcids = (True, False) if pcid is None else (pcid,)
     configs = [(v, p) for p in pcids for v in names]

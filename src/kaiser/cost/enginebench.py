@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from kaiser.cost.engine import Engine
 from kaiser.linux.kernel import Kernel, KernelConfig, Task
 from kaiser.linux.mm import Prot, populate_typical
 from kaiser.x86.cache import Caches
 from kaiser.x86.cache_geometry import CacheHierarchy, get_hierarchy
 from kaiser.x86.counters import TlbCounters
 from kaiser.x86.cpu import CpuFeatures, CpuState
+from kaiser.x86.engine import Engine
 from kaiser.x86.events import EVENT_DTYPE, Ev, replay_reference
 from kaiser.x86.mmu import Mmu
 from kaiser.x86.nested import HostTable, NestedMmu

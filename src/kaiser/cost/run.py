@@ -5,7 +5,7 @@ and buffers, compiles `warmup` iterations and then `iterations` measured ones in
 arrays, replays both on one fresh MMU (the warm-up fills TLBs and paging-structure caches; only
 the measured part is counted) and prices the counts with `kaiser.cost.model`.
 
-Two replay paths, one semantics: `path="engine"` uses the compiled `kaiser.cost.engine.Engine`,
+Two replay paths, one semantics: `path="engine"` uses the compiled `kaiser.x86.engine.Engine`,
 `path="reference"` the readable `Mmu` (`replay_reference`); `path=None` picks the engine when it
 can be imported, else the reference path.
 """
@@ -37,14 +37,14 @@ from kaiser.x86.physmem import PhysicalMemory
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
 
 if TYPE_CHECKING:
-    from kaiser.cost.engine import Engine
+    from kaiser.x86.engine import Engine
 
 Path = Literal["engine", "reference"]
 
 
 def engine_available() -> bool:
     """Whether the numba engine can be imported (numba installed)."""
-    return importlib.util.find_spec("kaiser.cost.engine") is not None
+    return importlib.util.find_spec("kaiser.x86.engine") is not None
 
 
 def default_path() -> Path:
@@ -64,7 +64,7 @@ def _cpu(
     """The CPU that replays on `path`: the compiled engine, or the reference `Mmu` (a
     `NestedMmu` for a guest)."""
     if path == "engine":
-        from kaiser.cost.engine import Engine
+        from kaiser.x86.engine import Engine
 
         return Engine(mem, state, features, geometry, caches=caches, host=host)
     if path != "reference":

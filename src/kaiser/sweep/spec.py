@@ -352,7 +352,7 @@ def parse_spec(text: str, file: Path) -> Spec:
     if path not in PATHS:
         raise ctx.fail("sweep.path", f"{path!r} is not one of {', '.join(PATHS)}")
     if path == "engine" and not engine_available():
-        raise ctx.fail("sweep.path", "the compiled engine (kaiser.cost.engine) is not installed; use auto or reference")
+        raise ctx.fail("sweep.path", "the compiled engine (kaiser.x86.engine) is not installed; use auto or reference")
     blocks = raw["workload"]
     if not isinstance(blocks, list) or not blocks:
         raise ctx.fail("workload", "expected one or more [[workload]] tables")

@@ -261,7 +261,7 @@ class TraceAddressSpace:
 def engine_available() -> bool:
     """Whether the numba engine can be imported; traces/ asks without importing kaiser.cost (as
     kaiser.cost.run.engine_available does), so a replay runs where the cost package is absent."""
-    return importlib.util.find_spec("kaiser.cost.engine") is not None
+    return importlib.util.find_spec("kaiser.x86.engine") is not None
 
 
 @dataclass
@@ -332,7 +332,7 @@ class ConfigReplay:
         self.events = self.user_events = self.syscalls = 0
         self.seconds = 0.0
         if path == "engine":
-            from kaiser.cost.engine import Engine
+            from kaiser.x86.engine import Engine
 
             self.engine: Any = Engine(self.kernel.mem, state, features, geometry)
             self.mmu: Mmu | None = None

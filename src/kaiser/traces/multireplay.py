@@ -4,7 +4,7 @@
 cache of an earlier parse (`kaiser.traces.trace_cache`) -- and feeds every chunk to every
 requested configuration (variant x PCID x TLB geometry, `ReplayConfig`), each its own booted
 kernel, traced process and replayer (`interleave.ConfigReplay`). The chunk's configurations run
-on a pool of `workers` threads: the compiled engine (`kaiser.cost.engine_core`, jitted with
+on a pool of `workers` threads: the compiled engine (`kaiser.x86.engine_core`, jitted with
 `nogil=True`) and the parser's scan release the GIL, so while one thread replays, another
 compiles its system calls or maps its pages, and the main thread decodes the next chunk.
 

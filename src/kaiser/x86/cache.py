@@ -10,7 +10,7 @@ replacement, inclusion and prefetcher rules these functions implement.
 State is numpy arrays of shape (sets, ways) per level (`tag`: line number, -1 invalid; `stamp`:
 LRU time from one clock per hierarchy, ticked on every hit and every fill; `pf`: brought in by a
 prefetcher and not yet used by a demand access) plus the streamer's table, so that the compiled
-engine (`kaiser.cost.engine_cache`) holds the same state and must produce the same counters.
+engine (`kaiser.x86.engine_cache`) holds the same state and must produce the same counters.
 
 Three kinds of access: an instruction fetch (L1I), a load or store (L1D, trains the next-line
 prefetcher) and a page-walk load (L1D, does not train it). Stores are write-allocate like loads;

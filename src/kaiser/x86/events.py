@@ -1,7 +1,7 @@
 """Event streams: what one logical processor does, as a numpy record array both replay paths read.
 
 One semantics, two speeds: `replay_reference` feeds the events one by one to the readable `Mmu`
-(TLBs + the reference walker); the compiled engine (`kaiser.cost.engine`) replays the same array
+(TLBs + the reference walker); the compiled engine (`kaiser.x86.engine`) replays the same array
 and must produce identical counters. The Linux layer compiles system calls, interrupts and
 context switches into these events; nothing above this module needs to know how they are replayed.
 """

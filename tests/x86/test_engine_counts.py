@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine import CPUS, GEOMETRIES, Cpu, build_world, make_stream
 
-from kaiser.cost.engine import Engine, named_counters
 from kaiser.x86.counters import TlbCounters
+from kaiser.x86.engine import Engine, named_counters
 from kaiser.x86.events import replay_reference
 from kaiser.x86.mmu import Mmu
 

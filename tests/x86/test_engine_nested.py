@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from test_engine import CPUS, GEOMETRIES, K4, M2, RAM, Cpu, assert_same, build_world, make_stream
 from test_engine_cache import SMALL, assert_caches_equal, with_runs
 
-from kaiser.cost.engine import Engine
 from kaiser.x86.bits import CR0, CR4, EFER, PTE
 from kaiser.x86.counters import TlbCounters
 from kaiser.x86.cpu import CpuFeatures, CpuState
+from kaiser.x86.engine import Engine
 from kaiser.x86.events import EventBuilder, replay_reference
 from kaiser.x86.geometry import FOUR_LEVEL
 from kaiser.x86.mmu import Mmu

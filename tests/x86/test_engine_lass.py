@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine import GEOMETRIES, Cpu, assert_same, build_world, make_stream
 
-from kaiser.cost.engine import Engine
 from kaiser.x86.bits import CR4, RFLAGS
 from kaiser.x86.cpu import CpuState
+from kaiser.x86.engine import Engine
 from kaiser.x86.events import Ev, EventBuilder, replay_reference
 from kaiser.x86.mmu import GeneralProtection, Mmu
 from kaiser.x86.rights import Op, lass_violation

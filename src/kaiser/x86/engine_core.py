@@ -2,8 +2,8 @@
 
 Everything here mirrors the reference path operation by operation, in the same order, so that
 the LRU clock ticks at the same moments and every counter moves the same way (SDM rules and
-their citations live in `kaiser.cost.engine_rules` and in the reference modules). The layout of
-the arrays is built and explained by `kaiser.cost.engine`; this module only reads it.
+their citations live in `kaiser.x86.engine_rules` and in the reference modules). The layout of
+the arrays is built and explained by `kaiser.x86.engine`; this module only reads it.
 
 State is plain int64 arrays:
 
@@ -23,7 +23,7 @@ State is plain int64 arrays:
   metal), `M[M_HOST_B0 + d]` the host-physical base of level d's tables (entry of a
   guest-physical address: base + 8 * (gpa >> shift), the identity map's layout),
   `M[M_HOST_SHIFT]` the EPT page shift and `M[M_HOST_SIZE]` the guest RAM it covers.
-* `CT, CS, CP, CD, CH, STR`: the data caches (`kaiser.cost.engine_cache`; `CH[CH_ON] == 0`:
+* `CT, CS, CP, CD, CH, STR`: the data caches (`kaiser.x86.engine_cache`; `CH[CH_ON] == 0`:
   none). Walk loads reach them from `walk`, completed accesses from `replay`, in the order of
   `kaiser.x86.mmu.Mmu`.
 """
@@ -35,9 +35,9 @@ from typing import Any, Final
 import numba
 import numpy as np
 
-from kaiser.cost.engine_cache import CACHE_COUNTER_NAMES, CH_ON, KIND_DATA, KIND_FETCH, KIND_WALK
-from kaiser.cost.engine_cache import access as cache_access
-from kaiser.cost.engine_rules import (
+from kaiser.x86.engine_cache import CACHE_COUNTER_NAMES, CH_ON, KIND_DATA, KIND_FETCH, KIND_WALK
+from kaiser.x86.engine_cache import access as cache_access
+from kaiser.x86.engine_rules import (
     ADDR_MASK_52,
     CR4_LA57,
     CR4_LASS,
@@ -88,7 +88,7 @@ GROUP_I, GROUP_D, GROUP_S = 0, 1, 2
 F_PCID, F_SMEP, F_SMAP, F_PKU, F_LA57, F_INVPCID, F_LASS = (1 << i for i in range(7))
 
 # Counter indices: the fields of `kaiser.x86.counters.TlbCounters`, in order (checked at import by
-# `kaiser.cost.engine`); the cache counters (indices from 32) are `engine_cache`'s.
+# `kaiser.x86.engine`); the cache counters (indices from 32) are `engine_cache`'s.
 TLB_COUNTER_NAMES: Final = (
     "itlb_hits",
     "itlb_misses",

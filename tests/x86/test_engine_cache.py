@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine import CPUS, GEOMETRIES, Cpu, build_world, make_stream
 
-from kaiser.cost.engine import Engine
-from kaiser.cost.engine_cache import CACHE_COUNTER_NAMES
 from kaiser.x86.cache import Caches
 from kaiser.x86.cache_geometry import HIERARCHIES, CacheGeometryError, CacheHierarchy, CacheLevel
 from kaiser.x86.counters import TlbCounters
+from kaiser.x86.engine import Engine
+from kaiser.x86.engine_cache import CACHE_COUNTER_NAMES
 from kaiser.x86.events import EVENT_DTYPE, Ev, EventBuilder, replay_reference
 from kaiser.x86.mmu import Mmu
 from kaiser.x86.rights import Op

@@ -2,10 +2,10 @@
 
 Two speeds, one semantics (docs: DESIGN.md). `kaiser.x86.events.replay_reference` feeds an event
 array to the readable `kaiser.x86.mmu.Mmu`; `Engine.replay` feeds the same array to a numba loop
-(`kaiser.cost.engine_core`, rules in `kaiser.cost.engine_rules`) over the same page tables and
+(`kaiser.x86.engine_core`, rules in `kaiser.x86.engine_rules`) over the same page tables and
 TLB state, and returns the same `TlbCounters`, counter for counter, with the same final TLB
 contents (LRU stamps included) and the same accessed/dirty bits in memory
-(`tests/cost/test_engine.py` checks all three on random streams).
+(`tests/x86/test_engine.py` checks all three on random streams).
 
 Memory: the engine reads page tables from its own copy of the frames (`PhysicalMemory.frames`)
 plus a dense pfn -> row array (-1: untouched, reads as zero), and writes A/D bits and `WRITE_PHYS`
@@ -19,7 +19,7 @@ copies a reference `Tlb` in (so both paths can start from the same warm state) a
 `store_tlb(tlb)` copies the engine's state out, field for field and way for way.
 
 Data caches: with `caches=` a `CacheHierarchy`, the engine keeps the hierarchy's arrays
-(`kaiser.cost.engine_cache`) and `load_caches`/`store_caches` copy a reference
+(`kaiser.x86.engine_cache`) and `load_caches`/`store_caches` copy a reference
 `kaiser.x86.cache.Caches` in and out the same way; without, they cost one test per access.
 
 Nested paging: with `host=` a `kaiser.x86.nested.HostTable`, every walk is two-dimensional as in
@@ -41,14 +41,14 @@ from typing import Final
 
 import numpy as np
 
-from kaiser.cost import engine_cache as ec
-from kaiser.cost import engine_core as core
-from kaiser.cost.engine_rules import reserved_mask
+from kaiser.x86 import engine_cache as ec
+from kaiser.x86 import engine_core as core
 from kaiser.x86.bits import CR4, EFER, BitsError
 from kaiser.x86.cache import Caches
 from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.counters import TlbCounters
 from kaiser.x86.cpu import CpuFeatures, CpuState
+from kaiser.x86.engine_rules import reserved_mask
 from kaiser.x86.events import EVENT_DTYPE, Ev
 from kaiser.x86.geometry import mode_for
 from kaiser.x86.mmu import GeneralProtection, InvalidOpcode, Mmu
@@ -58,7 +58,7 @@ from kaiser.x86.tlb import Tlb, TlbArray
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, INDEX_XOR, CacheGeometry, TlbGeometry
 
 if tuple(f.name for f in dataclasses.fields(TlbCounters)) != core.COUNTER_NAMES:  # pragma: no cover
-    raise ImportError("kaiser.cost.engine_core.COUNTER_NAMES no longer matches TlbCounters")
+    raise ImportError("kaiser.x86.engine_core.COUNTER_NAMES no longer matches TlbCounters")
 
 _MAX_SHIFTS: Final = core.S_MAX_SHIFTS
 _WRITE_PHYS: Final = int(Ev.WRITE_PHYS)  # a plain int: numpy compares it faster than the enum

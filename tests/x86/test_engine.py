@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kaiser.cost.engine import Engine
 from kaiser.x86.bits import CR0, CR4, EFER, PTE, RFLAGS, BitsError
 from kaiser.x86.cpu import CpuFeatures, CpuState
+from kaiser.x86.engine import Engine
 from kaiser.x86.events import EVENT_DTYPE, Ev, EventBuilder, replay_reference
 from kaiser.x86.geometry import FIVE_LEVEL, FOUR_LEVEL
 from kaiser.x86.mmu import GeneralProtection, InvalidOpcode, Mmu

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from test_engine import GEOMETRIES, Cpu, World, assert_same, build_world, make_stream
 from test_engine_lass import LASS_SMAP, lass_cpu
 
-from kaiser.cost.engine import Engine, named_counters
+from kaiser.x86.engine import Engine, named_counters
 from kaiser.x86.events import EVENT_DTYPE, IMPLICIT, PREFETCH, Ev, replay_reference
 from kaiser.x86.mmu import Mmu
 

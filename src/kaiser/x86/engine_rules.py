@@ -3,7 +3,7 @@
 One module, one place: the combined rights of a walk, and the access-rights and protection-key
 decision, each next to its Intel SDM Vol. 3A citation. Reserved bits are the reference's own rule
 and every bit is `kaiser.x86.bits`'s; the reference rules (`kaiser.x86.rights`) are the
-definition, and these functions must decide exactly as they do (`tests/cost/test_engine.py`
+definition, and these functions must decide exactly as they do (`tests/x86/test_engine.py`
 replays random streams through both paths and compares).
 
 Encodings (plain integers, so the engine's hot loop holds no Python objects):

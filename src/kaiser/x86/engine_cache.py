@@ -2,11 +2,11 @@
 
 Operation for operation the reference (`kaiser.x86.cache`), in the same order, so the one LRU
 clock of the hierarchy ticks at the same moments and every counter moves the same way
-(`tests/cost/test_engine_cache.py` replays random streams through both and compares counters and
+(`tests/x86/test_engine_cache.py` replays random streams through both and compares counters and
 final state). The rules themselves (replacement, inclusion, prefetchers) are documented once, in
 `kaiser.x86.cache_geometry`.
 
-State (built by `kaiser.cost.engine.Engine`, copied in and out by `load_caches`/`store_caches`):
+State (built by `kaiser.x86.engine.Engine`, copied in and out by `load_caches`/`store_caches`):
 
 * `CT[i]`, `CS[i]`, `CP[i]`: tag (line number, -1 invalid), LRU stamp and prefetched flag of
   every way of every level, level by level (L1I, L1D, L2, LLC), set by set, way by way: the
@@ -36,7 +36,7 @@ KIND_FETCH, KIND_DATA, KIND_WALK = 0, 1, 2  # = kaiser.x86.cache.KIND_*
 PAGE_LINES: Final = 64
 
 # The cache fields of `kaiser.x86.counters.TlbCounters`, in order; they follow the TLB counters in the
-# engine's counter array (`kaiser.cost.engine_core.COUNTER_NAMES`).
+# engine's counter array (`kaiser.x86.engine_core.COUNTER_NAMES`).
 CACHE_COUNTER_NAMES: Final = (
     "l1i_hits",
     "l1i_misses",
