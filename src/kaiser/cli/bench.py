@@ -289,6 +289,19 @@ def print_cache_table(rows: list[Comparison], caches: str) -> None:
     )
 
 
+def _baseline_dict(row: Comparison) -> dict[str, Any]:
+    """The nopti run a comparison is against, with its overhead against itself (0)."""
+    return row.baseline.as_dict() | {"overhead_percent": 0.0}
+
+
+def _single_run(row: Comparison) -> dict[str, Any]:
+    """The keys a reader of one run looks for at the top level of `--json`: its overhead, cycles
+    per operation, rate and counters, and the same of its nopti baseline."""
+    run = row.as_dict()
+    keys = ("variant", "pcid", "overhead_percent", "cycles_per_op", "syscalls_per_second", "counters")
+    return {k: run[k] for k in keys} | {"baseline": _baseline_dict(row)}
+
+
 def plot_overhead(rows: list[Comparison], path: Path, title: str) -> None:
     """Overhead (%) against nopti versus system calls per second (of nopti time at the model's
     clock), one line per isolating variant and PCID setting (solid = PCID, dashed = no PCID), and
@@ -457,11 +470,11 @@ def bench_callback(
                 "vm": guest_page is not None,
                 "host_page": guest_page,
                 # the nopti run of each PCID setting, with its overhead against itself (0) beside the runs'
-                "baselines": {
-                    ("pcid" if r.baseline.pcid else "nopcid"): r.baseline.as_dict() | {"overhead_percent": 0.0}
-                    for r in rows
-                },
-                "runs": [r.as_dict() for r in rows],
+                "baselines": {("pcid" if r.baseline.pcid else "nopcid"): _baseline_dict(r) for r in rows},
+                # each run names its own baseline, with the same keys, so a reader needs no lookup
+                "runs": [r.as_dict() | {"baseline": _baseline_dict(r)} for r in rows],
+                # one variant at one PCID setting: that run's figures at the top level too
+                **(_single_run(rows[0]) if len(rows) == 1 else {}),
                 "kernel_side": rows[0].result.kernel_side if rows else {},
                 "kernel_pages": rows[0].result.kernel_pages if rows else {},
                 "plot": str(plot) if plot else None,
