@@ -41,13 +41,23 @@ def test_rows_have_the_keys_and_a_reason_when_not_run(rows: list[dict[str, Any]]
     for r in rows:
         for key in KEYS:
             assert key in r, (key, r)
-        assert r["role"] in ("fit", "predicted")
+        assert r["role"] in ("fit", "predicted", "not run", "no value")
         assert isinstance(r["published"], (int, float)) and r["published"] > 0
-        if r["model"] is None:
-            assert r["ratio"] is None and r["why"], r
-        else:
+        # what a checker of the predictions does with every `predicted` row must not trip
+        if r["role"] in ("fit", "predicted"):
+            assert r["runs"] and r["model"] is not None, r
             assert r["ratio"] == pytest.approx(r["model"] / r["published"], rel=1e-12)
+        else:  # not run: no runs; no value: runs whose value is not finite; either says why
+            assert r["model"] is None and r["ratio"] is None and r["why"], r
+            assert bool(r["runs"]) == (r["role"] == "no value"), r
     assert sum(r["model"] is not None for r in rows) >= 12
+
+
+def test_every_prediction_is_within_1_5x(rows: list[dict[str, Any]]) -> None:
+    pred = [r for r in rows if r["role"] == "predicted"]
+    assert len(pred) >= 12
+    for r in pred:
+        assert 1 / 1.5 <= r["model"] / r["published"] <= 1.5, r["configuration"]
 
 
 def test_fit_rows_are_the_fit_tags(rows: list[dict[str, Any]]) -> None:

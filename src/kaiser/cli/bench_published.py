@@ -31,8 +31,9 @@ def published_command(
     """Run the cost model on every published KPTI figure and compare.
 
     For each figure (its source, configuration and metric; see docs/cost.md "Fit and predict"):
-    published value, model value, ratio, and role (fit: a FIT parameter was set from it; else
-    predicted). Figures the model cannot run are listed with why."""
+    published value, model value, ratio, and role (fit: a FIT parameter was set from it;
+    predicted; not run: the model cannot run it, and why; no value: its runs give no finite
+    value, and why)."""
     from kaiser.cost import published as pub
 
     with progress_bar(disable=json_out or markdown) as bar:
@@ -78,9 +79,10 @@ def published_command(
     console.print("run on (machine or caches and clock), or why not run:", highlight=False)
     for note in notes:
         console.print(note, highlight=False)
-    off = [r for r in rows if r["role"] == "predicted" and r["model"] is not None and not pub.within(r["ratio"])]
+    off = [r for r in rows if r["role"] == "predicted" and not pub.within(r["ratio"])]
     console.print(
-        f"{s['rows']} figures: {s['fit']} fit, {s['predicted_run']} predicted and run, {s['not_run']} not run; "
+        f"{s['rows']} figures: {s['fit']} fit, {s['predicted_run']} predicted and run, {s['not_run']} not run, "
+        f"{s['no_value']} with no model value; "
         f"{s['predicted_within_1_5x']} of {s['predicted_run']} predictions within 1.5x"
         + ("; outside: " + ", ".join(f"{r['ratio']:.2f}" for r in off) if off else "")
         + f" (modelled kernel side: {s['modelled_predicted_within_1_5x']} of {s['modelled_predicted_run']})"

@@ -73,12 +73,13 @@ def plot(rows: list[dict[str, Any]], file: Any) -> None:
         f"{s['modelled_predicted_within_1_5x']} of {s['modelled_predicted_run']})",
         fontsize=9,
     )
-    lines = ["outside 1.5x (# of `kaiser bench published`):", ""]
+    lines = ["outside 1.5x (# of `kaiser bench published`):", ""] if outside else ["every prediction within 1.5x", ""]
     for i, r in outside:
         text = f"{i}. {r['source'].split(',')[0]}: {r['configuration']} ({r['metric']})"
         wrapped = textwrap.wrap(text, 46)
         lines += [*wrapped[:-1], f"{wrapped[-1]}: {r['ratio']:.2f}x", ""]
-    lines.append("v on the bottom edge: model value 0")
+    if any(r["model"] <= 0 for _, r in numbered):
+        lines.append("v on the bottom edge: model value 0")
     fig.text(0.66, 0.91, "\n".join(lines), fontsize=7, va="top", family="monospace")
     fig.savefig(file, dpi=120)
     plt.close(fig)
