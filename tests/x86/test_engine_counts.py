@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine import CPUS, GEOMETRIES, Cpu, build_world, make_stream
 
+from kaiser.x86 import engine_core as core
 from kaiser.x86.counters import TlbCounters
 from kaiser.x86.engine import Engine, named_counters
-from kaiser.x86.events import replay_reference
+from kaiser.x86.events import Ev, replay_reference
 from kaiser.x86.mmu import Mmu
 
 NAMES = [f.name for f in dataclasses.fields(TlbCounters)]
@@ -86,3 +87,23 @@ def test_counters_can_be_set_and_are_copies() -> None:
     assert engine.counters == TlbCounters(walks_i=5)
     second = engine.step(events)
     assert engine.counters == named_counters(second + np.array(by_name(TlbCounters(walks_i=5))))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), cpu=CPUS, batches=st.integers(2, 20))
+def test_accesses_only_batches_count_as_the_reference(seed: int, cpu: Cpu, batches: int) -> None:
+    """`step(accesses_only=True)` (a trace's user references: no scan for WRITE_PHYS) between
+    ordinary batches leaves the same counters as the reference; `count_kind` counts like numpy."""
+    rng = random.Random(seed)
+    world = build_world(rng, cpu)
+    mmu = Mmu(world.mem, world.state, features=world.features)
+    events = make_stream(rng, world, 300)
+    engine = Engine(copy.deepcopy(world.mem), world.state, world.features, tlb=mmu.tlb)
+    for part in np.array_split(events, batches):
+        for kind in range(int(Ev.WRITE_PHYS) + 1):
+            assert core.count_kind(part, kind) == int(np.count_nonzero(part["kind"] == kind))
+        only = bool(np.all(part["kind"] <= Ev.FETCH))
+        want = replay_reference(mmu, part)
+        assert engine.step(part, sync=False, accesses_only=only).tolist() == by_name(want)
+    engine.sync_back()
+    assert engine.counters == mmu.counters

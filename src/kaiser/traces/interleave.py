@@ -348,11 +348,13 @@ class ConfigReplay:
         """Every counter since the prologue, named."""
         return TlbCounters(*self._counts.tolist())
 
-    def _replay(self, events: np.ndarray) -> None:
+    def _replay(self, events: np.ndarray, *, user: bool = False) -> None:
+        """Replay `events`; `user`: the trace's own references (memory accesses only, so the
+        engine need not scan them for physical-memory writes)."""
         if not len(events):
             return
         if self.engine is not None:  # counters as an array: a few microseconds a call
-            self._counts += self.engine.step(events, sync=False)
+            self._counts += self.engine.step(events, sync=False, accesses_only=user)
         else:
             assert self.mmu is not None
             self._counts += np.asarray(dataclasses.astuple(replay_reference(self.mmu, events)), np.int64)
@@ -387,10 +389,10 @@ class ConfigReplay:
         # piece in that order (the replay's state carries over; no copy of the chunk is made).
         prev = 0
         for s, k in zip(sites, kernel, strict=True):
-            self._replay(events[prev : s.at])
+            self._replay(events[prev : s.at], user=True)
             self._replay(k)
             prev = s.at
-        self._replay(events[prev:])
+        self._replay(events[prev:], user=True)
         self.user_events += len(events)
         self.syscalls += len(sites)
         self.hook.ops.user_refs += len(events)

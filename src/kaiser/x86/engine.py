@@ -412,9 +412,9 @@ class Engine:
         if self._frames is None:
             self.reload_memory()
         assert self._frames is not None
-        is_write = events["kind"] == _WRITE_PHYS
-        if not np.count_nonzero(is_write):  # the common case, checked cheaply
+        if not core.count_kind(events, _WRITE_PHYS):  # the common case, checked without the GIL
             return
+        is_write = events["kind"] == _WRITE_PHYS
         writes = events["a"][is_write]
         writes = writes[writes < np.uint64(self.mem.size)]
         if not len(writes):
@@ -466,15 +466,20 @@ class Engine:
         state (counters, TLBs, memory) as the reference leaves it there."""
         return named_counters(self.step(events, sync=sync))
 
-    def step(self, events: np.ndarray, *, sync: bool = True) -> np.ndarray:
+    def step(self, events: np.ndarray, *, sync: bool = True, accesses_only: bool = False) -> np.ndarray:
         """`replay` with the counters this replay added as a new int64 array (in the order of
         `engine_core.COUNTER_NAMES`; `named_counters` names them): the cheap call for small
-        batches, most of all with `sync=False`."""
+        batches, most of all with `sync=False`. `accesses_only`: the caller vouches that `events`
+        are memory accesses only (a decoded trace's user references), so the scan for `WRITE_PHYS`
+        events, a pass over every event, is skipped."""
         if events.dtype != EVENT_DTYPE:
             raise TypeError(f"events must be an EVENT_DTYPE array, not {events.dtype}")
         if sync:
             self.reload_memory()
-        self._ensure_rows(events)
+        if not accesses_only:
+            self._ensure_rows(events)
+        elif self._frames is None:
+            self.reload_memory()
         assert self._frames is not None
         C = self._C
         C[:] = 0
@@ -505,7 +510,7 @@ class Engine:
         )
         done = C.copy()
         self._total += done
-        if self._new_pfns:
+        if self._new_pfns and not accesses_only:
             done_ev = events[: int(stop)]
             written = done_ev["a"][done_ev["kind"] == Ev.WRITE_PHYS] >> np.uint64(12)
             self._written.update(int(p) for p in np.unique(written) if int(p) in self._new_pfns)

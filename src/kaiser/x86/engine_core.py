@@ -920,6 +920,18 @@ def replay(
     return OK, events.shape[0], WHY_NONE
 
 
+@_jit
+def count_kind(events: np.ndarray, kind: int) -> int:
+    """How many of `events` are of `kind`: `Engine.step` asks it of every batch (are there
+    WRITE_PHYS events to give storage?), here without the GIL and without numpy's strided
+    temporaries, so a thread replaying many small batches leaves the others running."""
+    n = 0
+    for i in range(events.shape[0]):
+        if events[i].kind == kind:
+            n += 1
+    return n
+
+
 # ---- rounds: a fixed batch, then each probe event alone (the KASLR attack's loop) ---------------
 @_jit
 def replay_rounds(
