@@ -236,9 +236,9 @@ class RecordedSide:
     _frames: dict[tuple[int, int], int] = field(default_factory=dict)
     _vmalloc_next: int = 0
     _user: dict[int, int] = field(default_factory=dict)
-    # (name, task pid, user pages) -> the line-merged (address, op) events: a call's mapping is the
-    # same every time once its pages have their model frames
-    _emitted: dict[tuple[str, int, tuple[int, ...]], list[tuple[int, Op]]] = field(default_factory=dict)
+    # (name, task pid, user pages) -> the line-merged events as EventBuilder rows: a call's mapping
+    # is the same every time once its pages have their model frames
+    _emitted: dict[tuple[str, int, tuple[int, ...]], list[tuple[int, int, int, int, int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         lay = self.em.lay
@@ -375,10 +375,9 @@ class RecordedSide:
             line = va >> np.uint64(LINE)
             new = np.ones(len(va), dtype=bool)
             new[1:] = (line[1:] != line[:-1]) | (op[1:] != op[:-1])
-            events = self._emitted[key] = [(a, _OP[o]) for a, o in zip(va[new].tolist(), op[new].tolist(), strict=True)]
-        out = self.em.out
-        for a, o in events:
-            out.access(a, o, 0)
+            pairs = [(a, _OP[o]) for a, o in zip(va[new].tolist(), op[new].tolist(), strict=True)]
+            events = self._emitted[key] = self.em.out.kernel_rows(pairs)
+        self.em.out.add_rows(events)  # as out.access(a, op, 0) for each, in one extend
         self.em.ops.kernel_refs += len(events)
         return len(events)
 

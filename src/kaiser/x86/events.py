@@ -59,6 +59,14 @@ class EventBuilder:
         kind = _OPS.index(op)
         self._rows.extend(zip(repeat(kind), repeat(cpl), repeat(0), vas, repeat(0)))  # rows built in C
 
+    def kernel_rows(self, accesses: Iterable[tuple[int, Op]]) -> list[tuple[int, int, int, int, int]]:
+        """The rows `access(va, op, 0)` would append for each (va, op), to keep and `add_rows` again."""
+        return [(_OPS.index(op), 0, 0, va, 0) for va, op in accesses]
+
+    def add_rows(self, rows: list[tuple[int, int, int, int, int]]) -> None:
+        """Append rows made by `kernel_rows`: a repeated body in one list extend, not one call a row."""
+        self._rows.extend(rows)
+
     def mov_cr3(self, value: int) -> None:
         self._rows.append((Ev.MOV_CR3, 0, 0, value, 0))
 
