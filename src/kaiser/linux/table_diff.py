@@ -19,11 +19,12 @@ from kaiser.linux.audit_policy import model_class
 from kaiser.linux.layout import Layout
 from kaiser.linux.pgtable_types import level_names
 from kaiser.linux.ptdump import flag_text
-from kaiser.x86.bits import PTE, PTE_PAT_4K, entry_phys
+from kaiser.x86.bits import PTE, PTE_PAT_4K
+from kaiser.x86.geometry import kernel_half_start
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.pagetable import PageTable
 
-_P: Final = int(PTE.P)
+_NX: Final = int(PTE.NX)
 
 
 @hex_fields("start", "end")
@@ -81,9 +82,7 @@ def _leaf_flags(value: int, level: str) -> frozenset[str]:
 
 def kernel_half_tables(pt: PageTable) -> set[int]:
     """Physical addresses of the tables below the kernel half's top-level entries, each once."""
-    top = pt.mem.read_frame(pt.root)
-    user_half = {entry_phys(int(e)) for e in top[: len(top) // 2].tolist() if e & _P}
-    return {table for table, depth in pt.tables(prune=user_half) if depth > 0}
+    return {table for table, depth in pt.tables(start=kernel_half_start(pt.mode)) if depth > 0}
 
 
 def shared_kernel_tables(a: PageTable, b: PageTable) -> frozenset[int]:
@@ -95,33 +94,20 @@ def shared_kernel_tables(a: PageTable, b: PageTable) -> frozenset[int]:
 
 
 def table_runs(pt: PageTable, prune: frozenset[int] = frozenset()) -> list[_Run]:
-    """Present leaves of a tree as runs of equal printed flags, level and effective NX (the NX a
-    walk ORs in from above, e.g. the kernel PGD's copy of a user entry, §3.2). Tables in `prune`
-    are not descended into (see `shared_kernel_tables`)."""
-    mem, levels, names = pt.mem, pt.levels, level_names(pt.mode)
-    last = len(levels) - 1
+    """Present leaves of a tree (`PageTable.leaves`) as runs of equal printed flags, level and
+    effective NX (the NX a walk ORs in from above, e.g. the kernel PGD's copy of a user entry,
+    §3.2). Tables in `prune` are not descended into (see `shared_kernel_tables`)."""
+    names = level_names(pt.mode)
     runs: list[_Run] = []
-
-    def visit(phys: int, depth: int, base: int, nx: bool) -> None:
-        level = levels[depth]
-        for index, value in enumerate(mem.read_frame(phys).tolist()):
-            if not value & PTE.P:
-                continue
-            va = base | (index << level.shift)
-            if depth == 0:
-                va = pt.mode.canonicalize(va)
-            eff_nx = nx or bool(value & PTE.NX)
-            if depth == last or (level.leaf_ok and value & PTE.PS):
-                run = _Run(va, va + level.span, names[depth], _leaf_flags(value, names[depth]), eff_nx)
-                prev = runs[-1] if runs else None
-                if prev and prev.end == va and (prev.level, prev.flags, prev.eff_nx) == (run.level, run.flags, eff_nx):
-                    runs[-1] = _Run(prev.start, run.end, prev.level, prev.flags, eff_nx)
-                else:
-                    runs.append(run)
-            elif (child := entry_phys(value)) not in prune:
-                visit(child, depth + 1, va, eff_nx)
-
-    visit(pt.root, 0, 0, False)
+    for leaf in pt.leaves(prune=prune):
+        level = names[leaf.depth]
+        eff_nx = any(e & _NX for e in (*leaf.above, leaf.entry))
+        run = _Run(leaf.va, leaf.va + leaf.size, level, _leaf_flags(leaf.entry, level), eff_nx)
+        prev = runs[-1] if runs else None
+        if prev and prev.end == run.start and (prev.level, prev.flags, prev.eff_nx) == (level, run.flags, eff_nx):
+            runs[-1] = _Run(prev.start, run.end, level, prev.flags, eff_nx)
+        else:
+            runs.append(run)
     return runs
 
 
