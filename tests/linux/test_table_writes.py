@@ -139,3 +139,14 @@ def test_set_entry_is_the_door_with_its_checks() -> None:
     pt.destroy()
     with pytest.raises(PagingError, match="destroyed"):
         pt.set_entry(pt.root, 0, 0)
+
+
+def test_no_raw_write_u64_outside_the_door() -> None:
+    """Source scan: `write_u64` is called only by the door itself (x86/pagetable.py), the walker's
+    A/D updates (SDM §4.8) and the event stream's WRITE_PHYS replay (x86/events.py); linux/, cost/
+    and every other package write entries through `PageTable.set_entry`."""
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src" / "kaiser"
+    callers = {p.relative_to(src).as_posix() for p in src.rglob("*.py") if ".write_u64(" in p.read_text()}
+    assert callers == {"x86/pagetable.py", "x86/walker.py", "x86/events.py"}

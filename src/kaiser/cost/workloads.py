@@ -517,7 +517,7 @@ def _fault_setup(em: EntryModel, knobs: dict[str, Any]) -> FaultState:
         slot = task.mm.pt.entry_slot(va, leaf)
         assert slot is not None
         slots.append((va, slot, k.mem.read_u64(slot) | int(PTE.A | PTE.D)))
-        k.mem.write_u64(slot, 0)
+        task.mm.pt.set_entry(slot, 0, leaf)  # through the one door, as every table write
     return FaultState(st.tasks, st.buffers, st.kernel_ws, region=region, slots=slots)
 
 

@@ -32,7 +32,7 @@ from typing import Final
 
 from kaiser.linux.layout import PMD_SIZE, VSYSCALL_ADDR, Layout
 from kaiser.linux.pgtable_types import PAGE_KERNEL, PAGE_NOPTISHADOW, level_names
-from kaiser.x86.bits import PTE, entry_phys
+from kaiser.x86.bits import PTE
 from kaiser.x86.pagetable import PageTable, PagingError
 from kaiser.x86.physmem import PAGE_SIZE
 
@@ -132,7 +132,8 @@ def pti_clone_pgtable(
             cloned += 1
             addr = (addr | (PMD_SIZE - 1)) + 1
             continue
-        kpte_slot = entry_phys(kpmd) + 8 * kernel_pt.levels[-1].index(addr)
+        kpte_slot = kernel_pt.entry_slot(addr, len(kernel_pt.levels) - 1)  # the PTE under kpmd
+        assert kpte_slot is not None
         kpte = mem.read_u64(kpte_slot)
         if kpte & PTE.P:
             if set_global:

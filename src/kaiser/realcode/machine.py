@@ -46,7 +46,7 @@ from unicorn.x86_const import (
     UC_X86_REG_SS,
 )
 
-from kaiser.linux.kernel import THREAD_SIZE
+from kaiser.linux.layout import THREAD_SIZE
 from kaiser.realcode import build
 from kaiser.realcode.loader import Loaded
 from kaiser.referee.unicorn_cpu import GPRS, ExceptionTrap, Trap, flush_tlb, new_cpu, write_frames
