@@ -17,7 +17,7 @@ State (built by `kaiser.x86.engine.Engine`, copied in and out by `load_caches`/`
 
 Numba caches `engine_core.replay` keyed by the content of engine_core.py alone, so an edit here
 (or in engine_rules.py) is not seen by a cached replay: delete
-src/kaiser/cost/__pycache__/engine_core.*.nb[ci] after editing this module.
+src/kaiser/x86/__pycache__/engine_core.*.nb[ci] after editing this module.
 """
 
 from __future__ import annotations
