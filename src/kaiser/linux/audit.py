@@ -72,6 +72,7 @@ from kaiser.linux.layout import (
 from kaiser.linux.ptdump import flag_text, ptdump
 from kaiser.linux.ptdump_parse import MarkerLine, RangeLine, Record, SkipLine, dump_gaps, parse_ptdump, range_lines
 from kaiser.linux.table_diff import TableDiff, diff_tables, global_unshared_runs
+from kaiser.x86.geometry import FOUR_LEVEL, kernel_half_start, user_half_end
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.pagetable import PageTable
 
@@ -198,7 +199,8 @@ def _marker_positions(records: Sequence[Record]) -> dict[str, int]:
 def infer_layout(records: Sequence[Record]) -> DumpLayout:
     """The layout of a dump, from its own addresses and markers (see the module docstring)."""
     lines = range_lines(records)
-    la57 = any(0x0000800000000000 < r.start < 0xFFFF800000000000 for r in lines)
+    # An address in 4-level paging's non-canonical hole can only be a 5-level dump's.
+    la57 = any(user_half_end(FOUR_LEVEL) < r.start < kernel_half_start(FOUR_LEVEL) for r in lines)
     shift = 48 if la57 else 39
     names = [r.name for r in records if isinstance(r, MarkerLine)]
     pos = _marker_positions(records)
