@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kaiser.attacks.cache import Hit
 from kaiser.attacks.core import Core, MemResult, sanitize_error_code, transient_source
 from kaiser.x86.bits import PFEC, PTE
 from kaiser.x86.cpu import CpuState
+from kaiser.x86.mmu import Mmu
 from kaiser.x86.pagetable import PageTable
 from kaiser.x86.physmem import PhysicalMemory
 from kaiser.x86.walker import Fault
@@ -18,6 +21,7 @@ RSVD_VA = 0xFFFF800000002000  # a present page whose leaf has a reserved address
 UVA = 0x400000  # a user page
 SECRET_PA = 0x5000
 USER_PA = 0x9000
+USER_PAGES = [0x10000000 + n * 0x1000 for n in range(80)]  # more than the 64-entry L1 dTLB
 
 
 Machine = tuple[PhysicalMemory, PageTable, CpuState]
@@ -107,3 +111,22 @@ def test_core_refuses_to_run_at_cpl0() -> None:
     mem = PhysicalMemory(64 << 20)
     with pytest.raises(ValueError, match="CPL must be 3"):
         Core(mem, CpuState(cr3=PageTable(mem).cr3()))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.sampled_from([UVA + 0x10, KVA + 0x10, NP_VA, RSVD_VA + 0x10] + USER_PAGES), max_size=40))
+def test_the_cores_translations_are_the_mmus(machine: Machine, vas: list[int]) -> None:
+    """Every user load of the core is an `Mmu.access`: the same address or fault, and the same
+    TLB counters, as a plain Mmu given the same accesses (more pages than the L1 dTLB holds)."""
+    mem, pt, state = machine
+    for n, va in enumerate(USER_PAGES):
+        if pt.lookup(va) is None:
+            pt.map(va, 0x100000 + n * 0x1000, 0x1000, int(PTE.US | PTE.NX))
+    core, ref = Core(mem, state), Mmu(mem, state)
+    for va in vas:
+        access = ref.access(va)
+        got = core.user_pa(va)
+        assert got == (access.fault if access.fault is not None else access.pa)
+        assert core.mmu.counters == ref.counters

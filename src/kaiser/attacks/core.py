@@ -1,7 +1,7 @@
 """The machine side of Meltdown: a core that may forward a faulting load's value, the process
 interface the attacker gets, and the experiment (boot, plant a secret, attack, score).
 
-A user-mode load is one walk of our reference walker (`translate`, CPL 3, the task's user CR3).
+A user-mode load is one access through the reference MMU (CPL 3, the task's user CR3).
 Architecturally a load of a supervisor page faults (#PF, SDM Vol. 3A §4.6.1, §4.7). Transiently,
 on a Meltdown-vulnerable core (Lipp et al., USENIX Security 2018; Intel's "Rogue Data Cache Load",
 CVE-2017-5754), the permission check is resolved late: if the walk reached a *present* leaf and the
@@ -16,12 +16,13 @@ the core is fixed (`meltdown_vulnerable=False`, RDCL_NO). The result is
 `MemResult(value, fault, cycles)`: the transient value with the architectural fault attached
 (the lennihein/cpu-emulator shape, shared/STYLE.md).
 
-A bits: the transient walk uses `set_ad=False`. A fault never sets the leaf's A bit (SDM §4.8:
-A/D are set for a translation that is used), and setting A in the non-leaf entries of a faulting
-walk is permitted but not required; leaving every bit untouched is one legal behaviour and keeps
-the attack free of side effects on the tables the other commands dump and audit. The attacker's
-own successful loads walk with `set_ad=True` once per page (then hit our small dTLB), as hardware
-would.
+Translation is the reference MMU's (`kaiser.x86.mmu.Mmu`, with the part's TLB geometry): every
+user access goes through its TLBs and counters, a miss walks (setting A as hardware does, SDM
+§4.8; a fault never sets the leaf's A bit), and a page fault invalidates the page's entries. The
+faulting load's walk is the one the Mmu made; only what a vulnerable core then forwards is this
+module's. Most of the attacker's loads hit the L1 dTLB, and go by `Mmu.hit_pa`, the same access
+at a fraction of the cost. `explain` walks with `set_ad=False`: the defender's look at the target
+changes nothing in the tables the other commands dump and audit.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ from kaiser.linux.kernel import THREAD_SIZE, Kernel, KernelConfig, Task
 from kaiser.sourced import Source, chosen, cited
 from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, entry_phys
 from kaiser.x86.cpu import CpuState
+from kaiser.x86.mmu import Mmu
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory
 from kaiser.x86.processor import DEFAULT_PROCESSOR, Processor, Transient
 from kaiser.x86.rights import Op
+from kaiser.x86.tlb_geometry import TlbGeometry
 from kaiser.x86.walker import Fault, translate
 
 # Regions whose memory is sensitive in ASI's sense (kaiser.linux.asi): a fresh frame no
@@ -102,7 +105,8 @@ def transient_source(fault: Fault) -> int | None:
 
 
 class Core:
-    """One logical CPU running a user task: the walker, a data cache, a timer."""
+    """One logical CPU running a user task: the MMU (TLBs, walker, counters), a data cache, a
+    timer."""
 
     def __init__(
         self,
@@ -114,35 +118,37 @@ class Core:
         noise: TimerNoise | None = None,
         cache: DataCache | None = None,
         transient: Transient = DEFAULT_PROCESSOR.transient,
+        geometry: TlbGeometry = DEFAULT_PROCESSOR.tlb,
     ) -> None:
-        """`transient`: the part's Meltdown behaviour and race window (kaiser.x86.processor);
-        `meltdown_vulnerable` overrides whether it forwards (None: the part's)."""
+        """`transient`: the part's Meltdown behaviour and race window, `geometry` its TLBs
+        (kaiser.x86.processor); `meltdown_vulnerable` overrides whether it forwards (None: the
+        part's)."""
         if state.cpl != 3:
             raise ValueError("the attack core runs user code: CPL must be 3")
         self.mem = mem
-        self.state = state
         self.meltdown_vulnerable = transient.meltdown if meltdown_vulnerable is None else meltdown_vulnerable
         self.transient = transient
         self.cache = cache or DataCache()
         self.timer = Timer(seed ^ 0x71E5, noise or TimerNoise())
         self._race = random.Random(seed ^ 0x5ACE)
-        self._dtlb: dict[int, int] = {}  # user page -> frame, successful translations only
+        self.mmu = Mmu(mem, state, geometry=geometry)
         self.cycles = 0
 
-    def user_pa(self, va: int) -> int | Fault:
-        """Architectural translation of a user read (A set once per page, then cached)."""
-        page = va & ~(PAGE_SIZE - 1)
-        frame = self._dtlb.get(page)
-        if frame is None:
-            walk = translate(self.mem, self.state, va, Op.READ)
-            if isinstance(walk, Fault):
-                return walk
-            frame = walk.pa & ~(PAGE_SIZE - 1)
-            self._dtlb[page] = frame
-        return frame | (va & (PAGE_SIZE - 1))
+    @property
+    def state(self) -> CpuState:
+        """The registers the core runs with (the Mmu's)."""
+        return self.mmu.state
 
-    def forget_translations(self) -> None:
-        self._dtlb.clear()
+    def user_pa(self, va: int) -> int | Fault:
+        """Architectural translation of a user read, by the Mmu: its physical address or fault."""
+        pa = self.mmu.hit_pa(va)
+        if pa is not None:
+            return pa
+        access = self.mmu.access(va)
+        if access.fault is not None:
+            return access.fault
+        assert access.pa is not None
+        return access.pa
 
     def load(self, va: int) -> MemResult:
         """A one-byte user load, architectural and transient."""
@@ -150,8 +156,7 @@ class Core:
         if not isinstance(pa, Fault):
             hit = self.cache.access(pa)
             return MemResult(self.mem.read_bytes(pa, 1)[0], None, self.cache.latency(hit))
-        fault = translate(self.mem, self.state, va, Op.READ, set_ad=False)  # the probe walk: no A/D
-        assert isinstance(fault, Fault)
+        fault = pa
         source = transient_source(fault) if self.meltdown_vulnerable else None
         if source is None:
             return MemResult(None, fault, 0)
@@ -458,7 +463,13 @@ def run_meltdown(
     kcr3, ucr3 = kernel.cr3_pair(attacker_task)
     state = CpuState(cr3=kcr3 if ucr3 is None else ucr3, cr4=kernel.cr4(), cpl=3)
     core = Core(
-        kernel.mem, state, meltdown_vulnerable=vulnerable, seed=seed, noise=noise, transient=processor.transient
+        kernel.mem,
+        state,
+        meltdown_vulnerable=vulnerable,
+        seed=seed,
+        noise=noise,
+        transient=processor.transient,
+        geometry=processor.tlb,
     )
     attacker = MeltdownAttacker(UserProcess(core, attacker_task, kernel.user_top), params)
     readings = attacker.read(secret.va, length, progress)

@@ -40,7 +40,7 @@ from kaiser.x86.bits import PTE
 from kaiser.x86.cpu import CpuState
 from kaiser.x86.hexrepr import hex_fields
 from kaiser.x86.rights import Op, Rights
-from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, CacheGeometry, TlbGeometry, set_index
+from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, INDEX_XOR, CacheGeometry, TlbGeometry, set_index
 from kaiser.x86.walker import Translation
 
 # Paging-structure caches by the shift of the level they cache (SDM §4.10.3.1 names).
@@ -117,6 +117,10 @@ def entry_from_walk(t: Translation, state: CpuState) -> TlbEntry:
     )
 
 
+# The arrays a TLB way's entry is held in (besides `valid` and `stamp`).
+_ENTRY_FIELDS: Final = ("vpn", "shift", "page_shift", "pcid", "glob", "pfn", "user", "writable", "nx", "dirty", "pkey")
+
+
 class _SetAssociative:
     """What a TLB and a paging-structure cache share: (sets, ways) numpy arrays of validity, PCID,
     combined rights and an LRU stamp, and the replacement choice."""
@@ -130,6 +134,16 @@ class _SetAssociative:
         self.writable = np.zeros(self.shape, np.bool_)
         self.nx = np.zeros(self.shape, np.bool_)
         self.stamp = np.zeros(self.shape, np.int64)
+        # `set_index` of this geometry without its lookups: an XOR fold by `_fold` bits (0: none)
+        sets = geometry.sets
+        self._set_mask = sets - 1 if sets & (sets - 1) == 0 else 0
+        self._fold = sets.bit_length() - 1 if geometry.index == INDEX_XOR else 0
+
+    def set_of(self, tag: int) -> int:
+        """`set_index(self.geometry, tag)`, the hot path's way."""
+        if self._fold:
+            tag ^= tag >> self._fold
+        return tag & self._set_mask if self._set_mask else tag % self.geometry.sets
 
     @property
     def name(self) -> str:
@@ -137,10 +151,11 @@ class _SetAssociative:
 
     def victim(self, s: int) -> int:
         """Way to replace in set `s`: the first invalid way, else the least recently used."""
-        for w in range(self.geometry.ways):
-            if not self.valid[s, w]:
-                return w
-        return int(np.argmin(self.stamp[s]))
+        valid = self.valid[s].tolist()
+        if False in valid:
+            return valid.index(False)
+        stamps = self.stamp[s].tolist()
+        return stamps.index(min(stamps))  # the first of equal stamps, as np.argmin
 
 
 class TlbArray(_SetAssociative):
@@ -155,17 +170,20 @@ class TlbArray(_SetAssociative):
         self.pfn = np.zeros(self.shape, np.int64)
         self.dirty = np.zeros(self.shape, np.bool_)
         self.pkey = np.zeros(self.shape, np.int8)
+        self._copy_pairs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # by id() of a source array
 
     def find(self, va: int, shift: int, pcid: int, pge: bool) -> tuple[int, int] | None:
         """The way holding the `shift`-sized page of `va` usable by `pcid`: same PCID, or global
         with CR4.PGE=1 (SDM §4.10.2.4). First matching way wins."""
         vpn = va >> shift
-        s = set_index(self.geometry, vpn)
-        for w in range(self.geometry.ways):
+        s = self.set_of(vpn)
+        # Way by way, the page number first from one row read (a numpy read per field and way is
+        # what a lookup costs in Python), then the other fields of a way whose number matches.
+        for w, way_vpn in enumerate(self.vpn[s].tolist()):
             if (
-                self.valid[s, w]
+                way_vpn == vpn
+                and self.valid[s, w]
                 and self.shift[s, w] == shift
-                and self.vpn[s, w] == vpn
                 and (self.pcid[s, w] == pcid or (pge and self.glob[s, w]))
             ):
                 return s, w
@@ -199,6 +217,16 @@ class TlbArray(_SetAssociative):
         self.nx[s, w] = e.nx
         self.dirty[s, w] = e.dirty
         self.pkey[s, w] = e.pkey
+        self.stamp[s, w] = stamp
+
+    def copy_way(self, s: int, w: int, src: TlbArray, ss: int, sw: int, stamp: int) -> None:
+        """`write(s, w, src.read(ss, sw), stamp)` field by field, without the entry between."""
+        pairs = self._copy_pairs.get(id(src))
+        if pairs is None:
+            pairs = self._copy_pairs[id(src)] = [(getattr(self, n), getattr(src, n)) for n in _ENTRY_FIELDS]
+        self.valid[s, w] = True
+        for dst, from_ in pairs:
+            dst[s, w] = from_[ss, sw]
         self.stamp[s, w] = stamp
 
     def page_mask(self, va: int) -> np.ndarray:
@@ -273,6 +301,7 @@ class Tlb:
         self.psc = tuple(PscArray(g) for g in geometry.psc)
         self._psc_by_shift = {p.level_shift: p for p in self.psc}
         self.clock = 0  # LRU time: ticks on every hit and every fill
+        self._l1_home: dict[tuple[bool, int], TlbArray | None] = {}  # `l1_holding`, by (fetch, shift)
 
     @property
     def arrays(self) -> tuple[TlbArray, ...]:
@@ -294,6 +323,31 @@ class Tlb:
                 if hit is not None:
                     return arr, hit[0], hit[1]
         return None
+
+    def l1_way(self, va: int, op: Op, pcid: int, pge: bool) -> tuple[TlbArray, int, int] | None:
+        """The L1 way `lookup` would hit for `va` (array, set, way), touching nothing: the first
+        step of `lookup`, for `kaiser.x86.mmu.Mmu.hit_pa`."""
+        return self._search(self.l1(op), va, pcid, pge)
+
+    def stlb_way(self, va: int, pcid: int, pge: bool) -> tuple[TlbArray, int, int] | None:
+        """The STLB way `lookup` would hit for `va` after an L1 miss, touching nothing."""
+        return self._search(self.stlb, va, pcid, pge)
+
+    def l1_holding(self, op: Op, shift: int) -> TlbArray | None:
+        """The L1 structure for `op` that holds pages of `shift` whole (None: `_install` would
+        cut a piece of a smaller size, or keep nothing)."""
+        key = (op is Op.FETCH, shift)
+        if key not in self._l1_home:
+            self._l1_home[key] = next((a for a in self.l1(op) if shift in a.geometry.shifts), None)
+        return self._l1_home[key]
+
+    def stlb_to_l1(self, src: TlbArray, s: int, w: int, l1: TlbArray) -> None:
+        """What `lookup` does on an STLB hit at (`src`, `s`, `w`) when no L1 way holds the page
+        and `l1` holds its size whole: the STLB way's LRU stamp, then the entry into `l1`'s
+        victim way of its set (`_install`)."""
+        src.stamp[s, w] = self._tick()
+        s1 = l1.set_of(int(src.vpn[s, w]))
+        l1.copy_way(s1, l1.victim(s1), src, s, w, self._tick())
 
     def probe(self, va: int, op: Op, state: CpuState) -> Lookup:
         """Where `va` would hit for `op` under `state`, without touching LRU state or filling."""
