@@ -16,13 +16,13 @@ the core is fixed (`meltdown_vulnerable=False`, RDCL_NO). The result is
 `MemResult(value, fault, cycles)`: the transient value with the architectural fault attached
 (the lennihein/cpu-emulator shape, shared/STYLE.md).
 
-Translation is the reference MMU's (`kaiser.x86.mmu.Mmu`, with the part's TLB geometry): every
-user access goes through its TLBs and counters, a miss walks (setting A as hardware does, SDM
-§4.8; a fault never sets the leaf's A bit), and a page fault invalidates the page's entries. The
-faulting load's walk is the one the Mmu made; only what a vulnerable core then forwards is this
-module's. Most of the attacker's loads hit the L1 dTLB, and go by `Mmu.hit_pa`, the same access
-at a fraction of the cost. `explain` walks with `set_ad=False`: the defender's look at the target
-changes nothing in the tables the other commands dump and audit.
+Translation is one logical processor's MMU with the part's TLB geometry
+(`kaiser.attacks.user_mmu`: the compiled engine by default, the reference `Mmu` on request, held
+equal by tests): every user access goes through its TLBs and counters, a miss walks (setting A as
+hardware does, SDM §4.8; a fault never sets the leaf's A bit), and a page fault invalidates the
+page's entries. The faulting load's fault is the MMU's; only what a vulnerable core then forwards
+is this module's. `explain` walks with `set_ad=False`: the defender's look at the target changes
+nothing in the tables the other commands dump and audit.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ from typing import Any, Final
 
 from kaiser.attacks.cache import DataCache, Hit, Timer, TimerNoise
 from kaiser.attacks.meltdown import ByteReading, Calibration, MeltdownAttacker, MeltdownParams, Sigsegv
+from kaiser.attacks.user_mmu import translations
 from kaiser.choices import SECRET_REGIONS as REGIONS
 from kaiser.linux.kernel import THREAD_SIZE, Kernel, KernelConfig, Task
 from kaiser.sourced import Source, chosen, cited
 from kaiser.x86.bits import PF_VECTOR, PFEC, PTE, entry_phys
+from kaiser.x86.counters import TlbCounters
 from kaiser.x86.cpu import CpuState
-from kaiser.x86.mmu import Mmu
 from kaiser.x86.physmem import PAGE_SIZE, FrameKind, PhysicalMemory
 from kaiser.x86.processor import DEFAULT_PROCESSOR, Processor, Transient
 from kaiser.x86.rights import Op
@@ -105,8 +106,8 @@ def transient_source(fault: Fault) -> int | None:
 
 
 class Core:
-    """One logical CPU running a user task: the MMU (TLBs, walker, counters), a data cache, a
-    timer."""
+    """One logical CPU running a user task: the MMU (TLBs, walker, counters; on `path`), a data
+    cache, a timer."""
 
     def __init__(
         self,
@@ -119,10 +120,11 @@ class Core:
         cache: DataCache | None = None,
         transient: Transient = DEFAULT_PROCESSOR.transient,
         geometry: TlbGeometry = DEFAULT_PROCESSOR.tlb,
+        path: str = "engine",
     ) -> None:
         """`transient`: the part's Meltdown behaviour and race window, `geometry` its TLBs
         (kaiser.x86.processor); `meltdown_vulnerable` overrides whether it forwards (None: the
-        part's)."""
+        part's); `path`: the MMU's, `engine` or `reference` (kaiser.attacks.user_mmu)."""
         if state.cpl != 3:
             raise ValueError("the attack core runs user code: CPL must be 3")
         self.mem = mem
@@ -131,24 +133,25 @@ class Core:
         self.cache = cache or DataCache()
         self.timer = Timer(seed ^ 0x71E5, noise or TimerNoise())
         self._race = random.Random(seed ^ 0x5ACE)
-        self.mmu = Mmu(mem, state, geometry=geometry)
+        self.translations = translations(mem, state, geometry, path)
+        # Architectural translation of a user read, by the MMU: its physical address or fault (the
+        # MMU's own method: the hot path, no call of the core's between).
+        self.user_pa: Callable[[int], int | Fault] = self.translations.pa
         self.cycles = 0
 
     @property
     def state(self) -> CpuState:
-        """The registers the core runs with (the Mmu's)."""
-        return self.mmu.state
+        """The registers the core runs with (the MMU's)."""
+        return self.translations.state
 
-    def user_pa(self, va: int) -> int | Fault:
-        """Architectural translation of a user read, by the Mmu: its physical address or fault."""
-        pa = self.mmu.hit_pa(va)
-        if pa is not None:
-            return pa
-        access = self.mmu.access(va)
-        if access.fault is not None:
-            return access.fault
-        assert access.pa is not None
-        return access.pa
+    @property
+    def counters(self) -> TlbCounters:
+        """The MMU's counters: every user access so far."""
+        return self.translations.counters
+
+    def sync(self) -> None:
+        """Bring `mem` up to date with the MMU (the A bits its walks set)."""
+        self.translations.sync()
 
     def load(self, va: int) -> MemResult:
         """A one-byte user load, architectural and transient."""
@@ -204,7 +207,8 @@ class UserProcess:
 
     def mmap(self, length: int) -> int:
         """Anonymous private memory, populated (MAP_POPULATE)."""
-        return self._task.mm.mmap(length, name="attacker")
+        with self._core.translations.edit_tables():
+            return self._task.mm.mmap(length, name="attacker")
 
     def clflush(self, va: int) -> None:
         """CLFLUSH is checked like a byte load (SDM Vol. 2A, CLFLUSH: #PF as for a read)."""
@@ -366,6 +370,7 @@ class MeltdownResult:
     seconds: float = 0.0
     timer_cycles: int = 0
     cache_hits: dict[str, int] = field(default_factory=dict)
+    counters: TlbCounters | None = None  # the attacker core's MMU (not in the JSON)
     # Is this secret one the variant's isolation promises to keep from user mode? Every secret
     # but under asi, which promises it only for sensitive memory (it maps nonsensitive memory
     # by design, kaiser.linux.asi).
@@ -438,12 +443,14 @@ def run_meltdown(
     params: MeltdownParams | None = None,
     noise: TimerNoise | None = None,
     progress: Callable[[int], None] | None = None,
+    path: str = "engine",
     **machine: Any,
 ) -> MeltdownResult:
     """Boot `variant`, start a victim and an attacker process, plant `length` random bytes in
     `region` (or at `target`), and let the attacker read them through Flush+Reload. The core is
     `processor`'s (its Meltdown behaviour and race window); `vulnerable` overrides whether it
-    forwards (None: the processor's)."""
+    forwards (None: the processor's). `path`: where the core's MMU runs, the compiled engine or
+    the reference Mmu (the same results)."""
     if vulnerable is None:
         vulnerable = processor.transient.meltdown
     if not 1 <= length <= PAGE_SIZE:
@@ -470,9 +477,11 @@ def run_meltdown(
         noise=noise,
         transient=processor.transient,
         geometry=processor.tlb,
+        path=path,
     )
     attacker = MeltdownAttacker(UserProcess(core, attacker_task, kernel.user_top), params)
     readings = attacker.read(secret.va, length, progress)
+    core.sync()
     protected = True
     if kernel.asi is not None:
         protected = secret.region in SENSITIVE_REGIONS or (
@@ -490,5 +499,6 @@ def run_meltdown(
         seconds=time.perf_counter() - started,
         timer_cycles=core.cycles,
         cache_hits={h.name: n for h, n in core.cache.stats.hits.items()},
+        counters=core.counters,
         protected=protected,
     )

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from kaiser.choices import SECRET_REGIONS as REGIONS
 from kaiser.cli.machine import CpusOption, LassOption, PtiOption, VendorOption, VsyscallOption, lass_vsyscall
-from kaiser.cli.options import SEED_MAX
+from kaiser.cli.options import SEED_MAX, ReplayPathOption
 from kaiser.cli.output import console, emit_json, fail, parse_int, progress_bar, variant_or_all
 
 if TYPE_CHECKING:  # the attack and the model are imported when the command runs, not for its --help
@@ -168,14 +168,19 @@ def meltdown_command(
         int, typer.Option("--max-rounds", min=1, max=ROUNDS_MAX, help="Flush+Reload rounds per byte at most.")
     ] = 12,
     quiet_timer: Annotated[bool, typer.Option("--quiet-timer", help="No timing noise (for comparison).")] = False,
+    path: ReplayPathOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Plant random bytes in the kernel and read them from user mode by Meltdown + Flush+Reload.
+
+    The attacker's loads go through the compiled engine's TLBs (`--path engine`, the default) or
+    the readable reference MMU's (`--path reference`, slower): the same loads, timings, results.
 
     Exit status 1 when an isolating variant leaks a byte (nopti leaking is expected), else 0."""
     from kaiser.attacks.cache import QUIET
     from kaiser.attacks.core import AttackError, run_meltdown
     from kaiser.attacks.meltdown import MeltdownParams
+    from kaiser.cost.run import default_path
 
     if target is not None and secret_in is not None:
         fail("give either --target or --secret-in, not both")
@@ -213,6 +218,7 @@ def meltdown_command(
                         lass=lass,
                         params=params,
                         noise=noise,
+                        path=path or default_path(),
                         progress=lambda n: bar.advance(task, n),
                     )
                 )
