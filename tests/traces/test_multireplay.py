@@ -1,5 +1,6 @@
-"""One pass over a trace for many configurations, on threads: each configuration's counters are
-those of a pass of its own (differential: the same replay with one configuration, one thread)."""
+"""One pass over a trace for many configurations, in forked processes: each configuration's
+counters are those of a pass of its own (differential: the same replay with one configuration in
+this process)."""
 
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def test_configs_from_tuples() -> None:
 
 def test_an_error_in_one_configuration_names_the_file(tmp_path: Path) -> None:
     """A read() whose buffer reaches above user space fails in the replay of every configuration;
-    on threads the error is the same one line naming the file and line."""
+    in two processes the error is the same one line naming the file and line."""
     from kaiser.traces.lackey import TraceError
 
     trace = tmp_path / "bad.lackey"
@@ -114,6 +115,29 @@ def test_an_error_in_one_configuration_names_the_file(tmp_path: Path) -> None:
     )
     with pytest.raises(TraceError, match=rf"^{trace}:2: system call read's buffer"):
         replay_trace(trace, [("nopti", True), ("linux", True)], workers=2)
+
+
+class FailsOnLinux(EntrySyscalls):
+    """A hook whose system calls fail on one variant only: the error comes from that group."""
+
+    def syscall_events(self, site: SyscallSite) -> np.ndarray:
+        from kaiser.traces.lackey import TraceError
+
+        if self.kernel.variant.name == "linux":
+            raise TraceError(f"{site.line}: no {site.name} on linux")
+        return super().syscall_events(site)
+
+
+def test_an_error_in_a_forked_group_is_raised_here(real_trace: tuple[Path, Path]) -> None:
+    """configs[1] is the second group's, replayed in a child: its error, with the file in front."""
+    from kaiser.traces.lackey import TraceError
+
+    lackey, _ = real_trace
+    configs = [("nopti", True), ("linux", True), ("nopti", False)]
+    with pytest.raises(TraceError, match=rf"^{lackey}:\d+: no \w+ on linux$"):
+        replay_trace(lackey, configs, workers=2, hook_factory=FailsOnLinux, max_events=100_000)
+    got = replay_trace(lackey, configs[::2], workers=2, hook_factory=FailsOnLinux, max_events=100_000)
+    assert got.workers == 2 and got.cpu_seconds > 0 and [r.pcid for r in got.results] == [True, False]
 
 
 def test_replay_command_uses_the_cache_and_the_workers(real_trace: tuple[Path, Path]) -> None:
@@ -136,7 +160,7 @@ def test_replay_command_uses_the_cache_and_the_workers(real_trace: tuple[Path, P
     res = CliRunner().invoke(app, ["replay", str(lackey), "--workers", "0"])
     assert res.exit_code == 2 and res.output.strip().count("\n") == 0 and "--workers" in res.output
     res = CliRunner().invoke(app, ["replay", str(lackey), "-v", "linux", "--pcid", "--workers", "2"])
-    assert res.exit_code == 0 and "2 threads, binary cache" in res.output
+    assert res.exit_code == 0 and "2 processes, binary cache" in res.output
     assert max(len(line) for line in res.output.splitlines()) <= 80
 
 

@@ -4,8 +4,8 @@ TRACE is valgrind lackey's log (`valgrind --tool=lackey --trace-mem=yes --trace-
 --log-file=TRACE PROG`); STRACE an strace log of a native run (`strace -f -n -ttt -T -o STRACE
 PROG`), used for native timestamps and to cross-check the system calls (docs/traces.md).
 The file is decoded once, in chunks (from the binary cache of an earlier parse unless
---no-cache); each chunk is replayed on every chosen variant and PCID setting, the settings spread
-over --workers threads (`kaiser.traces.multireplay.replay_trace`).
+--no-cache), and replayed on every chosen variant and PCID setting, the settings spread over
+--workers processes (`kaiser.traces.multireplay.replay_trace`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def reader_errors() -> Iterator[None]:
 
 
 LIMIT_MAX = 1 << 62  # CHOSEN: "no limit" in practice; a bound so that --limit is an int64 everywhere
-WORKERS_MAX = 256  # CHOSEN: a bound for --workers; more threads than configurations do nothing
+WORKERS_MAX = 256  # CHOSEN: a bound for --workers; more processes than configurations do nothing
 CacheOption = Annotated[
     bool,
     typer.Option(
@@ -76,7 +76,10 @@ CacheOption = Annotated[
 WorkersOption = Annotated[
     int | None,
     typer.Option(
-        "--workers", min=1, max=WORKERS_MAX, help="Threads the configurations run on (default: the cores available)."
+        "--workers",
+        min=1,
+        max=WORKERS_MAX,
+        help="Processes the configurations run in (default: the cores available).",
     ),
 ]
 
@@ -212,7 +215,7 @@ def print_result(r: TraceReplay) -> None:
         f"{s['lines']:,} lines, {s['events']:,} events "
         f"({s['modifies']:,} modify, {s['page_crossings']:,} page-crossing)"
         f"{bad}; {r.seconds:.2f} s, {rate / 1e6:.1f} M references/s replayed (path: {r.results[0].path}, "
-        f"{r.workers} thread{'s' if r.workers != 1 else ''}, {'binary cache' if r.cached else 'parsed text'})"
+        f"{r.workers} process{'es' if r.workers != 1 else ''}, {'binary cache' if r.cached else 'parsed text'})"
     )
     sides = r.results[0].kernel_side if r.results else {}
     for side in KERNEL_SIDES:

@@ -517,8 +517,9 @@ class TraceReplay:
     alignment: Alignment | None = None
     strace: dict[str, Any] | None = None
     syscall_names: dict[str, int] = field(default_factory=dict)
-    workers: int = 1  # threads the configurations were replayed on
+    workers: int = 1  # processes the configurations were replayed in (kaiser.traces.multireplay)
     cached: bool = False  # the events came from the binary cache of an earlier parse (trace_cache.py)
+    cpu_seconds: float = 0.0  # CPU time of the whole run: this process's threads and its children
 
     def baseline(self, pcid: bool) -> TraceResult | None:
         return next((r for r in self.results if r.variant == BASELINE and r.pcid == pcid), None)
@@ -539,6 +540,7 @@ class TraceReplay:
             "seconds": self.seconds,
             "read_seconds": self.read_seconds,
             "workers": self.workers,
+            "cpu_seconds": self.cpu_seconds,
             "from_cache": self.cached,
             "refs_per_second_end_to_end": refs * len(self.results) / self.seconds if self.seconds else None,
             "alignment": self.alignment.as_dict() if self.alignment else None,

@@ -1,30 +1,38 @@
 """One pass over a trace for every configuration, the configurations spread over the cores.
 
 `replay_trace` decodes a lackey trace once -- from its text (`LackeyReader`) or from the binary
-cache of an earlier parse (`kaiser.traces.trace_cache`) -- and feeds every chunk to every
-requested configuration (variant x PCID x TLB geometry, `ReplayConfig`), each its own booted
-kernel, traced process and replayer (`interleave.ConfigReplay`). The chunk's configurations run
-on a pool of `workers` threads: the compiled engine (`kaiser.x86.engine_core`, jitted with
-`nogil=True`) and the parser's scan release the GIL, so while one thread replays, another
-compiles its system calls or maps its pages, and the main thread decodes the next chunk.
+cache of an earlier parse (`kaiser.traces.trace_cache`) -- and replays it on every requested
+configuration (variant x PCID x TLB geometry, `ReplayConfig`), each its own booted kernel, traced
+process and replayer (`interleave.ConfigReplay`). The configurations are dealt round-robin into
+`workers` groups; each group is one process (this one, and children forked by
+`kaiser.traces.forked`) that boots its configurations and replays the whole trace on them, chunk
+by chunk, reading the parse from the binary cache (a temporary one without `cache`), memory-mapped
+and shared through the page cache. Nothing is exchanged while they run: each group's results
+come back once, at the end. Processes, not threads: half of a configuration's work is Python
+(booting, compiling each system call's kernel side, mapping pages), which holds the GIL, so on
+threads the compiled replay (nogil) overlapped little of it and the GIL's hand-offs cost more CPU
+than one thread (docs/traces.md has the figures).
 
 The configurations share nothing mutable (each has its own memory, TLBs and counters) and every
 one sees the same chunks in the same order, so each one's counters are those of a
 single-configuration pass (tests/traces/test_multireplay.py checks it, with and without the
-cache, on 1 and 2 workers).
+cache, in 1 and 2 processes).
 
 `bench_replay_throughput` (`kaiser bench replay`) times the end-to-end rate of one configuration
-and the one pass over all 14 variant x PCID configurations against 14 separate passes.
+and the one pass over every variant x PCID configuration (`all_configs`) against one pass per
+configuration, paired round by round.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -33,12 +41,13 @@ import numpy as np
 
 from kaiser.linux.kernel import Kernel, Task
 from kaiser.linux.variants import VARIANTS
-from kaiser.traces import trace_cache
+from kaiser.traces import forked, trace_cache
 from kaiser.traces.interleave import (
     ConfigReplay,
     EntrySyscalls,
     SyscallHook,
     TraceReplay,
+    TraceResult,
     align_syscalls,
     engine_available,
     require_references,
@@ -55,10 +64,12 @@ from kaiser.traces.lackey import (
     TraceError,
 )
 from kaiser.traces.strace import StraceLog
+from kaiser.x86.cpu import CpuState
+from kaiser.x86.physmem import FrameKind
 from kaiser.x86.tlb_geometry import DEFAULT_GEOMETRY, TlbGeometry
 
 # The issue's requirements (issue 15): one configuration end to end from the file at this rate,
-# and all 14 variant x PCID configurations in one pass within this share of 14 separate passes.
+# and every variant x PCID configuration in one pass within this share of as many separate passes.
 REPLAY_TARGET_REFS_PER_SECOND: Final = 25_000_000
 ONE_PASS_TARGET_RATIO: Final = 0.6
 
@@ -142,6 +153,20 @@ class _Source:
 
 
 # ---- the pass --------------------------------------------------------------------------------------
+@dataclass
+class _Part:
+    """One group of configurations replayed over the whole trace (in this process or a child)."""
+
+    results: list[TraceResult]
+    stats: LackeyStats
+    refs: int
+    sites: list[SyscallSite]
+    names: dict[str, int]
+    read_seconds: float
+    cached: bool
+    user_top: int
+
+
 def replay_trace(
     trace: str | Path,
     configs: Sequence[ConfigLike],
@@ -158,15 +183,17 @@ def replay_trace(
     workers: int | None = None,
     cache: bool | Path = False,
 ) -> TraceReplay:
-    """Decode `trace` once, chunk by chunk, and replay every chunk on every configuration of
-    `configs` ((variant, pcid[, geometry]) or `ReplayConfig`), on `workers` threads (default:
-    the cores this process may use; 1: no threads). `path`: "engine" (default when importable)
-    or "reference" (slow: warns). `max_events`: replay only the first that many user events (a
-    slice; `refs` then counts events, and the stats say `sliced`). `progress(bytes_read,
-    bytes_total)` after each chunk. `kernel_side="recorded"`: the default hook's syscall bodies
-    from the shipped recordings where one exists (kaiser.record.replay). `cache`: True to read
-    (or write) the binary cache of the parse in `trace_cache.cache_dir()`, a Path for another
-    directory, False (default) to parse the text."""
+    """Decode `trace` once and replay it on every configuration of `configs` ((variant, pcid[,
+    geometry]) or `ReplayConfig`), the configurations dealt round-robin into `workers` groups
+    (default: the cores this process may use), each group replayed over the whole trace in a
+    process of its own: this one and forked children (1: no child). `path`: "engine" (default
+    when importable) or "reference" (slow: warns). `max_events`: replay only the first that many
+    user events (a slice; `refs` then counts events, and the stats say `sliced`).
+    `progress(bytes_read, bytes_total)` after each chunk this process decodes or replays.
+    `kernel_side="recorded"`: the default hook's syscall bodies from the shipped recordings where
+    one exists (kaiser.record.replay). `cache`: True to read (or write) the binary cache of the
+    parse in `trace_cache.cache_dir()`, a Path for another directory, False (default) to parse the
+    text (with groups: once, into a temporary cache the groups read)."""
     trace = Path(trace)
     if kernel_side == "recorded" and hook_factory is EntrySyscalls:
         hook_factory = functools.partial(EntrySyscalls, kernel_side="recorded")
@@ -178,113 +205,189 @@ def replay_trace(
             "replaying on the reference path (the compiled engine is not available): about 10^5 references/s",
             stacklevel=2,
         )
-    n_workers = max(1, workers if workers is not None else default_workers())
+    cfgs = [as_config(c) for c in configs]
+    n_groups = max(1, min(workers if workers is not None else default_workers(), len(cfgs)))
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    run = functools.partial(
+        _replay_part,
+        trace,
+        path=path,
+        skip_bad=skip_bad,
+        max_events=max_events,
+        hook_factory=hook_factory,
+        chunk_bytes=chunk_bytes,
+        seed=seed,
+    )
+    children_cpu = 0.0
+    if n_groups == 1:
+        first = run(cfgs, cache=cache, progress=progress)
+        parts, cached, decode_s = [first], first.cached, 0.0
+    else:
+        groups = [cfgs[g::n_groups] for g in range(n_groups)]
+        with contextlib.ExitStack() as stack:
+            where = cache if cache is not False else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            t_dec = time.perf_counter()
+            cached, shared = _decode_once(trace, where, skip_bad, chunk_bytes, max_events, progress)
+            decode_s = time.perf_counter() - t_dec
+            _load_compiled(path)  # before the fork, so that no child loads (or compiles) them again
+            children = [forked.start(functools.partial(run, g, cache=where, shared=shared)) for g in groups[1:]]
+            try:
+                first = run(groups[0], cache=where, progress=progress, shared=shared)
+                parts = [first]
+                for child in children:
+                    part, cpu = forked.finish(child)
+                    parts.append(part)
+                    children_cpu += cpu
+            finally:
+                for child in children:
+                    forked.stop(child)
+    results = [parts[i % n_groups].results[i // n_groups] for i in range(len(cfgs))]
+    stats = first.stats.as_dict()
+    stats["refs_replayed"] = first.refs
+    stats["sliced"] = max_events is not None
+    stats["user_top"] = min((r.user_top for r in parts), default=USER_TOP)
+    out = TraceReplay(
+        trace,
+        results,
+        stats,
+        time.perf_counter() - t0,
+        decode_s + first.read_seconds,
+        syscall_names=first.names,
+        workers=n_groups,
+        cached=cached,
+        cpu_seconds=time.process_time() - cpu0 + children_cpu,
+    )
+    if strace is not None:
+        out.alignment = align_syscalls(first.sites, strace.calls)
+        out.strace = strace.summary()
+    return out
+
+
+def _decode_once(
+    trace: Path,
+    where: bool | Path,
+    skip_bad: bool,
+    chunk_bytes: int | None,
+    max_events: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[bool, _Source | None]:
+    """Make sure the groups find the parse in the cache at `where`: whether an earlier run's entry
+    is there, and that entry opened (checked once, here: each group iterates its own copy of it
+    after the fork); else decode the text once here, writing the entry, and open that. Not for a
+    slice (`max_events`), which writes no entry: each group then decodes the slice it needs (None).
+    The reader's `user_top` is 4-level paging's TASK_SIZE_MAX, which every configuration boots
+    (`ConfigReplay`); a group whose kernels said otherwise would open the entry of its own, never
+    read this one wrong."""
+    source = _Source(trace, skip_bad=skip_bad, user_top=USER_TOP, chunk_bytes=chunk_bytes, cache=where)
+    if source.cached:
+        return True, source
+    if max_events is not None:
+        return False, None
+    total = source.size()
+    for _chunk in source:
+        if progress:
+            progress(source.stats.bytes, total)
+    require_references(trace, source.stats)
+    again = _Source(trace, skip_bad=skip_bad, user_top=USER_TOP, chunk_bytes=chunk_bytes, cache=where)
+    return False, again if again.cached else None  # None: the entry could not be written
+
+
+def _load_compiled(path: str) -> None:
+    """Load numba's compiled replay and cache unpacking (from numba's cache) in this process."""
+    trace_cache.unpack_events(np.zeros(0, np.uint64))
+    if path != "engine":
+        return
+    from kaiser.x86.engine import Engine
+    from kaiser.x86.events import EVENT_DTYPE
+    from kaiser.x86.physmem import PhysicalMemory
+
+    mem = PhysicalMemory(1 << 24)
+    engine = Engine(mem, CpuState(cr3=mem.alloc(FrameKind.PAGE_TABLE, "warm-up PML4")))
+    engine.step(np.zeros(0, EVENT_DTYPE))  # the compiled loop and the WRITE_PHYS scan
+
+
+def _replay_part(
+    trace: Path,
+    configs: list[ReplayConfig],
+    *,
+    path: str,
+    skip_bad: bool,
+    max_events: int | None,
+    hook_factory: Callable[[Kernel, Task], SyscallHook],
+    chunk_bytes: int | None,
+    seed: int,
+    cache: bool | Path,
+    progress: Callable[[int, int], None] | None = None,
+    shared: _Source | None = None,
+) -> _Part:
+    """Boot `configs` and replay the whole trace on them, chunk by chunk, one after another;
+    `shared`: the trace's cache entry, opened for `lackey.USER_TOP` (`_decode_once`)."""
     runs = [
         ConfigReplay(c.variant, c.pcid, path=path, hook_factory=hook_factory, seed=seed, geometry=c.geometry)
-        for c in map(as_config, configs)
+        for c in configs
     ]
     top = min((r.kernel.user_top for r in runs), default=USER_TOP)
-    source = _Source(trace, skip_bad=skip_bad, user_top=top, chunk_bytes=chunk_bytes, cache=cache)
+    if shared is not None and top == USER_TOP:
+        source = shared
+    else:
+        source = _Source(trace, skip_bad=skip_bad, user_top=top, chunk_bytes=chunk_bytes, cache=cache)
     total = source.size()
-    all_sites: list[SyscallSite] = []
+    sites: list[SyscallSite] = []
     names: dict[str, int] = {}
     refs = 0
     read_s = 0.0
-    pool = ThreadPoolExecutor(n_workers, thread_name_prefix="kaiser-replay") if n_workers > 1 else None
-    pending: list[Future[None]] = []
     chunks = iter(source)
     try:
         while True:
             t_read = time.perf_counter()
-            chunk = next(chunks, None)  # decoded while the previous chunk's replays run
+            chunk = next(chunks, None)
             read_s += time.perf_counter() - t_read
-            _wait(pending, trace)
             if chunk is None:
                 break
-            events, sites, new_pages = chunk.events, chunk.syscalls, chunk.new_pages
+            events, new_sites, new_pages = chunk.events, chunk.syscalls, chunk.new_pages
             if max_events is not None and refs + len(events) > max_events:
-                events, sites = slice_chunk(events, sites, max_events - refs)
+                events, new_sites = slice_chunk(events, new_sites, max_events - refs)
                 new_pages = np.unique(events["a"] >> np.uint64(12)) if len(events) else new_pages[:0]
                 refs += len(events)
             elif max_events is not None:
                 refs += len(events)
             else:
                 refs += chunk.refs
-            for s in sites:
+            for s in new_sites:
                 names[s.name] = names.get(s.name, 0) + 1
-            all_sites.extend(sites)
-            if pool is None:
-                for run in runs:
-                    _feed(run, events, sites, new_pages, trace)
-            else:
-                pending = [pool.submit(_feed, run, events, sites, new_pages, trace) for run in runs]
+            sites.extend(new_sites)
+            for run in runs:
+                try:
+                    run.feed(events, new_sites, new_pages)
+                except TraceError as exc:  # raised as "LINE: why" by the replay, which has no file name
+                    raise TraceError(f"{trace}:{exc}") from None
             if progress:
                 progress(source.stats.bytes, total)
             if max_events is not None and refs >= max_events:
-                _wait(pending, trace)
                 break
         if max_events is None or refs < max_events:
             require_references(trace, source.stats)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
         chunks.close()  # a pass stopped early writes no cache entry
-    stats = source.stats.as_dict()
-    stats["refs_replayed"] = refs
-    stats["sliced"] = max_events is not None
-    stats["user_top"] = top
-    out = TraceReplay(
-        trace,
-        [r.result(refs) for r in runs],
-        stats,
-        time.perf_counter() - t0,
-        read_s,
-        syscall_names=names,
-        workers=n_workers,
-        cached=source.cached,
-    )
-    if strace is not None:
-        out.alignment = align_syscalls(all_sites, strace.calls)
-        out.strace = strace.summary()
-    return out
-
-
-def _feed(run: ConfigReplay, events: np.ndarray, sites: list[SyscallSite], pages: np.ndarray, trace: Path) -> None:
-    try:
-        run.feed(events, sites, pages)
-    except TraceError as exc:  # raised as "LINE: why" by the replay, which has no file name
-        raise TraceError(f"{trace}:{exc}") from None
-
-
-def _wait(pending: list[Future[None]], trace: Path) -> None:
-    """Wait for every replay of a chunk; the first error (in configuration order) is raised."""
-    first: BaseException | None = None
-    for f in pending:
-        exc = f.exception()
-        if exc is not None and first is None:
-            first = exc
-    pending.clear()
-    if first is not None:
-        raise first
+    results = [r.result(refs) for r in runs]
+    return _Part(results, source.stats, refs, sites, names, read_s, source.cached, top)
 
 
 # ---- throughput ------------------------------------------------------------------------------------
 def _best(
     repeats: int, run: Callable[[], TraceReplay], say: Callable[[str], None], what: str
 ) -> tuple[TraceReplay, float]:
-    """The fastest (wall time) of `repeats` runs, and the CPU seconds this process spent in it
-    (all threads: what the run cost, whatever share of the machine it was given)."""
-    best: tuple[TraceReplay, float] | None = None
+    """The fastest (wall time) of `repeats` runs, and the CPU seconds it cost (this process's
+    threads and its children: what the run cost, whatever share of the machine it was given)."""
+    best: TraceReplay | None = None
     for k in range(repeats):
         say(f"{what}, pass {k + 1}/{repeats}")
-        c0 = time.process_time()
         got = run()
-        cpu = time.process_time() - c0
-        if best is None or got.seconds < best[0].seconds:
-            best = (got, cpu)
+        if best is None or got.seconds < best.seconds:
+            best = got
     assert best is not None
-    return best
+    return best, best.cpu_seconds
 
 
 def bench_replay_throughput(
@@ -303,9 +406,10 @@ def bench_replay_throughput(
     """References per second reading `trace` from the file, best of `repeats` each, in one process:
     parsing the text alone; loading the binary cache alone (when `cache`); one configuration end
     to end (boot, decode, map pages, compile the system calls, replay) from the text and from the
-    cache; and (`all_configs_pass`) all 14 variant x PCID configurations in one pass on `workers`
-    threads against 14 separate single-configuration passes on one thread, with a check that
-    every configuration's counters are the same both ways. The first, untimed, pass compiles (or
+    cache; and (`all_configs_pass`) every variant x PCID configuration (`all_configs`) in one pass
+    on `workers` processes against as many single-configuration passes in this process, paired
+    round by round (`_bench_all`), with a check that every configuration's counters are the same
+    both ways. The first, untimed, pass compiles (or
     loads numba's cache) and writes the binary cache. `stage(description)` before each pass."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, not {repeats}")
@@ -397,42 +501,46 @@ def bench_replay_throughput(
 def _bench_all(
     trace: Path, repeats: int, skip_bad: bool, cache: bool | Path, n_workers: int, say: Callable[[str], None]
 ) -> dict[str, Any]:
-    """All 14 configurations: one pass on `n_workers` threads against 14 passes on one thread."""
+    """Every variant x PCID configuration: one pass on `n_workers` processes against one pass per
+    configuration in this process, paired: each round runs both, one after the other, and the
+    ratio is the median of the rounds' ratios (a machine shared with other jobs slows a round's
+    two halves alike far more often than it slows one round against another). Seconds are each
+    kind's median."""
     configs = all_configs()
-    one_pass, one_pass_cpu = _best(
-        repeats,
-        lambda: replay_trace(trace, configs, skip_bad=skip_bad, cache=cache, workers=n_workers),
-        say,
-        f"{len(configs)} configurations in one pass on {n_workers} threads",
-    )
-    separate_best = float("inf")
-    separate_cpu = 0.0
-    separate: list[TraceReplay] = []
+    n = len(configs)
+    one_pass: list[TraceReplay] = []
+    separate: list[list[TraceReplay]] = []
     for k in range(repeats):
-        t0 = time.perf_counter()
-        c0 = time.process_time()
+        say(f"{n} configurations in one pass on {n_workers} processes, round {k + 1}/{repeats}")
+        one_pass.append(replay_trace(trace, configs, skip_bad=skip_bad, cache=cache, workers=n_workers))
         got = []
         for i, c in enumerate(configs):
-            say(f"{len(configs)} separate passes, {i + 1}/{len(configs)}, repeat {k + 1}/{repeats}")
+            say(f"{n} separate passes, {i + 1}/{n}, round {k + 1}/{repeats}")
             got.append(replay_trace(trace, [c], skip_bad=skip_bad, cache=cache, workers=1))
-        seconds = time.perf_counter() - t0
-        if seconds < separate_best:
-            separate_best, separate, separate_cpu = seconds, got, time.process_time() - c0
+        separate.append(got)
+    sep_seconds = [sum(r.seconds for r in got) for got in separate]
+    sep_cpu = [sum(r.cpu_seconds for r in got) for got in separate]
+    ratios = [a.seconds / b for a, b in zip(one_pass, sep_seconds, strict=True)]
     equal = all(
         a.counters == b.results[0].counters and a.events == b.results[0].events
-        for a, b in zip(one_pass.results, separate, strict=True)
+        for one, got in zip(one_pass, separate, strict=True)
+        for a, b in zip(one.results, got, strict=True)
     )
-    ratio = one_pass.seconds / separate_best
-    refs = one_pass.stats["refs"]
+    ratio = statistics.median(ratios)
+    one_seconds = statistics.median(r.seconds for r in one_pass)
+    separate_seconds = statistics.median(sep_seconds)
+    refs = one_pass[0].stats["refs"]
     return {
-        "configs": len(configs),
-        "workers": n_workers,
-        "one_pass_seconds": one_pass.seconds,
-        "one_pass_refs_per_second": refs * len(configs) / one_pass.seconds,
-        "one_pass_cpu_seconds": one_pass_cpu,
-        "separate_seconds": separate_best,
-        "separate_cpu_seconds": separate_cpu,
-        "separate_refs_per_second": refs * len(configs) / separate_best,
+        "configs": n,
+        "workers": one_pass[0].workers,
+        "rounds": repeats,
+        "ratios": ratios,
+        "one_pass_seconds": one_seconds,
+        "one_pass_refs_per_second": refs * n / one_seconds,
+        "one_pass_cpu_seconds": statistics.median(r.cpu_seconds for r in one_pass),
+        "separate_seconds": separate_seconds,
+        "separate_cpu_seconds": statistics.median(sep_cpu),
+        "separate_refs_per_second": refs * n / separate_seconds,
         "ratio": ratio,
         "target_ratio": ONE_PASS_TARGET_RATIO,
         "target_met": ratio <= ONE_PASS_TARGET_RATIO,
