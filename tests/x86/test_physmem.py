@@ -207,3 +207,23 @@ def test_table_view_is_live_and_read_frame_is_a_copy() -> None:
     copy[3] = 9
     assert mem.read_u64(t + 24) == 7
     assert copy.dtype == np.uint64 and copy.shape == (ENTRIES,)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["alloc", "free", "reserve"]), st.sampled_from(list(FrameKind))), max_size=30)
+)
+def test_frames_of_counts_what_stats_counts(steps: list[tuple[str, FrameKind]]) -> None:
+    mem = PhysicalMemory(1 << 30)
+    held: list[int] = []
+    next_reserve = 512 << 20
+    for op, kind in steps:
+        if op == "alloc":
+            held.append(mem.alloc(kind, "t", count=1 + len(held) % 3))
+        elif op == "free" and held:
+            mem.free(held.pop(0))
+        elif op == "reserve":
+            mem.reserve(next_reserve, 3 * K4, kind, "r")
+            next_reserve += 4 * K4
+        s = mem.stats()
+        assert (mem.frames_of(FrameKind.PAGE_TABLE), mem.frames_of(FrameKind.DATA)) == (s.page_table, s.data)

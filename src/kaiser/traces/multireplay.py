@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 import statistics
 import tempfile
@@ -231,6 +232,8 @@ def replay_trace(
             cached, shared = _decode_once(trace, where, skip_bad, chunk_bytes, max_events, progress)
             decode_s = time.perf_counter() - t_dec
             _load_compiled(path)  # before the fork, so that no child loads (or compiles) them again
+            gc.freeze()  # the objects so far: no collection in parent or child touches (and copies) them
+            stack.callback(gc.unfreeze)
             children = [forked.start(functools.partial(run, g, cache=where, shared=shared)) for g in groups[1:]]
             try:
                 first = run(groups[0], cache=where, progress=progress, shared=shared)

@@ -231,6 +231,10 @@ class PhysicalMemory:
         """Frames still available to `alloc` (single frames; contiguous runs may be fewer)."""
         return self.size // PAGE_SIZE - self._next_pfn + len(self._free_pfns)
 
+    def frames_of(self, kind: FrameKind) -> int:
+        """How many frames of `kind` are allocated (`stats()`'s count, without counting tags)."""
+        return list(self._kind.values()).count(kind)
+
     def stats(self) -> FrameStats:
         """How many frames are allocated, by kind and by tag."""
         kinds = Counter(self._kind.values())
