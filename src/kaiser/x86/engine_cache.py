@@ -22,10 +22,11 @@ src/kaiser/x86/__pycache__/engine_core.*.nb[ci] after editing this module.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
-import numba
 import numpy as np
+
+from kaiser.x86.engine_jit import inline, jit
 
 LV_L1I, LV_L1D, LV_L2, LV_LLC = range(4)
 CD_BASE, CD_SETS, CD_WAYS, CD_MASK = range(4)
@@ -79,9 +80,9 @@ FIRST: Final = 32  # index of the first cache counter (after the 32 TLB counters
     C_WALK_DRAM,
 ) = range(FIRST, FIRST + 18)
 
-_NO_NRT: Final[dict[str, Any]] = {"_nrt": False}
-_jit = numba.njit(cache=True, nogil=True, **_NO_NRT)  # nogil: multireplay runs configurations on threads
-_inline = numba.njit(cache=True, inline="always", **_NO_NRT)
+# The engine's two decorators (kaiser.x86.engine_jit): `jit` compiles once for every caller.
+_jit = jit
+_inline = inline
 
 
 @_inline

@@ -30,13 +30,13 @@ State is plain int64 arrays:
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
-import numba
 import numpy as np
 
 from kaiser.x86.engine_cache import CACHE_COUNTER_NAMES, CH_ON, KIND_DATA, KIND_FETCH, KIND_WALK
 from kaiser.x86.engine_cache import access as cache_access
+from kaiser.x86.engine_jit import inline, jit
 from kaiser.x86.engine_rules import (
     ADDR_MASK_52,
     CR4_LA57,
@@ -188,21 +188,15 @@ OK, ERR_GP, ERR_UD, ERR_PHYS, ERR_CPL, ERR_KIND = range(6)
 # Walk outcomes.
 W_OK, W_FAULT, W_PHYS = 0, 1, 2
 
-# No reference counting (`_nrt=False`): the loop allocates nothing, and numba's NRT would
-# otherwise pay an atomic incref/decref for every array passed to every helper.
-_NO_NRT: Final[dict[str, Any]] = {"_nrt": False}  # a numba flag its type stubs do not list
-_jit = numba.njit(cache=True, nogil=True, **_NO_NRT)  # nogil: multireplay runs configurations on threads
-_inline = numba.njit(cache=True, inline="always", **_NO_NRT)
-
 
 # ---- small helpers ---------------------------------------------------------------------------
-@_inline
+@inline
 def lsr(x: int, k: int) -> int:
     """Logical right shift of a 64-bit pattern held in an int64 (`k` in 1..63)."""
     return (x >> k) & ((1 << (64 - k)) - 1)
 
 
-@_inline
+@inline
 def set_of(sets: int, kind: int, bits: int, tag: int) -> int:
     """`kaiser.x86.tlb_geometry.set_index`: modulo, or the XOR hash (tags are never negative)."""
     if kind == 1:
@@ -212,20 +206,20 @@ def set_of(sets: int, kind: int, bits: int, tag: int) -> int:
     return tag % sets
 
 
-@_inline
+@inline
 def tick(ST: np.ndarray) -> int:
     """The one LRU clock of a `Tlb`: ticks on every hit and every fill."""
     ST[ST_CLOCK] += 1
     return ST[ST_CLOCK]
 
 
-@_inline
+@inline
 def current_pcid(ST: np.ndarray) -> int:
     """The PCID of the loaded CR3 (0 without CR4.PCIDE, SDM Vol. 3A §4.10.1)."""
     return ST[ST_CR3] & 0xFFF if ST[ST_CR4] & CR4_PCIDE else 0
 
 
-@_inline
+@inline
 def is_canonical(va: int, va_bits: int) -> bool:
     """Bits 63:va_bits-1 all equal (SDM Vol. 1 §3.3.7.1)."""
     top = va >> (va_bits - 1)
@@ -233,7 +227,7 @@ def is_canonical(va: int, va_bits: int) -> bool:
 
 
 # ---- TLB structures --------------------------------------------------------------------------
-@_inline
+@inline
 def tlb_find(T: np.ndarray, S: np.ndarray, k: int, va: int, shift: int, pcid: int, pge: bool) -> int:
     """`TlbArray.find`: the first way of structure k holding the `shift`-sized page of `va` usable
     by `pcid` (same PCID, or global with CR4.PGE=1, SDM §4.10.2.4); -1 if none."""
@@ -249,7 +243,7 @@ def tlb_find(T: np.ndarray, S: np.ndarray, k: int, va: int, shift: int, pcid: in
     return -1
 
 
-@_inline
+@inline
 def tlb_search(T: np.ndarray, S: np.ndarray, GRP: np.ndarray, g: int, va: int, pcid: int, pge: bool) -> int:
     """`Tlb._search`: the group's structures in order, each page size smallest first."""
     for k in range(GRP[g, 0], GRP[g, 1]):
@@ -260,7 +254,7 @@ def tlb_search(T: np.ndarray, S: np.ndarray, GRP: np.ndarray, g: int, va: int, p
     return -1
 
 
-@_inline
+@inline
 def victim(T: np.ndarray, base: int, ways: int) -> int:
     """The first invalid way, else the least recently used (first smallest stamp, `np.argmin`)."""
     for i in range(base, base + ways):
@@ -273,7 +267,7 @@ def victim(T: np.ndarray, base: int, ways: int) -> int:
     return best
 
 
-@_inline
+@inline
 def tlb_install(
     T: np.ndarray,
     S: np.ndarray,
@@ -322,7 +316,7 @@ def tlb_install(
     T[i, T_STAMP] = tick(ST)
 
 
-@_jit
+@jit
 def tlb_invalidate(T: np.ndarray, n: int, pcid: int, globals_too: bool, has_va: bool, va: int) -> int:
     """`Tlb.invalidate_tlb`: drop non-global entries of `pcid` (-1: every PCID) and, with
     `globals_too`, global entries of every PCID; with `has_va` only entries for the page of `va`
@@ -342,7 +336,7 @@ def tlb_invalidate(T: np.ndarray, n: int, pcid: int, globals_too: bool, has_va: 
     return dropped
 
 
-@_inline
+@inline
 def tlb_drop_page(T: np.ndarray, lo: int, hi: int, pcid: int, va: int) -> int:
     """`tlb_invalidate(..., globals_too=True, has_va=True, va)` over entries lo..hi-1."""
     dropped = 0
@@ -358,7 +352,7 @@ def tlb_drop_page(T: np.ndarray, lo: int, hi: int, pcid: int, va: int) -> int:
     return dropped
 
 
-@_jit
+@jit
 def tlb_invalidate_page(T: np.ndarray, S: np.ndarray, pcid: int, va: int) -> int:
     """`tlb_invalidate(T, n, pcid, True, True, va)`, a page fault's, looking only where the
     entries can be: in a structure that never held a piece of a larger page (S_PIECES), an entry
@@ -376,7 +370,7 @@ def tlb_invalidate_page(T: np.ndarray, S: np.ndarray, pcid: int, va: int) -> int
     return dropped
 
 
-@_jit
+@jit
 def tlb_invalidate_pcid_all(T: np.ndarray, n: int, pcid: int) -> int:
     """`Tlb.invalidate_pcid_all`: every entry tagged `pcid`, global or not, and every global one."""
     dropped = 0
@@ -390,7 +384,7 @@ def tlb_invalidate_pcid_all(T: np.ndarray, n: int, pcid: int) -> int:
 
 
 # ---- paging-structure caches -----------------------------------------------------------------
-@_inline
+@inline
 def psc_find(Pc: np.ndarray, PD: np.ndarray, p: int, va: int, pcid: int) -> int:
     """`PscArray.find`: the way of cache p tagged VA >> level shift and `pcid`; -1 if none."""
     tag = lsr(va, PD[p, PD_SHIFT])
@@ -402,7 +396,7 @@ def psc_find(Pc: np.ndarray, PD: np.ndarray, p: int, va: int, pcid: int) -> int:
     return -1
 
 
-@_inline
+@inline
 def psc_fill(
     Pc: np.ndarray, PD: np.ndarray, ST: np.ndarray, p: int, va: int, pcid: int, table: int, rights: int
 ) -> None:
@@ -431,7 +425,7 @@ def psc_fill(
     Pc[P_STAMP, i] = tick(ST)
 
 
-@_jit
+@jit
 def psc_invalidate(Pc: np.ndarray, PD: np.ndarray, pcid: int, has_va: bool, va: int) -> int:
     """`Tlb.invalidate_psc`: entries of `pcid` (-1: all) that would translate `va` (if given)."""
     dropped = 0
@@ -445,7 +439,7 @@ def psc_invalidate(Pc: np.ndarray, PD: np.ndarray, pcid: int, has_va: bool, va: 
     return dropped
 
 
-@_jit
+@jit
 def pf_invalidate(
     T: np.ndarray, S: np.ndarray, Pc: np.ndarray, PD: np.ndarray, C: np.ndarray, va: int, pcid: int
 ) -> None:
@@ -457,7 +451,7 @@ def pf_invalidate(
     C[C_PSC_ENTRIES_DROPPED] += psc_invalidate(Pc, PD, pcid, True, va)
 
 
-@_jit
+@jit
 def drop(
     T: np.ndarray,
     Pc: np.ndarray,
@@ -475,7 +469,7 @@ def drop(
 
 
 # ---- the walk ---------------------------------------------------------------------------------
-@_inline
+@inline
 def read_phys(F: np.ndarray, ROW: np.ndarray, size_pfns: int, pa: int) -> tuple[int, int, bool]:
     """(row, word, in RAM) of the 8-byte word at `pa`; row -1: an untouched frame (reads 0)."""
     pfn = pa >> 12
@@ -485,7 +479,7 @@ def read_phys(F: np.ndarray, ROW: np.ndarray, size_pfns: int, pa: int) -> tuple[
     return row, (pa & 0xFFF) >> 3, True
 
 
-@_inline
+@inline
 def translate(
     F: np.ndarray,
     ROW: np.ndarray,
@@ -546,7 +540,7 @@ def translate(
     return W_FAULT, 0, 0, 0, 0, 0  # unreachable: the last level is always a leaf
 
 
-@_inline
+@inline
 def host_walk(
     M: np.ndarray,
     C: np.ndarray,
@@ -573,7 +567,7 @@ def host_walk(
     return gpa
 
 
-@_inline
+@inline
 def walk(
     T: np.ndarray,
     S: np.ndarray,
@@ -648,15 +642,13 @@ def walk(
     C[C_WALK_LOADS] += n - saved
     C[C_WALK_LOADS_SAVED] += saved
     nested = M[M_HOST_NLEV] > 0
-    if nested:  # NestedMmu._walk: a host walk for each guest table but a combined PSC entry's
+    caches = CH[CH_ON] != 0
+    if nested or caches:  # NestedMmu._walk: a host walk for each guest table but a combined PSC entry's
         for d in range(saved, n):
-            if (d > saved or saved == 0) and host_walk(M, C, CT, CS, CP, CD, CH, STR, WA[d] & ~0xFFF) < 0:
+            if nested and (d > saved or saved == 0) and host_walk(M, C, CT, CS, CP, CD, CH, STR, WA[d] & ~0xFFF) < 0:
                 return -2
-            if CH[CH_ON]:
+            if caches:
                 cache_access(CT, CS, CP, CD, CH, C, STR, WA[d], KIND_WALK)
-    elif CH[CH_ON]:
-        for d in range(saved, n):
-            cache_access(CT, CS, CP, CD, CH, C, STR, WA[d], KIND_WALK)
     if outcome == W_FAULT:
         C[C_FAULTS] += 1
         pf_invalidate(T, S, Pc, PD, C, va, pcid)
@@ -686,7 +678,7 @@ def walk(
 
 
 # ---- the replay loop --------------------------------------------------------------------------
-@_jit
+@jit
 def replay(
     events: np.ndarray,
     T: np.ndarray,
@@ -733,12 +725,12 @@ def replay(
                 return ERR_CPL, n, WHY_NONE
             ST[ST_CPL] = cpl
             implicit = (aux & 1) != 0
-            if aux & 2 and lass_blocks(a, kind, cpl, False, ST[ST_CR4], M[M_RFLAGS]):  # type: ignore[arg-type]
+            if aux & 2 and lass_blocks(a, kind, cpl, False, ST[ST_CR4], M[M_RFLAGS]):
                 continue  # a software prefetch LASS blocks is dropped: no lookup, nothing counted
             if not is_canonical(a, va_bits):  # #GP before any TLB lookup (SDM Vol. 3A §6.15)
                 C[C_FAULTS] += 1
                 continue
-            if lass_blocks(a, kind, cpl, implicit, ST[ST_CR4], M[M_RFLAGS]):  # type: ignore[arg-type]  # LASS: #GP/#SS before paging
+            if lass_blocks(a, kind, cpl, implicit, ST[ST_CR4], M[M_RFLAGS]):  # LASS: #GP/#SS before paging
                 C[C_FAULTS] += 1
                 continue
             cr4 = ST[ST_CR4]
@@ -759,6 +751,8 @@ def replay(
                         memo_page_i, memo_idx_i = page, i
                     else:
                         memo_page_d, memo_idx_d = page, i
+            walked = False  # a walk (an STLB miss or a dirty assist) serves the access
+            pa = 0
             if i >= 0:
                 T[i, T_STAMP] = tick(ST)
                 if fetch:
@@ -800,37 +794,36 @@ def replay(
                         C[C_STLB_MISSES_I] += 1
                     else:
                         C[C_STLB_MISSES_D] += 1
-                    pa = walk(
-                        T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, WA, CT, CS, CP, CD, CH, STR,
-                        a, kind, cpl, implicit,
-                    )  # fmt: skip
-                    if pa == -2:
-                        return ERR_PHYS, n, WHY_PHYS_RANGE
-                    if caches and pa >= 0:
-                        cache_access(CT, CS, CP, CD, CH, C, STR, pa, KIND_FETCH if fetch else KIND_DATA)
+                    walked = True
+            # One call site each for the walk and the data caches: numba types a callee's code
+            # again at every site it is inlined into (`kaiser.x86.engine_jit`).
+            if not walked:
+                # A hit: check the cached rights (a fault may come from them alone, §4.10.4.3).
+                if check_access(
+                    T[i, T_RIGHTS], T[i, T_PKEY], kind, cpl, implicit, M[M_CR0], cr4, M[M_RFLAGS], M[M_PKRU]
+                ):
+                    C[C_FAULTS] += 1
+                    C[C_TLB_FAULTS] += 1
+                    memo_page_i = memo_page_d = -1
+                    pf_invalidate(T, S, Pc, PD, C, a, pcid)
                     continue
-            # A hit: check the cached rights (a fault may come from them alone, §4.10.4.3).
-            if check_access(T[i, T_RIGHTS], T[i, T_PKEY], kind, cpl, implicit, M[M_CR0], cr4, M[M_RFLAGS], M[M_PKRU]):  # type: ignore[arg-type]
-                C[C_FAULTS] += 1
-                C[C_TLB_FAULTS] += 1
-                memo_page_i = memo_page_d = -1
-                pf_invalidate(T, S, Pc, PD, C, a, pcid)
-                continue
-            if kind == OP_WRITE and not T[i, T_DIRTY]:  # §4.8: D must be set in memory: walk
-                C[C_DIRTY_ASSISTS] += 1
-                memo_page_i = memo_page_d = -1
+                if kind == OP_WRITE and not T[i, T_DIRTY]:  # §4.8: D must be set in memory: walk
+                    C[C_DIRTY_ASSISTS] += 1
+                    memo_page_i = memo_page_d = -1
+                    walked = True
+            if walked:
                 pa = walk(
                     T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, WA, CT, CS, CP, CD, CH, STR,
                     a, kind, cpl, implicit,
                 )  # fmt: skip
                 if pa == -2:
                     return ERR_PHYS, n, WHY_PHYS_RANGE
-                if caches and pa >= 0:
-                    cache_access(CT, CS, CP, CD, CH, C, STR, pa, KIND_DATA)
-                continue
-            if caches:  # the access through the entry used: Mmu._cached
+                if pa < 0:
+                    continue
+            elif caches:  # the access through the entry used: Mmu._cached
                 sh = T[i, T_SHIFT]
                 pa = (T[i, T_PFN] << sh) | (a & ((1 << sh) - 1))
+            if caches:
                 cache_access(CT, CS, CP, CD, CH, C, STR, pa, KIND_FETCH if fetch else KIND_DATA)
             continue
         # ---- instructions and page-table edits run at CPL 0 ----------------------------------
@@ -920,7 +913,7 @@ def replay(
     return OK, events.shape[0], WHY_NONE
 
 
-@_jit
+@jit
 def count_kind(events: np.ndarray, kind: int) -> int:
     """How many of `events` are of `kind`: `Engine.step` asks it of every batch (are there
     WRITE_PHYS events to give storage?), here without the GIL and without numpy's strided
@@ -933,7 +926,7 @@ def count_kind(events: np.ndarray, kind: int) -> int:
 
 
 # ---- rounds: a fixed batch, then each probe event alone (the KASLR attack's loop) ---------------
-@_jit
+@jit
 def replay_rounds(
     before: np.ndarray,
     probe: np.ndarray,

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from typing import Final
 
-import numba
-
 from kaiser.x86 import rights as reference
 from kaiser.x86.bits import ADDR_MASK_52 as ADDR_MASK_52  # engine_core reads it from here; one definition
 from kaiser.x86.bits import CR0, CR4, EFER, PFEC, PTE, RFLAGS
 from kaiser.x86.bits import PKEY_SHIFT as PKEY_SHIFT
 from kaiser.x86.cpu import CpuFeatures
+from kaiser.x86.engine_jit import inline
 from kaiser.x86.events import Ev
 from kaiser.x86.geometry import Level
 
@@ -77,8 +76,6 @@ CR4_LASS: Final = int(CR4.LASS)
 EFER_NXE: Final = int(EFER.NXE)
 RFLAGS_AC: Final = int(RFLAGS.AC)
 
-_jit = numba.njit(cache=True, inline="always")
-
 
 def reserved_mask(level: Level, is_top: bool, large: bool, features: CpuFeatures, nxe: bool) -> int:
     """`kaiser.x86.rights.reserved_mask` (SDM §4.5, Tables 4-14..4-20) as int64: the engine
@@ -86,7 +83,7 @@ def reserved_mask(level: Level, is_top: bool, large: bool, features: CpuFeatures
     return as_int64(reference.reserved_mask(level, is_top, large, features, nxe))
 
 
-@_jit
+@inline
 def through(rights: int, entry: int, nxe: bool) -> int:
     """Rights combined with one more entry (SDM §4.6.1): U/S and R/W AND-ed, XD OR-ed (XD only
     with EFER.NXE=1)."""
@@ -101,7 +98,7 @@ def through(rights: int, entry: int, nxe: bool) -> int:
     return out
 
 
-@_jit
+@inline
 def smap_blocks(cr4: int, rflags: int, cpl: int) -> bool:
     """Does SMAP forbid a supervisor data access to a user-mode address? (SDM §4.6.1) With
     CR4.SMAP=1 an access at CPL<3 is allowed only with EFLAGS.AC=1; implicit accesses at CPL 3
@@ -111,7 +108,7 @@ def smap_blocks(cr4: int, rflags: int, cpl: int) -> bool:
     return not (rflags & RFLAGS_AC and cpl < 3)
 
 
-@_jit
+@inline
 def lass_blocks(va: int, op: int, cpl: int, implicit: bool, cr4: int, rflags: int) -> bool:
     """`kaiser.x86.rights.lass_violation` on the int64 address (bit 63 set: negative): with
     CR4.LASS, a user-mode access to the upper half, a supervisor fetch from the lower half, and a
@@ -129,7 +126,7 @@ def lass_blocks(va: int, op: int, cpl: int, implicit: bool, cr4: int, rflags: in
     return (cr4 & CR4_SMAP) != 0 and (implicit or not rflags & RFLAGS_AC)
 
 
-@_jit
+@inline
 def check_access(
     rights: int, pkey: int, op: int, cpl: int, implicit: bool, cr0: int, cr4: int, rflags: int, pkru: int
 ) -> int:
@@ -168,7 +165,7 @@ def check_access(
     return 0
 
 
-@_jit
+@inline
 def access_error_bits(op: int, cpl: int, implicit: bool, nxe: bool, cr4: int) -> int:
     """Error-code bits that describe the access itself (SDM §4.7): W/R, U/S, and I/D, which is
     reported only when EFER.NXE=1 or CR4.SMEP=1."""
