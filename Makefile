@@ -11,6 +11,8 @@ STAMP  := $(VENV)/.installed-test
 SYSTOOLS := $(PYTHON) src/kaiser/systools.py
 # The suite on every core (pytest-xdist), a test file per worker so that module fixtures are built
 # once: on 2 cores about half the wall time of one process. `make test PARALLEL=` runs it in one.
+# tests/conftest.py compiles the numba engine once for all workers, while they run the files
+# that do not need it.
 PARALLEL ?= -n auto --dist loadfile
 
 $(VENV)/bin/python:

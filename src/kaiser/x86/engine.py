@@ -587,3 +587,26 @@ class Engine:
         if outcome == core.ERR_CPL:
             return BitsError(f"cpl={cpl} is not 0..3 at {where}")
         return ValueError(f"event kind {kind} is not an Ev at {where}")
+
+
+def warm_up() -> None:
+    """Compile every entry point of the engine (or load them from numba's cache): a replay of
+    every event kind with data caches and nested paging on, and `rounds`, on a page of RAM
+    mapped once. tests/conftest.py runs it in a process of its own at the start of a parallel
+    suite, so that the workers load the engine instead of each compiling it."""
+    from kaiser.x86.bits import PTE
+    from kaiser.x86.cache_geometry import get_hierarchy
+    from kaiser.x86.pagetable import PageTable
+
+    mem = PhysicalMemory(1 << 30)
+    pt = PageTable(mem)
+    pt.map(0x400000, 0x200000, PAGE_SIZE, PTE.US | PTE.RW)
+    state = CpuState(cr3=pt.cr3(), cr4=CR4.PAE | CR4.PGE, cpl=3, efer=EFER.LME | EFER.LMA | EFER.NXE)
+    rows = [(int(kind), 3, 0, 0x400000, 0) for kind in (Ev.READ, Ev.WRITE, Ev.FETCH)]
+    rows += [(int(Ev.MOV_CR3), 0, 0, pt.cr3(), 0), (int(Ev.INVLPG), 0, 0, 0x400000, 0)]
+    rows += [(int(Ev.MOV_CR4), 0, 0, int(CR4.PAE), 0), (int(Ev.WRITE_PHYS), 0, 0, 0x200000, 0)]
+    events = np.array(rows, EVENT_DTYPE)
+    host = HostTable.build(mem.size, "2m")
+    engine = Engine(mem, state, caches=get_hierarchy("skylake-client"), host=host)
+    engine.replay(events)
+    engine.rounds(events[:3], events[:1], np.array([0x400000], np.uint64), 1)

@@ -1,0 +1,93 @@
+"""The engine's numba decorator (`kaiser.x86.engine_jit`): one signature per compiled function
+whatever literals its callers pass, and a compile lock that another process sees held."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kaiser.x86.engine_jit import compile_lock, lock_path
+
+_LITERALS = """
+from kaiser.x86.engine_jit import jit
+
+@jit
+def callee(x, flag):
+    return x + 1 if flag else x - 1
+
+@jit
+def caller(x):
+    return callee(x, True) + callee(-1, False) + callee(x, False) + callee(0, True)
+"""
+
+
+def _compiled_signatures(tmp_path: Path, code: str, call: str) -> dict[str, int]:
+    """Signature counts after running `call` in a fresh process on an empty numba cache (a cached
+    caller carries its callees compiled in, so their dispatchers would show nothing)."""
+    (tmp_path / "jitted.py").write_text(code)
+    probe = (
+        f"import jitted, json\n{call}\n"
+        "print(json.dumps({n: len(f.signatures) for n, f in vars(jitted).items() if hasattr(f, 'signatures')}))"
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *sys.path])
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_literal_arguments_compile_one_signature(tmp_path: Path) -> None:
+    """Callers pass constants (`drop(..., -1, True, ...)`): numba would compile one
+    specialization per set of literals; `jit` compiles the plain types once."""
+    counts = _compiled_signatures(tmp_path, _LITERALS, "assert jitted.caller(5) == 6 + -2 + 4 + 1")
+    assert counts["callee"] == 1 and counts["caller"] == 1
+
+
+@pytest.mark.slow
+def test_every_engine_function_compiles_once(tmp_path: Path) -> None:
+    """The engine itself, cold (about half a minute of compile): every function one signature."""
+    code = "from kaiser.x86.engine_core import *\nfrom kaiser.x86.engine_cache import *\n"
+    counts = _compiled_signatures(tmp_path, code, "from kaiser.x86.engine import warm_up\nwarm_up()")
+    assert counts["drop"] == counts["l2_request"] == counts["replay"] == 1
+    assert {name: n for name, n in counts.items() if n > 1} == {}
+
+
+def test_the_compile_lock_is_held_against_other_processes() -> None:
+    """A process holding `compile_lock` (nested, as a compile nests its callees') keeps another
+    from taking the lock file until it lets go."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom kaiser.x86.engine_jit import compile_lock\n"
+            "with compile_lock():\n    with compile_lock():\n        print('held', flush=True)\n"
+            "        sys.stdin.readline()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        fd = os.open(lock_path(), os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.wait(timeout=60) == 0
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the holder let go
+        finally:
+            os.close(fd)
+    finally:
+        holder.kill()
+        holder.wait()
+    with compile_lock(), compile_lock():  # reentrant in one thread
+        pass
