@@ -119,6 +119,12 @@ CR3_PCID_MASK: Final = 0xFFF  # bits 11:0 with CR4.PCIDE
 CR3_NOFLUSH: Final = 1 << 63  # MOV to CR3 with PCIDE: do not invalidate the new PCID
 
 
+def cr3_reserved_mask(maxphyaddr: int) -> int:
+    """Bits 62:MAXPHYADDR of a value moved to CR3: reserved, #GP if set (SDM Vol. 3A §4.5,
+    Table 4-12/4-13; bit 63 is NOFLUSH with CR4.PCIDE, else reserved too)."""
+    return ((1 << 63) - 1) & ~((1 << maxphyaddr) - 1)
+
+
 class BitsError(ValueError):
     """A field does not fit its architectural width."""
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from kaiser.x86 import engine_cache as ec
 from kaiser.x86 import engine_core as core
-from kaiser.x86.bits import CR4, EFER, BitsError
+from kaiser.x86.bits import CR4, EFER, BitsError, cr3_reserved_mask
 from kaiser.x86.cache import Caches
 from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.counters import TlbCounters
@@ -273,13 +273,14 @@ class Engine:
             mode.va_bits,
             nxe,
             *self._host_fields(),
+            cr3_reserved_mask(f.maxphyaddr),
         )
 
     def _host_fields(self) -> tuple[int, ...]:
         """M_HOST_NLEV, M_HOST_SHIFT, M_HOST_SIZE and the four level bases (zeros: bare metal)."""
         h = self.host
         if h is None:
-            return (0,) * (core.M_FIELDS - core.M_HOST_NLEV)
+            return (0,) * (core.M_HOST_B0 + 4 - core.M_HOST_NLEV)
         bases = h.level_bases
         if h.end >= 1 << 52 or tuple(39 - 9 * d for d in range(len(bases))) != h.shifts:
             raise EngineError(f"host table {h} is outside what the engine holds")

@@ -47,9 +47,10 @@ from kaiser.x86.engine_rules import (
     CR4_PKE,
     CR4_SMAP,
     CR4_SMEP,
-    NX,
+    NOFLUSH,
     OP_FETCH,
     OP_WRITE,
+    PCID_MASK,
     PKEY_SHIFT,
     PS,
     R_ALL,
@@ -79,7 +80,8 @@ LV_SHIFT, LV_LEAF_OK, LV_RSV, LV_RSV_LARGE = range(4)
 LV_FIELDS: Final = 4
 M_CR0, M_EFER, M_RFLAGS, M_PKRU, M_MAXPHYADDR, M_SIZE_PFNS, M_FEATURES, M_VA_BITS, M_NXE = range(9)
 M_HOST_NLEV, M_HOST_SHIFT, M_HOST_SIZE, M_HOST_B0 = range(9, 13)  # M_HOST_B0..+3: EPT level bases
-M_FIELDS: Final = 16
+M_CR3_RSV: Final = 16  # bits.cr3_reserved_mask(MAXPHYADDR)
+M_FIELDS: Final = 17
 ST_CR3, ST_CR4, ST_CPL, ST_CLOCK = range(4)
 OWN_GLOBAL: Final = 1 << 16
 GROUP_I, GROUP_D, GROUP_S = 0, 1, 2
@@ -216,7 +218,7 @@ def tick(ST: np.ndarray) -> int:
 @inline
 def current_pcid(ST: np.ndarray) -> int:
     """The PCID of the loaded CR3 (0 without CR4.PCIDE, SDM Vol. 3A §4.10.1)."""
-    return ST[ST_CR3] & 0xFFF if ST[ST_CR4] & CR4_PCIDE else 0
+    return ST[ST_CR3] & PCID_MASK if ST[ST_CR4] & CR4_PCIDE else 0
 
 
 @inline
@@ -710,7 +712,7 @@ def replay(
     caches = CH[CH_ON] != 0
     va_bits = M[M_VA_BITS]
     features = M[M_FEATURES]
-    maxphyaddr = M[M_MAXPHYADDR]
+    cr3_reserved = M[M_CR3_RSV]
     n_tlb = T.shape[0]
     memo_page_i = memo_page_d = memo_idx_i = memo_idx_d = -1
     for n in range(events.shape[0]):
@@ -734,7 +736,7 @@ def replay(
                 C[C_FAULTS] += 1
                 continue
             cr4 = ST[ST_CR4]
-            pcid = ST[ST_CR3] & 0xFFF if cr4 & CR4_PCIDE else 0
+            pcid = ST[ST_CR3] & PCID_MASK if cr4 & CR4_PCIDE else 0
             pge = (cr4 & CR4_PGE) != 0
             fetch = kind == OP_FETCH
             g = GROUP_I if fetch else GROUP_D
@@ -830,10 +832,9 @@ def replay(
         ST[ST_CPL] = 0
         memo_page_i = memo_page_d = -1
         pcide = (ST[ST_CR4] & CR4_PCIDE) != 0
-        pcid = ST[ST_CR3] & 0xFFF if pcide else 0
+        pcid = ST[ST_CR3] & PCID_MASK if pcide else 0
         if kind == 3:  # MOV to CR3 (SDM §4.10.4.1)
-            reserved = ((1 << 63) - 1) & ~((1 << maxphyaddr) - 1)  # bits 62:MAXPHYADDR
-            if a & reserved:
+            if a & cr3_reserved:  # bits 62:MAXPHYADDR (bits.cr3_reserved_mask)
                 return ERR_GP, n, WHY_CR3_RESERVED
             noflush = a < 0
             if noflush and not pcide:
@@ -842,8 +843,8 @@ def replay(
             if noflush:
                 C[C_CR3_NOFLUSH] += 1
             else:
-                drop(T, Pc, PD, C, a & 0xFFF if pcide else 0, False, False, 0, False)
-            ST[ST_CR3] = a & ~NX
+                drop(T, Pc, PD, C, a & PCID_MASK if pcide else 0, False, False, 0, False)
+            ST[ST_CR3] = a & ~NOFLUSH
         elif kind == 4:  # INVLPG
             if not is_canonical(a, va_bits):
                 continue  # a no-op for a non-canonical address (SDM Vol. 2 INVLPG)
@@ -892,7 +893,7 @@ def replay(
                 return ERR_GP, n, WHY_CR4_PAE
             if (old ^ a) & CR4_LA57:
                 return ERR_GP, n, WHY_CR4_LA57
-            if a & CR4_PCIDE and not old & CR4_PCIDE and ST[ST_CR3] & 0xFFF:
+            if a & CR4_PCIDE and not old & CR4_PCIDE and ST[ST_CR3] & PCID_MASK:
                 return ERR_GP, n, WHY_CR4_PCIDE
             if (old ^ a) & CR4_PGE or (old & CR4_PCIDE and not a & CR4_PCIDE):
                 C[C_CR4_FLUSH_ALL] += 1

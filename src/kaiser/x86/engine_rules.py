@@ -19,7 +19,7 @@ from typing import Final
 
 from kaiser.x86 import rights as reference
 from kaiser.x86.bits import ADDR_MASK_52 as ADDR_MASK_52  # engine_core reads it from here; one definition
-from kaiser.x86.bits import CR0, CR4, EFER, PFEC, PTE, RFLAGS
+from kaiser.x86.bits import CR0, CR3_NOFLUSH, CR3_PCID_MASK, CR4, EFER, PFEC, PTE, RFLAGS
 from kaiser.x86.bits import PKEY_SHIFT as PKEY_SHIFT
 from kaiser.x86.cpu import CpuFeatures
 from kaiser.x86.engine_jit import inline
@@ -43,6 +43,10 @@ D: Final = int(PTE.D)
 PS: Final = int(PTE.PS)
 G: Final = int(PTE.G)
 NX: Final = as_int64(int(PTE.NX))  # bit 63: negative as int64
+
+# CR3 fields (SDM Vol. 3A §4.5, Tables 4-12/4-13): the PCID in bits 11:0 with CR4.PCIDE, NOFLUSH.
+PCID_MASK: Final = CR3_PCID_MASK
+NOFLUSH: Final = as_int64(CR3_NOFLUSH)  # bit 63: negative as int64
 
 # Rights bits.
 R_USER: Final = 1
