@@ -162,12 +162,13 @@ class Engine:
         self.CD = np.zeros((4, ec.CD_FIELDS), np.int64)
         self.CH = np.zeros(ec.CH_FIELDS, np.int64)
         self.STR = np.full((1, 3), -1, np.int64)
-        base = 0
+        base = ways0 = 0
         if h is not None:
             for lv, level in enumerate(h.levels):
                 sets = level.sets
-                self.CD[lv] = (base, sets, level.ways, sets - 1 if not sets & (sets - 1) else -1)
-                base += level.lines
+                self.CD[lv] = (base, sets, level.ways, sets - 1 if not sets & (sets - 1) else -1, ways0)
+                base += 2 * level.lines
+                ways0 += level.lines
             self.CH[: ec.CH_CLOCK] = (
                 1,
                 h.inclusive_llc,
@@ -177,34 +178,57 @@ class Engine:
                 max(1, h.streamer_streams),
             )
             self.STR = np.full((max(1, h.streamer_streams), 3), -1, np.int64)
-        self.CT = np.full(base, -1, np.int64)
-        self.CS = np.zeros(base, np.int64)
-        self.CP = np.zeros(base, np.int64)
+        self.CT = np.zeros(base, np.int64)
+        self.CS = np.zeros(ways0, np.int64)
+        self.CP = np.zeros(0, np.int64)
+        for lv in range(4 if h is not None else 0):  # every way invalid: tag -2, stamp -1
+            rows = self._rows(lv)
+            ways = rows.shape[1] // 2
+            rows[:, :ways] = -2
+            rows[:, ways:] = -1
 
-    def _cache_slices(self, caches: Caches) -> list[tuple[slice, tuple[int, int]]]:
+    def _rows(self, lv: int) -> np.ndarray:
+        """Level `lv`'s (sets, 2 x ways) view of `CT`: each set's tags, then its stamps."""
+        base, sets, ways = (int(x) for x in self.CD[lv, : ec.CD_MASK])
+        return self.CT[base : base + 2 * sets * ways].reshape(sets, 2 * ways)
+
+    def _saved(self, lv: int) -> np.ndarray:
+        """Level `lv`'s (sets, ways) view of `CS`, the stamps of invalid ways."""
+        sets, ways, lo = int(self.CD[lv, ec.CD_SETS]), int(self.CD[lv, ec.CD_WAYS]), int(self.CD[lv, ec.CD_WAYS0])
+        return self.CS[lo : lo + sets * ways].reshape(sets, ways)
+
+    def _check_geometry(self, caches: Caches) -> None:
         if caches.hierarchy != self.hierarchy:
             raise EngineError(f"cache geometry {caches.hierarchy.name} is not the engine's")
-        out = []
-        for lv, arr in enumerate(caches.arrays):
-            lo = int(self.CD[lv, ec.CD_BASE])
-            out.append((slice(lo, lo + arr.level.lines), arr.tag.shape))
-        return out
 
     def load_caches(self, caches: Caches) -> None:
-        """Copy a reference `Caches`' lines, LRU stamps, prefetch flags, streams and clock in."""
-        for (sl, _), arr in zip(self._cache_slices(caches), caches.arrays, strict=True):
-            self.CT[sl] = arr.tag.ravel()
-            self.CS[sl] = arr.stamp.ravel()
-            self.CP[sl] = arr.pf.ravel()
+        """Copy a reference `Caches`' lines, LRU stamps, prefetch flags, streams and clock in:
+        a valid way's tag is 2 x line + pf and its stamp is kept; an invalid way's tag is
+        -2 + pf, its stamp -1 (so that one smallest-stamp scan finds the reference's victim) and
+        the reference's stamp goes to `CS`."""
+        self._check_geometry(caches)
+        for lv, arr in enumerate(caches.arrays):
+            valid = arr.tag >= 0
+            if np.any(arr.stamp[valid] < 0):
+                raise EngineError(f"{arr.level.name}: a valid line with a negative LRU stamp")
+            rows, ways = self._rows(lv), arr.ways
+            pf = arr.pf.astype(np.int64)
+            rows[:, :ways] = np.where(valid, 2 * arr.tag + pf, -2 + pf)
+            rows[:, ways:] = np.where(valid, arr.stamp, -1)
+            self._saved(lv)[:] = arr.stamp
         self.STR[:] = caches.streams
         self.CH[ec.CH_CLOCK] = caches.clock
 
     def store_caches(self, caches: Caches) -> None:
         """Copy the engine's cache state into a reference `Caches` of its hierarchy."""
-        for (sl, shape), arr in zip(self._cache_slices(caches), caches.arrays, strict=True):
-            arr.tag[:] = self.CT[sl].reshape(shape)
-            arr.stamp[:] = self.CS[sl].reshape(shape)
-            arr.pf[:] = self.CP[sl].reshape(shape).astype(bool)
+        self._check_geometry(caches)
+        for lv, arr in enumerate(caches.arrays):
+            rows, ways = self._rows(lv), arr.ways
+            tags = rows[:, :ways]
+            valid = tags >= 0
+            arr.tag[:] = np.where(valid, tags >> 1, -1)
+            arr.stamp[:] = np.where(valid, rows[:, ways:], self._saved(lv))
+            arr.pf[:] = (tags & 1).astype(bool)
         caches.streams[:] = self.STR
         caches.clock = int(self.CH[ec.CH_CLOCK])
 

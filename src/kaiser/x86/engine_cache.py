@@ -6,12 +6,20 @@ clock of the hierarchy ticks at the same moments and every counter moves the sam
 final state). The rules themselves (replacement, inclusion, prefetchers) are documented once, in
 `kaiser.x86.cache_geometry`.
 
-State (built by `kaiser.x86.engine.Engine`, copied in and out by `load_caches`/`store_caches`):
+State (built by `kaiser.x86.engine.Engine`, copied in and out by `load_caches`/`store_caches`,
+which convert it exactly to and from the reference's (sets, ways) arrays):
 
-* `CT[i]`, `CS[i]`, `CP[i]`: tag (line number, -1 invalid), LRU stamp and prefetched flag of
-  every way of every level, level by level (L1I, L1D, L2, LLC), set by set, way by way: the
-  reference's (sets, ways) arrays raveled.
-* `CD[level]`: base index, sets, ways, set mask (sets - 1 for a power of two, else -1).
+* `CT`: level by level (L1I, L1D, L2, LLC), one row per set: the set's tags, then its LRU
+  stamps, so a set's whole state is one contiguous run of host cache lines (an LLC set of 16
+  ways: 256 B) instead of three arrays far apart. A valid way's tag is 2 x line + prefetched
+  flag; an invalid way's tag is -2 + flag (the flag kept for `store_caches`) and its stamp -1,
+  below every valid stamp, so that the first smallest stamp of a set is the reference's victim
+  (its first invalid way, else its least recently used) in one scan.
+* `CS[j]`: the reference's stamp of an invalid way (way j of the levels' ways in order), which
+  the engine never reads: only `store_caches` gives it back. `CP`: unused (empty), kept so that
+  `engine_core`'s signatures need not change.
+* `CD[level]`: row base in `CT`, sets, ways, set mask (sets - 1 for a power of two, else -1),
+  index of the level's way 0 in `CS`.
 * `CH`: on/off, inclusive LLC, next-line on, streamer distance, degree, stream count, the clock.
 * `STR[e]`: the streamer table (page, last line, highest line looked at).
 
@@ -29,8 +37,8 @@ import numpy as np
 from kaiser.x86.engine_jit import inline, jit
 
 LV_L1I, LV_L1D, LV_L2, LV_LLC = range(4)
-CD_BASE, CD_SETS, CD_WAYS, CD_MASK = range(4)
-CD_FIELDS: Final = 4
+CD_BASE, CD_SETS, CD_WAYS, CD_MASK, CD_WAYS0 = range(5)
+CD_FIELDS: Final = 5
 CH_ON, CH_INCLUSIVE, CH_NEXT_LINE, CH_DISTANCE, CH_DEGREE, CH_STREAMS, CH_CLOCK = range(7)
 CH_FIELDS: Final = 7
 KIND_FETCH, KIND_DATA, KIND_WALK = 0, 1, 2  # = kaiser.x86.cache.KIND_*
@@ -86,21 +94,27 @@ _inline = inline
 
 
 @_inline
-def set_base(CD: np.ndarray, lv: int, line: int) -> int:
-    """Index of way 0 of `line`'s set in level `lv` (set = line mod sets)."""
+def set_row(CD: np.ndarray, lv: int, line: int) -> int:
+    """Index in `CT` of `line`'s set row in level `lv` (set = line mod sets)."""
     mask = CD[lv, CD_MASK]
     s = line & mask if mask >= 0 else line % CD[lv, CD_SETS]
-    return CD[lv, CD_BASE] + s * CD[lv, CD_WAYS]
+    return CD[lv, CD_BASE] + s * 2 * CD[lv, CD_WAYS]
+
+
+@_inline
+def find_in(CT: np.ndarray, row: int, ways: int, line: int) -> int:
+    """The index in `CT` of the tag holding `line` in the set row at `row`, or -1."""
+    key = 2 * line + 1
+    for i in range(row, row + ways):
+        if CT[i] | 1 == key:
+            return i
+    return -1
 
 
 @_inline
 def find(CT: np.ndarray, CD: np.ndarray, lv: int, line: int) -> int:
-    """`CacheArray.find`: the index holding `line` in level `lv`, or -1."""
-    base = set_base(CD, lv, line)
-    for i in range(base, base + CD[lv, CD_WAYS]):
-        if CT[i] == line:
-            return i
-    return -1
+    """`CacheArray.find`: the index of the tag holding `line` in level `lv`, or -1."""
+    return find_in(CT, set_row(CD, lv, line), CD[lv, CD_WAYS], line)
 
 
 @_inline
@@ -111,70 +125,67 @@ def tick(CH: np.ndarray) -> int:
 
 
 @_inline
-def fill(
-    CT: np.ndarray, CS: np.ndarray, CP: np.ndarray, CD: np.ndarray, CH: np.ndarray, lv: int, line: int, pf: int
-) -> int:
+def fill(CT: np.ndarray, CD: np.ndarray, CH: np.ndarray, lv: int, line: int, pf: int) -> int:
     """`Caches._fill`: `line` into the first invalid way of its set, else the least recently used
-    (first smallest stamp, as `np.argmin`); returns the line evicted (-1: none)."""
-    base = set_base(CD, lv, line)
+    (first smallest stamp, as `np.argmin`; an invalid way's stamp here is -1, below every valid
+    one, so the one scan finds both); returns the line evicted (-1: none)."""
     ways = CD[lv, CD_WAYS]
-    w = -1
-    for i in range(base, base + ways):
-        if CT[i] < 0:
+    row = set_row(CD, lv, line)
+    w = row + ways
+    best = CT[w]
+    for i in range(row + ways + 1, row + 2 * ways):
+        if CT[i] < best:
+            best = CT[i]
             w = i
-            break
-    if w < 0:
-        w = base
-        for i in range(base + 1, base + ways):
-            if CS[i] < CS[w]:
-                w = i
-    evicted = CT[w]
-    CT[w] = line
-    CS[w] = tick(CH)
-    CP[w] = pf
-    return evicted
+    t = CT[w - ways]
+    CT[w - ways] = 2 * line + pf
+    CT[w] = tick(CH)
+    return t >> 1
 
 
 @_inline
-def fill_llc(
-    CT: np.ndarray, CS: np.ndarray, CP: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, line: int
-) -> None:
+def invalidate(CT: np.ndarray, CS: np.ndarray, CD: np.ndarray, lv: int, line: int) -> bool:
+    """`CacheArray.invalidate`: the way holding `line` becomes invalid (its stamp and prefetch
+    flag kept for `store_caches`: the stamp in `CS`, the flag in the tag, -2 | pf)."""
+    ways = CD[lv, CD_WAYS]
+    row = set_row(CD, lv, line)
+    i = find_in(CT, row, ways, line)
+    if i < 0:
+        return False
+    w = i - row
+    CS[CD[lv, CD_WAYS0] + (row - CD[lv, CD_BASE]) // 2 + w] = CT[i + ways]
+    CT[i + ways] = -1
+    CT[i] = -2 | (CT[i] & 1)
+    return True
+
+
+@_inline
+def fill_llc(CT: np.ndarray, CS: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, line: int) -> None:
     """`Caches._fill_llc`: an inclusive LLC back-invalidates the L1I, L1D and L2 copies of the
     line it evicts."""
-    evicted = fill(CT, CS, CP, CD, CH, LV_LLC, line, 0)
+    evicted = fill(CT, CD, CH, LV_LLC, line, 0)
     if CH[CH_INCLUSIVE] and evicted >= 0:
         for lv in (LV_L1I, LV_L1D, LV_L2):
-            i = find(CT, CD, lv, evicted)
-            if i >= 0:
-                CT[i] = -1
+            if invalidate(CT, CS, CD, lv, evicted):
                 C[C_LLC_BACK_INVALIDATIONS] += 1
 
 
 @_inline
-def fill_l2(
-    CT: np.ndarray, CS: np.ndarray, CP: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, line: int, pf: int
-) -> None:
+def fill_l2(CT: np.ndarray, CS: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, line: int, pf: int) -> None:
     """`Caches._fill_l2`: a non-inclusive LLC is filled by L2's victims."""
-    evicted = fill(CT, CS, CP, CD, CH, LV_L2, line, pf)
+    evicted = fill(CT, CD, CH, LV_L2, line, pf)
     if not CH[CH_INCLUSIVE] and evicted >= 0 and find(CT, CD, LV_LLC, evicted) < 0:
-        fill_llc(CT, CS, CP, CD, CH, C, evicted)
+        fill_llc(CT, CS, CD, CH, C, evicted)
 
 
 @_inline
 def llc_read(
-    CT: np.ndarray,
-    CS: np.ndarray,
-    CP: np.ndarray,
-    CD: np.ndarray,
-    CH: np.ndarray,
-    C: np.ndarray,
-    line: int,
-    demand: bool,
+    CT: np.ndarray, CS: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, line: int, demand: bool
 ) -> int:
     """`Caches._llc_read`: 3 if the LLC holds the line, else 4 (DRAM; an inclusive LLC fills)."""
     i = find(CT, CD, LV_LLC, line)
     if i >= 0:
-        CS[i] = tick(CH)
+        CT[i + CD[LV_LLC, CD_WAYS]] = tick(CH)
         if demand:
             C[C_LLC_HITS] += 1
         return 3
@@ -182,20 +193,13 @@ def llc_read(
         C[C_LLC_MISSES] += 1
     C[C_DRAM_READS] += 1
     if CH[CH_INCLUSIVE]:
-        fill_llc(CT, CS, CP, CD, CH, C, line)
+        fill_llc(CT, CS, CD, CH, C, line)
     return 4
 
 
 @_inline
 def stream(
-    CT: np.ndarray,
-    CS: np.ndarray,
-    CP: np.ndarray,
-    CD: np.ndarray,
-    CH: np.ndarray,
-    C: np.ndarray,
-    STR: np.ndarray,
-    line: int,
+    CT: np.ndarray, CS: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, STR: np.ndarray, line: int
 ) -> None:
     """`Caches._stream`: the L2 streamer, one forward stream per 4 KiB page."""
     page = line // PAGE_LINES
@@ -208,8 +212,8 @@ def stream(
                 break
             if find(CT, CD, LV_L2, nxt) < 0:
                 C[C_PF_L2_ISSUED] += 1
-                llc_read(CT, CS, CP, CD, CH, C, nxt, False)
-                fill_l2(CT, CS, CP, CD, CH, C, nxt, 1)
+                llc_read(CT, CS, CD, CH, C, nxt, False)
+                fill_l2(CT, CS, CD, CH, C, nxt, 1)
             nxt += 1
         STR[e, 2] = max(STR[e, 2], nxt - 1)
     elif STR[e, 0] != page:
@@ -222,7 +226,6 @@ def stream(
 def l2_request(
     CT: np.ndarray,
     CS: np.ndarray,
-    CP: np.ndarray,
     CD: np.ndarray,
     CH: np.ndarray,
     C: np.ndarray,
@@ -233,34 +236,26 @@ def l2_request(
     """`Caches._l2_request`: a demand miss or a next-line prefetch from L1; trains the streamer."""
     i = find(CT, CD, LV_L2, line)
     if i >= 0:
-        CS[i] = tick(CH)
+        CT[i + CD[LV_L2, CD_WAYS]] = tick(CH)
         if demand:
             C[C_L2_HITS] += 1
-            if CP[i]:
+            if CT[i] & 1:
                 C[C_PF_L2_USEFUL] += 1
-                CP[i] = 0
+                CT[i] -= 1
         served = 2
     else:
         if demand:
             C[C_L2_MISSES] += 1
-        served = llc_read(CT, CS, CP, CD, CH, C, line, demand)
-        fill_l2(CT, CS, CP, CD, CH, C, line, 0)
+        served = llc_read(CT, CS, CD, CH, C, line, demand)
+        fill_l2(CT, CS, CD, CH, C, line, 0)
     if CH[CH_DISTANCE]:
-        stream(CT, CS, CP, CD, CH, C, STR, line)
+        stream(CT, CS, CD, CH, C, STR, line)
     return served
 
 
 @_jit
 def l1_miss(
-    CT: np.ndarray,
-    CS: np.ndarray,
-    CP: np.ndarray,
-    CD: np.ndarray,
-    CH: np.ndarray,
-    C: np.ndarray,
-    STR: np.ndarray,
-    line: int,
-    kind: int,
+    CT: np.ndarray, CS: np.ndarray, CD: np.ndarray, CH: np.ndarray, C: np.ndarray, STR: np.ndarray, line: int, kind: int
 ) -> int:
     """The miss half of `Caches.access`: below L1, the L1 fill, the next-line prefetch."""
     lv = LV_L1I if kind == KIND_FETCH else LV_L1D
@@ -268,13 +263,13 @@ def l1_miss(
         C[C_L1I_MISSES] += 1
     else:
         C[C_L1D_MISSES] += 1
-    served = l2_request(CT, CS, CP, CD, CH, C, STR, line, True)
-    fill(CT, CS, CP, CD, CH, lv, line, 0)
+    served = l2_request(CT, CS, CD, CH, C, STR, line, True)
+    fill(CT, CD, CH, lv, line, 0)
     nxt = line + 1
     if kind == KIND_DATA and CH[CH_NEXT_LINE] and nxt % PAGE_LINES and find(CT, CD, LV_L1D, nxt) < 0:
         C[C_PF_NL_ISSUED] += 1
-        l2_request(CT, CS, CP, CD, CH, C, STR, nxt, False)
-        fill(CT, CS, CP, CD, CH, LV_L1D, nxt, 1)
+        l2_request(CT, CS, CD, CH, C, STR, nxt, False)
+        fill(CT, CD, CH, LV_L1D, nxt, 1)
     return served
 
 
@@ -293,18 +288,19 @@ def access(
     """`Caches.access`: one demand access of `kind` at physical address `pa` (the L1 hit inline)."""
     line = pa >> 6
     lv = LV_L1I if kind == KIND_FETCH else LV_L1D
-    i = find(CT, CD, lv, line)
+    ways = CD[lv, CD_WAYS]
+    i = find_in(CT, set_row(CD, lv, line), ways, line)
     if i >= 0:
-        CS[i] = tick(CH)
+        CT[i + ways] = tick(CH)
         if kind == KIND_FETCH:
             C[C_L1I_HITS] += 1
         else:
             C[C_L1D_HITS] += 1
-        if CP[i]:
+        if CT[i] & 1:
             C[C_PF_NL_USEFUL] += 1
-            CP[i] = 0
+            CT[i] -= 1
         served = 1
     else:
-        served = l1_miss(CT, CS, CP, CD, CH, C, STR, line, kind)
+        served = l1_miss(CT, CS, CD, CH, C, STR, line, kind)
     if kind == KIND_WALK:
         C[C_WALK_L1 + served - 1] += 1
