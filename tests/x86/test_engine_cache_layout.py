@@ -64,5 +64,5 @@ def test_a_valid_line_with_a_negative_stamp_is_refused() -> None:
     name = sorted(SMALL)[0]
     ref = Caches(SMALL[name], TlbCounters())
     ref.l1d.tag[0, 0], ref.l1d.stamp[0, 0] = 0, -3
-    with pytest.raises(EngineError, match="negative LRU stamp"):
+    with pytest.raises(EngineError, match="LRU stamp or the clock is negative"):
         engine_for(name).load_caches(ref)

@@ -166,7 +166,8 @@ class Engine:
         if h is not None:
             for lv, level in enumerate(h.levels):
                 sets = level.sets
-                self.CD[lv] = (base, sets, level.ways, sets - 1 if not sets & (sets - 1) else -1, ways0)
+                mask = sets - 1 if not sets & (sets - 1) else -1
+                self.CD[lv] = (base, sets, level.ways, mask, ways0, max(1, (level.ways - 1).bit_length()))
                 base += 2 * level.lines
                 ways0 += level.lines
             self.CH[: ec.CH_CLOCK] = (
@@ -181,16 +182,21 @@ class Engine:
         self.CT = np.zeros(base, np.int64)
         self.CS = np.zeros(ways0, np.int64)
         self.CP = np.zeros(0, np.int64)
-        for lv in range(4 if h is not None else 0):  # every way invalid: tag -2, stamp -1
+        for lv in range(4 if h is not None else 0):  # every way invalid
             rows = self._rows(lv)
             ways = rows.shape[1] // 2
             rows[:, :ways] = -2
-            rows[:, ways:] = -1
+            rows[:, ways:] = self._keys(lv, np.full(ways, -1, np.int64))
 
     def _rows(self, lv: int) -> np.ndarray:
         """Level `lv`'s (sets, 2 x ways) view of `CT`: each set's tags, then its stamps."""
         base, sets, ways = (int(x) for x in self.CD[lv, : ec.CD_MASK])
         return self.CT[base : base + 2 * sets * ways].reshape(sets, 2 * ways)
+
+    def _keys(self, lv: int, stamps: np.ndarray) -> np.ndarray:
+        """The engine's stamps of ways with reference `stamps` (-1: invalid): (stamp << shift) | way."""
+        ways, shift = int(self.CD[lv, ec.CD_WAYS]), int(self.CD[lv, ec.CD_SHIFT])
+        return (stamps << shift) | np.arange(ways, dtype=np.int64)
 
     def _saved(self, lv: int) -> np.ndarray:
         """Level `lv`'s (sets, ways) view of `CS`, the stamps of invalid ways."""
@@ -209,12 +215,13 @@ class Engine:
         self._check_geometry(caches)
         for lv, arr in enumerate(caches.arrays):
             valid = arr.tag >= 0
-            if np.any(arr.stamp[valid] < 0):
-                raise EngineError(f"{arr.level.name}: a valid line with a negative LRU stamp")
+            limit = 1 << (62 - int(self.CD[lv, ec.CD_SHIFT]))
+            if np.any(arr.stamp[valid] < 0) or np.any(arr.stamp[valid] >= limit) or caches.clock >= limit:
+                raise EngineError(f"{arr.level.name}: an LRU stamp or the clock is negative or not below {limit}")
             rows, ways = self._rows(lv), arr.ways
             pf = arr.pf.astype(np.int64)
             rows[:, :ways] = np.where(valid, 2 * arr.tag + pf, -2 + pf)
-            rows[:, ways:] = np.where(valid, arr.stamp, -1)
+            rows[:, ways:] = self._keys(lv, np.where(valid, arr.stamp, -1))
             self._saved(lv)[:] = arr.stamp
         self.STR[:] = caches.streams
         self.CH[ec.CH_CLOCK] = caches.clock
@@ -227,7 +234,7 @@ class Engine:
             tags = rows[:, :ways]
             valid = tags >= 0
             arr.tag[:] = np.where(valid, tags >> 1, -1)
-            arr.stamp[:] = np.where(valid, rows[:, ways:], self._saved(lv))
+            arr.stamp[:] = np.where(valid, rows[:, ways:] >> int(self.CD[lv, ec.CD_SHIFT]), self._saved(lv))
             arr.pf[:] = (tags & 1).astype(bool)
         caches.streams[:] = self.STR
         caches.clock = int(self.CH[ec.CH_CLOCK])

@@ -12,14 +12,16 @@ which convert it exactly to and from the reference's (sets, ways) arrays):
 * `CT`: level by level (L1I, L1D, L2, LLC), one row per set: the set's tags, then its LRU
   stamps, so a set's whole state is one contiguous run of host cache lines (an LLC set of 16
   ways: 256 B) instead of three arrays far apart. A valid way's tag is 2 x line + prefetched
-  flag; an invalid way's tag is -2 + flag (the flag kept for `store_caches`) and its stamp -1,
-  below every valid stamp, so that the first smallest stamp of a set is the reference's victim
-  (its first invalid way, else its least recently used) in one scan.
+  flag; an invalid way's tag is -2 + flag (the flag kept for `store_caches`). A way's stamp is
+  (stamp << shift) | way number, an invalid way's (-1 << shift) | way number: every stamp of a
+  set differs and the smallest is the reference's victim (its first invalid way, else its first
+  least recently used), found by one min. Scans compare every way without an early exit, on a
+  view of the row (no index wraparound), so numba emits vector compares and a max/min.
 * `CS[j]`: the reference's stamp of an invalid way (way j of the levels' ways in order), which
   the engine never reads: only `store_caches` gives it back. `CP`: unused (empty), kept so that
   `engine_core`'s signatures need not change.
 * `CD[level]`: row base in `CT`, sets, ways, set mask (sets - 1 for a power of two, else -1),
-  index of the level's way 0 in `CS`.
+  index of the level's way 0 in `CS`, shift (bits of a way number).
 * `CH`: on/off, inclusive LLC, next-line on, streamer distance, degree, stream count, the clock.
 * `STR[e]`: the streamer table (page, last line, highest line looked at).
 
@@ -37,8 +39,8 @@ import numpy as np
 from kaiser.x86.engine_jit import inline, jit
 
 LV_L1I, LV_L1D, LV_L2, LV_LLC = range(4)
-CD_BASE, CD_SETS, CD_WAYS, CD_MASK, CD_WAYS0 = range(5)
-CD_FIELDS: Final = 5
+CD_BASE, CD_SETS, CD_WAYS, CD_MASK, CD_WAYS0, CD_SHIFT = range(6)
+CD_FIELDS: Final = 6
 CH_ON, CH_INCLUSIVE, CH_NEXT_LINE, CH_DISTANCE, CH_DEGREE, CH_STREAMS, CH_CLOCK = range(7)
 CH_FIELDS: Final = 7
 KIND_FETCH, KIND_DATA, KIND_WALK = 0, 1, 2  # = kaiser.x86.cache.KIND_*
@@ -103,12 +105,15 @@ def set_row(CD: np.ndarray, lv: int, line: int) -> int:
 
 @_inline
 def find_in(CT: np.ndarray, row: int, ways: int, line: int) -> int:
-    """The index in `CT` of the tag holding `line` in the set row at `row`, or -1."""
+    """The index in `CT` of the tag holding `line` in the set row at `row`, or -1 (every way
+    compared, no early exit: a set holds a line at most once, and a loop without a branch on the
+    data is a vector max)."""
     key = 2 * line + 1
-    for i in range(row, row + ways):
-        if CT[i] | 1 == key:
-            return i
-    return -1
+    tags = CT[row : row + ways]  # a view: indices from 0 up need no wraparound test
+    w = -1
+    for k in range(ways):
+        w = max(w, k if tags[k] | 1 == key else -1)
+    return row + w if w >= 0 else -1
 
 
 @_inline
@@ -125,21 +130,31 @@ def tick(CH: np.ndarray) -> int:
 
 
 @_inline
+def touch(CT: np.ndarray, CD: np.ndarray, CH: np.ndarray, lv: int, i: int) -> None:
+    """Stamp the way whose tag is at `i` with the next tick, keeping its way number (the low
+    `shift` bits of its stamp)."""
+    j = i + CD[lv, CD_WAYS]
+    shift = CD[lv, CD_SHIFT]
+    CT[j] = (tick(CH) << shift) | (CT[j] & ((1 << shift) - 1))
+
+
+@_inline
 def fill(CT: np.ndarray, CD: np.ndarray, CH: np.ndarray, lv: int, line: int, pf: int) -> int:
     """`Caches._fill`: `line` into the first invalid way of its set, else the least recently used
-    (first smallest stamp, as `np.argmin`; an invalid way's stamp here is -1, below every valid
-    one, so the one scan finds both); returns the line evicted (-1: none)."""
+    (first smallest stamp, as `np.argmin`); returns the line evicted (-1: none). A way's stamp
+    here is (stamp << shift) | way and an invalid way's (-1 << shift) | way, so the smallest is
+    unique and is the reference's victim: one vector min."""
     ways = CD[lv, CD_WAYS]
+    shift = CD[lv, CD_SHIFT]
     row = set_row(CD, lv, line)
-    w = row + ways
-    best = CT[w]
-    for i in range(row + ways + 1, row + 2 * ways):
-        if CT[i] < best:
-            best = CT[i]
-            w = i
-    t = CT[w - ways]
-    CT[w - ways] = 2 * line + pf
-    CT[w] = tick(CH)
+    stamps = CT[row + ways : row + 2 * ways]
+    m = stamps[0]
+    for k in range(1, ways):
+        m = min(m, stamps[k])
+    w = m & ((1 << shift) - 1)
+    t = CT[row + w]
+    CT[row + w] = 2 * line + pf
+    CT[row + ways + w] = (tick(CH) << shift) | w
     return t >> 1
 
 
@@ -148,13 +163,14 @@ def invalidate(CT: np.ndarray, CS: np.ndarray, CD: np.ndarray, lv: int, line: in
     """`CacheArray.invalidate`: the way holding `line` becomes invalid (its stamp and prefetch
     flag kept for `store_caches`: the stamp in `CS`, the flag in the tag, -2 | pf)."""
     ways = CD[lv, CD_WAYS]
+    shift = CD[lv, CD_SHIFT]
     row = set_row(CD, lv, line)
     i = find_in(CT, row, ways, line)
     if i < 0:
         return False
     w = i - row
-    CS[CD[lv, CD_WAYS0] + (row - CD[lv, CD_BASE]) // 2 + w] = CT[i + ways]
-    CT[i + ways] = -1
+    CS[CD[lv, CD_WAYS0] + (row - CD[lv, CD_BASE]) // 2 + w] = CT[i + ways] >> shift
+    CT[i + ways] = (-1 << shift) | w
     CT[i] = -2 | (CT[i] & 1)
     return True
 
@@ -185,7 +201,7 @@ def llc_read(
     """`Caches._llc_read`: 3 if the LLC holds the line, else 4 (DRAM; an inclusive LLC fills)."""
     i = find(CT, CD, LV_LLC, line)
     if i >= 0:
-        CT[i + CD[LV_LLC, CD_WAYS]] = tick(CH)
+        touch(CT, CD, CH, LV_LLC, i)
         if demand:
             C[C_LLC_HITS] += 1
         return 3
@@ -236,7 +252,7 @@ def l2_request(
     """`Caches._l2_request`: a demand miss or a next-line prefetch from L1; trains the streamer."""
     i = find(CT, CD, LV_L2, line)
     if i >= 0:
-        CT[i + CD[LV_L2, CD_WAYS]] = tick(CH)
+        touch(CT, CD, CH, LV_L2, i)
         if demand:
             C[C_L2_HITS] += 1
             if CT[i] & 1:
@@ -288,10 +304,9 @@ def access(
     """`Caches.access`: one demand access of `kind` at physical address `pa` (the L1 hit inline)."""
     line = pa >> 6
     lv = LV_L1I if kind == KIND_FETCH else LV_L1D
-    ways = CD[lv, CD_WAYS]
-    i = find_in(CT, set_row(CD, lv, line), ways, line)
+    i = find_in(CT, set_row(CD, lv, line), CD[lv, CD_WAYS], line)
     if i >= 0:
-        CT[i + ways] = tick(CH)
+        touch(CT, CD, CH, lv, i)
         if kind == KIND_FETCH:
             C[C_L1I_HITS] += 1
         else:
