@@ -91,3 +91,73 @@ def test_the_compile_lock_is_held_against_other_processes() -> None:
         holder.wait()
     with compile_lock(), compile_lock():  # reentrant in one thread
         pass
+
+
+# ---- the cache knows every engine source ----------------------------------------------------------
+_STAMPED = """
+from kaiser.x86 import engine_jit
+
+@engine_jit.jit
+def double(x):
+    return 2 * x
+"""
+
+
+def _cache_hits(tmp_path: Path, before: str = "") -> list[int]:
+    """[hits, misses] of numba's cache for `double` in a fresh process on tmp_path's cache, after
+    `before` ran (with `engine_jit` imported)."""
+    (tmp_path / "stamped.py").write_text(_STAMPED)
+    probe = (
+        f"from kaiser.x86 import engine_jit\n{before}\nimport stamped, json\nstamped.double(3)\n"
+        "s = stamped.double.stats\nprint(json.dumps([sum(s.cache_hits.values()), sum(s.cache_misses.values())]))"
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *sys.path])
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_an_edit_to_any_engine_source_makes_the_cache_stale(tmp_path: Path) -> None:
+    """numba's own stamp is the defining file's hash; ours adds every engine source, so the same
+    function with the same file loads from the cache only while the engine's sources are the same."""
+    assert _cache_hits(tmp_path) == [0, 1]  # cold: compiled and saved
+    assert _cache_hits(tmp_path) == [1, 0]  # warm: loaded
+    edited = "engine_jit.ENGINE_FINGERPRINT = 'another engine_cache.py'"
+    assert _cache_hits(tmp_path, edited) == [0, 1]  # an engine source changed: compiled afresh
+
+
+def test_the_fingerprint_follows_every_file(tmp_path: Path) -> None:
+    from kaiser.x86.engine_jit import fingerprint
+
+    files = [tmp_path / n for n in ("a.py", "b.py")]
+    for f in files:
+        f.write_text("X = 1\n")
+    first = fingerprint(tuple(files))
+    files[1].write_text("X = 2\n")
+    assert fingerprint(tuple(files)) != first
+    assert fingerprint((tmp_path / "absent.py",)) == ""
+
+
+def test_engine_sources_hold_every_kaiser_module_the_engine_imports() -> None:
+    """Every kaiser.x86 module that an engine module imports (its constants are compiled in) is
+    in `ENGINE_SOURCES`, and so is every engine module."""
+    import ast
+
+    from kaiser.x86 import engine_jit
+
+    x86 = Path(engine_jit.__file__).parent
+    needed = set()
+    for path in x86.glob("engine*.py"):
+        if path.name == "engine.py":  # the Python driver: not compiled
+            continue
+        needed.add(path.name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kaiser."):
+                parts = node.module.split(".")
+                if parts[:2] == ["kaiser", "x86"] and len(parts) == 3:
+                    needed.add(parts[2] + ".py")
+                elif node.module == "kaiser.x86":
+                    needed.update(a.name + ".py" for a in node.names)
+                else:
+                    pytest.fail(f"{path.name} imports {node.module}: add it to ENGINE_SOURCES' scan")
+    assert needed <= set(engine_jit.ENGINE_SOURCES), sorted(needed - set(engine_jit.ENGINE_SOURCES))

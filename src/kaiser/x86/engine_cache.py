@@ -25,9 +25,8 @@ which convert it exactly to and from the reference's (sets, ways) arrays):
 * `CH`: on/off, inclusive LLC, next-line on, streamer distance, degree, stream count, the clock.
 * `STR[e]`: the streamer table (page, last line, highest line looked at).
 
-Numba caches `engine_core.replay` keyed by the content of engine_core.py alone, so an edit here
-(or in engine_rules.py) is not seen by a cached replay: delete
-src/kaiser/x86/__pycache__/engine_core.*.nb[ci] after editing this module.
+Numba's cache of the compiled replay is stamped with every engine source, this module among
+them (`kaiser.x86.engine_jit.ENGINE_SOURCES`): an edit here compiles afresh.
 """
 
 from __future__ import annotations

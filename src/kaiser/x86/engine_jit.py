@@ -21,6 +21,14 @@ workers, sweep workers, tests/conftest.py's warm-up) compile the engine once and
 it from the cache when the lock is theirs (numba looks in its cache before compiling). Without
 `fcntl`, or where the lock file cannot be made, each process compiles on its own as before.
 
+A cache that knows what it compiled: numba keys its on-disk cache by the hash of the one file that
+defines a function, but the engine's replay is engine_core.py with engine_cache.py and
+engine_rules.py inlined into it and constants of bits.py, rights.py and the rest compiled in. An
+edit to one of those (a `git pull`) left the old replay in the cache and the engine silently
+wrong. So every engine function's cache stamp also carries `ENGINE_FINGERPRINT`, the hash of
+every module in `ENGINE_SOURCES` (tests/x86/test_engine_jit.py checks that the list holds every
+kaiser module the engine imports): an edit to any of them makes numba compile afresh.
+
 No reference counting (`_nrt=False`): the engine allocates nothing, and numba's NRT would pay
 an atomic incref/decref for every array passed to every helper. `nogil`: traces/multireplay.py
 replays configurations on threads.
@@ -28,6 +36,7 @@ replays configurations on threads.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -44,6 +53,49 @@ except ImportError:  # pragma: no cover - not POSIX: no lock, every process comp
     fcntl = None  # type: ignore[assignment]
 
 _OPTIONS: Final[dict[str, Any]] = {"cache": True, "nogil": True, "_nrt": False}  # _nrt: not in the stubs
+
+
+# The modules whose code or constants the compiled engine holds: the engine's own and every kaiser
+# module they import (names under kaiser/x86/).
+ENGINE_SOURCES: Final = (
+    "engine_core.py",
+    "engine_cache.py",
+    "engine_rules.py",
+    "engine_jit.py",
+    "bits.py",
+    "cpu.py",
+    "events.py",
+    "geometry.py",
+    "rights.py",
+)
+
+
+def fingerprint(paths: Iterator[Path] | tuple[Path, ...]) -> str:
+    """sha256 over the names and contents of `paths`, in order ("" if one cannot be read)."""
+    digest = hashlib.sha256()
+    try:
+        for path in paths:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+ENGINE_FINGERPRINT: Final = fingerprint(tuple(Path(__file__).parent / name for name in ENGINE_SOURCES))
+
+
+def _njit(fn: Callable[..., Any], **options: Any) -> Any:
+    """numba's `njit(fn)` with `_OPTIONS`, its cache made stale when any engine source changes
+    (module docstring): the index stamp becomes (numba's stamp of the defining file,
+    `ENGINE_FINGERPRINT`). Where that cannot be done (sources unreadable, a numba whose cache is
+    laid out otherwise) the function is not cached at all: compiled each run, never stale."""
+    dispatcher = numba.njit(**_OPTIONS, **options)(fn)
+    cache_file: Any = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    stamp = getattr(cache_file, "_source_stamp", None)
+    if stamp is None or not ENGINE_FINGERPRINT:
+        return numba.njit(**{**_OPTIONS, "cache": False}, **options)(fn)
+    cache_file._source_stamp = (stamp, ENGINE_FINGERPRINT)
+    return dispatcher
 
 
 _LOCK_NAME: Final = "kaiser-engine-compile.lock"
@@ -88,7 +140,7 @@ def compile_lock() -> Iterator[None]:
 
 def jit(fn: Callable[..., Any]) -> Any:
     """`fn` compiled by numba in nopython mode, cached on disk, once per non-literal signature."""
-    dispatcher = numba.njit(**_OPTIONS)(fn)
+    dispatcher = _njit(fn)
     compile_for = dispatcher.compile
 
     def compile_unliteral(sig: Any) -> Any:
@@ -107,4 +159,4 @@ def inline(fn: Callable[..., Any]) -> Any:
     """`fn` copied into each jitted caller's IR (numba's `inline="always"`): for small helpers on
     the hot path, where a call would pass every array field by field. Each call site is typed
     again with the caller, so keep these small and their call sites few."""
-    return numba.njit(inline="always", **_OPTIONS)(fn)
+    return _njit(fn, inline="always")
