@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from kaiser.x86.bits import CR3_NOFLUSH, CR3_PCID_MASK, CR4, PF_VECTOR, PKEY_SHIFT, PTE, entry_phys
+from kaiser.x86.bits import CR3_NOFLUSH, CR3_PCID_MASK, CR4, PF_VECTOR, PKEY_SHIFT, PTE, cr3_reserved_mask, entry_phys
 from kaiser.x86.cache import KIND_DATA, KIND_FETCH, KIND_WALK, Caches
 from kaiser.x86.cache_geometry import CacheHierarchy
 from kaiser.x86.counters import TlbCounters
@@ -396,7 +396,7 @@ class Mmu:
         the new value. PCIDE=1, bit 63=1: no invalidation; bit 63 is not stored."""
         self._privileged("MOV to CR3")
         pcide = self.state.pcide
-        reserved = ((1 << 63) - 1) & ~((1 << self.features.maxphyaddr) - 1)  # bits 62:MAXPHYADDR
+        reserved = cr3_reserved_mask(self.features.maxphyaddr)
         if value < 0 or value >> 64 or value & reserved:
             raise GeneralProtection(f"MOV to CR3 {value:#x} sets reserved bits {value & reserved:#x}")
         noflush = bool(value & CR3_NOFLUSH)
