@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,18 +28,25 @@ def caller(x):
 """
 
 
+def _fresh_process(tmp_path: Path, module: str, code: str, probe: str) -> Any:
+    """What `probe` prints last, as JSON, run in a fresh process that imports `code` as `module`
+    (written to tmp_path) on the numba cache in tmp_path/cache (empty on the first call)."""
+    (tmp_path / f"{module}.py").write_text(code)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *sys.path])
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _compiled_signatures(tmp_path: Path, code: str, call: str) -> dict[str, int]:
     """Signature counts after running `call` in a fresh process on an empty numba cache (a cached
     caller carries its callees compiled in, so their dispatchers would show nothing)."""
-    (tmp_path / "jitted.py").write_text(code)
     probe = (
         f"import jitted, json\n{call}\n"
         "print(json.dumps({n: len(f.signatures) for n, f in vars(jitted).items() if hasattr(f, 'signatures')}))"
     )
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *sys.path])
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.splitlines()[-1])
+    counts: dict[str, int] = _fresh_process(tmp_path, "jitted", code, probe)
+    return counts
 
 
 def test_literal_arguments_compile_one_signature(tmp_path: Path) -> None:
@@ -106,15 +114,12 @@ def double(x):
 def _cache_hits(tmp_path: Path, before: str = "") -> list[int]:
     """[hits, misses] of numba's cache for `double` in a fresh process on tmp_path's cache, after
     `before` ran (with `engine_jit` imported)."""
-    (tmp_path / "stamped.py").write_text(_STAMPED)
     probe = (
         f"from kaiser.x86 import engine_jit\n{before}\nimport stamped, json\nstamped.double(3)\n"
         "s = stamped.double.stats\nprint(json.dumps([sum(s.cache_hits.values()), sum(s.cache_misses.values())]))"
     )
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *sys.path])
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    hits: list[int] = _fresh_process(tmp_path, "stamped", _STAMPED, probe)
+    return hits
 
 
 def test_an_edit_to_any_engine_source_makes_the_cache_stale(tmp_path: Path) -> None:
