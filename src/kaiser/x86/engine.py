@@ -158,40 +158,39 @@ class Engine:
 
     # ---- data caches --------------------------------------------------------------------------
     def _build_caches(self) -> None:
+        """`CM` (`kaiser.x86.engine_cache`'s layout), every way invalid, and numpy views of its
+        parts: `CD` (levels x CD_FIELDS), `CH` (the CH_* fields), `STR` (streams x 3)."""
         h = self.hierarchy
-        self.CD = np.zeros((4, ec.CD_FIELDS), np.int64)
-        self.CH = np.zeros(ec.CH_FIELDS, np.int64)
-        self.STR = np.full((1, 3), -1, np.int64)
-        base = ways0 = 0
+        levels = h.levels if h is not None else ()
+        streams = max(1, h.streamer_streams) if h is not None else 1
+        rows_size = sum(2 * level.lines for level in levels)
+        saved_size = sum(level.lines for level in levels)
+        self.CM = np.zeros(ec.CM_HEADER + rows_size + saved_size + 3 * streams, np.int64)
+        self.CD = self.CM[: ec.CM_HIER].reshape(4, ec.CD_FIELDS)
+        self.CH = self.CM[ec.CM_HIER : ec.CM_HIER + ec.CH_FIELDS]
+        streams_at = ec.CM_HEADER + rows_size + saved_size
+        self.CM[ec.CM_STREAMS_AT] = streams_at
+        self.STR = self.CM[streams_at:].reshape(streams, 3)
+        self.STR[:] = -1
+        base, saved = ec.CM_HEADER, ec.CM_HEADER + rows_size
+        for lv, level in enumerate(levels):
+            sets = level.sets
+            mask = sets - 1 if not sets & (sets - 1) else -1
+            self.CD[lv] = (base, sets, level.ways, mask, saved, max(1, (level.ways - 1).bit_length()))
+            base += 2 * level.lines
+            saved += level.lines
         if h is not None:
-            for lv, level in enumerate(h.levels):
-                sets = level.sets
-                mask = sets - 1 if not sets & (sets - 1) else -1
-                self.CD[lv] = (base, sets, level.ways, mask, ways0, max(1, (level.ways - 1).bit_length()))
-                base += 2 * level.lines
-                ways0 += level.lines
-            self.CH[: ec.CH_CLOCK] = (
-                1,
-                h.inclusive_llc,
-                h.next_line,
-                h.streamer_distance,
-                h.streamer_degree,
-                max(1, h.streamer_streams),
-            )
-            self.STR = np.full((max(1, h.streamer_streams), 3), -1, np.int64)
-        self.CT = np.zeros(base, np.int64)
-        self.CS = np.zeros(ways0, np.int64)
-        self.CP = np.zeros(0, np.int64)
-        for lv in range(4 if h is not None else 0):  # every way invalid
+            self.CH[: ec.CH_CLOCK] = (1, h.inclusive_llc, h.next_line, h.streamer_distance, h.streamer_degree, streams)
+        for lv in range(len(levels)):  # every way invalid
             rows = self._rows(lv)
             ways = rows.shape[1] // 2
             rows[:, :ways] = -2
             rows[:, ways:] = self._keys(lv, np.full(ways, -1, np.int64))
 
     def _rows(self, lv: int) -> np.ndarray:
-        """Level `lv`'s (sets, 2 x ways) view of `CT`: each set's tags, then its stamps."""
+        """Level `lv`'s (sets, 2 x ways) view of `CM`: each set's tags, then its stamps."""
         base, sets, ways = (int(x) for x in self.CD[lv, : ec.CD_MASK])
-        return self.CT[base : base + 2 * sets * ways].reshape(sets, 2 * ways)
+        return self.CM[base : base + 2 * sets * ways].reshape(sets, 2 * ways)
 
     def _keys(self, lv: int, stamps: np.ndarray) -> np.ndarray:
         """The engine's stamps of ways with reference `stamps` (-1: invalid): (stamp << shift) | way."""
@@ -199,9 +198,9 @@ class Engine:
         return (stamps << shift) | np.arange(ways, dtype=np.int64)
 
     def _saved(self, lv: int) -> np.ndarray:
-        """Level `lv`'s (sets, ways) view of `CS`, the stamps of invalid ways."""
+        """Level `lv`'s (sets, ways) view of the saved stamps in `CM`, those of invalid ways."""
         sets, ways, lo = int(self.CD[lv, ec.CD_SETS]), int(self.CD[lv, ec.CD_WAYS]), int(self.CD[lv, ec.CD_WAYS0])
-        return self.CS[lo : lo + sets * ways].reshape(sets, ways)
+        return self.CM[lo : lo + sets * ways].reshape(sets, ways)
 
     def _check_geometry(self, caches: Caches) -> None:
         if caches.hierarchy != self.hierarchy:
@@ -211,7 +210,7 @@ class Engine:
         """Copy a reference `Caches`' lines, LRU stamps, prefetch flags, streams and clock in:
         a valid way's tag is 2 x line + pf and its stamp is kept; an invalid way's tag is
         -2 + pf, its stamp -1 (so that one smallest-stamp scan finds the reference's victim) and
-        the reference's stamp goes to `CS`."""
+        the reference's stamp is saved in `CM`."""
         self._check_geometry(caches)
         for lv, arr in enumerate(caches.arrays):
             valid = arr.tag >= 0
@@ -533,12 +532,7 @@ class Engine:
             self._WV,
             self._PR,
             self._WA,
-            self.CT,
-            self.CS,
-            self.CP,
-            self.CD,
-            self.CH,
-            self.STR,
+            self.CM,
         )
         done = C.copy()
         self._total += done
@@ -569,11 +563,11 @@ class Engine:
             self.reload_memory()
         C, total, replay = self._C, self._total, core.replay
         fixed = (self.T, self.S, self.GRP, self.BEST, self.Pc, self.PD, self.PSC_OF, self.LV)
-        state = (self.M, self.ST, C, self._WV, self._PR, self._WA, self.CT, self.CS, self.CP, self.CD, self.CH)
+        state = (self.M, self.ST, C, self._WV, self._PR, self._WA, self.CM)
 
         def run(events: np.ndarray) -> np.ndarray:
             C[:] = 0
-            outcome, stop, why = replay(events, *fixed, self._frames, self._row, *state, self.STR)
+            outcome, stop, why = replay(events, *fixed, self._frames, self._row, *state)
             np.add(total, C, out=total)
             if outcome != core.OK:
                 raise self._error(events, int(outcome), int(stop), int(why))
@@ -598,7 +592,7 @@ class Engine:
         outcome, stop, why, at, part = core.replay_rounds(
             before, probe, np.asarray(vas, np.uint64), reps, out,
             self.T, self.S, self.GRP, self.BEST, self.Pc, self.PD, self.PSC_OF, self.LV, self._frames, self._row,
-            self.M, self.ST, C, self._WV, self._PR, self._WA, self.CT, self.CS, self.CP, self.CD, self.CH, self.STR,
+            self.M, self.ST, C, self._WV, self._PR, self._WA, self.CM,
         )  # fmt: skip
         self._total += C
         if outcome != core.OK:

@@ -23,8 +23,8 @@ State is plain int64 arrays:
   metal), `M[M_HOST_B0 + d]` the host-physical base of level d's tables (entry of a
   guest-physical address: base + 8 * (gpa >> shift), the identity map's layout),
   `M[M_HOST_SHIFT]` the EPT page shift and `M[M_HOST_SIZE]` the guest RAM it covers.
-* `CT, CS, CP, CD, CH, STR`: the data caches (`kaiser.x86.engine_cache`; `CH[CH_ON] == 0`:
-  none). Walk loads reach them from `walk`, completed accesses from `replay`, in the order of
+* `CM`: the data caches, one array (`kaiser.x86.engine_cache`; `CM[CM_ON] == 0`: none). Walk
+  loads reach them from `walk`, completed accesses from `replay`, in the order of
   `kaiser.x86.mmu.Mmu`.
 """
 
@@ -34,7 +34,7 @@ from typing import Final
 
 import numpy as np
 
-from kaiser.x86.engine_cache import CACHE_COUNTER_NAMES, CH_ON, KIND_DATA, KIND_FETCH, KIND_WALK
+from kaiser.x86.engine_cache import CACHE_COUNTER_NAMES, CM_ON, KIND_DATA, KIND_FETCH, KIND_WALK
 from kaiser.x86.engine_cache import access as cache_access
 from kaiser.x86.engine_jit import inline, jit
 from kaiser.x86.engine_rules import (
@@ -546,12 +546,7 @@ def translate(
 def host_walk(
     M: np.ndarray,
     C: np.ndarray,
-    CT: np.ndarray,
-    CS: np.ndarray,
-    CP: np.ndarray,
-    CD: np.ndarray,
-    CH: np.ndarray,
-    STR: np.ndarray,
+    CM: np.ndarray,
     gpa: int,
 ) -> int:
     """`NestedMmu.host_walk`: one EPT walk of `gpa`, counted, its entries through the data caches
@@ -563,9 +558,9 @@ def host_walk(
     nlev = M[M_HOST_NLEV]
     C[C_HOST_WALKS] += 1
     C[C_HOST_WALK_LOADS] += nlev
-    if CH[CH_ON]:
+    if CM[CM_ON]:
         for d in range(nlev):
-            cache_access(CT, CS, CP, CD, CH, C, STR, M[M_HOST_B0 + d] + 8 * (gpa >> (39 - 9 * d)), KIND_WALK)
+            cache_access(CM, C, M[M_HOST_B0 + d] + 8 * (gpa >> (39 - 9 * d)), KIND_WALK)
     return gpa
 
 
@@ -587,12 +582,7 @@ def walk(
     WV: np.ndarray,
     PR: np.ndarray,
     WA: np.ndarray,
-    CT: np.ndarray,
-    CS: np.ndarray,
-    CP: np.ndarray,
-    CD: np.ndarray,
-    CH: np.ndarray,
-    STR: np.ndarray,
+    CM: np.ndarray,
     va: int,
     op: int,
     cpl: int,
@@ -644,20 +634,20 @@ def walk(
     C[C_WALK_LOADS] += n - saved
     C[C_WALK_LOADS_SAVED] += saved
     nested = M[M_HOST_NLEV] > 0
-    caches = CH[CH_ON] != 0
+    caches = CM[CM_ON] != 0
     if nested or caches:  # NestedMmu._walk: a host walk for each guest table but a combined PSC entry's
         for d in range(saved, n):
-            if nested and (d > saved or saved == 0) and host_walk(M, C, CT, CS, CP, CD, CH, STR, WA[d] & ~0xFFF) < 0:
+            if nested and (d > saved or saved == 0) and host_walk(M, C, CM, WA[d] & ~0xFFF) < 0:
                 return -2
             if caches:
-                cache_access(CT, CS, CP, CD, CH, C, STR, WA[d], KIND_WALK)
+                cache_access(CM, C, WA[d], KIND_WALK)
     if outcome == W_FAULT:
         C[C_FAULTS] += 1
         pf_invalidate(T, S, Pc, PD, C, va, pcid)
         return -1
     tshift = shift  # the TLB entry's page: a combined mapping's is the smaller (SDM §29.4.2)
     if nested:
-        if host_walk(M, C, CT, CS, CP, CD, CH, STR, pa) < 0:
+        if host_walk(M, C, CM, pa) < 0:
             return -2
         tshift = min(shift, M[M_HOST_SHIFT])
     for depth in range(saved, n - 1):  # §4.10.3.1: cache the non-leaf entries used
@@ -699,17 +689,12 @@ def replay(
     WV: np.ndarray,
     PR: np.ndarray,
     WA: np.ndarray,
-    CT: np.ndarray,
-    CS: np.ndarray,
-    CP: np.ndarray,
-    CD: np.ndarray,
-    CH: np.ndarray,
-    STR: np.ndarray,
+    CM: np.ndarray,
 ) -> tuple[int, int, int]:
     """Replay `events` (EVENT_DTYPE) as `kaiser.x86.events.replay_reference` does. Returns
     (outcome, index of the event that stopped the replay or len(events), detail). `WV`, `PR`,
     `WA`: scratch for the walk (one int64 per paging level)."""
-    caches = CH[CH_ON] != 0
+    caches = CM[CM_ON] != 0
     va_bits = M[M_VA_BITS]
     features = M[M_FEATURES]
     cr3_reserved = M[M_CR3_RSV]
@@ -815,7 +800,7 @@ def replay(
                     walked = True
             if walked:
                 pa = walk(
-                    T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, WA, CT, CS, CP, CD, CH, STR,
+                    T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, WA, CM,
                     a, kind, cpl, implicit,
                 )  # fmt: skip
                 if pa == -2:
@@ -826,7 +811,7 @@ def replay(
                 sh = T[i, T_SHIFT]
                 pa = (T[i, T_PFN] << sh) | (a & ((1 << sh) - 1))
             if caches:
-                cache_access(CT, CS, CP, CD, CH, C, STR, pa, KIND_FETCH if fetch else KIND_DATA)
+                cache_access(CM, C, pa, KIND_FETCH if fetch else KIND_DATA)
             continue
         # ---- instructions and page-table edits run at CPL 0 ----------------------------------
         ST[ST_CPL] = 0
@@ -950,12 +935,7 @@ def replay_rounds(
     WV: np.ndarray,
     PR: np.ndarray,
     WA: np.ndarray,
-    CT: np.ndarray,
-    CS: np.ndarray,
-    CP: np.ndarray,
-    CD: np.ndarray,
-    CH: np.ndarray,
-    STR: np.ndarray,
+    CM: np.ndarray,
 ) -> tuple[int, int, int, int, int]:
     """For each address of `vas`, `reps` times: `replay` of `before`, then of each event of `probe`
     alone with its address set to that one, that event's counters into `OUT[i, r, j]`; all of
@@ -963,9 +943,7 @@ def replay_rounds(
     detail) and the round (i * reps + r) and part (-1: `before`, else j) that stopped, if any."""
     for i in range(vas.shape[0]):
         for r in range(reps):
-            outcome, stop, why = replay(
-                before, T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, WA, CT, CS, CP, CD, CH, STR
-            )
+            outcome, stop, why = replay(before, T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, C, WV, PR, WA, CM)
             if outcome != OK:
                 return outcome, stop, why, i * reps + r, -1
             for j in range(probe.shape[0]):
@@ -974,7 +952,7 @@ def replay_rounds(
                 out[:] = 0
                 outcome, stop, why = replay(
                     probe[j : j + 1], T, S, GRP, BEST, Pc, PD, PSC_OF, LV, F, ROW, M, ST, out, WV, PR, WA,
-                    CT, CS, CP, CD, CH, STR,
+                    CM,
                 )  # fmt: skip
                 for k in range(C.shape[0]):
                     C[k] += out[k]
