@@ -39,7 +39,7 @@ from typing import Final
 
 import numpy as np
 
-from kaiser.x86.engine_jit import inline, jit
+from kaiser.x86.engine_jit import inline, jit, prefetch
 
 LV_L1I, LV_L1D, LV_L2, LV_LLC = range(4)
 CD_BASE, CD_SETS, CD_WAYS, CD_MASK, CD_WAYS0, CD_SHIFT = range(6)
@@ -272,6 +272,9 @@ def l2_request(CM: np.ndarray, C: np.ndarray, line: int, demand: bool) -> int:
 def l1_miss(CM: np.ndarray, C: np.ndarray, line: int, kind: int) -> int:
     """The miss half of `Caches.access`: below L1, the L1 fill, the next-line prefetch."""
     lv = LV_L1I if kind == KIND_FETCH else LV_L1D
+    llc_row = set_row(CM, LV_LLC, line)  # read after L2's lookup and its branch: fetch it now
+    prefetch(CM, llc_row)
+    prefetch(CM, llc_row + 8)
     if kind == KIND_FETCH:
         C[C_L1I_MISSES] += 1
     else:

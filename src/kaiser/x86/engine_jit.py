@@ -46,6 +46,7 @@ from typing import Any, Final
 
 import numba
 from numba.core import types
+from numba.extending import intrinsic
 
 try:
     import fcntl
@@ -160,3 +161,33 @@ def inline(fn: Callable[..., Any]) -> Any:
     the hot path, where a call would pass every array field by field. Each call site is typed
     again with the caller, so keep these small and their call sites few."""
     return _njit(fn, inline="always")
+
+
+def _prefetch(typingctx: Any, array: Any, index: Any) -> Any:
+    """`prefetch(a, i)` in jitted code: a hint that `a[i]` (of a 1-d array) will be read soon
+    (LLVM's `llvm.prefetch`, read, keep in all cache levels, data). No effect on any value: the
+    data caches use it to start fetching the host line of a set row they will scan after a
+    branch the host is likely to mispredict."""
+    if not (isinstance(array, types.Array) and array.ndim == 1 and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        from llvmlite import binding, ir
+        from numba.core import cgutils
+
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        item = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]], wraparound=False)
+        ptr = builder.bitcast(item, ir.IntType(8).as_pointer())
+        # The intrinsic's name carries its pointer type: i8* before LLVM 15's opaque pointers.
+        name = "llvm.prefetch.p0" if binding.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name
+        )
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep everywhere (3), data (1)
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
+prefetch: Final[Any] = intrinsic(_prefetch)  # Any: called from jitted code as prefetch(array, index)
