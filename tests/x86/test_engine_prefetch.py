@@ -17,14 +17,19 @@ import dataclasses
 import random
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine import GEOMETRIES, Cpu, World, assert_same, build_world, make_stream
 from test_engine_lass import LASS_SMAP, lass_cpu
 
-from kaiser.x86.engine import Engine, named_counters
+from kaiser.x86.bits import CR4, EFER, PTE
+from kaiser.x86.cpu import CpuState
+from kaiser.x86.engine import Engine, EngineError, named_counters
 from kaiser.x86.events import EVENT_DTYPE, IMPLICIT, PREFETCH, Ev, replay_reference
 from kaiser.x86.mmu import Mmu
+from kaiser.x86.pagetable import PageTable
+from kaiser.x86.physmem import PAGE_SIZE, PhysicalMemory
 
 CPUS = [
     Cpu(False, True, True, True, True, False, True, True, False, 0, 46, True),  # 4-level, PCID
@@ -124,3 +129,24 @@ def test_rounds_and_stepper_are_one_call_at_a_time(seed: int, lass: bool, n_vas:
     for engine in engines:
         engine.sync_back()
         assert_same(reference, engine, reference.mem, f"seed={seed}")
+
+
+def test_stepper_refuses_a_table_edit_to_an_unprepared_frame() -> None:
+    """A stepper replaying a `WRITE_PHYS` to a frame the engine's copy has no storage for (its
+    events not `prepare`d) raises EngineError at that event, naming `prepare`, instead of writing
+    through row -1 of the copy; after `prepare` the same events replay."""
+    mem = PhysicalMemory(1 << 30)
+    table = PageTable(mem)
+    table.map(0x400000, 0x200000, PAGE_SIZE, PTE.US | PTE.RW)
+    state = CpuState(cr3=table.cr3(), cr4=CR4.PAE | CR4.PGE, cpl=3, efer=EFER.LME | EFER.LMA | EFER.NXE)
+    pa = 0x3000_0008  # in RAM, in a frame nothing has written: no storage in mem or the copy
+    events = np.array([(Ev.READ, 3, 0, 0x400000, 0), (Ev.WRITE_PHYS, 0, 0, pa, 0x1234)], EVENT_DTYPE)
+    engine = Engine(mem, state)
+    step = engine.stepper()
+    with pytest.raises(EngineError, match=r"Engine\.prepare.*at event 1 "):
+        step(events)
+    engine.prepare(events)
+    step = engine.stepper()
+    step(events[1:])
+    engine.sync_back()
+    assert mem.read_u64(pa) == 0x1234

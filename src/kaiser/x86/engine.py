@@ -77,6 +77,8 @@ _WHY: Final = {
     core.WHY_PHYS_ALIGN: "physical address {a:#x} is not 8-byte aligned",
     core.WHY_PHYS_RANGE: "physical address outside RAM (size {size:#x})",
     core.WHY_CR4_LASS_SMAP: "MOV to CR4 {a:#x} sets LASS without SMAP",
+    core.WHY_PHYS_UNPREPARED: "a table edit at {a:#x} writes a frame the engine's copy has no storage for"
+    " (Engine.prepare the events before a stepper replays them)",
 }
 
 
@@ -608,6 +610,8 @@ class Engine:
             return GeneralProtection(f"{text} at {where}")
         if outcome == core.ERR_UD:
             return InvalidOpcode(f"INVPCID is not supported at {where}")
+        if outcome == core.ERR_PHYS and why == core.WHY_PHYS_UNPREPARED:
+            return EngineError(f"{text} at {where}")
         if outcome == core.ERR_PHYS:
             return PhysMemError(f"{text} at {where}")
         if outcome == core.ERR_CPL:

@@ -185,7 +185,8 @@ OK, ERR_GP, ERR_UD, ERR_PHYS, ERR_CPL, ERR_KIND = range(6)
     WHY_PHYS_ALIGN,
     WHY_PHYS_RANGE,
     WHY_CR4_LASS_SMAP,
-) = range(15)
+    WHY_PHYS_UNPREPARED,
+) = range(16)
 
 # Walk outcomes.
 W_OK, W_FAULT, W_PHYS = 0, 1, 2
@@ -893,6 +894,8 @@ def replay(
                 return ERR_PHYS, n, WHY_PHYS_ALIGN
             if a < 0 or (a >> 12) >= M[M_SIZE_PFNS]:
                 return ERR_PHYS, n, WHY_PHYS_RANGE
+            if (a >> 12) >= ROW.shape[0] or ROW[a >> 12] < 0:  # Engine.stepper without prepare
+                return ERR_PHYS, n, WHY_PHYS_UNPREPARED
             F[ROW[a >> 12], (a & 0xFFF) >> 3] = np.int64(ev.b)
         else:
             return ERR_KIND, n, WHY_NONE
