@@ -24,7 +24,8 @@ miss; one array also lets the geometry sit in the host cache lines next to the f
   (-1 << shift) | way number: every stamp of a set differs and the smallest is the reference's
   victim (its first invalid way, else its first least recently used), found by one min. Scans
   compare every way without an early exit, on a view of the row (no index wraparound), so
-  numba emits vector compares and a max/min.
+  numba emits vector compares and a max/min. A lookup's row goes on to the fill that follows
+  it (`fill` takes the row), not computed again.
 * Saved stamps, one per way in the levels' order: the reference's stamp of an invalid way,
   which the engine never reads (only `store_caches` gives it back).
 * The streamer table: per stream, page, last line, highest line looked at.
@@ -125,12 +126,6 @@ def find_in(CM: np.ndarray, row: int, ways: int, line: int) -> int:
 
 
 @_inline
-def find(CM: np.ndarray, lv: int, line: int) -> int:
-    """`CacheArray.find`: the index of the tag holding `line` in level `lv`, or -1."""
-    return find_in(CM, set_row(CM, lv, line), CM[CD_FIELDS * lv + CD_WAYS], line)
-
-
-@_inline
 def tick(CM: np.ndarray) -> int:
     """Advance the hierarchy's LRU clock and return it."""
     CM[CM_HIER + CH_CLOCK] += 1
@@ -148,15 +143,15 @@ def touch(CM: np.ndarray, lv: int, i: int) -> None:
 
 
 @_inline
-def fill(CM: np.ndarray, lv: int, line: int, pf: int) -> int:
-    """`Caches._fill`: `line` into the first invalid way of its set, else the least recently used
-    (first smallest stamp, as `np.argmin`); returns the line evicted (-1: none). A way's stamp
-    here is (stamp << shift) | way and an invalid way's (-1 << shift) | way, so the smallest is
-    unique and is the reference's victim: one vector min."""
+def fill(CM: np.ndarray, lv: int, row: int, line: int, pf: int) -> int:
+    """`Caches._fill`: `line` (its set row in level `lv` at `row`, where its lookup found it
+    absent) into the first invalid way of its set, else the least recently used (first smallest
+    stamp, as `np.argmin`); returns the line evicted (-1: none). A way's stamp here is
+    (stamp << shift) | way and an invalid way's (-1 << shift) | way, so the smallest is unique
+    and is the reference's victim: one vector min."""
     d = CD_FIELDS * lv
     ways = CM[d + CD_WAYS]
     shift = CM[d + CD_SHIFT]
-    row = set_row(CM, lv, line)
     stamps = CM[row + ways : row + 2 * ways]
     m = stamps[0]
     for k in range(1, ways):
@@ -187,10 +182,10 @@ def invalidate(CM: np.ndarray, lv: int, line: int) -> bool:
 
 
 @_inline
-def fill_llc(CM: np.ndarray, C: np.ndarray, line: int) -> None:
+def fill_llc(CM: np.ndarray, C: np.ndarray, line: int, row: int) -> None:
     """`Caches._fill_llc`: an inclusive LLC back-invalidates the L1I, L1D and L2 copies of the
     line it evicts."""
-    evicted = fill(CM, LV_LLC, line, 0)
+    evicted = fill(CM, LV_LLC, row, line, 0)
     if CM[CM_HIER + CH_INCLUSIVE] and evicted >= 0:
         for lv in (LV_L1I, LV_L1D, LV_L2):
             if invalidate(CM, lv, evicted):
@@ -198,17 +193,20 @@ def fill_llc(CM: np.ndarray, C: np.ndarray, line: int) -> None:
 
 
 @_inline
-def fill_l2(CM: np.ndarray, C: np.ndarray, line: int, pf: int) -> None:
+def fill_l2(CM: np.ndarray, C: np.ndarray, line: int, row: int, pf: int) -> None:
     """`Caches._fill_l2`: a non-inclusive LLC is filled by L2's victims."""
-    evicted = fill(CM, LV_L2, line, pf)
-    if not CM[CM_HIER + CH_INCLUSIVE] and evicted >= 0 and find(CM, LV_LLC, evicted) < 0:
-        fill_llc(CM, C, evicted)
+    evicted = fill(CM, LV_L2, row, line, pf)
+    if not CM[CM_HIER + CH_INCLUSIVE] and evicted >= 0:
+        llc_row = set_row(CM, LV_LLC, evicted)
+        if find_in(CM, llc_row, CM[CD_FIELDS * LV_LLC + CD_WAYS], evicted) < 0:
+            fill_llc(CM, C, evicted, llc_row)
 
 
 @_inline
 def llc_read(CM: np.ndarray, C: np.ndarray, line: int, demand: bool) -> int:
     """`Caches._llc_read`: 3 if the LLC holds the line, else 4 (DRAM; an inclusive LLC fills)."""
-    i = find(CM, LV_LLC, line)
+    row = set_row(CM, LV_LLC, line)
+    i = find_in(CM, row, CM[CD_FIELDS * LV_LLC + CD_WAYS], line)
     if i >= 0:
         touch(CM, LV_LLC, i)
         if demand:
@@ -218,7 +216,7 @@ def llc_read(CM: np.ndarray, C: np.ndarray, line: int, demand: bool) -> int:
         C[C_LLC_MISSES] += 1
     C[C_DRAM_READS] += 1
     if CM[CM_HIER + CH_INCLUSIVE]:
-        fill_llc(CM, C, line)
+        fill_llc(CM, C, line, row)
     return 4
 
 
@@ -234,10 +232,11 @@ def stream(CM: np.ndarray, C: np.ndarray, line: int) -> None:
         for _ in range(CM[CM_HIER + CH_DEGREE]):
             if nxt > end:
                 break
-            if find(CM, LV_L2, nxt) < 0:
+            row = set_row(CM, LV_L2, nxt)
+            if find_in(CM, row, CM[CD_FIELDS * LV_L2 + CD_WAYS], nxt) < 0:
                 C[C_PF_L2_ISSUED] += 1
                 llc_read(CM, C, nxt, False)
-                fill_l2(CM, C, nxt, 1)
+                fill_l2(CM, C, nxt, row, 1)
             nxt += 1
         CM[e + 2] = max(CM[e + 2], nxt - 1)
     elif CM[e] != page:
@@ -249,7 +248,8 @@ def stream(CM: np.ndarray, C: np.ndarray, line: int) -> None:
 @_jit
 def l2_request(CM: np.ndarray, C: np.ndarray, line: int, demand: bool) -> int:
     """`Caches._l2_request`: a demand miss or a next-line prefetch from L1; trains the streamer."""
-    i = find(CM, LV_L2, line)
+    row = set_row(CM, LV_L2, line)
+    i = find_in(CM, row, CM[CD_FIELDS * LV_L2 + CD_WAYS], line)
     if i >= 0:
         touch(CM, LV_L2, i)
         if demand:
@@ -262,14 +262,14 @@ def l2_request(CM: np.ndarray, C: np.ndarray, line: int, demand: bool) -> int:
         if demand:
             C[C_L2_MISSES] += 1
         served = llc_read(CM, C, line, demand)
-        fill_l2(CM, C, line, 0)
+        fill_l2(CM, C, line, row, 0)
     if CM[CM_HIER + CH_DISTANCE]:
         stream(CM, C, line)
     return served
 
 
 @_jit
-def l1_miss(CM: np.ndarray, C: np.ndarray, line: int, kind: int) -> int:
+def l1_miss(CM: np.ndarray, C: np.ndarray, line: int, kind: int, row: int) -> int:
     """The miss half of `Caches.access`: below L1, the L1 fill, the next-line prefetch."""
     lv = LV_L1I if kind == KIND_FETCH else LV_L1D
     llc_row = set_row(CM, LV_LLC, line)  # read after L2's lookup and its branch: fetch it now
@@ -280,12 +280,14 @@ def l1_miss(CM: np.ndarray, C: np.ndarray, line: int, kind: int) -> int:
     else:
         C[C_L1D_MISSES] += 1
     served = l2_request(CM, C, line, True)
-    fill(CM, lv, line, 0)
+    fill(CM, lv, row, line, 0)
     nxt = line + 1
-    if kind == KIND_DATA and CM[CM_HIER + CH_NEXT_LINE] and nxt & (PAGE_LINES - 1) and find(CM, LV_L1D, nxt) < 0:
-        C[C_PF_NL_ISSUED] += 1
-        l2_request(CM, C, nxt, False)
-        fill(CM, LV_L1D, nxt, 1)
+    if kind == KIND_DATA and CM[CM_HIER + CH_NEXT_LINE] and nxt & (PAGE_LINES - 1):
+        nxt_row = set_row(CM, LV_L1D, nxt)
+        if find_in(CM, nxt_row, CM[CD_FIELDS * LV_L1D + CD_WAYS], nxt) < 0:
+            C[C_PF_NL_ISSUED] += 1
+            l2_request(CM, C, nxt, False)
+            fill(CM, LV_L1D, nxt_row, nxt, 1)
     return served
 
 
@@ -294,7 +296,8 @@ def access(CM: np.ndarray, C: np.ndarray, pa: int, kind: int) -> None:
     """`Caches.access`: one demand access of `kind` at physical address `pa` (the L1 hit inline)."""
     line = pa >> 6
     lv = LV_L1I if kind == KIND_FETCH else LV_L1D
-    i = find_in(CM, set_row(CM, lv, line), CM[CD_FIELDS * lv + CD_WAYS], line)
+    row = set_row(CM, lv, line)
+    i = find_in(CM, row, CM[CD_FIELDS * lv + CD_WAYS], line)
     if i >= 0:
         touch(CM, lv, i)
         if kind == KIND_FETCH:
@@ -306,6 +309,6 @@ def access(CM: np.ndarray, C: np.ndarray, pa: int, kind: int) -> None:
             CM[i] -= 1
         served = 1
     else:
-        served = l1_miss(CM, C, line, kind)
+        served = l1_miss(CM, C, line, kind, row)
     if kind == KIND_WALK:
         C[C_WALK_L1 + served - 1] += 1
