@@ -126,6 +126,14 @@ def find_in(CM: np.ndarray, row: int, ways: int, line: int) -> int:
 
 
 @_inline
+def lookup(CM: np.ndarray, lv: int, line: int) -> tuple[int, int]:
+    """`CacheArray.find`: (the index of `line`'s set row in level `lv`, the index of the tag
+    holding `line` there or -1); the row goes on to a fill if the line is absent."""
+    row = set_row(CM, lv, line)
+    return row, find_in(CM, row, CM[CD_FIELDS * lv + CD_WAYS], line)
+
+
+@_inline
 def tick(CM: np.ndarray) -> int:
     """Advance the hierarchy's LRU clock and return it."""
     CM[CM_HIER + CH_CLOCK] += 1
@@ -170,8 +178,7 @@ def invalidate(CM: np.ndarray, lv: int, line: int) -> bool:
     d = CD_FIELDS * lv
     ways = CM[d + CD_WAYS]
     shift = CM[d + CD_SHIFT]
-    row = set_row(CM, lv, line)
-    i = find_in(CM, row, ways, line)
+    row, i = lookup(CM, lv, line)
     if i < 0:
         return False
     w = i - row
@@ -197,15 +204,15 @@ def fill_l2(CM: np.ndarray, C: np.ndarray, line: int, row: int, pf: int) -> None
     """`Caches._fill_l2`: a non-inclusive LLC is filled by L2's victims."""
     evicted = fill(CM, LV_L2, row, line, pf)
     if not CM[CM_HIER + CH_INCLUSIVE] and evicted >= 0:
-        llc_row = set_row(CM, LV_LLC, evicted)
-        if find_in(CM, llc_row, CM[CD_FIELDS * LV_LLC + CD_WAYS], evicted) < 0:
+        llc_row, i = lookup(CM, LV_LLC, evicted)
+        if i < 0:
             fill_llc(CM, C, evicted, llc_row)
 
 
 @_inline
-def llc_read(CM: np.ndarray, C: np.ndarray, line: int, demand: bool) -> int:
-    """`Caches._llc_read`: 3 if the LLC holds the line, else 4 (DRAM; an inclusive LLC fills)."""
-    row = set_row(CM, LV_LLC, line)
+def llc_read(CM: np.ndarray, C: np.ndarray, line: int, row: int, demand: bool) -> int:
+    """`Caches._llc_read`: 3 if the LLC holds the line, else 4 (DRAM; an inclusive LLC fills).
+    `row`: the line's LLC set row (`set_row`)."""
     i = find_in(CM, row, CM[CD_FIELDS * LV_LLC + CD_WAYS], line)
     if i >= 0:
         touch(CM, LV_LLC, i)
@@ -232,10 +239,10 @@ def stream(CM: np.ndarray, C: np.ndarray, line: int) -> None:
         for _ in range(CM[CM_HIER + CH_DEGREE]):
             if nxt > end:
                 break
-            row = set_row(CM, LV_L2, nxt)
-            if find_in(CM, row, CM[CD_FIELDS * LV_L2 + CD_WAYS], nxt) < 0:
+            row, i = lookup(CM, LV_L2, nxt)
+            if i < 0:
                 C[C_PF_L2_ISSUED] += 1
-                llc_read(CM, C, nxt, False)
+                llc_read(CM, C, nxt, set_row(CM, LV_LLC, nxt), False)
                 fill_l2(CM, C, nxt, row, 1)
             nxt += 1
         CM[e + 2] = max(CM[e + 2], nxt - 1)
@@ -248,8 +255,10 @@ def stream(CM: np.ndarray, C: np.ndarray, line: int) -> None:
 @_jit
 def l2_request(CM: np.ndarray, C: np.ndarray, line: int, demand: bool) -> int:
     """`Caches._l2_request`: a demand miss or a next-line prefetch from L1; trains the streamer."""
-    row = set_row(CM, LV_L2, line)
-    i = find_in(CM, row, CM[CD_FIELDS * LV_L2 + CD_WAYS], line)
+    llc_row = set_row(CM, LV_LLC, line)  # read after L2's lookup and its branch: fetch it now
+    prefetch(CM, llc_row)
+    prefetch(CM, llc_row + 8)
+    row, i = lookup(CM, LV_L2, line)
     if i >= 0:
         touch(CM, LV_L2, i)
         if demand:
@@ -261,7 +270,7 @@ def l2_request(CM: np.ndarray, C: np.ndarray, line: int, demand: bool) -> int:
     else:
         if demand:
             C[C_L2_MISSES] += 1
-        served = llc_read(CM, C, line, demand)
+        served = llc_read(CM, C, line, llc_row, demand)
         fill_l2(CM, C, line, row, 0)
     if CM[CM_HIER + CH_DISTANCE]:
         stream(CM, C, line)
@@ -272,9 +281,6 @@ def l2_request(CM: np.ndarray, C: np.ndarray, line: int, demand: bool) -> int:
 def l1_miss(CM: np.ndarray, C: np.ndarray, line: int, kind: int, row: int) -> int:
     """The miss half of `Caches.access`: below L1, the L1 fill, the next-line prefetch."""
     lv = LV_L1I if kind == KIND_FETCH else LV_L1D
-    llc_row = set_row(CM, LV_LLC, line)  # read after L2's lookup and its branch: fetch it now
-    prefetch(CM, llc_row)
-    prefetch(CM, llc_row + 8)
     if kind == KIND_FETCH:
         C[C_L1I_MISSES] += 1
     else:
@@ -283,8 +289,8 @@ def l1_miss(CM: np.ndarray, C: np.ndarray, line: int, kind: int, row: int) -> in
     fill(CM, lv, row, line, 0)
     nxt = line + 1
     if kind == KIND_DATA and CM[CM_HIER + CH_NEXT_LINE] and nxt & (PAGE_LINES - 1):
-        nxt_row = set_row(CM, LV_L1D, nxt)
-        if find_in(CM, nxt_row, CM[CD_FIELDS * LV_L1D + CD_WAYS], nxt) < 0:
+        nxt_row, i = lookup(CM, LV_L1D, nxt)
+        if i < 0:
             C[C_PF_NL_ISSUED] += 1
             l2_request(CM, C, nxt, False)
             fill(CM, LV_L1D, nxt_row, nxt, 1)
@@ -296,8 +302,7 @@ def access(CM: np.ndarray, C: np.ndarray, pa: int, kind: int) -> None:
     """`Caches.access`: one demand access of `kind` at physical address `pa` (the L1 hit inline)."""
     line = pa >> 6
     lv = LV_L1I if kind == KIND_FETCH else LV_L1D
-    row = set_row(CM, lv, line)
-    i = find_in(CM, row, CM[CD_FIELDS * lv + CD_WAYS], line)
+    row, i = lookup(CM, lv, line)
     if i >= 0:
         touch(CM, lv, i)
         if kind == KIND_FETCH:
