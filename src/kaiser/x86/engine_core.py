@@ -892,11 +892,12 @@ def replay(
         elif kind == 7:  # a page-table edit: PhysicalMemory.write_u64
             if a & 7:
                 return ERR_PHYS, n, WHY_PHYS_ALIGN
-            if a < 0 or (a >> 12) >= M[M_SIZE_PFNS]:
+            row, word, in_ram = read_phys(F, ROW, M[M_SIZE_PFNS], a) if a >= 0 else (-1, 0, False)
+            if not in_ram:
                 return ERR_PHYS, n, WHY_PHYS_RANGE
-            if (a >> 12) >= ROW.shape[0] or ROW[a >> 12] < 0:  # Engine.stepper without prepare
+            if row < 0:  # a frame the copy has no storage for: Engine.stepper without prepare
                 return ERR_PHYS, n, WHY_PHYS_UNPREPARED
-            F[ROW[a >> 12], (a & 0xFFF) >> 3] = np.int64(ev.b)
+            F[row, word] = np.int64(ev.b)
         else:
             return ERR_KIND, n, WHY_NONE
     return OK, events.shape[0], WHY_NONE
